@@ -1,0 +1,91 @@
+"""Validation of user input: every failure is a clear exception that names the offending values."""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def eps(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"eps must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def momentum(value, allow_none: bool = True) -> Optional[float]:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"momentum must be a number in [0, 1]{' or None' if allow_none else ''}, got {value!r}")
+    return float(value)
+
+
+def channel_axis_arg(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"channel_axis must be an int, got {type(value).__name__} {value!r}")
+    return int(value)
+
+
+def groups_divide(num_groups: int, num_channels: int) -> None:
+    if num_channels % num_groups != 0:
+        raise ValueError(
+            f"num_channels ({num_channels}) must be divisible by num_groups ({num_groups})")
+
+
+def input_tensor(x, channel_axis: int, op: str, batch_axis_needed: bool = False) -> int:
+    """Check ``x`` is a floating tensor of rank >= 2; return ``channel_axis`` as a non-negative axis."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{op}: input must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: input must be a floating tensor (float16, bfloat16, float32, float64), "
+                        f"got dtype {x.dtype}")
+    if x.ndim < 2:
+        raise ValueError(f"{op}: input must have rank >= 2 (batch, channels, ...), got shape {tuple(x.shape)}")
+    axis = channel_axis_arg(channel_axis)
+    if not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"{op}: channel_axis {channel_axis} is out of range for input of rank {x.ndim} "
+                         f"(shape {tuple(x.shape)})")
+    axis %= x.ndim
+    if batch_axis_needed and axis == 0:
+        raise ValueError(f"{op}: statistics are per sample along axis 0, so channel_axis cannot be 0 "
+                         f"(got channel_axis={channel_axis} for shape {tuple(x.shape)})")
+    return axis
+
+
+def per_channel(op: str, x: torch.Tensor, axis: int, expected: Optional[int] = None, **tensors) -> int:
+    """Check the channel count of ``x`` and of every per-channel tensor; return it."""
+    got = x.shape[axis]
+    if expected is not None and got != expected:
+        raise ValueError(f"{op}: expected input with {expected} channels on axis {axis}, "
+                         f"got {got} (input shape {tuple(x.shape)})")
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor or None, got {type(t).__name__}")
+        if t.shape != (got,):
+            raise ValueError(f"{op}: {name} must have shape ({got},) to match the {got} channels on axis "
+                             f"{axis} of input shape {tuple(x.shape)}, got {tuple(t.shape)}")
+    return got
+
+
+def more_than_one_value(op: str, x: torch.Tensor, n: int, what: str) -> None:
+    """Batch statistics of a single value have zero variance: refuse them in training, as PyTorch."""
+    if x.numel() > 0 and n <= 1:
+        raise ValueError(f"{op}: expected more than 1 value per {what} when training, got input "
+                         f"shape {tuple(x.shape)} ({n} value per {what})")
+
+
+def paired_running_stats(op: str, running_mean, running_var) -> None:
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{op}: running_mean and running_var must both be tensors or both be None")

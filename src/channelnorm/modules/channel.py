@@ -1,0 +1,22 @@
+"""ChannelNorm: statistics per channel over the batch and spatial axes (what frameworks call BatchNorm)."""
+from __future__ import annotations
+
+import torch
+
+from .. import functional as F
+from .base import _NormBase
+
+
+class ChannelNorm(_NormBase):
+    """Normalize each channel with its mean and biased variance over every other axis.
+
+    Drop-in for ``nn.BatchNorm1d/2d/3d`` (same buffers and ``state_dict``) that takes any rank
+    >= 2 and any ``channel_axis`` (``-1`` for channels-last data as in Keras).
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        running_mean, running_var, tracked = self._running_buffers()
+        return F.channel_norm(input, running_mean, running_var, self.weight, self.bias,
+                              training=self._uses_batch_stats(), momentum=self.momentum, eps=self.eps,
+                              channel_axis=self.channel_axis, backend=self.backend,
+                              num_batches_tracked=tracked)

@@ -1,0 +1,41 @@
+"""GroupNorm and LayerNorm: statistics per sample over groups of channels (one group: LayerNorm)."""
+from __future__ import annotations
+
+import torch
+
+from .. import _checks
+from .. import functional as F
+from .base import _NormBase
+
+
+class GroupNorm(_NormBase):
+    """``nn.GroupNorm`` with any rank >= 2 and any channel axis but 0 (the batch axis)."""
+
+    _repr_fields = ("num_groups", "num_channels", "eps", "affine", "channel_axis", "backend")
+    _repr_positional = 2
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
+                 channel_axis: int = 1, backend: str = "auto", device=None, dtype=None) -> None:
+        num_groups = _checks.positive_int("num_groups", num_groups)
+        _checks.groups_divide(num_groups, _checks.positive_int("num_channels", num_channels))
+        self.num_groups = num_groups
+        super().__init__(num_channels, eps, None, affine, False, channel_axis, backend, device, dtype)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.group_norm(input, self.num_groups, self.weight, self.bias, eps=self.eps,
+                            channel_axis=self.channel_axis, backend=self.backend)
+
+
+class LayerNorm(GroupNorm):
+    """Per-sample statistics over (C, spatial) with a per-channel affine: ``GroupNorm(1, C)``.
+
+    This is the Group Norm paper's LN. It is not ``nn.LayerNorm``, whose affine is per element of
+    ``normalized_shape``; its state dict matches ``nn.GroupNorm(1, C)``.
+    """
+
+    _repr_fields = ("num_channels", "eps", "affine", "channel_axis", "backend")
+    _repr_positional = 1
+
+    def __init__(self, num_channels: int, eps: float = 1e-5, affine: bool = True, channel_axis: int = 1,
+                 backend: str = "auto", device=None, dtype=None) -> None:
+        super().__init__(1, num_channels, eps, affine, channel_axis, backend, device, dtype)

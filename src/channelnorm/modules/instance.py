@@ -1,0 +1,31 @@
+"""InstanceNorm: statistics per sample and per channel over the spatial axes."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import functional as F
+from .base import _NormBase
+
+
+class InstanceNorm(_NormBase):
+    """``nn.InstanceNorm1d/2d/3d`` for any rank >= 3 and any channel axis but 0.
+
+    Unlike torch's, ``affine`` defaults to True (DESIGN §2) and ``momentum=None`` is a cumulative
+    average here too; running statistics (``track_running_stats=True``) average the per-instance
+    statistics over the batch, as torch does.
+    """
+
+    def __init__(self, num_channels: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
+                 track_running_stats: bool = False, channel_axis: int = 1, backend: str = "auto",
+                 device=None, dtype=None) -> None:
+        super().__init__(num_channels, eps, momentum, affine, track_running_stats, channel_axis, backend,
+                         device, dtype)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        running_mean, running_var, tracked = self._running_buffers()
+        return F.instance_norm(input, running_mean, running_var, self.weight, self.bias,
+                               use_input_stats=self._uses_batch_stats(), momentum=self.momentum, eps=self.eps,
+                               channel_axis=self.channel_axis, backend=self.backend,
+                               num_batches_tracked=tracked)

@@ -1,0 +1,67 @@
+"""Pure-torch math: the oracle every other backend is tested against (run it in float64).
+
+Statistics are centered two-pass (mean, then the mean of squared deviations) in float32, or
+float64 for float64 input, never ``E[x²] − E[x]²``. Autograd differentiates through these ops, so
+``gradcheck`` applies directly.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .layout import channel_shape, stats_dtype
+from .scope import Scope
+
+
+def affine(y: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], channel_axis: int) -> torch.Tensor:
+    shape = channel_shape(y.ndim, channel_axis, y.shape[channel_axis])
+    if weight is not None:
+        y = y * weight.to(y.dtype).view(shape)
+    if bias is not None:
+        y = y + bias.to(y.dtype).view(shape)
+    return y
+
+
+def normalize_batch(
+    x: torch.Tensor,
+    scope: Scope,
+    channel_axis: int,
+    eps: float,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Normalize with the statistics of ``x`` itself.
+
+    Returns ``(y, mean, var)`` with the biased variance; ``mean``/``var`` have shape ``(N, G)`` for
+    a per-sample scope and ``(G,)`` otherwise.
+    """
+    num_channels = x.shape[channel_axis]
+    groups = scope.num_groups
+    grouped = x.to(stats_dtype(x.dtype)).unflatten(channel_axis, (groups, num_channels // groups))
+    dims = scope.reduce_dims(x.ndim, channel_axis)
+    mean = grouped.mean(dims, keepdim=True)
+    centered = grouped - mean
+    var = centered.square().mean(dims, keepdim=True)
+    y = (centered * torch.rsqrt(var + eps)).flatten(channel_axis, channel_axis + 1)
+    y = affine(y, weight, bias, channel_axis).to(x.dtype)
+    stats_shape = (x.shape[0], groups) if scope.per_sample else (groups,)
+    return y, mean.reshape(stats_shape), var.reshape(stats_shape)
+
+
+def normalize_running(
+    x: torch.Tensor,
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    eps: float,
+    channel_axis: int,
+) -> torch.Tensor:
+    """Normalize with given per-channel statistics (eval mode)."""
+    acc = stats_dtype(x.dtype)
+    shape = channel_shape(x.ndim, channel_axis, x.shape[channel_axis])
+    mean = running_mean.to(acc).view(shape)
+    invstd = torch.rsqrt(running_var.to(acc).view(shape) + eps)
+    y = (x.to(acc) - mean) * invstd
+    return affine(y, weight, bias, channel_axis).to(x.dtype)
