@@ -62,21 +62,28 @@ def input_tensor(x, channel_axis: int, op: str, batch_axis_needed: bool = False)
     return axis
 
 
-def per_channel(op: str, x: torch.Tensor, axis: int, expected: Optional[int] = None, **tensors) -> int:
-    """Check the channel count of ``x`` and of every per-channel tensor; return it."""
+def per_channel(op: str, x: torch.Tensor, axis: int, **tensors) -> int:
+    """Check every per-channel tensor has one entry per channel of ``x``; return the channel count."""
     got = x.shape[axis]
-    if expected is not None and got != expected:
-        raise ValueError(f"{op}: expected input with {expected} channels on axis {axis}, "
-                         f"got {got} (input shape {tuple(x.shape)})")
     for name, t in tensors.items():
         if t is None:
             continue
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{op}: {name} must be a torch.Tensor or None, got {type(t).__name__}")
-        if t.shape != (got,):
-            raise ValueError(f"{op}: {name} must have shape ({got},) to match the {got} channels on axis "
-                             f"{axis} of input shape {tuple(x.shape)}, got {tuple(t.shape)}")
+        if t.ndim != 1:
+            raise ValueError(f"{op}: {name} must be 1-D with one entry per channel, got shape {tuple(t.shape)}")
+        if t.shape[0] != got:
+            raise ValueError(f"{op}: expected input with {t.shape[0]} channels on axis {axis} (the size of "
+                             f"{name}), got {got} channels (input shape {tuple(x.shape)})")
     return got
+
+
+def channel_count(op: str, x, channel_axis: int, expected: int) -> None:
+    """A module knows its channel count even without affine parameters or running buffers."""
+    axis = input_tensor(x, channel_axis, op)
+    if x.shape[axis] != expected:
+        raise ValueError(f"{op}: expected input with {expected} channels on axis {axis}, got "
+                         f"{x.shape[axis]} channels (input shape {tuple(x.shape)})")
 
 
 def more_than_one_value(op: str, x: torch.Tensor, n: int, what: str) -> None:

@@ -78,6 +78,9 @@ class _NormBase(nn.Module):
             nn.init.ones_(self.weight)
             nn.init.zeros_(self.bias)
 
+    def _check_input(self, input) -> None:
+        _checks.channel_count(type(self).__name__, input, self.channel_axis, self.num_channels)
+
     def _uses_batch_stats(self) -> bool:
         return self.training or not self.track_running_stats
 

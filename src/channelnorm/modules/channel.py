@@ -15,6 +15,7 @@ class ChannelNorm(_NormBase):
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        self._check_input(input)
         running_mean, running_var, tracked = self._running_buffers()
         return F.channel_norm(input, running_mean, running_var, self.weight, self.bias,
                               training=self._uses_batch_stats(), momentum=self.momentum, eps=self.eps,

@@ -22,6 +22,7 @@ class GroupNorm(_NormBase):
         super().__init__(num_channels, eps, None, affine, False, channel_axis, backend, device, dtype)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        self._check_input(input)
         return F.group_norm(input, self.num_groups, self.weight, self.bias, eps=self.eps,
                             channel_axis=self.channel_axis, backend=self.backend)
 

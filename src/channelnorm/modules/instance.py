@@ -24,6 +24,7 @@ class InstanceNorm(_NormBase):
                          device, dtype)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        self._check_input(input)
         running_mean, running_var, tracked = self._running_buffers()
         return F.instance_norm(input, running_mean, running_var, self.weight, self.bias,
                                use_input_stats=self._uses_batch_stats(), momentum=self.momentum, eps=self.eps,

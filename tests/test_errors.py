@@ -1,0 +1,105 @@
+"""Every bad input of DESIGN §3 is a clear exception that names the offending values."""
+import pytest
+import torch
+
+import channelnorm as cn
+import channelnorm.functional as F
+
+
+@pytest.mark.parametrize("make", [
+    lambda: cn.ChannelNorm(3), lambda: cn.GroupNorm(1, 3), lambda: cn.LayerNorm(3), lambda: cn.InstanceNorm(3),
+    lambda: cn.ChannelNorm(3, affine=False, track_running_stats=False), lambda: cn.GroupNorm(3, 3, affine=False),
+])
+def test_wrong_channel_count_names_expected_and_got(make):
+    with pytest.raises(ValueError, match=r"expected input with 3 channels on axis 1 .*got 5 channels"):
+        make()(torch.randn(2, 5, 4))
+
+
+@pytest.mark.parametrize("make", [lambda: cn.ChannelNorm(3), lambda: cn.GroupNorm(3, 3), lambda: cn.InstanceNorm(3)])
+def test_rank_below_two(make):
+    with pytest.raises(ValueError, match=r"rank >= 2.*\(3,\)"):
+        make()(torch.randn(3))
+
+
+def test_single_value_per_channel_in_training():
+    with pytest.raises(ValueError, match=r"more than 1 value per channel.*\(1, 3\)"):
+        cn.ChannelNorm(3)(torch.randn(1, 3))
+    with pytest.raises(ValueError, match=r"more than 1 value per instance.*\(4, 3, 1\)"):
+        cn.InstanceNorm(3)(torch.randn(4, 3, 1))
+    cn.ChannelNorm(3).eval()(torch.randn(1, 3))  # eval uses running statistics: fine
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.bool])
+@pytest.mark.parametrize("make", [lambda: cn.ChannelNorm(3), lambda: cn.GroupNorm(1, 3), lambda: cn.InstanceNorm(3)])
+def test_integer_and_bool_inputs(make, dtype):
+    with pytest.raises(TypeError, match=str(dtype)):
+        make()(torch.ones(2, 3, 4, dtype=dtype))
+
+
+def test_groups_must_divide_channels():
+    with pytest.raises(ValueError, match=r"num_channels \(6\).*num_groups \(4\)"):
+        cn.GroupNorm(4, 6)
+    with pytest.raises(ValueError, match=r"num_channels \(6\).*num_groups \(4\)"):
+        F.group_norm(torch.randn(2, 6, 3), 4)
+    with pytest.raises(ValueError, match="num_groups must be a positive integer, got 0"):
+        cn.GroupNorm(0, 6)
+
+
+def test_unknown_kind_and_backend_list_choices():
+    with pytest.raises(ValueError, match=r"unknown norm kind 'bacth'.*channel.*group.*instance.*layer.*none"):
+        cn.create_norm("bacth", 4)
+    with pytest.raises(ValueError, match=r"unknown backend 'cuda'.*'auto'.*'reference'.*'native'.*'triton'"):
+        cn.ChannelNorm(4, backend="cuda")
+    with pytest.raises(ValueError, match=r"unknown backend 'fast'"):
+        F.channel_norm(torch.randn(2, 4), None, None, training=True, backend="fast")
+
+
+def test_unknown_kwargs_name_the_kind():
+    with pytest.raises(TypeError, match=r"create_norm\('channel'\).*num_groups.*accepts: eps"):
+        cn.create_norm("channel", 4, num_groups=2)
+
+
+def test_channel_axis_checks():
+    with pytest.raises(ValueError, match=r"channel_axis 3 is out of range for input of rank 3"):
+        cn.ChannelNorm(4, channel_axis=3)(torch.randn(2, 4, 4))
+    with pytest.raises(ValueError, match=r"channel_axis cannot be 0"):
+        cn.GroupNorm(2, 4, channel_axis=0)(torch.randn(4, 2, 3))
+    with pytest.raises(TypeError, match=r"channel_axis must be an int, got float"):
+        cn.ChannelNorm(4, channel_axis=1.0)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"eps": -1.0}, r"eps must be a finite number >= 0, got -1.0"),
+    ({"eps": float("nan")}, r"eps must be a finite number"),
+    ({"momentum": 1.5}, r"momentum must be a number in \[0, 1\] or None, got 1.5"),
+    ({"num_channels": 0}, r"num_channels must be a positive integer, got 0"),
+    ({"num_channels": 2.5}, r"num_channels must be a positive integer, got 2.5"),
+])
+def test_constructor_arguments(kwargs, match):
+    args = {"num_channels": 4, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        cn.ChannelNorm(**args)
+
+
+def test_functional_argument_checks():
+    x = torch.randn(2, 4, 3)
+    with pytest.raises(ValueError, match=r"expected input with 3 channels on axis 1 \(the size of running_mean\), got 4"):
+        F.channel_norm(x, torch.zeros(3), torch.ones(3), training=True)
+    with pytest.raises(ValueError, match=r"weight must be 1-D.*got shape \(4, 1\)"):
+        F.channel_norm(x, None, None, weight=torch.ones(4, 1), training=True)
+    with pytest.raises(ValueError, match="training=False needs running_mean"):
+        F.channel_norm(x, None, None, training=False)
+    with pytest.raises(ValueError, match="both be tensors or both be None"):
+        F.channel_norm(x, torch.zeros(4), None, training=True)
+    with pytest.raises(ValueError, match="momentum=None .* needs num_batches_tracked"):
+        F.channel_norm(x, torch.zeros(4), torch.ones(4), training=True, momentum=None)
+    with pytest.raises(TypeError, match="input must be a torch.Tensor, got list"):
+        F.channel_norm([[1.0, 2.0]], None, None, training=True)
+
+
+def test_explicit_backend_that_cannot_run_is_an_error_not_a_fallback(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match=r"backend='triton' cannot run channel_norm here: .+"):
+        cn.ChannelNorm(3, backend="triton")(torch.randn(2, 3, 4))
+    with pytest.raises(ValueError, match=r"backend='native' cannot run instance_norm here: .*rank 2"):
+        F.instance_norm(torch.randn(2, 3), torch.zeros(3), torch.ones(3), use_input_stats=False, backend="native")
