@@ -165,3 +165,14 @@ def test_old_state_dict_without_num_batches_tracked_loads():
     state._metadata[""]["version"] = 1
     ours.load_state_dict(state, strict=True)
     assert int(ours.num_batches_tracked) == 0
+
+
+def test_instance_norm_momentum_none_is_cumulative_average_of_instance_statistics():
+    ours = cn.InstanceNorm(3, momentum=None, track_running_stats=True, dtype=F64)
+    batches = [torch.randn(4, 3, 6, dtype=F64) * (i + 1) - i for i in range(3)]
+    for b in batches:
+        ours(b)
+    means = torch.stack([b.mean(2).mean(0) for b in batches]).mean(0)
+    vars_ = torch.stack([b.var(2, unbiased=True).mean(0) for b in batches]).mean(0)
+    torch.testing.assert_close(ours.running_mean, means)
+    torch.testing.assert_close(ours.running_var, vars_)
