@@ -2,6 +2,7 @@
 from . import functional
 from .modules import ChannelNorm, GroupNorm, InstanceNorm, LayerNorm
 from .registry import available_norms, create_norm, register_norm
+from .modules.sync import SyncChannelNorm
 
 __version__ = "0.1.0"
 
@@ -14,4 +15,5 @@ __all__ = [
     "register_norm",
     "available_norms",
     "functional",
+    "SyncChannelNorm",
 ]

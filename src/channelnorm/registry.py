@@ -7,6 +7,7 @@ from typing import Callable, Optional
 from torch import nn
 
 from .modules import ChannelNorm, GroupNorm, InstanceNorm, LayerNorm
+from .modules.sync import SyncChannelNorm
 
 _FACTORIES: dict[str, Callable[..., nn.Module]] = {}
 _ALIASES: dict[str, str] = {}
@@ -69,3 +70,4 @@ register_norm("group", _group, aliases=("groupnorm", "gn"))
 register_norm("layer", LayerNorm, aliases=("layernorm", "ln"))
 register_norm("instance", InstanceNorm, aliases=("instancenorm", "in"))
 register_norm("none", _identity, aliases=("identity",))
+register_norm("sync_channel", SyncChannelNorm, aliases=("syncbn", "sync_batch", "syncchannelnorm"))
