@@ -3,6 +3,8 @@ from . import functional
 from .modules import ChannelNorm, GroupNorm, InstanceNorm, LayerNorm
 from .registry import available_norms, create_norm, register_norm
 from .modules.sync import SyncChannelNorm
+from .modules.frozen import FrozenChannelNorm
+from . import convert
 
 __version__ = "0.1.0"
 
@@ -16,4 +18,6 @@ __all__ = [
     "available_norms",
     "functional",
     "SyncChannelNorm",
+    "FrozenChannelNorm",
+    "convert",
 ]

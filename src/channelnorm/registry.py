@@ -8,6 +8,7 @@ from torch import nn
 
 from .modules import ChannelNorm, GroupNorm, InstanceNorm, LayerNorm
 from .modules.sync import SyncChannelNorm
+from .modules.frozen import FrozenChannelNorm
 
 _FACTORIES: dict[str, Callable[..., nn.Module]] = {}
 _ALIASES: dict[str, str] = {}
@@ -71,3 +72,4 @@ register_norm("layer", LayerNorm, aliases=("layernorm", "ln"))
 register_norm("instance", InstanceNorm, aliases=("instancenorm", "in"))
 register_norm("none", _identity, aliases=("identity",))
 register_norm("sync_channel", SyncChannelNorm, aliases=("syncbn", "sync_batch", "syncchannelnorm"))
+register_norm("frozen", FrozenChannelNorm, aliases=("frozen_channel", "frozenbn", "frozen_bn"))
