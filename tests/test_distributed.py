@@ -7,6 +7,7 @@ ends the other workers and fails the test; a hang fails at the join deadline.
 """
 from __future__ import annotations
 
+import copy
 import datetime
 import socket
 import time
@@ -15,6 +16,8 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 import channelnorm as cn
 
@@ -113,6 +116,29 @@ def _check_scenario(rank, ranks, sizes, shape_of, *, channel_axis=1, channels_la
     torch.testing.assert_close(sync(x[lo:hi]), ref(x)[lo:hi])
 
 
+def _check_ddp(rank: int, world: int) -> None:
+    """DDP around a to_sync model: outputs, running stats and (averaged) grads match one process."""
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Conv1d(2, C, 3), cn.ChannelNorm(C), nn.ReLU(), nn.Conv1d(C, C, 1),
+                         nn.BatchNorm1d(C)).to(torch.float64)
+    ref = copy.deepcopy(base)
+    model = DDP(cn.convert.to_sync(base))
+    assert sum(isinstance(m, cn.SyncChannelNorm) for m in model.modules()) == 2
+    x, _, bounds = _make_batch(lambda n: (n, 2, 10), [3, 5], False, 11)
+    g = torch.randn(8, C, 8, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    lo, hi = bounds[rank], bounds[rank + 1]
+    y = model(x[lo:hi])
+    (y * g[lo:hi]).sum().backward()
+    y_ref = ref(x)
+    (y_ref * g).sum().backward()
+    torch.testing.assert_close(y, y_ref[lo:hi])
+    # DDP averages the ranks' local parameter gradients; their sum is the full-batch gradient.
+    for (name, p), p_ref in zip(model.module.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad * world, p_ref.grad, msg=lambda m: f"rank {rank} DDP {name}: {m}")
+    for (name, b), b_ref in zip(model.module.named_buffers(), ref.buffers()):
+        torch.testing.assert_close(b, b_ref, msg=lambda m: f"rank {rank} DDP {name}: {m}")
+
+
 def _worker_two(rank: int, world: int, port: int) -> None:
     _init(rank, world, port)
     try:
@@ -123,6 +149,8 @@ def _worker_two(rank: int, world: int, port: int) -> None:
         _check_scenario(rank, [0, 1], [4, 1], lambda n: (n, 4, 5, C), channel_axis=-1)
         _check_scenario(rank, [0, 1], [0, 4], nchw)  # rank 0 holds an empty batch
         _check_scenario(rank, [0, 1], [5, 2], lambda n: (n, C), affine=False, momentum=None, steps=3)
+
+        _check_ddp(rank, world)
 
         # One value per channel over the whole group is an error on every rank (no hang).
         m = cn.SyncChannelNorm(C, dtype=torch.float64)
