@@ -139,6 +139,30 @@ def _check_ddp(rank: int, world: int) -> None:
         torch.testing.assert_close(b, b_ref, msg=lambda m: f"rank {rank} DDP {name}: {m}")
 
 
+def _check_collectives_per_step() -> None:
+    """One training step of a SyncChannelNorm layer costs one all_gather and one all_reduce."""
+    calls = []
+    originals = {name: getattr(dist, name) for name in ("all_gather", "all_reduce", "broadcast",
+                                                         "all_gather_into_tensor", "reduce_scatter")}
+    def counting(name):
+        def wrapper(*args, **kwargs):
+            calls.append(name)
+            return originals[name](*args, **kwargs)
+        return wrapper
+    for name in originals:
+        setattr(dist, name, counting(name))
+    try:
+        m = cn.SyncChannelNorm(C, dtype=torch.float64)
+        x = torch.randn(4, C, 5, dtype=torch.float64, requires_grad=True)
+        y = m(x)
+        assert calls == ["all_gather"], calls
+        y.sum().backward()
+        assert calls == ["all_gather", "all_reduce"], calls
+    finally:
+        for name, fn in originals.items():
+            setattr(dist, name, fn)
+
+
 def _worker_two(rank: int, world: int, port: int) -> None:
     _init(rank, world, port)
     try:
@@ -151,6 +175,7 @@ def _worker_two(rank: int, world: int, port: int) -> None:
         _check_scenario(rank, [0, 1], [5, 2], lambda n: (n, C), affine=False, momentum=None, steps=3)
 
         _check_ddp(rank, world)
+        _check_collectives_per_step()
 
         # One value per channel over the whole group is an error on every rank (no hang).
         m = cn.SyncChannelNorm(C, dtype=torch.float64)

@@ -25,7 +25,6 @@ import torch
 import torch.distributed as dist
 
 from .ops.layout import channel_shape, match_layout, stats_dtype
-from .ops.reference import affine
 
 _COUNT_SPLIT = float(2 ** 24)  # integers below 2**24 are exact in float32
 
@@ -42,11 +41,9 @@ def local_moments(x: torch.Tensor, channel_axis: int) -> tuple[int, torch.Tensor
     if count == 0:
         zeros = torch.zeros(num_channels, dtype=acc, device=x.device)
         return 0, zeros, zeros.clone()
-    xs = x.to(acc)
-    dims = _reduce_dims(x.ndim, channel_axis)
-    mean = xs.mean(dims, keepdim=True)
-    m2 = (xs - mean).square().sum(dims)
-    return count, mean.reshape(num_channels), m2
+    # torch's var_mean is a centered (Welford) reduction: stable for large means, one call.
+    var, mean = torch.var_mean(x.to(acc), _reduce_dims(x.ndim, channel_axis), correction=0)
+    return count, mean, var * count
 
 
 def _pack(count: int, mean: torch.Tensor, m2: torch.Tensor) -> torch.Tensor:
@@ -102,8 +99,14 @@ class _SyncChannelNormFunction(torch.autograd.Function):
             return x  # caller raises before using this
         invstd = torch.rsqrt(var + eps)
         shape = channel_shape(x.ndim, channel_axis, num_channels)
-        xhat = (x.to(mean.dtype) - mean.view(shape)) * invstd.view(shape)
-        y = affine(xhat, weight, bias, channel_axis).to(x.dtype)
+        scale = invstd if weight is None else invstd * weight.to(invstd.dtype)
+        # y = (x - mean)·invstd·weight + bias, centered first (no cancellation for large means).
+        centered = x.to(mean.dtype) - mean.view(shape)
+        if bias is None:
+            y = centered.mul_(scale.view(shape))
+        else:
+            y = torch.addcmul(bias.to(mean.dtype).view(shape), centered, scale.view(shape))
+        y = y.to(x.dtype)
         ctx.save_for_backward(x, weight, mean, invstd)
         ctx.channel_axis, ctx.group, ctx.total = channel_axis, group, total
         ctx.bias_dtype = None if bias is None else bias.dtype
@@ -119,20 +122,22 @@ class _SyncChannelNormFunction(torch.autograd.Function):
         dims = _reduce_dims(x.ndim, axis)
         acc = mean.dtype
         dy = grad_out.to(acc)
-        xhat = (x.to(acc) - mean.view(shape)) * invstd.view(shape)
+        xmu = x.to(acc) - mean.view(shape)
         if x.numel():
             sum_dy = dy.sum(dims)
-            sum_dy_xhat = (dy * xhat).sum(dims)
+            sum_dy_xhat = (dy * xmu).sum(dims) * invstd
         else:  # an empty rank still joins the collective, with zeros
             sum_dy = torch.zeros(num_channels, dtype=acc, device=x.device)
             sum_dy_xhat = torch.zeros_like(sum_dy)
         packed = torch.cat([sum_dy, sum_dy_xhat])
         dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=ctx.group)
-        global_dy, global_dy_xhat = packed[:num_channels] / ctx.total, packed[num_channels:] / ctx.total
+        mean_dy, mean_dy_xhat = packed[:num_channels] / ctx.total, packed[num_channels:] / ctx.total
         grad_x = None
         if ctx.needs_input_grad[0]:
+            # dx = (dy - mean(dy) - x̂·mean(dy·x̂))·invstd·weight, with x̂ = (x - mean)·invstd.
             scale = invstd if weight is None else invstd * weight.to(acc)
-            dx = (dy - global_dy.view(shape) - xhat * global_dy_xhat.view(shape)) * scale.view(shape)
+            dx = torch.addcmul((-mean_dy * scale).view(shape), dy, scale.view(shape))
+            dx.addcmul_(xmu, (scale * invstd * mean_dy_xhat).view(shape), value=-1)
             grad_x = match_layout(dx.to(x.dtype), x)
         grad_w = sum_dy_xhat.to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
         grad_b = sum_dy.to(ctx.bias_dtype) if ctx.bias_dtype is not None and ctx.needs_input_grad[2] else None
