@@ -7,6 +7,8 @@ from typing import Callable, Optional
 from torch import nn
 
 from .modules import ChannelNorm, GroupNorm, InstanceNorm, LayerNorm
+from .modules.sync import SyncChannelNorm
+from .modules.frozen import FrozenChannelNorm
 
 _FACTORIES: dict[str, Callable[..., nn.Module]] = {}
 _ALIASES: dict[str, str] = {}
@@ -69,3 +71,5 @@ register_norm("group", _group, aliases=("groupnorm", "gn"))
 register_norm("layer", LayerNorm, aliases=("layernorm", "ln"))
 register_norm("instance", InstanceNorm, aliases=("instancenorm", "in"))
 register_norm("none", _identity, aliases=("identity",))
+register_norm("sync_channel", SyncChannelNorm, aliases=("syncbn", "sync_batch", "syncchannelnorm"))
+register_norm("frozen", FrozenChannelNorm, aliases=("frozen_channel", "frozenbn", "frozen_bn"))

@@ -1,0 +1,310 @@
+"""Model conversion: swap norm layers, synchronize them, freeze them, fold them into convolutions.
+
+Every function walks the module tree, replaces modules in their parent (the tree, names and
+``state_dict`` prefixes are kept) and returns the model; a model that is itself a norm comes back
+replaced, so always use the return value. The model is changed in place, as
+``nn.SyncBatchNorm.convert_sync_batchnorm`` does.
+
+Norm layers recognised: ``nn.BatchNorm1d/2d/3d``, ``nn.SyncBatchNorm``, ``nn.InstanceNorm1d/2d/3d``,
+``nn.GroupNorm``, and channelnorm's ChannelNorm (and subclasses), SyncChannelNorm, GroupNorm,
+LayerNorm, InstanceNorm and FrozenChannelNorm. ``nn.LayerNorm`` is not a channel norm (its affine is
+per element of ``normalized_shape``) and is left alone.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.instancenorm import _InstanceNorm
+
+from .modules import ChannelNorm, FrozenChannelNorm, GroupNorm, InstanceNorm, SyncChannelNorm
+from .modules.base import _NormBase
+from .registry import _accepted, create_norm
+
+__all__ = ["replace_norms", "to_sync", "from_sync", "freeze", "unfreeze", "fold"]
+
+_NORM_TYPES = (_BatchNorm, _InstanceNorm, nn.GroupNorm, _NormBase, FrozenChannelNorm)
+_STAT_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+# ---------------------------------------------------------------- tree walking
+
+def _swap(module: nn.Module, fn: Callable[[nn.Module], Optional[nn.Module]]) -> nn.Module:
+    """Replace every module for which ``fn`` returns a module (depth first, replaced modules not entered)."""
+    new = fn(module)
+    if new is not None:
+        return new
+    for name, child in list(module.named_children()):
+        new_child = _swap(child, fn)
+        if new_child is not child:
+            setattr(module, name, new_child)
+    return module
+
+
+def _is_norm(m: nn.Module) -> bool:
+    return isinstance(m, _NORM_TYPES)
+
+
+def _family(m: nn.Module) -> Optional[str]:
+    """Which statistics scope ``m`` normalizes over (decides what running statistics mean)."""
+    if isinstance(m, (_BatchNorm, ChannelNorm, FrozenChannelNorm)):
+        return "channel"
+    if isinstance(m, (_InstanceNorm, InstanceNorm)):
+        return "instance"
+    if isinstance(m, (nn.GroupNorm, GroupNorm)):
+        return "group"
+    return None
+
+
+def _tensor_like(m: nn.Module) -> Optional[torch.Tensor]:
+    for t in list(m.parameters(recurse=False)) + list(m.buffers(recurse=False)):
+        if t.is_floating_point():
+            return t
+    return None
+
+
+def _num_channels(m: nn.Module) -> int:
+    for name in ("num_channels", "num_features"):
+        if hasattr(m, name):
+            return int(getattr(m, name))
+    raise TypeError(f"cannot tell the channel count of {type(m).__name__}")
+
+
+def _tracks_running_stats(m: nn.Module) -> bool:
+    return isinstance(m, FrozenChannelNorm) or (bool(getattr(m, "track_running_stats", False))
+                                                and getattr(m, "running_mean", None) is not None)
+
+
+def _config(m: nn.Module) -> dict:
+    """Constructor arguments of ``m`` in create_norm's vocabulary."""
+    cfg = {"eps": float(m.eps), "affine": getattr(m, "affine", True),
+           "channel_axis": getattr(m, "channel_axis", 1)}
+    if _tracks_running_stats(m) and hasattr(m, "momentum"):
+        cfg["momentum"] = m.momentum  # only meaningful where running statistics exist
+    if hasattr(m, "track_running_stats"):
+        cfg["track_running_stats"] = bool(m.track_running_stats)
+    if getattr(m, "num_groups", None) is not None:
+        cfg["num_groups"] = int(m.num_groups)
+    if getattr(m, "process_group", None) is not None:
+        cfg["process_group"] = m.process_group
+    like = _tensor_like(m)
+    if like is not None:
+        cfg["device"], cfg["dtype"] = like.device, like.dtype
+    return cfg
+
+
+def _copy_state(old: nn.Module, new: nn.Module, stats: bool) -> None:
+    """Copy weight/bias (and running statistics when ``stats``) where both sides have them, same shape."""
+    names = ("weight", "bias") + (_STAT_BUFFERS if stats else ())
+    with torch.no_grad():
+        for name in names:
+            src, dst = getattr(old, name, None), getattr(new, name, None)
+            if isinstance(src, torch.Tensor) and isinstance(dst, torch.Tensor) and src.shape == dst.shape:
+                dst.copy_(src)
+                if isinstance(src, nn.Parameter) and isinstance(dst, nn.Parameter):
+                    dst.requires_grad_(src.requires_grad)
+
+
+# ---------------------------------------------------------------- replace_norms
+
+def _build(kind: str, old: nn.Module, kwargs: dict) -> nn.Module:
+    cfg = _config(old)
+    accepted = _accepted(_factory_for(kind))
+    if accepted is None:  # a factory taking **kwargs: pass only what the caller gave
+        carried = {}
+    else:
+        carried = {k: v for k, v in cfg.items() if k in accepted and k != "track_running_stats"}
+    new = create_norm(kind, _num_channels(old), **{**carried, **kwargs})
+    # Running-statistics tracking carries over only within a family (an InstanceNorm's default
+    # track_running_stats=False must not turn a converted ChannelNorm's off, and vice versa).
+    same_family = _family(new) is not None and _family(new) == _family(old)
+    if (same_family and accepted is not None and "track_running_stats" in accepted
+            and "track_running_stats" not in kwargs
+            and getattr(new, "track_running_stats", None) != cfg.get("track_running_stats")):
+        new = create_norm(kind, _num_channels(old), **{**carried, **kwargs,
+                                                        "track_running_stats": cfg["track_running_stats"]})
+    if "device" in cfg and accepted is None:
+        new = new.to(device=cfg["device"], dtype=cfg["dtype"])
+    _copy_state(old, new, stats=same_family)
+    new.train(old.training)
+    return new
+
+
+def _factory_for(kind: str):
+    from . import registry
+
+    key = kind.lower().replace("-", "_") if isinstance(kind, str) else kind
+    key = registry._ALIASES.get(key, key)
+    if key not in registry._FACTORIES:
+        create_norm(kind, 1)  # raises the registry's ValueError listing the choices
+    return registry._FACTORIES[key]
+
+
+def replace_norms(model: nn.Module, kind: str, **kwargs) -> nn.Module:
+    """Replace every norm layer of ``model`` with ``create_norm(kind, C, **kwargs)``.
+
+    Carried from each old layer where the new kind takes them (explicit ``kwargs`` win): ``eps``,
+    ``affine``, ``channel_axis`` (1 for torch's norms), ``num_groups``, ``momentum`` (from layers
+    with running statistics), ``process_group``, ``device`` and ``dtype``; ``track_running_stats``
+    only between norms of the same family. ``weight``/``bias`` are copied when both layers have
+    them; running statistics and ``num_batches_tracked`` only within the same family. The
+    training/eval mode of each layer is kept.
+    """
+    _factory_for(kind)  # fail on an unknown kind before touching the model
+    return _swap(model, lambda m: _build(kind, m, kwargs) if _is_norm(m) else None)
+
+
+# ---------------------------------------------------------------- sync
+
+def _share_state(old: nn.Module, new: nn.Module) -> nn.Module:
+    """Make ``new`` use ``old``'s very tensors, so optimizers and references keep working."""
+    for name in ("weight", "bias") + _STAT_BUFFERS:
+        value = getattr(old, name, None)
+        if value is not None:
+            setattr(new, name, value)
+    new.train(old.training)
+    return new
+
+
+def _channel_norm_args(m: nn.Module) -> dict:
+    like = _tensor_like(m)
+    return dict(eps=m.eps, momentum=m.momentum, affine=m.affine, track_running_stats=m.track_running_stats,
+                channel_axis=getattr(m, "channel_axis", 1), backend=getattr(m, "backend", "auto"),
+                device=None if like is None else like.device, dtype=None if like is None else like.dtype)
+
+
+def to_sync(model: nn.Module, process_group=None) -> nn.Module:
+    """Turn every ``ChannelNorm`` and ``nn.BatchNorm1d/2d/3d`` into a ``SyncChannelNorm``.
+
+    The new layers share the old ones' parameter and buffer tensors (as
+    ``nn.SyncBatchNorm.convert_sync_batchnorm``), so call it before building the optimizer or after,
+    either works. ChannelNorm subclasses with other semantics (and ``nn.SyncBatchNorm``) are left as they are.
+    """
+    def convert(m):
+        if type(m) is ChannelNorm or type(m) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
+            return _share_state(m, SyncChannelNorm(m.num_features, **_channel_norm_args(m),
+                                                   process_group=process_group))
+        return None
+    return _swap(model, convert)
+
+
+def from_sync(model: nn.Module) -> nn.Module:
+    """Turn every ``SyncChannelNorm`` back into a ``ChannelNorm`` (sharing its tensors)."""
+    def convert(m):
+        if isinstance(m, SyncChannelNorm):
+            return _share_state(m, ChannelNorm(m.num_channels, **_channel_norm_args(m)))
+        return None
+    return _swap(model, convert)
+
+
+# ---------------------------------------------------------------- freeze
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Replace every channel norm with running statistics by a ``FrozenChannelNorm``.
+
+    Affected: ChannelNorm (and subclasses), SyncChannelNorm, ``nn.BatchNorm*d``/``nn.SyncBatchNorm``
+    with ``track_running_stats=True``. They then normalize with the running statistics in train and
+    eval mode, never update them, and have no parameters. Norms without running statistics
+    (GroupNorm, LayerNorm, InstanceNorm, ...) are left unchanged.
+    """
+    def convert(m):
+        if _family(m) != "channel" or isinstance(m, FrozenChannelNorm) or not _tracks_running_stats(m):
+            return None
+        like = _tensor_like(m)
+        frozen = FrozenChannelNorm(_num_channels(m), eps=m.eps, channel_axis=getattr(m, "channel_axis", 1),
+                                   backend=getattr(m, "backend", "auto"), device=like.device, dtype=like.dtype)
+        _copy_state(m, frozen, stats=True)
+        frozen.train(m.training)
+        return frozen
+    return _swap(model, convert)
+
+
+def unfreeze(model: nn.Module) -> nn.Module:
+    """Replace every ``FrozenChannelNorm`` by a trainable ``ChannelNorm`` holding the same values.
+
+    ``num_batches_tracked`` starts at 0 (a frozen layer does not keep it).
+    """
+    def convert(m):
+        if not isinstance(m, FrozenChannelNorm):
+            return None
+        new = ChannelNorm(m.num_channels, eps=m.eps, channel_axis=m.channel_axis, backend=m.backend,
+                          device=m.weight.device, dtype=m.weight.dtype)
+        _copy_state(m, new, stats=True)
+        new.train(m.training)
+        return new
+    return _swap(model, convert)
+
+
+# ---------------------------------------------------------------- fold
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _foldable_stats(norm: nn.Module):
+    """``(running_mean, running_var, weight, bias, eps, channel_axis)`` when ``norm`` is a fixed affine map."""
+    if isinstance(norm, FrozenChannelNorm):
+        pass
+    elif isinstance(norm, _BatchNorm) or type(norm) in (ChannelNorm, SyncChannelNorm):
+        if norm.training or not _tracks_running_stats(norm):
+            return None  # training, or eval with batch statistics: not a fixed map
+    else:
+        return None
+    return (norm.running_mean, norm.running_var, norm.weight, norm.bias, norm.eps,
+            getattr(norm, "channel_axis", 1))
+
+
+def _channel_axis_matches(layer: nn.Module, axis: int) -> bool:
+    if isinstance(layer, _CONVS):
+        rank = len(layer.kernel_size) + 2  # batched input (N, C, *spatial)
+        return axis % rank == 1
+    # Linear: features on the last axis; channel_axis=1 is the last axis of a 2-D (N, F) input.
+    return axis in (-1, 1)
+
+
+def _fold_pair(layer: nn.Module, norm: nn.Module) -> bool:
+    stats = _foldable_stats(norm)
+    if stats is None:
+        return False
+    mean, var, gamma, beta, eps, axis = stats
+    out = layer.out_channels if isinstance(layer, _CONVS) else layer.out_features
+    if out != _num_channels(norm) or not _channel_axis_matches(layer, axis):
+        return False
+    with torch.no_grad():
+        f64 = dict(dtype=torch.float64)
+        scale = torch.rsqrt(var.to(**f64) + eps)
+        if gamma is not None:
+            scale = scale * gamma.to(**f64)
+        shift = -mean.to(**f64) * scale
+        if beta is not None:
+            shift = shift + beta.to(**f64)
+        w = layer.weight
+        new_w = w.to(**f64) * scale.view([-1] + [1] * (w.ndim - 1))
+        old_b = layer.bias.to(**f64) if layer.bias is not None else torch.zeros_like(scale)
+        new_b = old_b * scale + shift
+        layer.weight = nn.Parameter(new_w.to(w.dtype), requires_grad=w.requires_grad)
+        layer.bias = nn.Parameter(new_b.to(w.dtype), requires_grad=w.requires_grad)
+    return True
+
+
+def fold(model: nn.Module) -> nn.Module:
+    """Fold eval-mode channel norms into the layer before them; the norm becomes ``nn.Identity``.
+
+    Folded pattern: inside any ``nn.Sequential`` (at any depth of the tree), a ``Conv1d/2d/3d`` or
+    ``Linear`` immediately followed by an eval-mode ``ChannelNorm``/``SyncChannelNorm``/``nn.BatchNorm*d``
+    with running statistics, or a ``FrozenChannelNorm``, whose channel axis is the layer's output
+    channel axis (1 for convolutions; -1, or 1 for 2-D input, after Linear). Memory format does not
+    matter (channels_last inputs give the same result). Not folded: norms in training mode or
+    without running statistics, transposed convolutions, and norms reached through a custom
+    ``forward`` (e.g. ``self.bn(self.conv(x))``) — fold has no graph, only the Sequential order.
+    The conv/linear parameters are replaced (computed in float64, stored in their dtype).
+    """
+    if isinstance(model, nn.Sequential):
+        children = list(model.named_children())
+        for (_, layer), (norm_name, norm) in zip(children, children[1:]):
+            if isinstance(layer, _CONVS + (nn.Linear,)) and _fold_pair(layer, norm):
+                setattr(model, norm_name, nn.Identity())
+    for child in model.children():
+        fold(child)
+    return model

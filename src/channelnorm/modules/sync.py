@@ -1,0 +1,55 @@
+"""SyncChannelNorm: ChannelNorm whose training statistics span every rank of a process group."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from .. import _checks
+from ..ops.running_stats import update_running_stats
+from .channel import ChannelNorm
+
+
+def _distributed_ready() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+class SyncChannelNorm(ChannelNorm):
+    """ChannelNorm with statistics merged across ``process_group`` (default: the whole world).
+
+    In training, each step costs one collective in forward (all_gather of per-channel count, mean
+    and M2, merged exactly with Chan's formula) and one in backward (all_reduce of the per-channel
+    gradient sums); see ``channelnorm.distributed``. Every rank of the group must run the layer,
+    an empty batch included. It computes ChannelNorm's local path instead when torch.distributed
+    is unavailable or not initialized, when the group has one rank, and in eval mode (as
+    ``nn.SyncBatchNorm``: evaluation never communicates, with or without running statistics).
+    The synchronized path is pure torch math; ``backend`` applies to the local path.
+    """
+
+    def __init__(self, num_channels: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, channel_axis: int = 1, backend: str = "auto",
+                 device=None, dtype=None, process_group=None) -> None:
+        super().__init__(num_channels, eps, momentum, affine, track_running_stats, channel_axis, backend,
+                         device, dtype)
+        self.process_group = process_group
+
+    def _needs_sync(self) -> bool:
+        if not self.training or not _distributed_ready():
+            return False
+        return dist.get_world_size(self.process_group) > 1
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not self._needs_sync():
+            return super().forward(input)
+        from ..distributed import sync_channel_norm
+
+        op = "SyncChannelNorm"
+        axis = _checks.input_tensor(input, self.channel_axis, op)
+        _checks.per_channel(op, input, axis, expected=self.num_channels)
+        y, n, mean, var = sync_channel_norm(input, self.weight, self.bias, axis, self.eps, self.process_group)
+        if self.track_running_stats:
+            # Every rank merged the same statistics, so the buffers stay identical across ranks.
+            update_running_stats(self.running_mean, self.running_var, self.num_batches_tracked, mean, var, n,
+                                 self.momentum)
+        return y
