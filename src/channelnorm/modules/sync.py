@@ -44,9 +44,8 @@ class SyncChannelNorm(ChannelNorm):
             return super().forward(input)
         from ..distributed import sync_channel_norm
 
-        op = "SyncChannelNorm"
-        axis = _checks.input_tensor(input, self.channel_axis, op)
-        _checks.per_channel(op, input, axis, expected=self.num_channels)
+        self._check_input(input)
+        axis = self.channel_axis % input.ndim
         y, n, mean, var = sync_channel_norm(input, self.weight, self.bias, axis, self.eps, self.process_group)
         if self.track_running_stats:
             # Every rank merged the same statistics, so the buffers stay identical across ranks.
