@@ -9,6 +9,7 @@ misses the spread of the batch means.) InstanceNorm layers are left alone.
 """
 from __future__ import annotations
 
+import itertools
 import warnings
 from typing import Iterable, Optional
 
@@ -102,8 +103,9 @@ def recompute_stats(model: nn.Module, batches: Iterable, num_batches: Optional[i
     ``num_batches`` of them (None: all). Layers normalize with their batch statistics as in
     training, while their running statistics are held fixed (momentum 0) and replaced at the end
     by the population mean and unbiased variance of the inputs each layer saw. Momentum, each
-    module's train/eval mode and ``num_batches_tracked`` (BatchRenorm's warm-up step) are
-    restored; on an error every buffer is restored too. A layer no batch reached is unchanged.
+    module's train/eval mode and every other buffer of the model (``num_batches_tracked``, i.e.
+    BatchRenorm's warm-up step; InstanceNorm's running statistics; ...) are restored, and on an
+    error the recomputed statistics too. A layer no batch reached is unchanged.
     Statistics are those of this process (no all-reduce across a process group).
     """
     if num_batches is not None:
@@ -112,8 +114,10 @@ def recompute_stats(model: nn.Module, batches: Iterable, num_batches: Optional[i
         raise TypeError(f"recompute_stats: model must be an nn.Module, got {type(model).__name__}")
     targets = _targets(model)
     modes = {m: m.training for m in model.modules()}
-    saved = [(m, m.momentum, {k: b.clone() for k, b in m.named_buffers(recurse=False) if b is not None})
-             for m, _ in targets]
+    momenta = [(m, m.momentum) for m, _ in targets]
+    # Every buffer is put back afterwards except the recomputed statistics: the forwards must not
+    # move other state (num_batches_tracked, InstanceNorm's running stats, ...).
+    saved = [(b, b.clone()) for b in model.buffers()]
     populations = [_Population(axis) for _, axis in targets]
     handles = [m.register_forward_pre_hook(_hook(p), with_kwargs=True) for (m, _), p in zip(targets, populations)]
     try:
@@ -123,32 +127,27 @@ def recompute_stats(model: nn.Module, batches: Iterable, num_batches: Optional[i
         model.train()
         seen = 0
         with torch.no_grad():
-            for batch in _progress(batches, total, progress):
-                if num_batches is not None and seen >= num_batches:
-                    break
+            limited = batches if num_batches is None else itertools.islice(batches, num_batches)
+            for batch in _progress(limited, total, progress):
                 _forward(model, batch)
                 seen += 1
         if num_batches is not None and seen < num_batches:
             raise ValueError(f"recompute_stats: num_batches={num_batches} but batches gave only {seen}")
-        with torch.no_grad():
-            for (m, _), pop, (_, _, buffers) in zip(targets, populations, saved):
-                m.num_batches_tracked.copy_(buffers["num_batches_tracked"])
-                if pop.n < 2:
-                    continue
-                if m.running_mean is not None:
-                    m.running_mean.copy_(pop.mean.to(m.running_mean.dtype))
-                m.running_var.copy_((pop.m2 / (pop.n - 1)).to(m.running_var.dtype))
-    except BaseException:
-        with torch.no_grad():
-            for m, _, buffers in saved:
-                for name, value in buffers.items():
-                    getattr(m, name).copy_(value)
-        raise
     finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
         for h in handles:
             h.remove()
-        for m, momentum, _ in saved:
+        for m, momentum in momenta:
             m.momentum = momentum
         for m, mode in modes.items():
             m.training = mode
+    with torch.no_grad():
+        for (m, _), pop in zip(targets, populations):
+            if pop.n < 2:
+                continue  # no batch reached it (or a single value): nothing to estimate
+            if m.running_mean is not None:
+                m.running_mean.copy_(pop.mean.to(m.running_mean.dtype))
+            m.running_var.copy_((pop.m2 / (pop.n - 1)).to(m.running_var.dtype))
     return model
