@@ -188,3 +188,28 @@ def test_create_norm_robust_errors():
         cn.create_norm("evonorm_s0", 16)  # default 32 groups, as "group"
     with pytest.raises(ValueError, match="unknown norm kind 'evonorm_x'"):
         cn.create_norm("evonorm_x", 4)
+
+
+# ---------------------------------------------------------------- layout, dtype, empty batch (every variant)
+
+_KINDS = [("batch_renorm", dict(warmup_steps=3)), ("ghost", dict(virtual_batch_size=2)), ("frn", {}),
+          ("evonorm_s0", dict(num_groups=2)), ("evonorm_b0", {})]
+
+
+@pytest.mark.parametrize("kind, kwargs", _KINDS)
+def test_variants_keep_layout_dtype_and_handle_empty_batches(kind, kwargs):
+    torch.manual_seed(5)
+    x64 = torch.randn(4, 4, 3, 3, dtype=F64) * 3 + 100  # offset: statistics must be centered
+    norm64 = cn.create_norm(kind, 4, dtype=F64, **kwargs)
+    norm32 = cn.create_norm(kind, 4, **kwargs)
+    norm32.load_state_dict(norm64.state_dict())
+    y64 = norm64(x64)
+    y32 = norm32(x64.float().contiguous(memory_format=torch.channels_last))
+    assert y32.dtype == torch.float32 and y32.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y32, y64.float(), atol=1e-4, rtol=1e-4)  # float32 stats of O(100)-offset data
+    ybf = norm32(x64.to(torch.bfloat16))
+    assert ybf.dtype == torch.bfloat16
+    empty = norm32(torch.randn(0, 4, 3, 3))
+    assert empty.shape == (0, 4, 3, 3)
+    if hasattr(norm32, "num_batches_tracked") and norm32.num_batches_tracked is not None:
+        assert int(norm32.num_batches_tracked) == 2  # the empty batch did not count
