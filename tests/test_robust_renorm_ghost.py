@@ -235,3 +235,13 @@ def test_ghost_errors():
         cn.GhostNorm(3, channel_axis=0)(torch.randn(3, 4))
     with pytest.raises(ValueError, match="unknown backend"):
         cn.GhostNorm(3, backend="cuda")
+
+
+def test_mask_only_in_eval_for_renorm_and_ghost():
+    x = torch.randn(4, 3, 5, dtype=F64)
+    mask = torch.ones(4, 5, dtype=torch.bool)
+    for norm in (cn.BatchRenorm(3, dtype=F64), cn.GhostNorm(3, dtype=F64, virtual_batch_size=2)):
+        with pytest.raises(ValueError, match="does not support a statistics mask in training"):
+            norm(x, mask=mask)
+        norm.eval()
+        torch.testing.assert_close(norm(x, mask=mask), norm(x))

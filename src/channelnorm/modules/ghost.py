@@ -31,7 +31,13 @@ class GhostNorm(ChannelNorm):
         super().__init__(num_channels, eps, momentum, affine, track_running_stats, channel_axis, backend, device,
                          dtype)
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if mask is not None:
+            # Masked statistics exist for ChannelNorm only; eval does not use statistics, so it accepts one.
+            if self._uses_batch_stats():
+                raise ValueError(f"{type(self).__name__} does not support a statistics mask in training; "
+                                 f"use ChannelNorm for masked statistics")
+            return super().forward(input, mask=mask)
         running_mean, running_var, tracked = self._running_buffers()
         return F.ghost_norm(input, running_mean, running_var, self.weight, self.bias,
                             training=self._uses_batch_stats(), momentum=self.momentum, eps=self.eps,
