@@ -19,12 +19,16 @@ def _unit_interval(name: str, value, hint: str = "") -> float:
 
 
 def momentum_from_decay(decay: float) -> float:
-    """PyTorch ``momentum`` for a Keras/Flax ``momentum`` or TF1 ``decay`` (weight of the old value): ``1 - decay``."""
+    """PyTorch ``momentum`` for a Keras/Flax ``momentum`` or TF1 ``decay`` (weight of the old value).
+
+    Returns ``1 - decay``."""
     return 1.0 - _unit_interval("decay", decay)
 
 
 def decay_from_momentum(momentum: float) -> float:
-    """Keras/Flax ``momentum`` / TF1 ``decay`` for a PyTorch ``momentum`` (weight of the new value): ``1 - momentum``."""
+    """Keras/Flax ``momentum`` / TF1 ``decay`` for a PyTorch ``momentum`` (weight of the new value).
+
+    Returns ``1 - momentum``."""
     if momentum is None:
         raise ValueError("momentum=None is PyTorch's cumulative average (m = 1/num_batches_tracked); "
                          "it has no fixed decay")
