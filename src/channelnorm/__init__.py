@@ -21,3 +21,13 @@ __all__ = [
     "FrozenChannelNorm",
     "convert",
 ]
+
+# Batch-robust variants and tools (DESIGN §5)
+from .modules import (  # noqa: E402
+    BatchRenorm, EvoNormB0, EvoNormS0, FilterResponseNorm, GhostNorm, WSConv2d, weight_standardization,
+)
+from .momentum import decay_from_momentum, momentum_from_decay  # noqa: E402
+from .precise import recompute_stats  # noqa: E402
+
+__all__ += ["BatchRenorm", "GhostNorm", "FilterResponseNorm", "EvoNormS0", "EvoNormB0", "WSConv2d",
+            "weight_standardization", "recompute_stats", "momentum_from_decay", "decay_from_momentum"]

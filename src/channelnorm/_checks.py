@@ -96,3 +96,38 @@ def more_than_one_value(op: str, x: torch.Tensor, n: int, what: str) -> None:
 def paired_running_stats(op: str, running_mean, running_var) -> None:
     if (running_mean is None) != (running_var is None):
         raise ValueError(f"{op}: running_mean and running_var must both be tensors or both be None")
+
+
+def stats_mask(op: str, x: torch.Tensor, axis: int, mask) -> torch.Tensor:
+    """Validate a statistics mask (True = valid) and return it with the input's rank, size 1 on the channel axis.
+
+    Accepted: the input's shape without the channel axis (rank ``x.ndim - 1``), or the input's rank
+    with size 1 on the channel axis; either broadcastable to the input.
+    """
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{op}: mask must be a bool torch.Tensor or None, got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"{op}: mask must have dtype torch.bool (True = valid element), got {mask.dtype}")
+    if mask.device != x.device:
+        raise ValueError(f"{op}: mask is on {mask.device} but input is on {x.device}")
+    without_channel = tuple(s for d, s in enumerate(x.shape) if d != axis)
+    if mask.ndim == x.ndim - 1:
+        full = mask.unsqueeze(axis)
+    elif mask.ndim == x.ndim and mask.shape[axis] == 1:
+        full = mask
+    else:
+        raise ValueError(f"{op}: mask shape {tuple(mask.shape)} does not fit input shape {tuple(x.shape)} with "
+                         f"channel_axis={axis}: give the input's shape without the channel axis "
+                         f"{without_channel} (or a shape broadcastable to it), or the input's rank with size 1 "
+                         f"on the channel axis")
+    target = list(x.shape)
+    target[axis] = 1
+    try:
+        fits = torch.broadcast_shapes(tuple(full.shape), tuple(target)) == tuple(target)
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(f"{op}: mask shape {tuple(mask.shape)} is not broadcastable to the input shape without "
+                         f"the channel axis {without_channel} (input shape {tuple(x.shape)}, "
+                         f"channel_axis={axis})")
+    return full

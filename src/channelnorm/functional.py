@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 from . import _checks
-from .ops import dispatch
+from .ops import dispatch, masked
 from .ops.layout import elements_per_statistic
 from .ops.reference import affine
 
@@ -36,12 +36,19 @@ def channel_norm(
     backend: str = "auto",
     *,
     num_batches_tracked: Optional[torch.Tensor] = None,
+    mask: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Channel normalization (batch normalization): statistics per channel over every other axis.
 
     ``training=True`` normalizes with the batch's mean and biased variance and, when running
     buffers are given, updates them in place (unbiased variance; skipped for non-finite batches).
     ``training=False`` normalizes with ``running_mean``/``running_var``.
+
+    ``mask`` (bool, True = valid) excludes elements from the statistics (padding); every element
+    is still normalized. Shape: the input's without the channel axis (e.g. ``(N, L)`` for
+    ``(N, C, L)``), or the input's rank with size 1 on the channel axis; broadcastable. ``n`` of
+    the unbiased correction is the number of valid elements per channel. Only the reference math
+    computes masked statistics: ``backend="auto"`` uses it, ``"native"``/``"triton"`` raise.
     """
     op = "channel_norm"
     dispatch.check_backend_name(backend)
@@ -53,6 +60,9 @@ def channel_norm(
     if not training and running_mean is None:
         raise ValueError(f"{op}: training=False needs running_mean and running_var")
     _check_momentum_source(op, training, running_mean, momentum, num_batches_tracked)
+    if mask is not None:
+        return _masked_channel_norm(input, mask, running_mean, running_var, weight, bias, training, momentum, eps,
+                                    axis, backend, num_batches_tracked)
     if training:
         n = elements_per_statistic(input.shape, input.shape[axis], per_sample=False) if input.shape[axis] else 0
         _checks.more_than_one_value(op, input, n, "channel")
@@ -61,6 +71,25 @@ def channel_norm(
     impl = dispatch.resolve(backend, op, input, weight, bias, running_mean, running_var)
     return impl.channel_norm(input, running_mean, running_var, weight, bias, bool(training), momentum, eps, axis,
                              num_batches_tracked=num_batches_tracked)
+
+
+def _masked_channel_norm(input, mask, running_mean, running_var, weight, bias, training, momentum, eps, axis,
+                         backend, num_batches_tracked):
+    op = "channel_norm"
+    full_mask = _checks.stats_mask(op, input, axis, mask)
+    if backend not in ("auto", "reference"):
+        raise ValueError(f"{op}: backend={backend!r} cannot compute masked statistics; only the reference math "
+                         f"does (use backend='auto' or 'reference')")
+    count = 0
+    if training and input.numel() > 0:
+        count = int(masked.valid_count(full_mask, input.shape, axis))  # host read: n is needed on the host
+        if count <= 1:
+            raise ValueError(f"{op}: expected more than 1 unmasked value per channel when training, got {count} "
+                             f"(input shape {tuple(input.shape)}, mask shape {tuple(mask.shape)})")
+    if input.numel() == 0:
+        return _empty_output(input, weight, bias, axis)
+    return masked.channel_norm(input, full_mask, running_mean, running_var, weight, bias, bool(training), momentum,
+                               eps, axis, count, num_batches_tracked=num_batches_tracked)
 
 
 def instance_norm(
@@ -131,3 +160,9 @@ def layer_norm(
 ) -> torch.Tensor:
     """Layer normalization over (C, spatial) per sample with a per-channel affine: ``group_norm`` with 1 group."""
     return group_norm(input, 1, weight, bias, eps, channel_axis, backend)
+
+
+# Batch-robust variants (DESIGN §5), kept in their own file; re-exported here as the public functional API.
+from ._functional_robust import batch_renorm, evonorm_b0, evonorm_s0, filter_response_norm, ghost_norm  # noqa: E402
+
+__all__ += ["batch_renorm", "ghost_norm", "filter_response_norm", "evonorm_s0", "evonorm_b0"]

@@ -73,3 +73,12 @@ register_norm("instance", InstanceNorm, aliases=("instancenorm", "in"))
 register_norm("none", _identity, aliases=("identity",))
 register_norm("sync_channel", SyncChannelNorm, aliases=("syncbn", "sync_batch", "syncchannelnorm"))
 register_norm("frozen", FrozenChannelNorm, aliases=("frozen_channel", "frozenbn", "frozen_bn"))
+
+# Batch-robust variants (DESIGN §5)
+from .modules import BatchRenorm, EvoNormB0, EvoNormS0, FilterResponseNorm, GhostNorm  # noqa: E402
+
+register_norm("batch_renorm", BatchRenorm, aliases=("batchrenorm", "brn", "renorm"))
+register_norm("ghost", GhostNorm, aliases=("ghost_norm", "ghostnorm", "gbn", "virtual_batch_norm", "vbn"))
+register_norm("frn", FilterResponseNorm, aliases=("filter_response_norm", "filterresponsenorm"))
+register_norm("evonorm_s0", EvoNormS0, aliases=("evonorms0",))
+register_norm("evonorm_b0", EvoNormB0, aliases=("evonormb0",))

@@ -1,8 +1,18 @@
 from .base import _NormBase
 from .channel import ChannelNorm
+from .evonorm import EvoNormB0, EvoNormS0
+from .frn import FilterResponseNorm
+from .frozen import FrozenChannelNorm
+from .ghost import GhostNorm
 from .group import GroupNorm, LayerNorm
 from .instance import InstanceNorm
+from .renorm import BatchRenorm
 from .sync import SyncChannelNorm
-from .frozen import FrozenChannelNorm
+from .weight_std import WeightStandardization, WSConv2d, weight_standardization
 
-__all__ = ["_NormBase", "ChannelNorm", "GroupNorm", "LayerNorm", "InstanceNorm", "SyncChannelNorm", "FrozenChannelNorm"]
+__all__ = [
+    "_NormBase", "ChannelNorm", "GroupNorm", "LayerNorm", "InstanceNorm", "SyncChannelNorm", "FrozenChannelNorm",
+    # batch-robust variants (DESIGN §5)
+    "BatchRenorm", "GhostNorm", "FilterResponseNorm", "EvoNormS0", "EvoNormB0",
+    "WSConv2d", "WeightStandardization", "weight_standardization",
+]

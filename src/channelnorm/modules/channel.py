@@ -1,6 +1,8 @@
 """ChannelNorm: statistics per channel over the batch and spatial axes (what frameworks call BatchNorm)."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from .. import functional as F
@@ -14,10 +16,11 @@ class ChannelNorm(_NormBase):
     >= 2 and any ``channel_axis`` (``-1`` for channels-last data as in Keras).
     """
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``mask`` (bool, True = valid) excludes padding from the statistics; see ``functional.channel_norm``."""
         self._check_input(input)
         running_mean, running_var, tracked = self._running_buffers()
         return F.channel_norm(input, running_mean, running_var, self.weight, self.bias,
                               training=self._uses_batch_stats(), momentum=self.momentum, eps=self.eps,
                               channel_axis=self.channel_axis, backend=self.backend,
-                              num_batches_tracked=tracked)
+                              num_batches_tracked=tracked, mask=mask)

@@ -1,0 +1,171 @@
+"""Functional API of the batch-robust variants (re-exported by ``channelnorm.functional``).
+
+Validate, then dispatch. Only the reference math (``ops/robust.py``) implements these variants,
+so ``backend`` must be ``"auto"`` or ``"reference"``; naming another is a ``ValueError``, never a
+silent fallback. ``ghost_norm`` is the exception: each virtual batch is a plain channel norm, run
+by whichever backend is asked for.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+from . import _checks
+from .ops import dispatch, robust
+from .ops.layout import match_layout
+from .ops.reference import affine
+
+__all__ = ["batch_renorm", "ghost_norm", "filter_response_norm", "evonorm_s0", "evonorm_b0"]
+
+REFERENCE_ONLY = ("auto", "reference")
+
+
+def reference_only(op: str, backend: str) -> None:
+    dispatch.check_backend_name(backend)
+    if backend not in REFERENCE_ONLY:
+        raise ValueError(f"backend={backend!r} cannot run {op}: only the reference math implements it; "
+                         f"use backend='auto' or 'reference'")
+
+
+def renorm_limits(rmax, dmax, warmup_steps) -> tuple[float, float, int]:
+    if isinstance(rmax, bool) or not isinstance(rmax, numbers.Real) or not math.isfinite(rmax) or rmax < 1:
+        raise ValueError(f"rmax must be a finite number >= 1, got {rmax!r}")
+    if isinstance(dmax, bool) or not isinstance(dmax, numbers.Real) or not math.isfinite(dmax) or dmax < 0:
+        raise ValueError(f"dmax must be a finite number >= 0, got {dmax!r}")
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, numbers.Integral) or warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
+    return float(rmax), float(dmax), int(warmup_steps)
+
+
+def _empty(x, weight, bias, axis):
+    return affine(x * 0, weight, bias, axis).to(x.dtype)
+
+
+def _per_channel_values(op, x, axis):
+    n = x.numel() // x.shape[axis] if x.shape[axis] else 0
+    _checks.more_than_one_value(op, x, n, "channel")
+
+
+def batch_renorm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
+                 eps=1e-5, channel_axis=1, backend="auto", *, num_batches_tracked=None, rmax=3.0, dmax=5.0,
+                 warmup_steps=0) -> torch.Tensor:
+    """Batch Renormalization (Ioffe 2017); eval (``training=False``) is ChannelNorm's eval.
+
+    Training needs the running statistics and ``num_batches_tracked`` (the warm-up step; see
+    ``ops.robust.renorm_bounds`` for the schedule).
+    """
+    op = "batch_renorm"
+    rmax, dmax, warmup_steps = renorm_limits(rmax, dmax, warmup_steps)
+    if not training:
+        from .functional import channel_norm
+        return channel_norm(input, running_mean, running_var, weight, bias, False, momentum, eps, channel_axis,
+                            backend, num_batches_tracked=num_batches_tracked)
+    reference_only(op, backend)
+    axis = _checks.input_tensor(input, channel_axis, op)
+    _checks.per_channel(op, input, axis, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
+    if running_mean is None or running_var is None or num_batches_tracked is None:
+        raise ValueError(f"{op}: training needs running_mean, running_var and num_batches_tracked "
+                         f"(r and d are measured against the running statistics)")
+    _checks.momentum(momentum)
+    eps = _checks.eps(eps)
+    _per_channel_values(op, input, axis)
+    if input.numel() == 0:
+        return _empty(input, weight, bias, axis)
+    return robust.batch_renorm(input, running_mean, running_var, num_batches_tracked, weight, bias, momentum, eps,
+                               axis, rmax, dmax, warmup_steps)
+
+
+def ghost_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5,
+               channel_axis=1, backend="auto", *, virtual_batch_size, num_batches_tracked=None) -> torch.Tensor:
+    """Ghost (virtual) batch normalization: in training, each run of ``virtual_batch_size`` samples
+    along the batch axis (axis 0) is normalized with its own statistics; the last virtual batch has
+    the remaining ``N mod virtual_batch_size`` samples when the batch does not divide evenly.
+    Running statistics: ``ops.robust.ghost_running_update``. Eval is ChannelNorm's eval.
+    """
+    op = "ghost_norm"
+    virtual_batch_size = _checks.positive_int("virtual_batch_size", virtual_batch_size)
+    from .functional import channel_norm
+    if not training:
+        return channel_norm(input, running_mean, running_var, weight, bias, False, momentum, eps, channel_axis,
+                            backend, num_batches_tracked=num_batches_tracked)
+    dispatch.check_backend_name(backend)
+    axis = _checks.input_tensor(input, channel_axis, op, batch_axis_needed=True)
+    _checks.per_channel(op, input, axis, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
+    _checks.paired_running_stats(op, running_mean, running_var)
+    _checks.momentum(momentum)
+    if running_mean is not None and momentum is None and num_batches_tracked is None:
+        raise ValueError(f"{op}: momentum=None (cumulative average) needs num_batches_tracked")
+    if input.numel() == 0:
+        return _empty(input, weight, bias, axis)
+    chunks = input.split(virtual_batch_size, dim=0)
+    per_channel = input.numel() // (input.shape[0] * input.shape[axis])
+    smallest = chunks[-1].shape[0] * per_channel
+    if smallest <= 1:
+        raise ValueError(f"{op}: expected more than 1 value per channel in every virtual batch when training; "
+                         f"batch of {input.shape[0]} split into virtual batches of {virtual_batch_size} leaves a "
+                         f"last one with {smallest} value per channel (input shape {tuple(input.shape)})")
+    outs = [channel_norm(c, None, None, weight, bias, True, 0.0, eps, axis, backend) for c in chunks]
+    if running_mean is not None:
+        robust.ghost_running_update(running_mean, running_var, num_batches_tracked, chunks, axis, momentum)
+    y = torch.cat(outs, 0)
+    return match_layout(y, input)
+
+
+def filter_response_norm(input, weight=None, bias=None, tau=None, eps=1e-6, channel_axis=1,
+                         backend="auto") -> torch.Tensor:
+    """Filter Response Normalization with TLU (Singh & Krishnan 2019); ``tau=None`` skips the TLU.
+    ``eps`` is a float >= 0 or a learned scalar tensor (its absolute value is used)."""
+    op = "filter_response_norm"
+    reference_only(op, backend)
+    axis = _checks.input_tensor(input, channel_axis, op, batch_axis_needed=True)
+    _checks.per_channel(op, input, axis, weight=weight, bias=bias, tau=tau)
+    if isinstance(eps, torch.Tensor):
+        if eps.numel() != 1:
+            raise ValueError(f"{op}: a tensor eps must have one element, got shape {tuple(eps.shape)}")
+    else:
+        eps = _checks.eps(eps)
+    return robust.filter_response_norm(input, weight, bias, tau, eps, axis)
+
+
+def evonorm_s0(input, num_groups, v, weight=None, bias=None, eps=1e-5, channel_axis=1,
+               backend="auto") -> torch.Tensor:
+    """EvoNorm-S0 (Liu et al. 2020): ``x·sigmoid(v·x) / group_std(x) · γ + β``; batch-independent."""
+    op = "evonorm_s0"
+    reference_only(op, backend)
+    axis = _checks.input_tensor(input, channel_axis, op, batch_axis_needed=True)
+    num_channels = _checks.per_channel(op, input, axis, v=v, weight=weight, bias=bias)
+    if v is None:
+        raise ValueError(f"{op}: v (the per-channel sigmoid scale) is required")
+    num_groups = _checks.positive_int("num_groups", num_groups)
+    _checks.groups_divide(num_groups, num_channels)
+    eps = _checks.eps(eps)
+    return robust.evonorm_s0(input, num_groups, v, weight, bias, eps, axis)
+
+
+def evonorm_b0(input, running_var, v, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5,
+               channel_axis=1, backend="auto", *, num_batches_tracked=None) -> torch.Tensor:
+    """EvoNorm-B0 (Liu et al. 2020): ``x / max(sqrt(var_batch + eps), v·x + instance_std(x)) · γ + β``.
+
+    ``training=True`` uses the batch variance and updates ``running_var`` (if given, unbiased, as
+    ChannelNorm); ``training=False`` uses ``running_var``.
+    """
+    op = "evonorm_b0"
+    reference_only(op, backend)
+    axis = _checks.input_tensor(input, channel_axis, op, batch_axis_needed=True)
+    _checks.per_channel(op, input, axis, running_var=running_var, v=v, weight=weight, bias=bias)
+    if v is None:
+        raise ValueError(f"{op}: v (the per-channel instance-term scale) is required")
+    _checks.momentum(momentum)
+    eps = _checks.eps(eps)
+    if not training and running_var is None:
+        raise ValueError(f"{op}: training=False needs running_var")
+    if training and running_var is not None and momentum is None and num_batches_tracked is None:
+        raise ValueError(f"{op}: momentum=None (cumulative average) needs num_batches_tracked")
+    if training:
+        _per_channel_values(op, input, axis)
+    if input.numel() == 0:
+        return _empty(input, weight, bias, axis)
+    return robust.evonorm_b0(input, running_var, num_batches_tracked, v, weight, bias, bool(training), momentum, eps,
+                             axis)

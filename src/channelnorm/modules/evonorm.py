@@ -1,0 +1,75 @@
+"""EvoNorm-S0 (batch-independent) and EvoNorm-B0 (batch variance + instance std), Liu et al. 2020."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .. import _checks
+from .. import functional as F
+from .._functional_robust import reference_only
+from .base import _NormBase
+
+
+class EvoNormS0(_NormBase):
+    """``y = x·sigmoid(v·x) / sqrt(var_group(x) + eps) · γ + β``: variance per sample over groups of
+    ``num_channels // num_groups`` channels and the spatial axes (as GroupNorm); replaces norm +
+    activation. ``v`` is a per-channel parameter initialised to 1."""
+
+    _repr_fields = ("num_channels", "num_groups", "eps", "affine", "channel_axis", "backend")
+
+    def __init__(self, num_channels: int, num_groups: int = 32, eps: float = 1e-5, affine: bool = True,
+                 channel_axis: int = 1, backend: str = "auto", device=None, dtype=None) -> None:
+        reference_only("EvoNormS0", backend)
+        self.num_groups = _checks.positive_int("num_groups", num_groups)
+        _checks.groups_divide(self.num_groups, _checks.positive_int("num_channels", num_channels))
+        super().__init__(num_channels, eps, None, affine, False, channel_axis, backend, device, dtype)
+        self.v = nn.Parameter(torch.ones(self.num_channels, device=device, dtype=dtype))
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if getattr(self, "v", None) is not None:
+            nn.init.ones_(self.v)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.evonorm_s0(input, self.num_groups, self.v, self.weight, self.bias, self.eps, self.channel_axis,
+                            self.backend)
+
+
+class EvoNormB0(_NormBase):
+    """``y = x / max(sqrt(var_batch + eps), v·x + sqrt(var_instance + eps)) · γ + β``.
+
+    ``var_batch`` is the biased variance per channel over (N, spatial) in training, the running
+    variance in eval; ``running_var`` is updated as ChannelNorm's (unbiased, ``momentum``; None is a
+    cumulative average). There is no running mean: the buffers are ``running_var`` and
+    ``num_batches_tracked`` only. ``v`` is a per-channel parameter initialised to 1.
+    """
+
+    _repr_fields = ("num_channels", "eps", "momentum", "affine", "track_running_stats", "channel_axis", "backend")
+
+    def __init__(self, num_channels: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, channel_axis: int = 1, backend: str = "auto", device=None,
+                 dtype=None) -> None:
+        reference_only("EvoNormB0", backend)
+        super().__init__(num_channels, eps, momentum, affine, track_running_stats, channel_axis, backend, device,
+                         dtype)
+        self.running_mean = None  # B0 only uses the variance; keep the state dict to what it uses
+        self.v = nn.Parameter(torch.ones(self.num_channels, device=device, dtype=dtype))
+
+    def reset_running_stats(self) -> None:
+        if self.track_running_stats:
+            self.running_var.fill_(1)
+            self.num_batches_tracked.zero_()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if getattr(self, "v", None) is not None:
+            nn.init.ones_(self.v)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        running_var = self.running_var if self.track_running_stats else None
+        tracked = self.num_batches_tracked if self.track_running_stats else None
+        return F.evonorm_b0(input, running_var, self.v, self.weight, self.bias, training=self._uses_batch_stats(),
+                            momentum=self.momentum, eps=self.eps, channel_axis=self.channel_axis,
+                            backend=self.backend, num_batches_tracked=tracked)

@@ -1,0 +1,46 @@
+"""FilterResponseNorm: per-sample, per-channel normalization by the mean square, with a TLU."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import functional as F
+from .._functional_robust import reference_only
+from .base import _NormBase
+
+
+class FilterResponseNorm(_NormBase):
+    """Filter Response Normalization + Thresholded Linear Unit (Singh & Krishnan 2019).
+
+    ``ν² = mean(x²)`` over the spatial axes per sample and channel, ``y = γ·x/sqrt(ν² + |eps|) + β``,
+    ``z = max(y, τ)``. No mean subtraction and no batch statistics: batch-independent. It replaces
+    both the norm and the activation. ``tlu=False`` drops τ (plain FRN); ``learnable_eps=True``
+    makes eps a scalar parameter ``eps_param`` (initialised to ``eps``; its absolute value is used).
+    On (N, C) input there are no spatial axes and ``ν² = x²``, so FRN is close to ``sign(x)``.
+    """
+
+    _repr_fields = ("num_channels", "eps", "affine", "tlu", "learnable_eps", "channel_axis", "backend")
+
+    def __init__(self, num_channels: int, eps: float = 1e-6, affine: bool = True, tlu: bool = True,
+                 learnable_eps: bool = False, channel_axis: int = 1, backend: str = "auto", device=None,
+                 dtype=None) -> None:
+        reference_only("FilterResponseNorm", backend)
+        self.tlu = bool(tlu)
+        self.learnable_eps = bool(learnable_eps)
+        super().__init__(num_channels, eps, None, affine, False, channel_axis, backend, device, dtype)
+        factory = {"device": device, "dtype": dtype}
+        self.tau = nn.Parameter(torch.zeros(self.num_channels, **factory)) if self.tlu else None
+        self.eps_param = nn.Parameter(torch.tensor(self.eps, **factory)) if self.learnable_eps else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if getattr(self, "tau", None) is not None:
+            nn.init.zeros_(self.tau)
+        if getattr(self, "eps_param", None) is not None:
+            with torch.no_grad():
+                self.eps_param.fill_(self.eps)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        eps = self.eps_param if self.eps_param is not None else self.eps
+        return F.filter_response_norm(input, self.weight, self.bias, self.tau, eps, self.channel_axis, self.backend)

@@ -1,0 +1,45 @@
+"""GhostNorm: ChannelNorm with statistics per virtual batch in training (Hoffer et al. 2017)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import _checks
+from .. import functional as F
+from .channel import ChannelNorm
+
+
+class GhostNorm(ChannelNorm):
+    """Ghost / virtual batch normalization.
+
+    Training: the batch axis (axis 0) is cut into consecutive virtual batches of
+    ``virtual_batch_size`` samples (the last one has the remainder when the batch does not divide
+    evenly), each normalized with its own mean and biased variance. Running statistics get one
+    update per forward: the whole batch's mean and the pooled within-virtual-batch unbiased
+    variance ``Σ_k SS_k / (n - K)`` (see ``ops.robust.ghost_running_update``). Eval, buffers and
+    ``state_dict`` are exactly ChannelNorm's; with ``virtual_batch_size >= N`` it is ChannelNorm.
+    Each virtual batch runs on ``backend`` (any backend that can run ChannelNorm).
+    """
+
+    _repr_fields = ChannelNorm._repr_fields + ("virtual_batch_size",)
+
+    def __init__(self, num_channels: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, channel_axis: int = 1, backend: str = "auto", device=None,
+                 dtype=None, *, virtual_batch_size: int = 32) -> None:
+        self.virtual_batch_size = _checks.positive_int("virtual_batch_size", virtual_batch_size)
+        super().__init__(num_channels, eps, momentum, affine, track_running_stats, channel_axis, backend, device,
+                         dtype)
+
+    def forward(self, input: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if mask is not None:
+            # Masked statistics exist for ChannelNorm only; eval does not use statistics, so it accepts one.
+            if self._uses_batch_stats():
+                raise ValueError(f"{type(self).__name__} does not support a statistics mask in training; "
+                                 f"use ChannelNorm for masked statistics")
+            return super().forward(input, mask=mask)
+        running_mean, running_var, tracked = self._running_buffers()
+        return F.ghost_norm(input, running_mean, running_var, self.weight, self.bias,
+                            training=self._uses_batch_stats(), momentum=self.momentum, eps=self.eps,
+                            channel_axis=self.channel_axis, backend=self.backend,
+                            virtual_batch_size=self.virtual_batch_size, num_batches_tracked=tracked)

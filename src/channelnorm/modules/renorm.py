@@ -1,0 +1,49 @@
+"""BatchRenorm: ChannelNorm whose training output is corrected towards the running statistics (Ioffe 2017)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import functional as F
+from .._functional_robust import reference_only, renorm_limits
+from .channel import ChannelNorm
+
+
+class BatchRenorm(ChannelNorm):
+    """Batch Renormalization: ``y = ((x - μ_B)/σ_B · r + d)·γ + β`` in training.
+
+    ``r = clip(σ_B/σ, 1/rmax_t, rmax_t)`` and ``d = clip((μ_B - μ)/σ, -dmax_t, dmax_t)`` carry no
+    gradient; ``μ``, ``σ = sqrt(running_var + eps)`` are the running statistics before this batch.
+    Warm-up (step ``t = num_batches_tracked``): ``f = min(t / warmup_steps, 1)`` (1 when
+    ``warmup_steps=0``), ``rmax_t = 1 + (rmax - 1)·f``, ``dmax_t = dmax·f`` — a linear ramp from
+    plain ChannelNorm at step 0 to the targets at ``warmup_steps``. Running statistics, buffers,
+    ``state_dict`` and eval are exactly ChannelNorm's. Training runs on the reference math only
+    (``backend`` "auto" or "reference").
+    """
+
+    _repr_fields = ChannelNorm._repr_fields + ("rmax", "dmax", "warmup_steps")
+
+    def __init__(self, num_channels: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, channel_axis: int = 1, backend: str = "auto", device=None,
+                 dtype=None, *, rmax: float = 3.0, dmax: float = 5.0, warmup_steps: int = 0) -> None:
+        if not track_running_stats:
+            raise ValueError("BatchRenorm needs track_running_stats=True: r and d compare the batch with the "
+                             "running statistics")
+        reference_only("BatchRenorm", backend)
+        self.rmax, self.dmax, self.warmup_steps = renorm_limits(rmax, dmax, warmup_steps)
+        super().__init__(num_channels, eps, momentum, affine, track_running_stats, channel_axis, backend, device,
+                         dtype)
+
+    def forward(self, input: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if mask is not None:
+            # Masked statistics exist for ChannelNorm only; eval does not use statistics, so it accepts one.
+            if self._uses_batch_stats():
+                raise ValueError(f"{type(self).__name__} does not support a statistics mask in training; "
+                                 f"use ChannelNorm for masked statistics")
+            return super().forward(input, mask=mask)
+        return F.batch_renorm(input, self.running_mean, self.running_var, self.weight, self.bias,
+                              training=self.training, momentum=self.momentum, eps=self.eps,
+                              channel_axis=self.channel_axis, backend=self.backend,
+                              num_batches_tracked=self.num_batches_tracked, rmax=self.rmax, dmax=self.dmax,
+                              warmup_steps=self.warmup_steps)

@@ -1,0 +1,35 @@
+"""Converters between PyTorch's ``momentum`` and the ``decay``/``momentum`` of Keras, Flax, TF1, MXNet.
+
+PyTorch weights the NEW batch statistic: ``running ← (1 - m)·running + m·batch``. Keras, Flax, TF1
+(``decay``) and MXNet weight the OLD value: ``running ← d·running + (1 - d)·batch``. So ``m = 1 - d``.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+__all__ = ["momentum_from_decay", "decay_from_momentum"]
+
+
+def _unit_interval(name: str, value, hint: str = "") -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}{hint}")
+    return float(value)
+
+
+def momentum_from_decay(decay: float) -> float:
+    """PyTorch ``momentum`` for a Keras/Flax ``momentum`` or TF1 ``decay`` (weight of the old value).
+
+    Returns ``1 - decay``."""
+    return 1.0 - _unit_interval("decay", decay)
+
+
+def decay_from_momentum(momentum: float) -> float:
+    """Keras/Flax ``momentum`` / TF1 ``decay`` for a PyTorch ``momentum`` (weight of the new value).
+
+    Returns ``1 - momentum``."""
+    if momentum is None:
+        raise ValueError("momentum=None is PyTorch's cumulative average (m = 1/num_batches_tracked); "
+                         "it has no fixed decay")
+    return 1.0 - _unit_interval("momentum", momentum)
