@@ -170,7 +170,7 @@ def test_batch_renorm_errors():
         cn.BatchRenorm(3, warmup_steps=-1)
     with pytest.raises(ValueError, match="warmup_steps"):
         cn.BatchRenorm(3, warmup_steps=2.5)
-    with pytest.raises(ValueError, match="2 channels on axis 1"):
+    with pytest.raises(ValueError, match="expected input with 3 channels on axis 1, got 2 channels"):
         cn.BatchRenorm(3)(torch.randn(4, 2, 5))
     with pytest.raises(ValueError, match="more than 1 value"):
         cn.BatchRenorm(3)(torch.randn(1, 3))

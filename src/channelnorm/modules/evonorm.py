@@ -33,6 +33,7 @@ class EvoNormS0(_NormBase):
             nn.init.ones_(self.v)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        self._check_input(input)
         return F.evonorm_s0(input, self.num_groups, self.v, self.weight, self.bias, self.eps, self.channel_axis,
                             self.backend)
 
@@ -68,6 +69,7 @@ class EvoNormB0(_NormBase):
             nn.init.ones_(self.v)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        self._check_input(input)
         running_var = self.running_var if self.track_running_stats else None
         tracked = self.num_batches_tracked if self.track_running_stats else None
         return F.evonorm_b0(input, running_var, self.v, self.weight, self.bias, training=self._uses_batch_stats(),

@@ -42,5 +42,6 @@ class FilterResponseNorm(_NormBase):
                 self.eps_param.fill_(self.eps)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        self._check_input(input)
         eps = self.eps_param if self.eps_param is not None else self.eps
         return F.filter_response_norm(input, self.weight, self.bias, self.tau, eps, self.channel_axis, self.backend)

@@ -32,6 +32,7 @@ class GhostNorm(ChannelNorm):
                          dtype)
 
     def forward(self, input: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        self._check_input(input)
         if mask is not None:
             # Masked statistics exist for ChannelNorm only; eval does not use statistics, so it accepts one.
             if self._uses_batch_stats():

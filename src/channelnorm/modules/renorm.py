@@ -36,6 +36,7 @@ class BatchRenorm(ChannelNorm):
                          dtype)
 
     def forward(self, input: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        self._check_input(input)
         if mask is not None:
             # Masked statistics exist for ChannelNorm only; eval does not use statistics, so it accepts one.
             if self._uses_batch_stats():
