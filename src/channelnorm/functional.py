@@ -18,9 +18,20 @@ def _empty_output(x: torch.Tensor, weight, bias, axis: int) -> torch.Tensor:
     return affine(x * 0, weight, bias, axis).to(x.dtype)
 
 
-def _check_momentum_source(op, training, running_mean, momentum, num_batches_tracked):
-    if training and running_mean is not None and momentum is None and num_batches_tracked is None:
+def _check_tracked_call(op, input, channel_axis, weight, bias, running_mean, running_var, momentum, eps, backend,
+                        num_batches_tracked, batch_stats_name: str, use_batch_stats: bool, batch_axis_needed: bool):
+    """Checks shared by the norms with running statistics; returns (non-negative channel axis, eps)."""
+    dispatch.check_backend_name(backend)
+    axis = _checks.input_tensor(input, channel_axis, op, batch_axis_needed=batch_axis_needed)
+    _checks.per_channel(op, input, axis, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
+    _checks.paired_running_stats(op, running_mean, running_var)
+    _checks.momentum(momentum)
+    eps = _checks.eps(eps)
+    if not use_batch_stats and running_mean is None:
+        raise ValueError(f"{op}: {batch_stats_name}=False needs running_mean and running_var")
+    if use_batch_stats and running_mean is not None and momentum is None and num_batches_tracked is None:
         raise ValueError(f"{op}: momentum=None (cumulative average) needs num_batches_tracked")
+    return axis, eps
 
 
 def channel_norm(
@@ -51,15 +62,8 @@ def channel_norm(
     computes masked statistics: ``backend="auto"`` uses it, ``"native"``/``"triton"`` raise.
     """
     op = "channel_norm"
-    dispatch.check_backend_name(backend)
-    axis = _checks.input_tensor(input, channel_axis, op)
-    _checks.per_channel(op, input, axis, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
-    _checks.paired_running_stats(op, running_mean, running_var)
-    _checks.momentum(momentum)
-    eps = _checks.eps(eps)
-    if not training and running_mean is None:
-        raise ValueError(f"{op}: training=False needs running_mean and running_var")
-    _check_momentum_source(op, training, running_mean, momentum, num_batches_tracked)
+    axis, eps = _check_tracked_call(op, input, channel_axis, weight, bias, running_mean, running_var, momentum, eps,
+                                    backend, num_batches_tracked, "training", training, batch_axis_needed=False)
     if mask is not None:
         return _masked_channel_norm(input, mask, running_mean, running_var, weight, bias, training, momentum, eps,
                                     axis, backend, num_batches_tracked)
@@ -108,15 +112,9 @@ def instance_norm(
 ) -> torch.Tensor:
     """Instance normalization: statistics per sample and per channel over the spatial axes."""
     op = "instance_norm"
-    dispatch.check_backend_name(backend)
-    axis = _checks.input_tensor(input, channel_axis, op, batch_axis_needed=True)
-    _checks.per_channel(op, input, axis, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
-    _checks.paired_running_stats(op, running_mean, running_var)
-    _checks.momentum(momentum)
-    eps = _checks.eps(eps)
-    if not use_input_stats and running_mean is None:
-        raise ValueError(f"{op}: use_input_stats=False needs running_mean and running_var")
-    _check_momentum_source(op, use_input_stats, running_mean, momentum, num_batches_tracked)
+    axis, eps = _check_tracked_call(op, input, channel_axis, weight, bias, running_mean, running_var, momentum, eps,
+                                    backend, num_batches_tracked, "use_input_stats", use_input_stats,
+                                    batch_axis_needed=True)
     if use_input_stats and input.shape[axis]:
         n = elements_per_statistic(input.shape, input.shape[axis], per_sample=True)
         _checks.more_than_one_value(op, input, n, "instance (sample and channel)")

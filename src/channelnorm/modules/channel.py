@@ -24,3 +24,10 @@ class ChannelNorm(_NormBase):
                               training=self._uses_batch_stats(), momentum=self.momentum, eps=self.eps,
                               channel_axis=self.channel_axis, backend=self.backend,
                               num_batches_tracked=tracked, mask=mask)
+
+    def _forward_eval_with_mask(self, input: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """For subclasses with their own statistics: a mask is only meaningful where no statistics are taken."""
+        if self._uses_batch_stats():
+            raise ValueError(f"{type(self).__name__} does not support a statistics mask in training; "
+                             f"use ChannelNorm for masked statistics")
+        return ChannelNorm.forward(self, input, mask=mask)

@@ -34,11 +34,7 @@ class GhostNorm(ChannelNorm):
     def forward(self, input: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         self._check_input(input)
         if mask is not None:
-            # Masked statistics exist for ChannelNorm only; eval does not use statistics, so it accepts one.
-            if self._uses_batch_stats():
-                raise ValueError(f"{type(self).__name__} does not support a statistics mask in training; "
-                                 f"use ChannelNorm for masked statistics")
-            return super().forward(input, mask=mask)
+            return self._forward_eval_with_mask(input, mask)
         running_mean, running_var, tracked = self._running_buffers()
         return F.ghost_norm(input, running_mean, running_var, self.weight, self.bias,
                             training=self._uses_batch_stats(), momentum=self.momentum, eps=self.eps,

@@ -38,11 +38,7 @@ class BatchRenorm(ChannelNorm):
     def forward(self, input: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         self._check_input(input)
         if mask is not None:
-            # Masked statistics exist for ChannelNorm only; eval does not use statistics, so it accepts one.
-            if self._uses_batch_stats():
-                raise ValueError(f"{type(self).__name__} does not support a statistics mask in training; "
-                                 f"use ChannelNorm for masked statistics")
-            return super().forward(input, mask=mask)
+            return self._forward_eval_with_mask(input, mask)
         return F.batch_renorm(input, self.running_mean, self.running_var, self.weight, self.bias,
                               training=self.training, momentum=self.momentum, eps=self.eps,
                               channel_axis=self.channel_axis, backend=self.backend,
