@@ -194,6 +194,24 @@ def _worker_two(rank: int, world: int, port: int) -> None:
         assert torch.equal(m.running_mean, torch.zeros(C, dtype=torch.float64))
         assert int(m.num_batches_tracked) == 0
 
+        # bfloat16 input, float32 parameters: statistics in float32; compare with one process in float32.
+        m = cn.SyncChannelNorm(C)
+        ref = cn.ChannelNorm(C, backend="reference")
+        x, g, bounds = _make_batch(lambda n: (n, C, 6), [2, 3], False, 21)
+        xb = x.to(torch.bfloat16)
+        lo, hi = bounds[rank], bounds[rank + 1]
+        x_local = xb[lo:hi].clone().requires_grad_(True)
+        y = m(x_local)
+        assert y.dtype == torch.bfloat16
+        (y.float() * g[lo:hi].float()).sum().backward()
+        x_full = xb.float().requires_grad_(True)
+        y_ref = ref(x_full)
+        (y_ref * g.float()).sum().backward()
+        # bfloat16 rounding of the output/grad (8 bits of mantissa) bounds the difference.
+        torch.testing.assert_close(y.float(), y_ref[lo:hi], rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(x_local.grad.float(), x_full.grad[lo:hi], rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(m.running_var, ref.running_var)
+
         # float32 input with a large mean: statistics stay centered, unit variance comes out.
         m = cn.SyncChannelNorm(C)
         x = torch.randn(64, C, 8, generator=torch.Generator().manual_seed(rank)) + 1e4
