@@ -177,6 +177,10 @@ def _worker_two(rank: int, world: int, port: int) -> None:
         _check_ddp(rank, world)
         _check_collectives_per_step()
 
+        # Bad input is refused before any collective, with the usual message.
+        with pytest.raises(ValueError, match=f"expected input with {C} channels"):
+            cn.SyncChannelNorm(C)(torch.randn(4, C + 1, 2))
+
         # One value per channel over the whole group is an error on every rank (no hang).
         m = cn.SyncChannelNorm(C, dtype=torch.float64)
         x = torch.randn((1 if rank == 0 else 0, C), dtype=torch.float64)
@@ -265,6 +269,10 @@ def test_falls_back_to_local_without_process_group():
     torch.testing.assert_close(sync(x), ref(x))
     torch.testing.assert_close(sync.running_var, ref.running_var)
     assert isinstance(cn.create_norm("syncbn", C), cn.SyncChannelNorm)
+    # Same state dict as nn.BatchNorm (strict, both directions).
+    bn = nn.BatchNorm1d(C, dtype=torch.float64)
+    bn.load_state_dict(sync.state_dict())
+    sync.load_state_dict(bn.state_dict())
     assert isinstance(cn.create_norm("sync_channel", C, process_group=None), cn.SyncChannelNorm)
 
 
