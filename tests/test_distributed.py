@@ -45,7 +45,7 @@ def _spawn(worker, world: int) -> None:
 def _init(rank: int, world: int, port: int) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=60))
+                            timeout=datetime.timedelta(seconds=30))
 
 
 def _make_batch(shape_of, sizes, channels_last, seed):
