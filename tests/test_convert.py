@@ -162,6 +162,10 @@ def test_frozen_loads_batchnorm_state_dict_and_registry():
     torch.testing.assert_close(frozen(x), bn.eval()(x))
     with pytest.raises(ValueError, match="num_channels"):
         cn.FrozenChannelNorm(0)
+    # replace_norms(..., "frozen") carries running statistics like freeze does.
+    replaced = convert.replace_norms(nn.Sequential(copy.deepcopy(bn)), "frozen")
+    assert isinstance(replaced[0], cn.FrozenChannelNorm)
+    torch.testing.assert_close(replaced(x), bn(x))
 
 
 # ---------------------------------------------------------------- fold

@@ -45,7 +45,7 @@ def _spawn(worker, world: int) -> None:
 def _init(rank: int, world: int, port: int) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=60))
+                            timeout=datetime.timedelta(seconds=30))
 
 
 def _make_batch(shape_of, sizes, channels_last, seed):
@@ -177,6 +177,10 @@ def _worker_two(rank: int, world: int, port: int) -> None:
         _check_ddp(rank, world)
         _check_collectives_per_step()
 
+        # Bad input is refused before any collective, with the usual message.
+        with pytest.raises(ValueError, match=f"expected input with {C} channels"):
+            cn.SyncChannelNorm(C)(torch.randn(4, C + 1, 2))
+
         # One value per channel over the whole group is an error on every rank (no hang).
         m = cn.SyncChannelNorm(C, dtype=torch.float64)
         x = torch.randn((1 if rank == 0 else 0, C), dtype=torch.float64)
@@ -193,6 +197,24 @@ def _worker_two(rank: int, world: int, port: int) -> None:
         assert torch.isnan(y[:, 0]).all() and not torch.isnan(y[:, 1:]).any()
         assert torch.equal(m.running_mean, torch.zeros(C, dtype=torch.float64))
         assert int(m.num_batches_tracked) == 0
+
+        # bfloat16 input, float32 parameters: statistics in float32; compare with one process in float32.
+        m = cn.SyncChannelNorm(C)
+        ref = cn.ChannelNorm(C, backend="reference")
+        x, g, bounds = _make_batch(lambda n: (n, C, 6), [2, 3], False, 21)
+        xb = x.to(torch.bfloat16)
+        lo, hi = bounds[rank], bounds[rank + 1]
+        x_local = xb[lo:hi].clone().requires_grad_(True)
+        y = m(x_local)
+        assert y.dtype == torch.bfloat16
+        (y.float() * g[lo:hi].float()).sum().backward()
+        x_full = xb.float().requires_grad_(True)
+        y_ref = ref(x_full)
+        (y_ref * g.float()).sum().backward()
+        # bfloat16 rounding of the output/grad (8 bits of mantissa) bounds the difference.
+        torch.testing.assert_close(y.float(), y_ref[lo:hi], rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(x_local.grad.float(), x_full.grad[lo:hi], rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(m.running_var, ref.running_var)
 
         # float32 input with a large mean: statistics stay centered, unit variance comes out.
         m = cn.SyncChannelNorm(C)
@@ -247,6 +269,10 @@ def test_falls_back_to_local_without_process_group():
     torch.testing.assert_close(sync(x), ref(x))
     torch.testing.assert_close(sync.running_var, ref.running_var)
     assert isinstance(cn.create_norm("syncbn", C), cn.SyncChannelNorm)
+    # Same state dict as nn.BatchNorm (strict, both directions).
+    bn = nn.BatchNorm1d(C, dtype=torch.float64)
+    bn.load_state_dict(sync.state_dict())
+    sync.load_state_dict(bn.state_dict())
     assert isinstance(cn.create_norm("sync_channel", C, process_group=None), cn.SyncChannelNorm)
 
 
