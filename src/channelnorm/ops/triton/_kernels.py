@@ -1,0 +1,267 @@
+"""Triton kernels (jit only: no validation, no shapes decided here; see ``plan``/``forward``/``backward``).
+
+Every kernel sees the input through the canonical view of ``plan.CanonicalView``: a strided
+``(B, C, S)`` tensor (B outer rows, C channels, S reduced positions) addressed as
+``b*sb + c*sc + s*ss``. Tiles are ``[BLOCK_S, BLOCK_C]``; Triton specializes a stride equal to 1,
+so the axis that is contiguous in memory (s for NCHW, c for NHWC / channel-last) is vectorized
+and loads are coalesced without copying the tensor.
+
+Per-(b, c) vectors (mean, invstd, scale, shift, ...) are fp32 ``[*, C]`` arrays indexed by
+``b*vec_sb + c``; ``vec_sb`` is 0 when the statistics are shared by every row (channel norm).
+"""
+import triton
+import triton.language as tl
+
+# ACT codes (plan.ACTIVATION_CODES): 0 none, 1 relu, 2 silu, 3 gelu (exact, erf).
+
+
+@triton.jit
+def _offsets(b, s, c, sb, ss, sc, INT64: tl.constexpr):
+    # int64 only when the host found an offset that can pass 2**31 (plan.needs_int64).
+    if INT64:
+        return b.to(tl.int64) * sb + s.to(tl.int64)[:, None] * ss + c.to(tl.int64)[None, :] * sc
+    else:
+        return b * sb + s[:, None] * ss + c[None, :] * sc
+
+
+@triton.jit
+def _activate(z, ACT: tl.constexpr):
+    if ACT == 1:
+        z = tl.maximum(z, 0.0)
+    elif ACT == 2:
+        z = z * tl.sigmoid(z)
+    elif ACT == 3:
+        z = 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
+    return z
+
+
+@triton.jit
+def _activation_grad(dy, z, ACT: tl.constexpr):
+    """dy * act'(z) for the pre-activation ``z``."""
+    if ACT == 1:
+        dy = tl.where(z > 0.0, dy, 0.0)
+    elif ACT == 2:
+        sig = tl.sigmoid(z)
+        dy = dy * (sig * (1.0 + z * (1.0 - sig)))
+    elif ACT == 3:
+        cdf = 0.5 * (1.0 + tl.math.erf(z * 0.7071067811865476))
+        pdf = tl.exp(-0.5 * z * z) * 0.3989422804014327
+        dy = dy * (cdf + z * pdf)
+    return dy
+
+
+@triton.jit
+def partial_stats_kernel(x_ptr, count_ptr, mean_ptr, m2_ptr,
+                         C, S, sb, ss, sc, chunk_len, n_chunks, n_cblk,
+                         BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, INT64: tl.constexpr):
+    """Per (row b, chunk k of S, channel c): count, mean and centered M2 of x.
+
+    Each tile is centered on its own mean and merged into the running (count, mean, M2) with
+    Chan's formula, so a large common offset (mean 1e4) never cancels catastrophically.
+    Output index: (b * n_chunks + k) * C + c.
+    """
+    pid = tl.program_id(0)
+    cblk = pid % n_cblk
+    p = pid // n_cblk
+    b = p // n_chunks
+    k = p % n_chunks
+    cols = cblk * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    acc_n = tl.zeros([BLOCK_C], tl.float32)
+    acc_mean = tl.zeros([BLOCK_C], tl.float32)
+    acc_m2 = tl.zeros([BLOCK_C], tl.float32)
+    s_start = k * chunk_len
+    s_end = tl.minimum(s_start + chunk_len, S)
+    for s0 in range(s_start, s_end, BLOCK_S):
+        rows = s0 + tl.arange(0, BLOCK_S)
+        mask = (rows < s_end)[:, None] & cmask[None, :]
+        x = tl.load(x_ptr + _offsets(b, rows, cols, sb, ss, sc, INT64), mask=mask, other=0.0).to(tl.float32)
+        tile_n = tl.sum(mask.to(tl.float32), 0)
+        tile_mean = tl.sum(x, 0) / tl.maximum(tile_n, 1.0)
+        centered = tl.where(mask, x - tile_mean[None, :], 0.0)
+        tile_m2 = tl.sum(centered * centered, 0)
+        new_n = acc_n + tile_n
+        delta = tile_mean - acc_mean
+        ratio = tile_n / tl.maximum(new_n, 1.0)
+        acc_mean = acc_mean + delta * ratio
+        acc_m2 = acc_m2 + tile_m2 + delta * delta * acc_n * ratio
+        acc_n = new_n
+    out = p * C + cols
+    tl.store(count_ptr + out, acc_n, mask=cmask)
+    tl.store(mean_ptr + out, acc_mean, mask=cmask)
+    tl.store(m2_ptr + out, acc_m2, mask=cmask)
+
+
+@triton.jit
+def merge_stats_kernel(count_ptr, mean_ptr, m2_ptr, out_count_ptr, out_mean_ptr, out_m2_ptr,
+                       R, K, so, sr, sk, n_kblk,
+                       BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Merge partial (count, mean, M2) laid out as [S_out, R, K] (strides so, sr, sk) over R.
+
+    Fixed order: blocks of BLOCK_R rows in increasing order, each combined exactly around its own
+    mean, then Chan-merged into the accumulator; the result is the same on every run.
+    Output: contiguous [S_out, K].
+    """
+    pid = tl.program_id(0)
+    kblk = pid % n_kblk
+    o = pid // n_kblk
+    cols = kblk * BLOCK_K + tl.arange(0, BLOCK_K)
+    kmask = cols < K
+    acc_n = tl.zeros([BLOCK_K], tl.float32)
+    acc_mean = tl.zeros([BLOCK_K], tl.float32)
+    acc_m2 = tl.zeros([BLOCK_K], tl.float32)
+    for r0 in range(0, R, BLOCK_R):
+        rows = r0 + tl.arange(0, BLOCK_R)
+        mask = (rows < R)[:, None] & kmask[None, :]
+        offs = o * so + rows[:, None] * sr + cols[None, :] * sk
+        n = tl.load(count_ptr + offs, mask=mask, other=0.0)
+        m = tl.load(mean_ptr + offs, mask=mask, other=0.0)
+        m2 = tl.load(m2_ptr + offs, mask=mask, other=0.0)
+        tile_n = tl.sum(n, 0)
+        tile_mean = tl.sum(n * m, 0) / tl.maximum(tile_n, 1.0)
+        d = m - tile_mean[None, :]
+        tile_m2 = tl.sum(m2 + n * d * d, 0)
+        new_n = acc_n + tile_n
+        delta = tile_mean - acc_mean
+        ratio = tile_n / tl.maximum(new_n, 1.0)
+        acc_mean = acc_mean + delta * ratio
+        acc_m2 = acc_m2 + tile_m2 + delta * delta * acc_n * ratio
+        acc_n = new_n
+    out = o * K + cols
+    tl.store(out_count_ptr + out, acc_n, mask=kmask)
+    tl.store(out_mean_ptr + out, acc_mean, mask=kmask)
+    tl.store(out_m2_ptr + out, acc_m2, mask=kmask)
+
+
+@triton.jit
+def sum_rows_kernel(in_ptr, out_ptr, R, K, so, sr, sk, n_kblk,
+                    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Sum [S_out, R, K] (strides so, sr, sk) over R in a fixed order (no atomics); out [S_out, K]."""
+    pid = tl.program_id(0)
+    kblk = pid % n_kblk
+    o = pid // n_kblk
+    cols = kblk * BLOCK_K + tl.arange(0, BLOCK_K)
+    kmask = cols < K
+    acc = tl.zeros([BLOCK_K], tl.float32)
+    for r0 in range(0, R, BLOCK_R):
+        rows = r0 + tl.arange(0, BLOCK_R)
+        mask = (rows < R)[:, None] & kmask[None, :]
+        v = tl.load(in_ptr + o * so + rows[:, None] * sr + cols[None, :] * sk, mask=mask, other=0.0)
+        acc += tl.sum(v, 0)
+    tl.store(out_ptr + o * K + cols, acc, mask=kmask)
+
+
+@triton.jit
+def apply_kernel(x_ptr, y_ptr, res_ptr, mean_ptr, scale_ptr, shift_ptr,
+                 C, S, sb, ss, sc, vec_sb, n_sblk, n_cblk,
+                 BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, ACT: tl.constexpr, HAS_RES: tl.constexpr,
+                 INT64: tl.constexpr):
+    """y = act((x - mean) * scale + shift [+ residual]): one read of x (and residual), one write."""
+    pid = tl.program_id(0)
+    cblk = pid % n_cblk
+    rest = pid // n_cblk
+    sblk = rest % n_sblk
+    b = rest // n_sblk
+    cols = cblk * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    rows = sblk * BLOCK_S + tl.arange(0, BLOCK_S)
+    mask = (rows < S)[:, None] & cmask[None, :]
+    offs = _offsets(b, rows, cols, sb, ss, sc, INT64)
+    vec = b * vec_sb + cols
+    mean = tl.load(mean_ptr + vec, mask=cmask, other=0.0)
+    scale = tl.load(scale_ptr + vec, mask=cmask, other=0.0)
+    shift = tl.load(shift_ptr + vec, mask=cmask, other=0.0)
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    z = (x - mean[None, :]) * scale[None, :] + shift[None, :]
+    if HAS_RES:
+        z += tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    z = _activate(z, ACT)
+    tl.store(y_ptr + offs, z.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _upstream_grad(x, dy, res_ptr, offs, mask, mean, scale, shift, ACT: tl.constexpr, HAS_RES: tl.constexpr):
+    """Gradient w.r.t. the pre-activation sum (norm output + residual), recomputing that sum."""
+    if ACT != 0:
+        z = (x - mean[None, :]) * scale[None, :] + shift[None, :]
+        if HAS_RES:
+            z += tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        dy = _activation_grad(dy, z, ACT)
+    return dy
+
+
+@triton.jit
+def backward_partials_kernel(x_ptr, dy_ptr, res_ptr, dres_ptr, mean_ptr, invstd_ptr, scale_ptr, shift_ptr,
+                             sum_g_ptr, sum_gx_ptr,
+                             C, S, sb, ss, sc, vec_sb, chunk_len, n_chunks, n_cblk,
+                             BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, ACT: tl.constexpr,
+                             HAS_RES: tl.constexpr, WRITE_DRES: tl.constexpr, INT64: tl.constexpr):
+    """Per (row b, chunk k, channel c): sum(g) and sum(g * xhat), g the upstream gradient.
+
+    With a residual the residual's gradient is g itself, written here while it is in registers.
+    Output index: (b * n_chunks + k) * C + c; reduced later in a fixed order.
+    """
+    pid = tl.program_id(0)
+    cblk = pid % n_cblk
+    p = pid // n_cblk
+    b = p // n_chunks
+    k = p % n_chunks
+    cols = cblk * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    vec = b * vec_sb + cols
+    mean = tl.load(mean_ptr + vec, mask=cmask, other=0.0)
+    invstd = tl.load(invstd_ptr + vec, mask=cmask, other=0.0)
+    scale = tl.load(scale_ptr + vec, mask=cmask, other=0.0)
+    shift = tl.load(shift_ptr + vec, mask=cmask, other=0.0)
+    acc_g = tl.zeros([BLOCK_C], tl.float32)
+    acc_gx = tl.zeros([BLOCK_C], tl.float32)
+    s_start = k * chunk_len
+    s_end = tl.minimum(s_start + chunk_len, S)
+    for s0 in range(s_start, s_end, BLOCK_S):
+        rows = s0 + tl.arange(0, BLOCK_S)
+        mask = (rows < s_end)[:, None] & cmask[None, :]
+        offs = _offsets(b, rows, cols, sb, ss, sc, INT64)
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        g = _upstream_grad(x, dy, res_ptr, offs, mask, mean, scale, shift, ACT, HAS_RES)
+        if WRITE_DRES:
+            tl.store(dres_ptr + offs, g.to(dres_ptr.dtype.element_ty), mask=mask)
+        xhat = tl.where(mask, (x - mean[None, :]) * invstd[None, :], 0.0)
+        acc_g += tl.sum(g, 0)
+        acc_gx += tl.sum(g * xhat, 0)
+    out = p * C + cols
+    tl.store(sum_g_ptr + out, acc_g, mask=cmask)
+    tl.store(sum_gx_ptr + out, acc_gx, mask=cmask)
+
+
+@triton.jit
+def backward_apply_kernel(x_ptr, dy_ptr, res_ptr, dx_ptr, mean_ptr, invstd_ptr, scale_ptr, shift_ptr,
+                          alpha_ptr, beta_ptr, gamma_ptr,
+                          C, S, sb, ss, sc, vec_sb, n_sblk, n_cblk,
+                          BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, ACT: tl.constexpr,
+                          HAS_RES: tl.constexpr, INT64: tl.constexpr):
+    """dx = alpha * g + beta * xhat + gamma, per-(b, c) coefficients from the reduced sums."""
+    pid = tl.program_id(0)
+    cblk = pid % n_cblk
+    rest = pid // n_cblk
+    sblk = rest % n_sblk
+    b = rest // n_sblk
+    cols = cblk * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    rows = sblk * BLOCK_S + tl.arange(0, BLOCK_S)
+    mask = (rows < S)[:, None] & cmask[None, :]
+    offs = _offsets(b, rows, cols, sb, ss, sc, INT64)
+    vec = b * vec_sb + cols
+    mean = tl.load(mean_ptr + vec, mask=cmask, other=0.0)
+    invstd = tl.load(invstd_ptr + vec, mask=cmask, other=0.0)
+    scale = tl.load(scale_ptr + vec, mask=cmask, other=0.0)
+    shift = tl.load(shift_ptr + vec, mask=cmask, other=0.0)
+    alpha = tl.load(alpha_ptr + vec, mask=cmask, other=0.0)
+    beta = tl.load(beta_ptr + vec, mask=cmask, other=0.0)
+    gamma = tl.load(gamma_ptr + vec, mask=cmask, other=0.0)
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    g = _upstream_grad(x, dy, res_ptr, offs, mask, mean, scale, shift, ACT, HAS_RES)
+    xhat = (x - mean[None, :]) * invstd[None, :]
+    dx = alpha[None, :] * g + beta[None, :] * xhat + gamma[None, :]
+    tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
