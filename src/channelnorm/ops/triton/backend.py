@@ -8,11 +8,10 @@ channels-first tensor, and the output is given back in the input's layout.
 """
 from __future__ import annotations
 
+import os
 from typing import Callable, Optional
 
 import torch
-import triton
-
 from ..layout import match_layout
 from ..running_stats import update_running_stats
 from . import _kernels, plan
@@ -22,9 +21,11 @@ _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def interpreter_on() -> bool:
-    """True when the kernels were built by Triton's CPU interpreter (TRITON_INTERPRET=1 at import)."""
+    """True when Triton's CPU interpreter runs the kernels: TRITON_INTERPRET=1 was set when they were
+    built (import time) and still is (unsetting it turns CPU support off again)."""
     from triton.runtime.interpreter import InterpretedFunction
-    return isinstance(_kernels.apply_kernel, InterpretedFunction)
+    built_interpreted = isinstance(_kernels.apply_kernel, InterpretedFunction)
+    return built_interpreted and os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
 def unsupported_reason(op: str, x: torch.Tensor, *params: Optional[torch.Tensor]) -> Optional[str]:

@@ -102,13 +102,15 @@ def _pow2_at_most(n: int, cap: int) -> int:
     return max(1, min(cap, 1 << max(0, math.ceil(math.log2(max(n, 1))))))
 
 
-def tile_shape(view: CanonicalView, tile_elements: int = TILE_ELEMENTS) -> tuple[int, int]:
+def tile_shape(view: CanonicalView, tile_elements: Optional[int] = None) -> tuple[int, int]:
     """(BLOCK_S, BLOCK_C): the contiguous axis gets the long side of the tile.
 
     NCHW (s contiguous): a column of up to ``tile_elements`` positions, widened over channels only
     when S is small (late ResNet stages: 7x7). NHWC / channel-last (c contiguous): up to 128
-    channels wide, rows to fill the tile. Neither contiguous: a square-ish tile.
+    channels wide, rows to fill the tile. Neither contiguous: the smaller stride is treated as the
+    contiguous one.
     """
+    tile_elements = tile_elements or TILE_ELEMENTS
     s_fastest = view.S > 1 and (view.C == 1 or view.ss < view.sc)
     if s_fastest:
         block_s = _pow2_at_most(view.S, tile_elements)
@@ -119,7 +121,7 @@ def tile_shape(view: CanonicalView, tile_elements: int = TILE_ELEMENTS) -> tuple
     return block_s, block_c
 
 
-def make_plan(view: CanonicalView, target_programs: int, tile_elements: int = TILE_ELEMENTS) -> Plan:
+def make_plan(view: CanonicalView, target_programs: int, tile_elements: Optional[int] = None) -> Plan:
     """Tile shape plus how many programs split each row's S for the statistics pass.
 
     Small C with huge N*H*W (ResNet stem): few channel blocks, so S is split until about
