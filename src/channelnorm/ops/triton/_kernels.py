@@ -51,14 +51,15 @@ def _activation_grad(dy, z, ACT: tl.constexpr):
 
 
 @triton.jit
-def partial_stats_kernel(x_ptr, count_ptr, mean_ptr, m2_ptr,
-                         C, S, sb, ss, sc, chunk_len, n_chunks, n_cblk,
+def partial_stats_kernel(x_ptr, pivot_ptr, count_ptr, mean_ptr, m2_ptr,
+                         C, S, sb, ss, sc, vec_sb, chunk_len, n_chunks, n_cblk,
                          BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, INT64: tl.constexpr):
-    """Per (row b, chunk k of S, channel c): count, mean and centered M2 of x.
+    """Per (row b, chunk k of S, channel c): count, mean and centered M2 of ``x - pivot``.
 
-    Each tile is centered on its own mean and merged into the running (count, mean, M2) with
-    Chan's formula, so a large common offset (mean 1e4) never cancels catastrophically.
-    Output index: (b * n_chunks + k) * C + c.
+    The pivot (one element of the statistic's own data, shared by all its partials) removes a
+    large common offset before anything is summed (x - pivot is exact when they are close), and
+    each tile is centered on its own mean and Chan-merged into the running (count, mean, M2): an
+    input with mean 1e4 keeps the precision of one with mean 0. Output index: (b*n_chunks + k)*C + c.
     """
     pid = tl.program_id(0)
     cblk = pid % n_cblk
@@ -67,6 +68,7 @@ def partial_stats_kernel(x_ptr, count_ptr, mean_ptr, m2_ptr,
     k = p % n_chunks
     cols = cblk * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
+    pivot = tl.load(pivot_ptr + b * vec_sb + cols, mask=cmask, other=0.0)
     acc_n = tl.zeros([BLOCK_C], tl.float32)
     acc_mean = tl.zeros([BLOCK_C], tl.float32)
     acc_m2 = tl.zeros([BLOCK_C], tl.float32)
@@ -76,6 +78,7 @@ def partial_stats_kernel(x_ptr, count_ptr, mean_ptr, m2_ptr,
         rows = s0 + tl.arange(0, BLOCK_S)
         mask = (rows < s_end)[:, None] & cmask[None, :]
         x = tl.load(x_ptr + _offsets(b, rows, cols, sb, ss, sc, INT64), mask=mask, other=0.0).to(tl.float32)
+        x = tl.where(mask, x - pivot[None, :], 0.0)
         tile_n = tl.sum(mask.to(tl.float32), 0)
         tile_mean = tl.sum(x, 0) / tl.maximum(tile_n, 1.0)
         centered = tl.where(mask, x - tile_mean[None, :], 0.0)
@@ -152,11 +155,14 @@ def sum_rows_kernel(in_ptr, out_ptr, R, K, so, sr, sk, n_kblk,
 
 
 @triton.jit
-def apply_kernel(x_ptr, y_ptr, res_ptr, mean_ptr, scale_ptr, shift_ptr,
+def apply_kernel(x_ptr, y_ptr, res_ptr, pivot_ptr, mshift_ptr, scale_ptr, shift_ptr,
                  C, S, sb, ss, sc, vec_sb, n_sblk, n_cblk,
                  BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, ACT: tl.constexpr, HAS_RES: tl.constexpr,
                  INT64: tl.constexpr):
-    """y = act((x - mean) * scale + shift [+ residual]): one read of x (and residual), one write."""
+    """y = act(((x - pivot) - mshift) * scale + shift [+ residual]): one read of x (and residual), one write.
+
+    mean = pivot + mshift; subtracting the two parts separately keeps x - mean exact-ish for large means.
+    """
     pid = tl.program_id(0)
     cblk = pid % n_cblk
     rest = pid // n_cblk
@@ -168,11 +174,12 @@ def apply_kernel(x_ptr, y_ptr, res_ptr, mean_ptr, scale_ptr, shift_ptr,
     mask = (rows < S)[:, None] & cmask[None, :]
     offs = _offsets(b, rows, cols, sb, ss, sc, INT64)
     vec = b * vec_sb + cols
-    mean = tl.load(mean_ptr + vec, mask=cmask, other=0.0)
+    pivot = tl.load(pivot_ptr + vec, mask=cmask, other=0.0)
+    mshift = tl.load(mshift_ptr + vec, mask=cmask, other=0.0)
     scale = tl.load(scale_ptr + vec, mask=cmask, other=0.0)
     shift = tl.load(shift_ptr + vec, mask=cmask, other=0.0)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    z = (x - mean[None, :]) * scale[None, :] + shift[None, :]
+    z = ((x - pivot[None, :]) - mshift[None, :]) * scale[None, :] + shift[None, :]
     if HAS_RES:
         z += tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     z = _activate(z, ACT)
@@ -180,10 +187,10 @@ def apply_kernel(x_ptr, y_ptr, res_ptr, mean_ptr, scale_ptr, shift_ptr,
 
 
 @triton.jit
-def _upstream_grad(x, dy, res_ptr, offs, mask, mean, scale, shift, ACT: tl.constexpr, HAS_RES: tl.constexpr):
+def _upstream_grad(centered, dy, res_ptr, offs, mask, scale, shift, ACT: tl.constexpr, HAS_RES: tl.constexpr):
     """Gradient w.r.t. the pre-activation sum (norm output + residual), recomputing that sum."""
     if ACT != 0:
-        z = (x - mean[None, :]) * scale[None, :] + shift[None, :]
+        z = centered * scale[None, :] + shift[None, :]
         if HAS_RES:
             z += tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         dy = _activation_grad(dy, z, ACT)
@@ -191,7 +198,7 @@ def _upstream_grad(x, dy, res_ptr, offs, mask, mean, scale, shift, ACT: tl.const
 
 
 @triton.jit
-def backward_partials_kernel(x_ptr, dy_ptr, res_ptr, dres_ptr, mean_ptr, invstd_ptr, scale_ptr, shift_ptr,
+def backward_partials_kernel(x_ptr, dy_ptr, res_ptr, dres_ptr, pivot_ptr, mshift_ptr, invstd_ptr, scale_ptr, shift_ptr,
                              sum_g_ptr, sum_gx_ptr,
                              C, S, sb, ss, sc, vec_sb, chunk_len, n_chunks, n_cblk,
                              BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, ACT: tl.constexpr,
@@ -209,7 +216,8 @@ def backward_partials_kernel(x_ptr, dy_ptr, res_ptr, dres_ptr, mean_ptr, invstd_
     cols = cblk * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
     vec = b * vec_sb + cols
-    mean = tl.load(mean_ptr + vec, mask=cmask, other=0.0)
+    pivot = tl.load(pivot_ptr + vec, mask=cmask, other=0.0)
+    mshift = tl.load(mshift_ptr + vec, mask=cmask, other=0.0)
     invstd = tl.load(invstd_ptr + vec, mask=cmask, other=0.0)
     scale = tl.load(scale_ptr + vec, mask=cmask, other=0.0)
     shift = tl.load(shift_ptr + vec, mask=cmask, other=0.0)
@@ -223,10 +231,11 @@ def backward_partials_kernel(x_ptr, dy_ptr, res_ptr, dres_ptr, mean_ptr, invstd_
         offs = _offsets(b, rows, cols, sb, ss, sc, INT64)
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        g = _upstream_grad(x, dy, res_ptr, offs, mask, mean, scale, shift, ACT, HAS_RES)
+        centered = (x - pivot[None, :]) - mshift[None, :]
+        g = _upstream_grad(centered, dy, res_ptr, offs, mask, scale, shift, ACT, HAS_RES)
         if WRITE_DRES:
             tl.store(dres_ptr + offs, g.to(dres_ptr.dtype.element_ty), mask=mask)
-        xhat = tl.where(mask, (x - mean[None, :]) * invstd[None, :], 0.0)
+        xhat = tl.where(mask, centered * invstd[None, :], 0.0)
         acc_g += tl.sum(g, 0)
         acc_gx += tl.sum(g * xhat, 0)
     out = p * C + cols
@@ -235,7 +244,7 @@ def backward_partials_kernel(x_ptr, dy_ptr, res_ptr, dres_ptr, mean_ptr, invstd_
 
 
 @triton.jit
-def backward_apply_kernel(x_ptr, dy_ptr, res_ptr, dx_ptr, mean_ptr, invstd_ptr, scale_ptr, shift_ptr,
+def backward_apply_kernel(x_ptr, dy_ptr, res_ptr, dx_ptr, pivot_ptr, mshift_ptr, invstd_ptr, scale_ptr, shift_ptr,
                           alpha_ptr, beta_ptr, gamma_ptr,
                           C, S, sb, ss, sc, vec_sb, n_sblk, n_cblk,
                           BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, ACT: tl.constexpr,
@@ -252,7 +261,8 @@ def backward_apply_kernel(x_ptr, dy_ptr, res_ptr, dx_ptr, mean_ptr, invstd_ptr, 
     mask = (rows < S)[:, None] & cmask[None, :]
     offs = _offsets(b, rows, cols, sb, ss, sc, INT64)
     vec = b * vec_sb + cols
-    mean = tl.load(mean_ptr + vec, mask=cmask, other=0.0)
+    pivot = tl.load(pivot_ptr + vec, mask=cmask, other=0.0)
+    mshift = tl.load(mshift_ptr + vec, mask=cmask, other=0.0)
     invstd = tl.load(invstd_ptr + vec, mask=cmask, other=0.0)
     scale = tl.load(scale_ptr + vec, mask=cmask, other=0.0)
     shift = tl.load(shift_ptr + vec, mask=cmask, other=0.0)
@@ -261,7 +271,8 @@ def backward_apply_kernel(x_ptr, dy_ptr, res_ptr, dx_ptr, mean_ptr, invstd_ptr, 
     gamma = tl.load(gamma_ptr + vec, mask=cmask, other=0.0)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    g = _upstream_grad(x, dy, res_ptr, offs, mask, mean, scale, shift, ACT, HAS_RES)
-    xhat = (x - mean[None, :]) * invstd[None, :]
+    centered = (x - pivot[None, :]) - mshift[None, :]
+    g = _upstream_grad(centered, dy, res_ptr, offs, mask, scale, shift, ACT, HAS_RES)
+    xhat = centered * invstd[None, :]
     dx = alpha[None, :] * g + beta[None, :] * xhat + gamma[None, :]
     tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)

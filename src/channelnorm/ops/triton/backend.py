@@ -70,15 +70,15 @@ def _like(t: Optional[torch.Tensor], x: torch.Tensor, to_kernel: Callable) -> Op
 
 def _run(x, weight, bias, residual, running_mean, running_var, num_groups, per_sample, use_batch_stats, eps,
          channel_axis, activation):
-    """Lay out, call the custom op, give y back in x's layout; returns (y, mean, var)."""
+    """Lay out, call the custom op, give y back in x's layout; returns (y, mean, biased var) in fp32."""
     from .custom_ops import norm_fwd  # registers the ops on first use
     xk, axis, back = _kernel_layout(x, channel_axis, per_sample and use_batch_stats)
     to_kernel = (lambda t: t) if xk is x else (lambda t: t.movedim(channel_axis, 1))
     res = _like(residual, xk, to_kernel)
-    y, mean, var = norm_fwd(xk, weight, bias, res, None if use_batch_stats else running_mean,
+    y, pivot, mean_shift, var = norm_fwd(xk, weight, bias, res, None if use_batch_stats else running_mean,
                             None if use_batch_stats else running_var, num_groups, per_sample, use_batch_stats,
                             float(eps), axis, plan.ACTIVATION_CODES[activation])
-    return match_layout(back(y), x), mean, var
+    return match_layout(back(y), x), pivot + mean_shift, var
 
 
 def channel_norm_act(x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis,

@@ -18,22 +18,22 @@ from .forward import channel_vectors, view_and_plan
 from .reduce import sum_rows
 
 
-def norm_backward(dy, x, weight, bias, residual, mean, var, num_groups: int, per_sample: bool,
+def norm_backward(dy, x, weight, bias, residual, pivot, mshift, var, num_groups: int, per_sample: bool,
                   use_batch_stats: bool, eps: float, channel_axis: int, activation: int, need_dres: bool):
     """Returns ``(dx, dweight, dbias, dres)`` (fp32 dweight/dbias of shape [C]; dres None unless asked)."""
     per_sample = per_sample and use_batch_stats
     view, p = view_and_plan(x, channel_axis, per_sample)
     C = view.C
     stats_shape = (-1, num_groups) if per_sample else (1, -1)
-    vectors = channel_vectors(mean.reshape(stats_shape), var.reshape(stats_shape), weight, bias, eps, C)
-    mean_c, invstd_c, scale, shift = vectors
+    pivot_c, mshift_c, invstd_c, scale, shift = channel_vectors(
+        pivot.reshape(stats_shape), mshift.reshape(stats_shape), var.reshape(stats_shape), weight, bias, eps, C)
     vec_sb = C if per_sample else 0
     rows = view.B * p.n_chunks
     sum_g, sum_gx = (torch.empty(rows, C, device=x.device, dtype=torch.float32) for _ in range(2))
     dres = torch.empty_like(x) if need_dres else None
     res = residual if residual is not None else x
     _kernels.backward_partials_kernel[(p.n_cblk * rows,)](
-        x, dy, res, dres if dres is not None else x, mean_c, invstd_c, scale, shift, sum_g, sum_gx,
+        x, dy, res, dres if dres is not None else x, pivot_c, mshift_c, invstd_c, scale, shift, sum_g, sum_gx,
         C, view.S, view.sb, view.ss, view.sc, vec_sb, p.chunk_len, p.n_chunks, p.n_cblk,
         BLOCK_S=p.block_s, BLOCK_C=p.block_c, ACT=activation, HAS_RES=residual is not None,
         WRITE_DRES=need_dres, INT64=p.int64)
@@ -54,7 +54,7 @@ def norm_backward(dy, x, weight, bias, residual, mean, var, num_groups: int, per
         beta = gamma = torch.zeros_like(alpha)
     dx = torch.empty_like(x)
     _kernels.backward_apply_kernel[(p.n_cblk * view.B * p.n_sblk,)](
-        x, dy, res, dx, mean_c, invstd_c, scale, shift, alpha, beta, gamma,
+        x, dy, res, dx, pivot_c, mshift_c, invstd_c, scale, shift, alpha, beta, gamma,
         C, view.S, view.sb, view.ss, view.sc, vec_sb, p.n_sblk, p.n_cblk,
         BLOCK_S=p.block_s, BLOCK_C=p.block_c, ACT=activation, HAS_RES=residual is not None, INT64=p.int64)
     return dx, dweight, dbias, dres

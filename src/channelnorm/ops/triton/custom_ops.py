@@ -24,8 +24,9 @@ def _stats_shape(x: Tensor, num_groups: int, per_sample: bool, use_batch_stats: 
 @torch.library.custom_op("channelnorm::triton_norm_fwd", mutates_args=())
 def norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], residual: Optional[Tensor],
              running_mean: Optional[Tensor], running_var: Optional[Tensor], num_groups: int, per_sample: bool,
-             use_batch_stats: bool, eps: float, channel_axis: int, activation: int) -> tuple[Tensor, Tensor, Tensor]:
-    """(y, mean, var): output and the fp32 statistics used (biased var)."""
+             use_batch_stats: bool, eps: float, channel_axis: int, activation: int
+             ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(y, pivot, mean_shift, var): output and the fp32 statistics used, mean = pivot + mean_shift."""
     return forward.norm_forward(x, weight, bias, residual, running_mean, running_var, num_groups, per_sample,
                                 use_batch_stats, eps, channel_axis, activation)
 
@@ -35,22 +36,22 @@ def _norm_fwd_fake(x, weight, bias, residual, running_mean, running_var, num_gro
                    eps, channel_axis, activation):
     shape = _stats_shape(x, num_groups, per_sample, use_batch_stats, channel_axis)
     stats = x.new_empty(shape, dtype=torch.float32)
-    return torch.empty_like(x), stats, torch.empty_like(stats)
+    return torch.empty_like(x), stats, torch.empty_like(stats), torch.empty_like(stats)
 
 
 @torch.library.custom_op("channelnorm::triton_norm_bwd", mutates_args=())
 def norm_bwd(dy: Tensor, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], residual: Optional[Tensor],
-             mean: Tensor, var: Tensor, num_groups: int, per_sample: bool, use_batch_stats: bool, eps: float,
+             pivot: Tensor, mean_shift: Tensor, var: Tensor, num_groups: int, per_sample: bool, use_batch_stats: bool, eps: float,
              channel_axis: int, activation: int, need_dres: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(dx, dweight, dbias, dresidual); dweight/dbias fp32 [C]; dresidual empty unless ``need_dres``."""
-    dx, dweight, dbias, dres = backward.norm_backward(dy, x, weight, bias, residual, mean, var, num_groups,
+    dx, dweight, dbias, dres = backward.norm_backward(dy, x, weight, bias, residual, pivot, mean_shift, var, num_groups,
                                                       per_sample, use_batch_stats, eps, channel_axis, activation,
                                                       need_dres)
     return dx, dweight, dbias, dres if dres is not None else x.new_empty(0)
 
 
 @norm_bwd.register_fake
-def _norm_bwd_fake(dy, x, weight, bias, residual, mean, var, num_groups, per_sample, use_batch_stats, eps,
+def _norm_bwd_fake(dy, x, weight, bias, residual, pivot, mean_shift, var, num_groups, per_sample, use_batch_stats, eps,
                    channel_axis, activation, need_dres):
     C = x.shape[channel_axis]
     dres = torch.empty_like(x) if need_dres else x.new_empty(0)
@@ -61,10 +62,10 @@ def _norm_bwd_fake(dy, x, weight, bias, residual, mean, var, num_groups, per_sam
 def _setup_context(ctx, inputs, output):
     (x, weight, bias, residual, running_mean, running_var, num_groups, per_sample, use_batch_stats, eps,
      channel_axis, activation) = inputs
-    _, mean, var = output
-    ctx.save_for_backward(x, weight, bias, residual, mean, var)
+    _, pivot, mean_shift, var = output
+    ctx.save_for_backward(x, weight, bias, residual, pivot, mean_shift, var)
     ctx.config = (num_groups, per_sample, use_batch_stats, eps, channel_axis, activation)
-    ctx.mark_non_differentiable(mean, var)
+    ctx.mark_non_differentiable(pivot, mean_shift, var)
 
 
 def _like(t: Tensor, x: Tensor) -> Tensor:
@@ -72,12 +73,12 @@ def _like(t: Tensor, x: Tensor) -> Tensor:
     return t if t.stride() == x.stride() else torch.empty_like(x).copy_(t)
 
 
-def _backward(ctx, dy, _dmean, _dvar):
-    x, weight, bias, residual, mean, var = ctx.saved_tensors
+def _backward(ctx, dy, _dpivot, _dmean_shift, _dvar):
+    x, weight, bias, residual, pivot, mean_shift, var = ctx.saved_tensors
     num_groups, per_sample, use_batch_stats, eps, channel_axis, activation = ctx.config
     wants = ctx.needs_input_grad
     need_dres = residual is not None and wants[3]
-    dx, dweight, dbias, dres = norm_bwd(_like(dy, x), x, weight, bias, residual, mean, var, num_groups,
+    dx, dweight, dbias, dres = norm_bwd(_like(dy, x), x, weight, bias, residual, pivot, mean_shift, var, num_groups,
                                         per_sample, use_batch_stats, eps, channel_axis, activation, need_dres)
     dweight = dweight.to(weight.dtype) if weight is not None and wants[1] else None
     dbias = dbias.to(bias.dtype) if bias is not None and wants[2] else None

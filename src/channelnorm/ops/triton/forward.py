@@ -18,43 +18,58 @@ def view_and_plan(x: torch.Tensor, channel_axis: int, per_sample: bool):
     return view, plan.make_plan(view, plan.target_programs(x.device))
 
 
+def _pivots(x: torch.Tensor, view: plan.CanonicalView, num_groups: int, per_sample: bool) -> torch.Tensor:
+    """One element of each statistic's own data (position s = 0, first channel of the group), fp32.
+
+    Shifting by it before summing keeps the partial sums small when the mean is large.
+    """
+    cpg = view.C // num_groups
+    if per_sample:
+        picked = torch.as_strided(x, (view.B, num_groups), (view.sb, cpg * view.sc), x.storage_offset())
+    else:
+        picked = torch.as_strided(x, (1, view.C), (0, view.sc), x.storage_offset())
+    return picked.to(torch.float32, copy=True)  # never a view of x (custom-op outputs must not alias inputs)
+
+
 def batch_statistics(x: torch.Tensor, view: plan.CanonicalView, p: plan.Plan, num_groups: int, per_sample: bool):
-    """Mean and biased variance per statistic: ``[N, G]`` per sample, else ``[1, C]`` (fp32)."""
+    """(pivot, mean - pivot, biased var) per statistic: ``[N, G]`` per sample, else ``[1, C]`` (fp32)."""
     C = view.C
+    cpg = C // num_groups
+    pivot = _pivots(x, view, num_groups, per_sample)
+    pivot_c = (pivot.repeat_interleave(cpg, dim=1) if cpg > 1 else pivot).contiguous()
     rows = view.B * p.n_chunks
     count, mean, m2 = (torch.empty(rows, C, device=x.device, dtype=torch.float32) for _ in range(3))
     _kernels.partial_stats_kernel[(p.n_cblk * rows,)](
-        x, count, mean, m2, C, view.S, view.sb, view.ss, view.sc, p.chunk_len, p.n_chunks, p.n_cblk,
-        BLOCK_S=p.block_s, BLOCK_C=p.block_c, INT64=p.int64)
+        x, pivot_c, count, mean, m2, C, view.S, view.sb, view.ss, view.sc, C if per_sample else 0,
+        p.chunk_len, p.n_chunks, p.n_cblk, BLOCK_S=p.block_s, BLOCK_C=p.block_c, INT64=p.int64)
     # Level 1: every chunk (and, for channel scope, every row) of a channel, in order.
     s_out, r = (view.B, p.n_chunks) if per_sample else (1, rows)
     count, mean, m2 = merge_stats(count, mean, m2, s_out, r, C, r * C, C, 1)
-    cpg = C // num_groups
     if per_sample and cpg > 1:
-        # Level 2: the channels of each group, viewed as [N*G, cpg, 1].
+        # Level 2: the channels of each group, viewed as [N*G, cpg, 1] (they share the group's pivot).
         count, mean, m2 = merge_stats(count, mean, m2, s_out * num_groups, cpg, 1, cpg, 1, 1)
-    shape = (s_out, num_groups if per_sample else C)
-    return mean.view(shape), (m2 / count).view(shape)
+    shape = pivot.shape
+    return pivot, mean.view(shape), (m2 / count).view(shape)
 
 
-def channel_vectors(mean: torch.Tensor, var: torch.Tensor, weight: Optional[torch.Tensor],
+def channel_vectors(pivot: torch.Tensor, mshift: torch.Tensor, var: torch.Tensor, weight: Optional[torch.Tensor],
                     bias: Optional[torch.Tensor], eps: float, num_channels: int):
-    """Per-(row, channel) fp32 vectors from per-statistic ``[rows, G]`` mean/var: mean, invstd, scale, shift."""
-    cpg = num_channels // mean.shape[1]
+    """Per-(row, channel) fp32 vectors from per-statistic ``[rows, G]`` tensors: pivot, mshift, invstd, scale, shift."""
+    cpg = num_channels // pivot.shape[1]
     invstd = torch.rsqrt(var + eps)
-    mean_c = mean.repeat_interleave(cpg, dim=1) if cpg > 1 else mean
-    invstd_c = invstd.repeat_interleave(cpg, dim=1) if cpg > 1 else invstd
+    per_channel = [t.repeat_interleave(cpg, dim=1) if cpg > 1 else t for t in (pivot, mshift, invstd)]
+    invstd_c = per_channel[2]
     scale = invstd_c * weight.float() if weight is not None else invstd_c
-    shift = (bias.float() if bias is not None else torch.zeros_like(mean_c[0])).expand_as(mean_c)
-    return [t.contiguous() for t in (mean_c, invstd_c, scale, shift)]
+    shift = (bias.float() if bias is not None else torch.zeros_like(invstd_c[0])).expand_as(invstd_c)
+    return [t.contiguous() for t in (*per_channel, scale, shift)]
 
 
 def normalize(x, view, p, vectors, vec_sb: int, residual: Optional[torch.Tensor], activation: int) -> torch.Tensor:
     """y = act((x - mean) * scale + shift [+ residual]); y has x's strides."""
-    mean_c, _, scale, shift = vectors
+    pivot_c, mshift_c, _, scale, shift = vectors
     y = torch.empty_like(x)
     _kernels.apply_kernel[(p.n_cblk * view.B * p.n_sblk,)](
-        x, y, residual if residual is not None else x, mean_c, scale, shift,
+        x, y, residual if residual is not None else x, pivot_c, mshift_c, scale, shift,
         view.C, view.S, view.sb, view.ss, view.sc, vec_sb, p.n_sblk, p.n_cblk,
         BLOCK_S=p.block_s, BLOCK_C=p.block_c, ACT=activation, HAS_RES=residual is not None, INT64=p.int64)
     return y
@@ -62,19 +77,21 @@ def normalize(x, view, p, vectors, vec_sb: int, residual: Optional[torch.Tensor]
 
 def norm_forward(x, weight, bias, residual, running_mean, running_var, num_groups: int, per_sample: bool,
                  use_batch_stats: bool, eps: float, channel_axis: int, activation: int):
-    """Returns ``(y, mean, var)``; mean/var are ``[N, G]`` (per sample) or ``[C]``, fp32, biased var.
+    """Returns ``(y, pivot, mean_shift, var)``: the statistics as mean = pivot + mean_shift and biased var.
 
-    Without batch statistics they are fp32 copies of the running statistics used.
+    They are fp32, shaped ``[N, G]`` (per sample) or ``[C]``. Without batch statistics, pivot and
+    var are copies of the running statistics and mean_shift is zero.
     """
     view, p = view_and_plan(x, channel_axis, per_sample and use_batch_stats)
     if use_batch_stats:
-        mean, var = batch_statistics(x, view, p, num_groups, per_sample)
+        pivot, mshift, var = batch_statistics(x, view, p, num_groups, per_sample)
     else:
-        mean = running_mean.to(torch.float32, copy=True).view(1, -1)
+        pivot = running_mean.to(torch.float32, copy=True).view(1, -1)
         var = running_var.to(torch.float32, copy=True).view(1, -1)
+        mshift = torch.zeros_like(pivot)
     vec_sb = view.C if (per_sample and use_batch_stats) else 0
-    vectors = channel_vectors(mean, var, weight, bias, eps, view.C)
+    vectors = channel_vectors(pivot, mshift, var, weight, bias, eps, view.C)
     y = normalize(x, view, p, vectors, vec_sb, residual, activation)
     if not (per_sample and use_batch_stats):
-        mean, var = mean.view(-1), var.view(-1)
-    return y, mean, var
+        pivot, mshift, var = pivot.view(-1), mshift.view(-1), var.view(-1)
+    return y, pivot, mshift, var
