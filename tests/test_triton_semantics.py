@@ -79,18 +79,32 @@ def test_mean_1e4_still_normalizes_to_unit_variance(layout, many_splits):
     assert (ours[1].cpu().double() - reference[1]).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_many_partials_merge_exactly(layout, many_splits):
-    x = torch.randn(3, 5, 6, 7) * 3 + 1
+@pytest.mark.parametrize("layout,shape", [("contiguous", (3, 5, 6, 7)), ("channels_last", (3, 5, 6, 7)),
+                                          ("channels_last", (2, 20, 3, 3))])   # 20 channels: several channel blocks
+def test_many_partials_merge_exactly(layout, shape, many_splits):
+    x = torch.randn(shape) * 3 + 1
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
-    w, b, dy = torch.randn(5), torch.randn(5), torch.randn(3, 5, 6, 7)
+    C = shape[1]
+    w, b, dy = torch.randn(C), torch.randn(C), torch.randn(shape)
     for make in (lambda be: lambda x, w, b: F.channel_norm(x, None, None, w, b, True, backend=be),
                  lambda be: lambda x, w, b: F.group_norm(x, 5, w, b, backend=be)):
         ours = run_fwd_bwd(make("triton"), x.to(DEVICE), (w.to(DEVICE), b.to(DEVICE)), dy.to(DEVICE))
         torch_own = run_fwd_bwd(make("native"), x, (w, b), dy)
         reference = run_fwd_bwd(make("reference"), x.double(), to_float64((w, b)), dy.double())
         assert_close_to_reference(ours, torch_own, reference, ("y", "dx", "dweight", "dbias"))
+
+
+@pytest.mark.parametrize("shape,axis", [((5, 300), -1), ((4, 6, 5), 0)])
+def test_wide_channel_rows_and_channel_axis_zero(shape, axis):
+    x, dy = torch.randn(shape) + 2, torch.randn(shape)
+    C = shape[axis]
+    w, b = torch.randn(C), torch.randn(C)
+    make = lambda be: lambda x, w, b: F.channel_norm(x, None, None, w, b, True, channel_axis=axis, backend=be)  # noqa: E731
+    ours = run_fwd_bwd(make("triton"), x.to(DEVICE), (w.to(DEVICE), b.to(DEVICE)), dy.to(DEVICE))
+    torch_own = run_fwd_bwd(make("native"), x, (w, b), dy)
+    reference = run_fwd_bwd(make("reference"), x.double(), to_float64((w, b)), dy.double())
+    assert_close_to_reference(ours, torch_own, reference, ("y", "dx", "dweight", "dbias"))
 
 
 def test_weight_and_bias_gradients_are_deterministic(many_splits):
