@@ -67,6 +67,14 @@ def test_split_strategy_large_c_small_spatial_does_not_split():
     assert p.n_chunks == 1 and p.n_cblk * late.B >= 64
 
 
+def test_channel_scope_groups_rows_so_each_channel_has_few_partials():
+    stem = plan.CanonicalView(B=32, C=64, S=112 * 112, sb=64 * 112 * 112, sc=112 * 112, ss=1)   # NCHW, batch 32
+    p = plan.make_plan(stem, target_programs=4 * 132)
+    assert p.rows_per_prog == 3 and p.n_chunks == 1 and p.partial_rows == 11
+    per_sample = plan.make_plan(stem, target_programs=4 * 132, per_sample=True)
+    assert per_sample.rows_per_prog == 1 and per_sample.n_row_groups == 32
+
+
 def test_int64_indexing_chosen_only_past_int32():
     small = plan.CanonicalView(B=32, C=256, S=56 * 56, sb=256 * 56 * 56, sc=56 * 56, ss=1)
     assert not plan.make_plan(small, 528).int64

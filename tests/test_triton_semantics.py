@@ -95,6 +95,17 @@ def test_many_partials_merge_exactly(layout, shape, many_splits):
         assert_close_to_reference(ours, torch_own, reference, ("y", "dx", "dweight", "dbias"))
 
 
+def test_rows_grouped_per_program(monkeypatch):
+    monkeypatch.setattr(plan, "target_programs", lambda device: 2)   # 7 rows -> programs of 3, 3 and 1 rows
+    x, dy = torch.randn(7, 3, 4, 4) * 2 + 3, torch.randn(7, 3, 4, 4)
+    w, b = torch.randn(3), torch.randn(3)
+    make = lambda be: lambda x, w, b: F.channel_norm(x, None, None, w, b, True, backend=be)  # noqa: E731
+    ours = run_fwd_bwd(make("triton"), x.to(DEVICE), (w.to(DEVICE), b.to(DEVICE)), dy.to(DEVICE))
+    torch_own = run_fwd_bwd(make("native"), x, (w, b), dy)
+    reference = run_fwd_bwd(make("reference"), x.double(), to_float64((w, b)), dy.double())
+    assert_close_to_reference(ours, torch_own, reference, ("y", "dx", "dweight", "dbias"))
+
+
 @pytest.mark.parametrize("shape,axis", [((5, 300), -1), ((4, 6, 5), 0)])
 def test_wide_channel_rows_and_channel_axis_zero(shape, axis):
     x, dy = torch.randn(shape) + 2, torch.randn(shape)

@@ -52,43 +52,46 @@ def _activation_grad(dy, z, ACT: tl.constexpr):
 
 @triton.jit
 def partial_stats_kernel(x_ptr, pivot_ptr, count_ptr, mean_ptr, m2_ptr,
-                         C, S, sb, ss, sc, vec_sb, chunk_len, n_chunks, n_cblk,
+                         B, C, S, sb, ss, sc, vec_sb, rows_per_prog, chunk_len, n_chunks, n_cblk,
                          BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, INT64: tl.constexpr):
-    """Per (row b, chunk k of S, channel c): count, mean and centered M2 of ``x - pivot``.
+    """Per (group of rows, chunk k of S, channel c): count, mean and centered M2 of ``x - pivot``.
 
     The pivot (one element of the statistic's own data, shared by all its partials) removes a
     large common offset before anything is summed (x - pivot is exact when they are close), and
     each tile is centered on its own mean and Chan-merged into the running (count, mean, M2): an
-    input with mean 1e4 keeps the precision of one with mean 0. Output index: (b*n_chunks + k)*C + c.
+    input with mean 1e4 keeps the precision of one with mean 0. A program covers ``rows_per_prog``
+    rows b (channel scope: fewer partials to merge when B is large; per sample: one row) and chunk
+    k of S. Output index: (row group * n_chunks + k) * C + c.
     """
     pid = tl.program_id(0)
     cblk = pid % n_cblk
     p = pid // n_cblk
-    b = p // n_chunks
+    b_start = (p // n_chunks) * rows_per_prog
     k = p % n_chunks
     cols = cblk * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
-    pivot = tl.load(pivot_ptr + b * vec_sb + cols, mask=cmask, other=0.0)
+    pivot = tl.load(pivot_ptr + b_start * vec_sb + cols, mask=cmask, other=0.0)
     acc_n = tl.zeros([BLOCK_C], tl.float32)
     acc_mean = tl.zeros([BLOCK_C], tl.float32)
     acc_m2 = tl.zeros([BLOCK_C], tl.float32)
     s_start = k * chunk_len
     s_end = tl.minimum(s_start + chunk_len, S)
-    for s0 in range(s_start, s_end, BLOCK_S):
-        rows = s0 + tl.arange(0, BLOCK_S)
-        mask = (rows < s_end)[:, None] & cmask[None, :]
-        x = tl.load(x_ptr + _offsets(b, rows, cols, sb, ss, sc, INT64), mask=mask, other=0.0).to(tl.float32)
-        x = tl.where(mask, x - pivot[None, :], 0.0)
-        tile_n = tl.sum(mask.to(tl.float32), 0)
-        tile_mean = tl.sum(x, 0) / tl.maximum(tile_n, 1.0)
-        centered = tl.where(mask, x - tile_mean[None, :], 0.0)
-        tile_m2 = tl.sum(centered * centered, 0)
-        new_n = acc_n + tile_n
-        delta = tile_mean - acc_mean
-        ratio = tile_n / tl.maximum(new_n, 1.0)
-        acc_mean = acc_mean + delta * ratio
-        acc_m2 = acc_m2 + tile_m2 + delta * delta * acc_n * ratio
-        acc_n = new_n
+    for b in range(b_start, tl.minimum(b_start + rows_per_prog, B)):
+        for s0 in range(s_start, s_end, BLOCK_S):
+            rows = s0 + tl.arange(0, BLOCK_S)
+            mask = (rows < s_end)[:, None] & cmask[None, :]
+            x = tl.load(x_ptr + _offsets(b, rows, cols, sb, ss, sc, INT64), mask=mask, other=0.0).to(tl.float32)
+            x = tl.where(mask, x - pivot[None, :], 0.0)
+            tile_n = tl.sum(mask.to(tl.float32), 0)
+            tile_mean = tl.sum(x, 0) / tl.maximum(tile_n, 1.0)
+            centered = tl.where(mask, x - tile_mean[None, :], 0.0)
+            tile_m2 = tl.sum(centered * centered, 0)
+            new_n = acc_n + tile_n
+            delta = tile_mean - acc_mean
+            ratio = tile_n / tl.maximum(new_n, 1.0)
+            acc_mean = acc_mean + delta * ratio
+            acc_m2 = acc_m2 + tile_m2 + delta * delta * acc_n * ratio
+            acc_n = new_n
     out = p * C + cols
     tl.store(count_ptr + out, acc_n, mask=cmask)
     tl.store(mean_ptr + out, acc_mean, mask=cmask)
@@ -200,22 +203,22 @@ def _upstream_grad(centered, dy, res_ptr, offs, mask, scale, shift, ACT: tl.cons
 @triton.jit
 def backward_partials_kernel(x_ptr, dy_ptr, res_ptr, dres_ptr, pivot_ptr, mshift_ptr, invstd_ptr, scale_ptr, shift_ptr,
                              sum_g_ptr, sum_gx_ptr,
-                             C, S, sb, ss, sc, vec_sb, chunk_len, n_chunks, n_cblk,
+                             B, C, S, sb, ss, sc, vec_sb, rows_per_prog, chunk_len, n_chunks, n_cblk,
                              BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, ACT: tl.constexpr,
                              HAS_RES: tl.constexpr, WRITE_DRES: tl.constexpr, INT64: tl.constexpr):
-    """Per (row b, chunk k, channel c): sum(g) and sum(g * xhat), g the upstream gradient.
+    """Per (group of rows, chunk k, channel c): sum(g) and sum(g * xhat), g the upstream gradient.
 
     With a residual the residual's gradient is g itself, written here while it is in registers.
-    Output index: (b * n_chunks + k) * C + c; reduced later in a fixed order.
+    Rows and chunks as in ``partial_stats_kernel``; reduced later in a fixed order.
     """
     pid = tl.program_id(0)
     cblk = pid % n_cblk
     p = pid // n_cblk
-    b = p // n_chunks
+    b_start = (p // n_chunks) * rows_per_prog
     k = p % n_chunks
     cols = cblk * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
-    vec = b * vec_sb + cols
+    vec = b_start * vec_sb + cols   # rows of one program share their statistics (vec_sb = 0 or one row)
     pivot = tl.load(pivot_ptr + vec, mask=cmask, other=0.0)
     mshift = tl.load(mshift_ptr + vec, mask=cmask, other=0.0)
     invstd = tl.load(invstd_ptr + vec, mask=cmask, other=0.0)
@@ -225,19 +228,20 @@ def backward_partials_kernel(x_ptr, dy_ptr, res_ptr, dres_ptr, pivot_ptr, mshift
     acc_gx = tl.zeros([BLOCK_C], tl.float32)
     s_start = k * chunk_len
     s_end = tl.minimum(s_start + chunk_len, S)
-    for s0 in range(s_start, s_end, BLOCK_S):
-        rows = s0 + tl.arange(0, BLOCK_S)
-        mask = (rows < s_end)[:, None] & cmask[None, :]
-        offs = _offsets(b, rows, cols, sb, ss, sc, INT64)
-        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        centered = (x - pivot[None, :]) - mshift[None, :]
-        g = _upstream_grad(centered, dy, res_ptr, offs, mask, scale, shift, ACT, HAS_RES)
-        if WRITE_DRES:
-            tl.store(dres_ptr + offs, g.to(dres_ptr.dtype.element_ty), mask=mask)
-        xhat = tl.where(mask, centered * invstd[None, :], 0.0)
-        acc_g += tl.sum(g, 0)
-        acc_gx += tl.sum(g * xhat, 0)
+    for b in range(b_start, tl.minimum(b_start + rows_per_prog, B)):
+        for s0 in range(s_start, s_end, BLOCK_S):
+            rows = s0 + tl.arange(0, BLOCK_S)
+            mask = (rows < s_end)[:, None] & cmask[None, :]
+            offs = _offsets(b, rows, cols, sb, ss, sc, INT64)
+            x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            centered = (x - pivot[None, :]) - mshift[None, :]
+            g = _upstream_grad(centered, dy, res_ptr, offs, mask, scale, shift, ACT, HAS_RES)
+            if WRITE_DRES:
+                tl.store(dres_ptr + offs, g.to(dres_ptr.dtype.element_ty), mask=mask)
+            xhat = tl.where(mask, centered * invstd[None, :], 0.0)
+            acc_g += tl.sum(g, 0)
+            acc_gx += tl.sum(g * xhat, 0)
     out = p * C + cols
     tl.store(sum_g_ptr + out, acc_g, mask=cmask)
     tl.store(sum_gx_ptr + out, acc_gx, mask=cmask)

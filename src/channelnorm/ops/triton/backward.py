@@ -28,13 +28,13 @@ def norm_backward(dy, x, weight, bias, residual, pivot, mshift, var, num_groups:
     pivot_c, mshift_c, invstd_c, scale, shift = channel_vectors(
         pivot.reshape(stats_shape), mshift.reshape(stats_shape), var.reshape(stats_shape), weight, bias, eps, C)
     vec_sb = C if per_sample else 0
-    rows = view.B * p.n_chunks
+    rows = p.partial_rows
     sum_g, sum_gx = (torch.empty(rows, C, device=x.device, dtype=torch.float32) for _ in range(2))
     dres = torch.empty_like(x) if need_dres else None
     res = residual if residual is not None else x
     _kernels.backward_partials_kernel[(p.n_cblk * rows,)](
         x, dy, res, dres if dres is not None else x, pivot_c, mshift_c, invstd_c, scale, shift, sum_g, sum_gx,
-        C, view.S, view.sb, view.ss, view.sc, vec_sb, p.chunk_len, p.n_chunks, p.n_cblk,
+        view.B, C, view.S, view.sb, view.ss, view.sc, vec_sb, p.rows_per_prog, p.chunk_len, p.n_chunks, p.n_cblk,
         BLOCK_S=p.block_s, BLOCK_C=p.block_c, ACT=activation, HAS_RES=residual is not None,
         WRITE_DRES=need_dres, INT64=p.int64)
     s_out, r = (view.B, p.n_chunks) if per_sample else (1, rows)

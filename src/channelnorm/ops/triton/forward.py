@@ -15,7 +15,7 @@ from .reduce import merge_stats
 
 def view_and_plan(x: torch.Tensor, channel_axis: int, per_sample: bool):
     view = plan.canonical_view(tuple(x.shape), x.stride(), channel_axis, per_sample)
-    return view, plan.make_plan(view, plan.target_programs(x.device))
+    return view, plan.make_plan(view, plan.target_programs(x.device), per_sample)
 
 
 def _pivots(x: torch.Tensor, view: plan.CanonicalView, num_groups: int, per_sample: bool) -> torch.Tensor:
@@ -37,12 +37,12 @@ def batch_statistics(x: torch.Tensor, view: plan.CanonicalView, p: plan.Plan, nu
     cpg = C // num_groups
     pivot = _pivots(x, view, num_groups, per_sample)
     pivot_c = (pivot.repeat_interleave(cpg, dim=1) if cpg > 1 else pivot).contiguous()
-    rows = view.B * p.n_chunks
+    rows = p.partial_rows
     count, mean, m2 = (torch.empty(rows, C, device=x.device, dtype=torch.float32) for _ in range(3))
     _kernels.partial_stats_kernel[(p.n_cblk * rows,)](
-        x, pivot_c, count, mean, m2, C, view.S, view.sb, view.ss, view.sc, C if per_sample else 0,
-        p.chunk_len, p.n_chunks, p.n_cblk, BLOCK_S=p.block_s, BLOCK_C=p.block_c, INT64=p.int64)
-    # Level 1: every chunk (and, for channel scope, every row) of a channel, in order.
+        x, pivot_c, count, mean, m2, view.B, C, view.S, view.sb, view.ss, view.sc, C if per_sample else 0,
+        p.rows_per_prog, p.chunk_len, p.n_chunks, p.n_cblk, BLOCK_S=p.block_s, BLOCK_C=p.block_c, INT64=p.int64)
+    # Level 1: every chunk (and, for channel scope, every row group) of a channel, in order.
     s_out, r = (view.B, p.n_chunks) if per_sample else (1, rows)
     count, mean, m2 = merge_stats(count, mean, m2, s_out, r, C, r * C, C, 1)
     if per_sample and cpg > 1:

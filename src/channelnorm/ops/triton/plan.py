@@ -41,11 +41,14 @@ class Plan:
     n_sblk: int        # tiles along S for the elementwise kernels
     chunk_len: int     # positions of S per split-reduction program (a multiple of block_s)
     n_chunks: int
+    rows_per_prog: int  # rows b per split-reduction program (1 for per-sample statistics)
+    n_row_groups: int
     int64: bool
 
     @property
-    def reduction_programs_per_row(self) -> int:
-        return self.n_cblk * self.n_chunks
+    def partial_rows(self) -> int:
+        """Partials per channel written by the split-reduction kernels."""
+        return self.n_row_groups * self.n_chunks
 
 
 def _collapse(dims: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -121,24 +124,32 @@ def tile_shape(view: CanonicalView, tile_elements: Optional[int] = None) -> tupl
     return block_s, block_c
 
 
-def make_plan(view: CanonicalView, target_programs: int, tile_elements: Optional[int] = None) -> Plan:
-    """Tile shape plus how many programs split each row's S for the statistics pass.
+def make_plan(view: CanonicalView, target_programs: int, per_sample: bool = False,
+              tile_elements: Optional[int] = None) -> Plan:
+    """Tile shape plus how the statistics pass splits each channel block over programs.
 
-    Small C with huge N*H*W (ResNet stem): few channel blocks, so S is split until about
-    ``target_programs`` programs run. Large C with small N*H*W (late stages, batch 2): the channel
-    blocks alone fill the device and S is not split. Each program streams at least
-    ``MIN_TILES_PER_PROGRAM`` tiles unless S is shorter than that.
+    About ``target_programs`` programs per pass. Small C with huge N*H*W (ResNet stem): few channel
+    blocks, so S is cut into chunks. Large C with small N*H*W (late stages, batch 2): the channel
+    blocks alone fill the device and nothing is split. Channel scope with many rows (NCHW, large N):
+    a program takes several whole rows, so each channel has about ``target_programs / n_cblk``
+    partials to merge rather than one per row. Each program streams at least
+    ``MIN_TILES_PER_PROGRAM`` tiles unless the data is shorter than that.
     """
     block_s, block_c = tile_shape(view, tile_elements)
     n_cblk = math.ceil(view.C / block_c)
     n_sblk = math.ceil(view.S / block_s)
-    base = n_cblk * max(view.B, 1)
-    wanted = max(1, math.ceil(target_programs / base))
-    n_chunks = max(1, min(wanted, n_sblk // MIN_TILES_PER_PROGRAM))
+    B = max(view.B, 1)
+    per_cblk = max(1, math.ceil(target_programs / n_cblk))     # programs wanted per channel block
+    rows_per_prog = 1
+    if not per_sample and B > per_cblk:
+        rows_per_prog = B // per_cblk
+    n_row_groups = math.ceil(B / rows_per_prog)
+    wanted_chunks = max(1, math.ceil(per_cblk / n_row_groups))
+    n_chunks = max(1, min(wanted_chunks, n_sblk // MIN_TILES_PER_PROGRAM))
     chunk_len = math.ceil(n_sblk / n_chunks) * block_s
     n_chunks = math.ceil(view.S / chunk_len)
-    return Plan(block_s, block_c, n_cblk, n_sblk, chunk_len, n_chunks,
-                needs_int64(view, view.B * n_chunks))
+    return Plan(block_s, block_c, n_cblk, n_sblk, chunk_len, n_chunks, rows_per_prog, n_row_groups,
+                needs_int64(view, n_row_groups * n_chunks))
 
 
 def target_programs(device: torch.device) -> int:

@@ -14,7 +14,9 @@ from .plan import TILE_ELEMENTS
 
 
 def _blocks(R: int, K: int) -> tuple[int, int]:
-    block_k = max(1, min(128, 1 << math.ceil(math.log2(max(K, 1)))))
+    # Narrow column blocks (16 fp32 = 64 contiguous bytes per row) so even C = 64 gets several
+    # programs, and tall row blocks so a program needs few sequential steps.
+    block_k = max(1, min(16, 1 << math.ceil(math.log2(max(K, 1)))))
     block_r = max(1, min(TILE_ELEMENTS // block_k, 1 << math.ceil(math.log2(max(R, 1)))))
     return block_r, block_k
 
