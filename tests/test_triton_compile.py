@@ -32,6 +32,14 @@ def test_custom_ops_pass_opcheck(per_sample, use_batch_stats, residual, activati
     torch.library.opcheck(custom_ops.norm_bwd, bwd_args)
 
 
+@pytest.mark.parametrize("with_count", [True, False])
+def test_running_stats_update_op_passes_opcheck(with_count):
+    rm, rv = torch.randn(5, device=DEVICE), torch.rand(5, device=DEVICE) + 0.5
+    nbt = torch.tensor(3, device=DEVICE) if with_count else None
+    stats = (torch.randn(5, device=DEVICE), torch.randn(5, device=DEVICE), torch.rand(5, device=DEVICE))
+    torch.library.opcheck(custom_ops.running_stats_update, (rm, rv, nbt, *stats, 1.25, 0.1))
+
+
 def _model():
     torch.manual_seed(0)
     return torch.nn.Sequential(

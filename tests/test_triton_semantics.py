@@ -36,6 +36,17 @@ def test_running_statistics_match_the_reference(momentum):
     torch.testing.assert_close(ours(x.to(DEVICE)).cpu().double(), ref(x.double()), rtol=1e-5, atol=1e-5)
 
 
+def test_half_precision_module_buffers():
+    ours = cn.ChannelNorm(4, backend="triton", dtype=torch.float16).to(DEVICE)
+    ref = cn.ChannelNorm(4, backend="reference").double()
+    x = (torch.randn(3, 4, 5) * 2 + 1).half()
+    y = ours(x.to(DEVICE))
+    ref(x.double())
+    assert y.dtype == torch.float16 and ours.running_var.dtype == torch.float16
+    torch.testing.assert_close(ours.running_mean.cpu().double(), ref.running_mean, rtol=2e-3, atol=1e-3)
+    torch.testing.assert_close(ours.running_var.cpu().double(), ref.running_var, rtol=2e-3, atol=1e-3)
+
+
 def test_instance_norm_running_statistics():
     ours = cn.InstanceNorm(4, track_running_stats=True, momentum=None, backend="triton").to(DEVICE)
     ref = cn.InstanceNorm(4, track_running_stats=True, momentum=None, backend="reference").double()

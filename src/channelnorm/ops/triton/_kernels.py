@@ -280,3 +280,80 @@ def backward_apply_kernel(x_ptr, dy_ptr, res_ptr, dx_ptr, pivot_ptr, mshift_ptr,
     xhat = centered * invstd[None, :]
     dx = alpha[None, :] * g + beta[None, :] * xhat + gamma[None, :]
     tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def finalize_kernel(count_ptr, m2_ptr, pivot_ptr, mshift_ptr, w_ptr, b_ptr,
+                    pivot_c_ptr, mshift_c_ptr, invstd_c_ptr, scale_c_ptr, shift_c_ptr, mean_ptr, var_ptr,
+                    C, G, cpg, eps, n_cblk,
+                    FROM_M2: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Per-statistic results -> per-(row, channel) vectors the elementwise kernels read.
+
+    Statistic (r, g) = (row, channel // cpg). Writes pivot, mean - pivot, invstd, scale = invstd*w
+    and shift = b per channel, plus the statistic's mean and biased var (by its first channel).
+    ``FROM_M2``: var = m2 / count (batch statistics); otherwise m2_ptr already holds the variance.
+    """
+    pid = tl.program_id(0)
+    cblk = pid % n_cblk
+    r = pid // n_cblk
+    cols = cblk * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    stat = r * G + cols // cpg
+    pivot = tl.load(pivot_ptr + stat, mask=cmask, other=0.0).to(tl.float32)
+    mshift = tl.load(mshift_ptr + stat, mask=cmask, other=0.0).to(tl.float32)
+    var = tl.load(m2_ptr + stat, mask=cmask, other=1.0).to(tl.float32)
+    if FROM_M2:
+        var = var / tl.load(count_ptr + stat, mask=cmask, other=1.0)
+    invstd = 1.0 / tl.sqrt_rn(var + eps)
+    scale = invstd
+    if HAS_W:
+        scale = invstd * tl.load(w_ptr + cols, mask=cmask, other=1.0).to(tl.float32)
+    shift = tl.zeros([BLOCK_C], tl.float32)
+    if HAS_B:
+        shift = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    out = r * C + cols
+    tl.store(pivot_c_ptr + out, pivot, mask=cmask)
+    tl.store(mshift_c_ptr + out, mshift, mask=cmask)
+    tl.store(invstd_c_ptr + out, invstd, mask=cmask)
+    tl.store(scale_c_ptr + out, scale, mask=cmask)
+    tl.store(shift_c_ptr + out, shift, mask=cmask)
+    first = cmask & (cols % cpg == 0)
+    tl.store(mean_ptr + stat, pivot + mshift, mask=first)
+    tl.store(var_ptr + stat, var, mask=first)
+
+
+@triton.jit
+def running_update_kernel(rm_ptr, rv_ptr, nbt_ptr, pivot_ptr, mshift_ptr, var_ptr, C, momentum, unbias,
+                          HAS_NBT: tl.constexpr, BLOCK: tl.constexpr):
+    """running <- (1-m)*running + m*batch (mean = pivot + mshift; var unbiased by ``unbias`` = n/(n-1)).
+
+    One program: a first sweep checks every candidate is finite (after rounding to the buffer's
+    dtype), a second writes them only if so and counts the batch in num_batches_tracked.
+    """
+    FLT_MAX: tl.constexpr = 3.4028234663852886e38
+    bad = tl.zeros([BLOCK], tl.int32)
+    for c0 in range(0, C, BLOCK):
+        cols = c0 + tl.arange(0, BLOCK)
+        cmask = cols < C
+        rm = tl.load(rm_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+        rv = tl.load(rv_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+        mean = tl.load(pivot_ptr + cols, mask=cmask, other=0.0) + tl.load(mshift_ptr + cols, mask=cmask, other=0.0)
+        new_m = rm * (1.0 - momentum) + mean * momentum
+        new_v = rv * (1.0 - momentum) + tl.load(var_ptr + cols, mask=cmask, other=0.0) * (unbias * momentum)
+        new_m = new_m.to(rm_ptr.dtype.element_ty).to(tl.float32)
+        new_v = new_v.to(rv_ptr.dtype.element_ty).to(tl.float32)
+        finite = (tl.abs(new_m) <= FLT_MAX) & (tl.abs(new_v) <= FLT_MAX)
+        bad += (cmask & ~finite).to(tl.int32)
+    if tl.sum(bad, 0) == 0:
+        for c0 in range(0, C, BLOCK):
+            cols = c0 + tl.arange(0, BLOCK)
+            cmask = cols < C
+            rm = tl.load(rm_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+            rv = tl.load(rv_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+            mean = tl.load(pivot_ptr + cols, mask=cmask, other=0.0) + tl.load(mshift_ptr + cols, mask=cmask, other=0.0)
+            new_m = rm * (1.0 - momentum) + mean * momentum
+            new_v = rv * (1.0 - momentum) + tl.load(var_ptr + cols, mask=cmask, other=0.0) * (unbias * momentum)
+            tl.store(rm_ptr + cols, new_m.to(rm_ptr.dtype.element_ty), mask=cmask)
+            tl.store(rv_ptr + cols, new_v.to(rv_ptr.dtype.element_ty), mask=cmask)
+        if HAS_NBT:
+            tl.store(nbt_ptr, tl.load(nbt_ptr) + 1)

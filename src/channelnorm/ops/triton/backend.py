@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 import torch
 from ..layout import match_layout
-from ..running_stats import update_running_stats
+from ..running_stats import effective_momentum
 from . import _kernels, plan
 
 _OPS = ("channel_norm", "instance_norm", "group_norm")
@@ -70,7 +70,7 @@ def _like(t: Optional[torch.Tensor], x: torch.Tensor, to_kernel: Callable) -> Op
 
 def _run(x, weight, bias, residual, running_mean, running_var, num_groups, per_sample, use_batch_stats, eps,
          channel_axis, activation):
-    """Lay out, call the custom op, give y back in x's layout; returns (y, mean, biased var) in fp32."""
+    """Lay out, call the custom op, give y back in x's layout; returns (y, pivot, mean - pivot, biased var)."""
     from .custom_ops import norm_fwd  # registers the ops on first use
     xk, axis, back = _kernel_layout(x, channel_axis, per_sample and use_batch_stats)
     to_kernel = (lambda t: t) if xk is x else (lambda t: t.movedim(channel_axis, 1))
@@ -78,16 +78,23 @@ def _run(x, weight, bias, residual, running_mean, running_var, num_groups, per_s
     y, pivot, mean_shift, var = norm_fwd(xk, weight, bias, res, None if use_batch_stats else running_mean,
                             None if use_batch_stats else running_var, num_groups, per_sample, use_batch_stats,
                             float(eps), axis, plan.ACTIVATION_CODES[activation])
-    return match_layout(back(y), x), pivot + mean_shift, var
+    return match_layout(back(y), x), pivot, mean_shift, var
+
+
+def _update_running(running_mean, running_var, num_batches_tracked, pivot, mean_shift, var, n: int, momentum):
+    from .custom_ops import running_stats_update
+    running_stats_update(running_mean, running_var, num_batches_tracked, pivot, mean_shift, var,
+                         n / (n - 1), effective_momentum(momentum, num_batches_tracked))
 
 
 def channel_norm_act(x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis,
                      activation="none", residual=None, num_batches_tracked=None) -> torch.Tensor:
     C = x.shape[channel_axis]
-    y, mean, var = _run(x, weight, bias, residual, running_mean, running_var, C, False, bool(training), eps,
-                        channel_axis, activation)
+    y, pivot, mean_shift, var = _run(x, weight, bias, residual, running_mean, running_var, C, False, bool(training),
+                                     eps, channel_axis, activation)
     if training and running_mean is not None:
-        update_running_stats(running_mean, running_var, num_batches_tracked, mean, var, x.numel() // C, momentum)
+        _update_running(running_mean, running_var, num_batches_tracked, pivot, mean_shift, var, x.numel() // C,
+                        momentum)
     return y
 
 
@@ -100,17 +107,19 @@ def channel_norm(x, running_mean, running_var, weight, bias, training, momentum,
 def instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps, channel_axis,
                   num_batches_tracked=None) -> torch.Tensor:
     C = x.shape[channel_axis]
-    y, mean, var = _run(x, weight, bias, None, running_mean, running_var, C, True, bool(use_input_stats), eps,
-                        channel_axis, "none")
+    y, pivot, mean_shift, var = _run(x, weight, bias, None, running_mean, running_var, C, True,
+                                     bool(use_input_stats), eps, channel_axis, "none")
     if use_input_stats and running_mean is not None:
         # As torch.nn.InstanceNorm (and family.instance_norm): blend the batch average of the instance statistics.
         n = x.numel() // (x.shape[0] * C)
-        update_running_stats(running_mean, running_var, num_batches_tracked, mean.mean(0), var.mean(0), n, momentum)
+        mean = (pivot + mean_shift).mean(0)
+        _update_running(running_mean, running_var, num_batches_tracked, mean, torch.zeros_like(mean), var.mean(0), n,
+                        momentum)
     return y
 
 
 def group_norm_act(x, num_groups, weight, bias, eps, channel_axis, activation="none", residual=None) -> torch.Tensor:
-    y, _, _ = _run(x, weight, bias, residual, None, None, num_groups, True, True, eps, channel_axis, activation)
+    y, _, _, _ = _run(x, weight, bias, residual, None, None, num_groups, True, True, eps, channel_axis, activation)
     return y
 
 

@@ -25,8 +25,8 @@ def norm_backward(dy, x, weight, bias, residual, pivot, mshift, var, num_groups:
     view, p = view_and_plan(x, channel_axis, per_sample)
     C = view.C
     stats_shape = (-1, num_groups) if per_sample else (1, -1)
-    pivot_c, mshift_c, invstd_c, scale, shift = channel_vectors(
-        pivot.reshape(stats_shape), mshift.reshape(stats_shape), var.reshape(stats_shape), weight, bias, eps, C)
+    (pivot_c, mshift_c, invstd_c, scale, shift), _, _ = channel_vectors(
+        pivot.reshape(stats_shape), mshift.reshape(stats_shape), var.reshape(stats_shape), None, weight, bias, eps, C)
     vec_sb = C if per_sample else 0
     rows = p.partial_rows
     sum_g, sum_gx = (torch.empty(rows, C, device=x.device, dtype=torch.float32) for _ in range(2))

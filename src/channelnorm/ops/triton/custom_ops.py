@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import backward, forward
+from . import _kernels, backward, forward
 
 
 def _stats_shape(x: Tensor, num_groups: int, per_sample: bool, use_batch_stats: bool, channel_axis: int):
@@ -87,3 +87,22 @@ def _backward(ctx, dy, _dpivot, _dmean_shift, _dvar):
 
 
 torch.library.register_autograd("channelnorm::triton_norm_fwd", _backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("channelnorm::triton_running_stats_update",
+                         mutates_args=("running_mean", "running_var", "num_batches_tracked"))
+def running_stats_update(running_mean: Tensor, running_var: Tensor, num_batches_tracked: Optional[Tensor],
+                         pivot: Tensor, mean_shift: Tensor, var: Tensor, unbias: float, momentum: float) -> None:
+    """DESIGN §3's update in one launch: blend (pivot + mean_shift, var * unbias) into the buffers, only
+    if every new value is finite, and then count the batch (ops.running_stats has the same rule in torch)."""
+    block = min(1024, 1 << max(0, (running_mean.numel() - 1).bit_length()))
+    _kernels.running_update_kernel[(1,)](
+        running_mean, running_var, num_batches_tracked if num_batches_tracked is not None else running_mean,
+        pivot, mean_shift, var, running_mean.numel(), momentum, unbias,
+        HAS_NBT=num_batches_tracked is not None, BLOCK=block)
+
+
+@running_stats_update.register_fake
+def _running_stats_update_fake(running_mean, running_var, num_batches_tracked, pivot, mean_shift, var, unbias,
+                               momentum):
+    return None

@@ -32,7 +32,7 @@ def _pivots(x: torch.Tensor, view: plan.CanonicalView, num_groups: int, per_samp
 
 
 def batch_statistics(x: torch.Tensor, view: plan.CanonicalView, p: plan.Plan, num_groups: int, per_sample: bool):
-    """(pivot, mean - pivot, biased var) per statistic: ``[N, G]`` per sample, else ``[1, C]`` (fp32)."""
+    """(pivot, count, mean - pivot, M2) per statistic: ``[N, G]`` per sample, else ``[1, C]`` (fp32)."""
     C = view.C
     cpg = C // num_groups
     pivot = _pivots(x, view, num_groups, per_sample)
@@ -49,19 +49,26 @@ def batch_statistics(x: torch.Tensor, view: plan.CanonicalView, p: plan.Plan, nu
         # Level 2: the channels of each group, viewed as [N*G, cpg, 1] (they share the group's pivot).
         count, mean, m2 = merge_stats(count, mean, m2, s_out * num_groups, cpg, 1, cpg, 1, 1)
     shape = pivot.shape
-    return pivot, mean.view(shape), (m2 / count).view(shape)
+    return pivot, count.view(shape), mean.view(shape), m2.view(shape)
 
 
-def channel_vectors(pivot: torch.Tensor, mshift: torch.Tensor, var: torch.Tensor, weight: Optional[torch.Tensor],
-                    bias: Optional[torch.Tensor], eps: float, num_channels: int):
-    """Per-(row, channel) fp32 vectors from per-statistic ``[rows, G]`` tensors: pivot, mshift, invstd, scale, shift."""
-    cpg = num_channels // pivot.shape[1]
-    invstd = torch.rsqrt(var + eps)
-    per_channel = [t.repeat_interleave(cpg, dim=1) if cpg > 1 else t for t in (pivot, mshift, invstd)]
-    invstd_c = per_channel[2]
-    scale = invstd_c * weight.float() if weight is not None else invstd_c
-    shift = (bias.float() if bias is not None else torch.zeros_like(invstd_c[0])).expand_as(invstd_c)
-    return [t.contiguous() for t in (*per_channel, scale, shift)]
+def channel_vectors(pivot: torch.Tensor, mshift: torch.Tensor, m2_or_var: torch.Tensor, count: Optional[torch.Tensor],
+                    weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float, num_channels: int):
+    """From per-statistic ``[rows, G]`` tensors (var = m2 / count when count is given, else m2_or_var):
+    the per-(row, channel) fp32 vectors (pivot, mshift, invstd, scale, shift) and the per-statistic
+    (mean, biased var)."""
+    rows, G = pivot.shape
+    C = num_channels
+    block_c = min(1024, 1 << max(0, (C - 1).bit_length()))
+    n_cblk = -(-C // block_c)
+    vectors = [torch.empty(rows, C, device=pivot.device, dtype=torch.float32) for _ in range(5)]
+    mean, var = (torch.empty(rows, G, device=pivot.device, dtype=torch.float32) for _ in range(2))
+    _kernels.finalize_kernel[(rows * n_cblk,)](
+        count if count is not None else m2_or_var, m2_or_var, pivot, mshift,
+        weight if weight is not None else pivot, bias if bias is not None else pivot,
+        *vectors, mean, var, C, G, C // G, eps, n_cblk,
+        FROM_M2=count is not None, HAS_W=weight is not None, HAS_B=bias is not None, BLOCK_C=block_c)
+    return vectors, mean, var
 
 
 def normalize(x, view, p, vectors, vec_sb: int, residual: Optional[torch.Tensor], activation: int) -> torch.Tensor:
@@ -80,17 +87,17 @@ def norm_forward(x, weight, bias, residual, running_mean, running_var, num_group
     """Returns ``(y, pivot, mean_shift, var)``: the statistics as mean = pivot + mean_shift and biased var.
 
     They are fp32, shaped ``[N, G]`` (per sample) or ``[C]``. Without batch statistics, pivot and
-    var are copies of the running statistics and mean_shift is zero.
+    var are fp32 copies of the running statistics and mean_shift is zero.
     """
     view, p = view_and_plan(x, channel_axis, per_sample and use_batch_stats)
     if use_batch_stats:
-        pivot, mshift, var = batch_statistics(x, view, p, num_groups, per_sample)
+        pivot, count, mshift, m2 = batch_statistics(x, view, p, num_groups, per_sample)
+        vectors, _, var = channel_vectors(pivot, mshift, m2, count, weight, bias, eps, view.C)
     else:
-        pivot = running_mean.to(torch.float32, copy=True).view(1, -1)
-        var = running_var.to(torch.float32, copy=True).view(1, -1)
-        mshift = torch.zeros_like(pivot)
+        mshift = torch.zeros((1, view.C), device=x.device, dtype=torch.float32)
+        vectors, pivot, var = channel_vectors(running_mean.view(1, -1), mshift, running_var.view(1, -1), None,
+                                              weight, bias, eps, view.C)
     vec_sb = view.C if (per_sample and use_batch_stats) else 0
-    vectors = channel_vectors(pivot, mshift, var, weight, bias, eps, view.C)
     y = normalize(x, view, p, vectors, vec_sb, residual, activation)
     if not (per_sample and use_batch_stats):
         pivot, mshift, var = pivot.view(-1), mshift.view(-1), var.view(-1)
