@@ -357,3 +357,45 @@ def running_update_kernel(rm_ptr, rv_ptr, nbt_ptr, pivot_ptr, mshift_ptr, var_pt
             tl.store(rv_ptr + cols, new_v.to(rv_ptr.dtype.element_ty), mask=cmask)
         if HAS_NBT:
             tl.store(nbt_ptr, tl.load(nbt_ptr) + 1)
+
+
+@triton.jit
+def coefficients_kernel(sum_g_ptr, sum_gx_ptr, w_ptr, invstd_ptr, alpha_ptr, beta_ptr, gamma_ptr,
+                        C, G, cpg, inv_n, n_gblk,
+                        USE_BATCH: tl.constexpr, HAS_W: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr):
+    """dx = alpha*g + beta*xhat + gamma per (row, channel), from the per-(row, channel) sums of g and g*xhat.
+
+    alpha = invstd*w; with batch statistics beta = -invstd*mean_s(w*g*xhat), gamma = -invstd*mean_s(w*g),
+    the means over statistic s = (row, group): a fixed-order sweep over the group's channels.
+    Tile [BLOCK_G groups, BLOCK_J channels of a group].
+    """
+    pid = tl.program_id(0)
+    gblk = pid % n_gblk
+    r = pid // n_gblk
+    groups = gblk * BLOCK_G + tl.arange(0, BLOCK_G)
+    gmask = groups < G
+    acc_g = tl.zeros([BLOCK_G], tl.float32)
+    acc_gx = tl.zeros([BLOCK_G], tl.float32)
+    if USE_BATCH:
+        for j0 in range(0, cpg, BLOCK_J):
+            j = j0 + tl.arange(0, BLOCK_J)
+            cols = groups[:, None] * cpg + j[None, :]
+            mask = gmask[:, None] & (j < cpg)[None, :]
+            w = tl.full([BLOCK_G, BLOCK_J], 1.0, tl.float32)
+            if HAS_W:
+                w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+            acc_g += tl.sum(w * tl.load(sum_g_ptr + r * C + cols, mask=mask, other=0.0), 1)
+            acc_gx += tl.sum(w * tl.load(sum_gx_ptr + r * C + cols, mask=mask, other=0.0), 1)
+    for j0 in range(0, cpg, BLOCK_J):
+        j = j0 + tl.arange(0, BLOCK_J)
+        cols = groups[:, None] * cpg + j[None, :]
+        mask = gmask[:, None] & (j < cpg)[None, :]
+        invstd = tl.load(invstd_ptr + r * C + cols, mask=mask, other=0.0)
+        alpha = invstd
+        if HAS_W:
+            alpha = invstd * tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        beta = -invstd * (acc_gx * inv_n)[:, None]
+        gamma = -invstd * (acc_g * inv_n)[:, None]
+        tl.store(alpha_ptr + r * C + cols, alpha, mask=mask)
+        tl.store(beta_ptr + r * C + cols, beta, mask=mask)
+        tl.store(gamma_ptr + r * C + cols, gamma, mask=mask)

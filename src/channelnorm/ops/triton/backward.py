@@ -9,8 +9,6 @@ pass is one read of x and dy and one write of dx.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from . import _kernels
@@ -40,18 +38,21 @@ def norm_backward(dy, x, weight, bias, residual, pivot, mshift, var, num_groups:
     s_out, r = (view.B, p.n_chunks) if per_sample else (1, rows)
     g_c = sum_rows(sum_g, s_out, r, C, r * C, C, 1)       # [s_out, C]
     gx_c = sum_rows(sum_gx, s_out, r, C, r * C, C, 1)
-    dbias = sum_rows(g_c, 1, s_out, C, s_out * C, C, 1).view(C)
-    dweight = sum_rows(gx_c, 1, s_out, C, s_out * C, C, 1).view(C)
-    w = weight.float() if weight is not None else torch.ones(C, device=x.device, dtype=torch.float32)
-    alpha = (invstd_c * w).contiguous()
-    if use_batch_stats:
-        n = (C // num_groups) * view.S if per_sample else view.B * view.S
-        mean_wg, mean_wgx = _per_statistic(w * g_c, num_groups, per_sample) / n, \
-            _per_statistic(w * gx_c, num_groups, per_sample) / n
-        beta = (-invstd_c * mean_wgx).contiguous()
-        gamma = (-invstd_c * mean_wg).contiguous()
-    else:  # fixed statistics: no gradient flows through them
-        beta = gamma = torch.zeros_like(alpha)
+    if s_out == 1:
+        dbias, dweight = g_c.view(C), gx_c.view(C)
+    else:
+        dbias = sum_rows(g_c, 1, s_out, C, s_out * C, C, 1).view(C)
+        dweight = sum_rows(gx_c, 1, s_out, C, s_out * C, C, 1).view(C)
+    groups = num_groups if per_sample else C
+    cpg = C // groups
+    n = cpg * view.S if per_sample else view.B * view.S
+    alpha, beta, gamma = (torch.empty(s_out, C, device=x.device, dtype=torch.float32) for _ in range(3))
+    block_j = min(1024, 1 << max(0, (cpg - 1).bit_length()))
+    block_g = min(max(1, 1024 // block_j), 1 << max(0, (groups - 1).bit_length()))
+    n_gblk = -(-groups // block_g)
+    _kernels.coefficients_kernel[(s_out * n_gblk,)](
+        g_c, gx_c, weight if weight is not None else g_c, invstd_c, alpha, beta, gamma, C, groups, cpg, 1.0 / n,
+        n_gblk, USE_BATCH=use_batch_stats, HAS_W=weight is not None, BLOCK_G=block_g, BLOCK_J=block_j)
     dx = torch.empty_like(x)
     _kernels.backward_apply_kernel[(p.n_cblk * view.B * p.n_sblk,)](
         x, dy, res, dx, pivot_c, mshift_c, invstd_c, scale, shift, alpha, beta, gamma,
@@ -59,13 +60,3 @@ def norm_backward(dy, x, weight, bias, residual, pivot, mshift, var, num_groups:
         BLOCK_S=p.block_s, BLOCK_C=p.block_c, ACT=activation, HAS_RES=residual is not None, INT64=p.int64)
     return dx, dweight, dbias, dres
 
-
-def _per_statistic(values: torch.Tensor, num_groups: int, per_sample: bool) -> torch.Tensor:
-    """Sum [rows, C] over the channels of each group (fixed order) and broadcast back to [rows, C]."""
-    rows, C = values.shape
-    cpg = C // num_groups
-    if not per_sample or cpg == 1:
-        return values
-    values = values.contiguous()
-    summed = sum_rows(values, rows * num_groups, cpg, 1, cpg, 1, 1).view(rows, num_groups)
-    return summed.repeat_interleave(cpg, dim=1)
