@@ -231,3 +231,13 @@ def test_auto_picks_triton_only_for_cuda_tensors():
     assert chosen is (backend if DEVICE == "cuda" else native)
     assert dispatch.resolve("triton", "group_norm", x, None, None) is backend
     assert backend.unsupported_reason("frn", x) is not None
+
+
+def test_conversions_leave_fused_blocks_alone():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), cn.ChannelNormAct(4), cn.GroupNormAct(2, 4),
+                                cn.ChannelNorm(4)).eval()
+    cn.convert.freeze(model)
+    cn.convert.replace_norms(model, "group", num_groups=2)
+    cn.convert.fold(model)
+    assert type(model[1]) is cn.ChannelNormAct and type(model[2]) is cn.GroupNormAct
+    assert type(model[3]) is not cn.ChannelNorm      # the plain norm was converted
