@@ -1,2 +1,33 @@
-"""Triton backend (DESIGN §4, §6): ``_kernels`` (jit), ``plan``/``forward``/``backward``/``reduce`` (host),
-``custom_ops`` (torch.library ops + autograd), ``backend`` (the interface ``ops.dispatch`` calls)."""
+"""Triton backend (DESIGN §4, §6).
+
+Modules: ``_kernels`` (jit only, no validation), ``plan`` (canonical view, tiles, splits, index
+width: plain integers), ``forward``/``backward``/``reduce`` (host launch functions),
+``custom_ops`` (``torch.library`` ops + fake kernels + autograd), ``backend`` (what
+``ops.dispatch`` calls: ``unsupported_reason`` and the family's entry points).
+
+Design, from first principles (memory-bound kernels; nothing here has been timed on a GPU yet):
+
+* Layout. Every input is addressed as a strided ``(B, C, S)`` view, no copy: NCHW is
+  ``(N, C, H*W)`` with S contiguous; NHWC and channel-last tensors collapse to ``(1, C, N*H*W)``
+  (channel scope) or ``(N, C, H*W)`` (per sample) with C contiguous. Tiles are ``[BLOCK_S,
+  BLOCK_C]`` with the long side on the contiguous axis (NCHW: up to 2048 x 1, widened over
+  channels when H*W is small; NHWC: up to 128 channels x rows), so loads are coalesced and, since
+  Triton specializes a stride of 1, vectorized (checked in sm_90 PTX by
+  ``tests/triton_sm90_compile.py``).
+* Training forward. Pass 1 (``partial_stats_kernel``): each program reduces a channel block over
+  a chunk of S (and, for channel scope on NCHW with large N, several whole rows) to
+  (count, mean, M2), each tile centered on its own mean after shifting by a pivot element of the
+  statistic. About 4 programs per SM: small C with huge N*H*W splits S; large C with small N*H*W
+  needs no split. Then a fixed-order Chan merge (``merge_stats_kernel``; a second level merges the
+  channels of a group), ``finalize_kernel`` (per-channel scale/shift), and pass 2
+  (``apply_kernel``): one read, one write, with the residual add and activation fused.
+  ``running_update_kernel`` blends the running statistics all-or-nothing in one launch.
+  Eval forward is ``finalize_kernel`` + ``apply_kernel``: one read, one write of x.
+* Backward. ``backward_partials_kernel`` (sums of g and g*xhat per program, g the gradient
+  through the recomputed activation; writes the residual's gradient on the way), fixed-order
+  ``sum_rows_kernel``, ``coefficients_kernel`` (dx = alpha*g + beta*xhat + gamma), then
+  ``backward_apply_kernel``. No atomics anywhere: gradients are bitwise reproducible.
+* Traffic: eval forward 2|X|; training forward 3|X| (x read twice); backward 5|X| (x and dy
+  read twice). The second read can hit L2 for tensors of tens of MB.
+* Offsets are int32 unless some offset can pass 2**31 - 1 (``plan.needs_int64``).
+"""
