@@ -9,12 +9,18 @@ double backward).
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
 from torch import Tensor
 
 from . import _kernels, backward, forward
+
+
+def _on_device_of(t: Tensor):
+    """Triton launches on the current CUDA device: make it the tensor's (cuda:1 inputs, ...)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def _stats_shape(x: Tensor, num_groups: int, per_sample: bool, use_batch_stats: bool, channel_axis: int):
@@ -27,8 +33,9 @@ def norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], residu
              use_batch_stats: bool, eps: float, channel_axis: int, activation: int
              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(y, pivot, mean_shift, var): output and the fp32 statistics used, mean = pivot + mean_shift."""
-    return forward.norm_forward(x, weight, bias, residual, running_mean, running_var, num_groups, per_sample,
-                                use_batch_stats, eps, channel_axis, activation)
+    with _on_device_of(x):
+        return forward.norm_forward(x, weight, bias, residual, running_mean, running_var, num_groups, per_sample,
+                                    use_batch_stats, eps, channel_axis, activation)
 
 
 @norm_fwd.register_fake
@@ -44,9 +51,10 @@ def norm_bwd(dy: Tensor, x: Tensor, weight: Optional[Tensor], bias: Optional[Ten
              pivot: Tensor, mean_shift: Tensor, var: Tensor, num_groups: int, per_sample: bool, use_batch_stats: bool, eps: float,
              channel_axis: int, activation: int, need_dres: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(dx, dweight, dbias, dresidual); dweight/dbias fp32 [C]; dresidual empty unless ``need_dres``."""
-    dx, dweight, dbias, dres = backward.norm_backward(dy, x, weight, bias, residual, pivot, mean_shift, var, num_groups,
-                                                      per_sample, use_batch_stats, eps, channel_axis, activation,
-                                                      need_dres)
+    with _on_device_of(x):
+        dx, dweight, dbias, dres = backward.norm_backward(dy, x, weight, bias, residual, pivot, mean_shift, var,
+                                                          num_groups, per_sample, use_batch_stats, eps, channel_axis,
+                                                          activation, need_dres)
     return dx, dweight, dbias, dres if dres is not None else x.new_empty(0)
 
 
@@ -96,10 +104,11 @@ def running_stats_update(running_mean: Tensor, running_var: Tensor, num_batches_
     """DESIGN §3's update in one launch: blend (pivot + mean_shift, var * unbias) into the buffers, only
     if every new value is finite, and then count the batch (ops.running_stats has the same rule in torch)."""
     block = min(1024, 1 << max(0, (running_mean.numel() - 1).bit_length()))
-    _kernels.running_update_kernel[(1,)](
-        running_mean, running_var, num_batches_tracked if num_batches_tracked is not None else running_mean,
-        pivot, mean_shift, var, running_mean.numel(), momentum, unbias,
-        HAS_NBT=num_batches_tracked is not None, BLOCK=block)
+    with _on_device_of(running_mean):
+        _kernels.running_update_kernel[(1,)](
+            running_mean, running_var, num_batches_tracked if num_batches_tracked is not None else running_mean,
+            pivot, mean_shift, var, running_mean.numel(), momentum, unbias,
+            HAS_NBT=num_batches_tracked is not None, BLOCK=block)
 
 
 @running_stats_update.register_fake
