@@ -83,3 +83,23 @@ def test_int64_indexing_chosen_only_past_int32():
     edge = plan.CanonicalView(B=1, C=1, S=2**31, sb=0, sc=1, ss=1)             # last offset 2**31 - 1
     assert not plan.needs_int64(edge)
     assert plan.needs_int64(plan.CanonicalView(B=1, C=1, S=2**31 + 1, sb=0, sc=1, ss=1))
+
+
+def test_plans_cover_every_element_exactly_once():
+    import random
+    rng = random.Random(0)
+    for _ in range(500):
+        C, B, S = rng.randint(1, 3000), rng.randint(1, 300), rng.randint(1, 200_000)
+        channels_fast = rng.random() < 0.5
+        view = (plan.CanonicalView(B, C, S, C * S, 1, C) if channels_fast
+                else plan.CanonicalView(B, C, S, C * S, S, 1))
+        per_sample = rng.random() < 0.5
+        p = plan.make_plan(view, target_programs=rng.choice([4, 528, 1056]), per_sample=per_sample)
+        assert p.block_s * p.block_c <= plan.TILE_ELEMENTS
+        assert p.chunk_len % p.block_s == 0                                   # kernels rely on it
+        assert (p.n_chunks - 1) * p.chunk_len < S <= p.n_chunks * p.chunk_len
+        assert (p.n_row_groups - 1) * p.rows_per_prog < B <= p.n_row_groups * p.rows_per_prog
+        assert (p.n_cblk - 1) * p.block_c < C <= p.n_cblk * p.block_c
+        assert (p.n_sblk - 1) * p.block_s < S <= p.n_sblk * p.block_s
+        if per_sample:
+            assert p.rows_per_prog == 1

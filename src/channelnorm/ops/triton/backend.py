@@ -76,8 +76,8 @@ def _run(x, weight, bias, residual, running_mean, running_var, num_groups, per_s
     to_kernel = (lambda t: t) if xk is x else (lambda t: t.movedim(channel_axis, 1))
     res = _like(residual, xk, to_kernel)
     y, pivot, mean_shift, var = norm_fwd(xk, weight, bias, res, None if use_batch_stats else running_mean,
-                            None if use_batch_stats else running_var, num_groups, per_sample, use_batch_stats,
-                            float(eps), axis, plan.ACTIVATION_CODES[activation])
+                                         None if use_batch_stats else running_var, num_groups, per_sample,
+                                         use_batch_stats, float(eps), axis, plan.ACTIVATION_CODES[activation])
     return match_layout(back(y), x), pivot, mean_shift, var
 
 

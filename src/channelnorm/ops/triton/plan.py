@@ -39,7 +39,7 @@ class Plan:
     block_c: int
     n_cblk: int
     n_sblk: int        # tiles along S for the elementwise kernels
-    chunk_len: int     # positions of S per split-reduction program (a multiple of block_s)
+    chunk_len: int     # positions of S per split-reduction program; a multiple of block_s (kernels rely on it)
     n_chunks: int
     rows_per_prog: int  # rows b per split-reduction program (1 for per-sample statistics)
     n_row_groups: int
