@@ -103,3 +103,14 @@ def test_plans_cover_every_element_exactly_once():
         assert (p.n_sblk - 1) * p.block_s < S <= p.n_sblk * p.block_s
         if per_sample:
             assert p.rows_per_prog == 1
+
+
+def test_groups_that_are_contiguous_runs_get_per_group_statistics():
+    from channelnorm.ops.triton.forward import group_view
+    nchw = _view(torch.empty(2, 8, 3, 5), 1, per_sample=True)
+    assert group_view(nchw, 2) == plan.CanonicalView(B=2, C=2, S=60, sb=120, sc=60, ss=1)
+    tokens = _view(torch.empty(6, 8), 1, per_sample=True)                   # layer norm over (N, C)
+    assert group_view(tokens, 1) == plan.CanonicalView(B=6, C=1, S=8, sb=8, sc=8, ss=1)
+    nhwc = _view(torch.empty(2, 8, 3, 5).contiguous(memory_format=torch.channels_last), 1, per_sample=True)
+    assert group_view(nhwc, 2) is None                                       # channels interleave: per channel
+    assert group_view(nchw, 8) is None                                       # instance norm: nothing to group

@@ -31,11 +31,28 @@ def _pivots(x: torch.Tensor, view: plan.CanonicalView, num_groups: int, per_samp
     return picked.to(torch.float32, copy=True)  # never a view of x (custom-op outputs must not alias inputs)
 
 
+def group_view(view: plan.CanonicalView, num_groups: int) -> Optional[plan.CanonicalView]:
+    """The (B, G, cpg*S) view of a per-sample scope whose groups are contiguous runs, else None.
+
+    When a channel's positions are followed by the next channel's (NCHW, or (N, C) rows), the
+    channels of a group form one strided run, so statistics can be taken per group directly: no
+    per-channel partials and no second merge level (for a layer norm over (N, C) tokens the
+    per-channel partials would be as large as x itself).
+    """
+    cpg = view.C // num_groups
+    if cpg == 1 or view.sc != view.S * view.ss:
+        return None
+    return plan.CanonicalView(view.B, num_groups, cpg * view.S, view.sb, cpg * view.sc, view.ss)
+
+
 def batch_statistics(x: torch.Tensor, view: plan.CanonicalView, p: plan.Plan, num_groups: int, per_sample: bool):
     """(pivot, count, mean - pivot, M2) per statistic: ``[N, G]`` per sample, else ``[1, C]`` (fp32)."""
-    C = view.C
-    cpg = C // num_groups
     pivot = _pivots(x, view, num_groups, per_sample)
+    cpg = view.C // num_groups
+    grouped = group_view(view, num_groups) if per_sample else None
+    if grouped is not None:
+        view, p, cpg = grouped, plan.make_plan(grouped, plan.target_programs(x.device), True), 1
+    C = view.C
     pivot_c = (pivot.repeat_interleave(cpg, dim=1) if cpg > 1 else pivot).contiguous()
     rows = p.partial_rows
     count, mean, m2 = (torch.empty(rows, C, device=x.device, dtype=torch.float32) for _ in range(3))
