@@ -38,7 +38,8 @@ def compile_variant(kernel, const, data_dtype="fp32", div16=(), param_dtype="fp3
         elif name.endswith("_ptr"):
             sig[name] = "*" + (data_dtype if name in DATA_PTRS else
                                "i64" if name == "nbt_ptr" else
-                               param_dtype if name in ("w_ptr", "b_ptr", "rm_ptr", "rv_ptr") else "fp32")
+                               param_dtype if name in ("w_ptr", "b_ptr", "rm_ptr", "rv_ptr", "pivot_ptr", "m2_ptr")
+                               else "fp32")
             attrs[(i,)] = [["tt.divisibility", 16]]
         elif name in FLOATS:
             sig[name] = "fp32"
@@ -63,7 +64,7 @@ def main() -> int:
     for layout in (NCHW, NHWC):
         for dtype in ("fp32", "bf16", "fp16"):
             for act, res in ((0, False), (1, True), (2, False), (3, True)):
-                common = dict(layout, ACT=act, HAS_RES=res, INT64=False)
+                common = dict(layout, ACT=act, HAS_RES=res, HAS_W=res, HAS_B=not res, INT64=False)
                 kernels = [(K.apply_kernel, common), (K.backward_apply_kernel, common),
                            (K.backward_partials_kernel, dict(common, WRITE_DRES=res))]
                 if act == 0:
@@ -76,7 +77,7 @@ def main() -> int:
                         return 1
                     count += 1
     for kernel in (K.apply_kernel, K.partial_stats_kernel):   # > 2**31 elements: 64-bit offsets
-        extra = dict(ACT=1, HAS_RES=True) if kernel is K.apply_kernel else {}
+        extra = dict(ACT=1, HAS_RES=True, HAS_W=True, HAS_B=True) if kernel is K.apply_kernel else {}
         compile_variant(kernel, dict(NHWC, INT64=True, **extra), "bf16", ("C",), i64=("sb", "ss"))
         count += 1
     for const in (dict(BLOCK_R=128, BLOCK_K=16), dict(BLOCK_R=2048, BLOCK_K=1)):
@@ -85,11 +86,9 @@ def main() -> int:
         count += 2
     for params in ("fp32", "bf16"):
         for flag in (False, True):
-            compile_variant(K.finalize_kernel, dict(FROM_M2=flag, HAS_W=flag, HAS_B=not flag, BLOCK_C=1024),
-                            param_dtype=params)
+            compile_variant(K.finalize_kernel, dict(FROM_M2=flag, BLOCK=1024), param_dtype=params)
             compile_variant(K.running_update_kernel, dict(HAS_NBT=flag, BLOCK=1024), param_dtype=params)
-            compile_variant(K.coefficients_kernel, dict(USE_BATCH=flag, HAS_W=not flag, BLOCK_G=8, BLOCK_J=128),
-                            param_dtype=params)
+            compile_variant(K.coefficients_kernel, dict(HAS_W=flag, BLOCK_G=8, BLOCK_J=128), param_dtype=params)
             count += 3
     print(f"compiled {count} kernel variants for sm_90")
     return 0

@@ -6,8 +6,10 @@ Every kernel sees the input through the canonical view of ``plan.CanonicalView``
 so the axis that is contiguous in memory (s for NCHW, c for NHWC / channel-last) is vectorized
 and loads are coalesced without copying the tensor.
 
-Per-(b, c) vectors (mean, invstd, scale, shift, ...) are fp32 ``[*, C]`` arrays indexed by
-``b*vec_sb + c``; ``vec_sb`` is 0 when the statistics are shared by every row (channel norm).
+Statistics are fp32 ``[rows, G]`` arrays, one entry per statistic, read at ``b*stat_sb + c // cpg``
+(``stat_sb`` = G per sample, 0 when every row shares them: channel norm, where G = C and cpg = 1);
+weight and bias are read per channel. Nothing is expanded to ``[rows, C]``, so a layer norm over
+(N, C) tokens moves no more than x itself.
 """
 import triton
 import triton.language as tl
@@ -51,8 +53,13 @@ def _activation_grad(dy, z, ACT: tl.constexpr):
 
 
 @triton.jit
+def _stat_index(b, cols, stat_sb, cpg):
+    return b * stat_sb + cols // cpg
+
+
+@triton.jit
 def partial_stats_kernel(x_ptr, pivot_ptr, count_ptr, mean_ptr, m2_ptr,
-                         B, C, S, sb, ss, sc, vec_sb, rows_per_prog, chunk_len, n_chunks, n_cblk,
+                         B, C, S, sb, ss, sc, stat_sb, cpg, rows_per_prog, chunk_len, n_chunks, n_cblk,
                          BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, INT64: tl.constexpr):
     """Per (group of rows, chunk k of S, channel c): count, mean and centered M2 of ``x - pivot``.
 
@@ -70,7 +77,7 @@ def partial_stats_kernel(x_ptr, pivot_ptr, count_ptr, mean_ptr, m2_ptr,
     k = p % n_chunks
     cols = cblk * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
-    pivot = tl.load(pivot_ptr + b_start * vec_sb + cols, mask=cmask, other=0.0)
+    pivot = tl.load(pivot_ptr + _stat_index(b_start, cols, stat_sb, cpg), mask=cmask, other=0.0)
     acc_n = tl.zeros([BLOCK_C], tl.float32)
     acc_mean = tl.zeros([BLOCK_C], tl.float32)
     acc_m2 = tl.zeros([BLOCK_C], tl.float32)
@@ -159,11 +166,28 @@ def sum_rows_kernel(in_ptr, out_ptr, R, K, so, sr, sk, n_kblk,
 
 
 @triton.jit
-def apply_kernel(x_ptr, y_ptr, res_ptr, pivot_ptr, mshift_ptr, scale_ptr, shift_ptr,
-                 C, S, sb, ss, sc, vec_sb, n_sblk, n_cblk,
+def _normalizer(b, cols, cmask, stat_sb, cpg, pivot_ptr, mshift_ptr, invstd_ptr, w_ptr, b_ptr,
+                HAS_W: tl.constexpr, HAS_B: tl.constexpr):
+    """Per column: pivot, mean - pivot, invstd of its statistic, scale = invstd*w and shift = bias."""
+    stat = _stat_index(b, cols, stat_sb, cpg)
+    pivot = tl.load(pivot_ptr + stat, mask=cmask, other=0.0)
+    mshift = tl.load(mshift_ptr + stat, mask=cmask, other=0.0)
+    invstd = tl.load(invstd_ptr + stat, mask=cmask, other=0.0)
+    scale = invstd
+    if HAS_W:
+        scale = invstd * tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    shift = tl.zeros_like(invstd)
+    if HAS_B:
+        shift = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    return pivot, mshift, invstd, scale, shift
+
+
+@triton.jit
+def apply_kernel(x_ptr, y_ptr, res_ptr, pivot_ptr, mshift_ptr, invstd_ptr, w_ptr, b_ptr,
+                 C, S, sb, ss, sc, stat_sb, cpg, n_sblk, n_cblk,
                  BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, ACT: tl.constexpr, HAS_RES: tl.constexpr,
-                 INT64: tl.constexpr):
-    """y = act(((x - pivot) - mshift) * scale + shift [+ residual]): one read of x (and residual), one write.
+                 HAS_W: tl.constexpr, HAS_B: tl.constexpr, INT64: tl.constexpr):
+    """y = act(((x - pivot) - mshift) * invstd * w + b [+ residual]): one read of x (and residual), one write.
 
     mean = pivot + mshift; subtracting the two parts separately keeps x - mean exact-ish for large means.
     """
@@ -177,11 +201,8 @@ def apply_kernel(x_ptr, y_ptr, res_ptr, pivot_ptr, mshift_ptr, scale_ptr, shift_
     rows = sblk * BLOCK_S + tl.arange(0, BLOCK_S)
     mask = (rows < S)[:, None] & cmask[None, :]
     offs = _offsets(b, rows, cols, sb, ss, sc, INT64)
-    vec = b * vec_sb + cols
-    pivot = tl.load(pivot_ptr + vec, mask=cmask, other=0.0)
-    mshift = tl.load(mshift_ptr + vec, mask=cmask, other=0.0)
-    scale = tl.load(scale_ptr + vec, mask=cmask, other=0.0)
-    shift = tl.load(shift_ptr + vec, mask=cmask, other=0.0)
+    pivot, mshift, _, scale, shift = _normalizer(b, cols, cmask, stat_sb, cpg, pivot_ptr, mshift_ptr, invstd_ptr,
+                                                 w_ptr, b_ptr, HAS_W, HAS_B)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     z = ((x - pivot[None, :]) - mshift[None, :]) * scale[None, :] + shift[None, :]
     if HAS_RES:
@@ -202,11 +223,12 @@ def _upstream_grad(centered, dy, res_ptr, offs, mask, scale, shift, ACT: tl.cons
 
 
 @triton.jit
-def backward_partials_kernel(x_ptr, dy_ptr, res_ptr, dres_ptr, pivot_ptr, mshift_ptr, invstd_ptr, scale_ptr, shift_ptr,
+def backward_partials_kernel(x_ptr, dy_ptr, res_ptr, dres_ptr, pivot_ptr, mshift_ptr, invstd_ptr, w_ptr, b_ptr,
                              sum_g_ptr, sum_gx_ptr,
-                             B, C, S, sb, ss, sc, vec_sb, rows_per_prog, chunk_len, n_chunks, n_cblk,
+                             B, C, S, sb, ss, sc, stat_sb, cpg, rows_per_prog, chunk_len, n_chunks, n_cblk,
                              BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, ACT: tl.constexpr,
-                             HAS_RES: tl.constexpr, WRITE_DRES: tl.constexpr, INT64: tl.constexpr):
+                             HAS_RES: tl.constexpr, WRITE_DRES: tl.constexpr, HAS_W: tl.constexpr,
+                             HAS_B: tl.constexpr, INT64: tl.constexpr):
     """Per (group of rows, chunk k, channel c): sum(g) and sum(g * xhat), g the upstream gradient.
 
     With a residual the residual's gradient is g itself, written here while it is in registers.
@@ -219,19 +241,15 @@ def backward_partials_kernel(x_ptr, dy_ptr, res_ptr, dres_ptr, pivot_ptr, mshift
     k = p % n_chunks
     cols = cblk * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
-    vec = b_start * vec_sb + cols   # rows of one program share their statistics (vec_sb = 0 or one row)
-    pivot = tl.load(pivot_ptr + vec, mask=cmask, other=0.0)
-    mshift = tl.load(mshift_ptr + vec, mask=cmask, other=0.0)
-    invstd = tl.load(invstd_ptr + vec, mask=cmask, other=0.0)
-    scale = tl.load(scale_ptr + vec, mask=cmask, other=0.0)
-    shift = tl.load(shift_ptr + vec, mask=cmask, other=0.0)
+    # Rows of one program share their statistics (stat_sb = 0, or one row per program).
+    pivot, mshift, invstd, scale, shift = _normalizer(b_start, cols, cmask, stat_sb, cpg, pivot_ptr, mshift_ptr,
+                                                      invstd_ptr, w_ptr, b_ptr, HAS_W, HAS_B)
     acc_g = tl.zeros([BLOCK_C], tl.float32)
     acc_gx = tl.zeros([BLOCK_C], tl.float32)
     s_start = k * chunk_len
     s_end = tl.minimum(s_start + chunk_len, S)
     for b in range(b_start, tl.minimum(b_start + rows_per_prog, B)):
         for s0 in range(s_start, s_end, BLOCK_S):
-            # chunk_len is a multiple of BLOCK_S: telling the compiler lets it vectorize contiguous loads.
             rows = tl.multiple_of(s0, BLOCK_S) + tl.arange(0, BLOCK_S)
             mask = (rows < s_end)[:, None] & cmask[None, :]
             offs = _offsets(b, rows, cols, sb, ss, sc, INT64)
@@ -250,12 +268,12 @@ def backward_partials_kernel(x_ptr, dy_ptr, res_ptr, dres_ptr, pivot_ptr, mshift
 
 
 @triton.jit
-def backward_apply_kernel(x_ptr, dy_ptr, res_ptr, dx_ptr, pivot_ptr, mshift_ptr, invstd_ptr, scale_ptr, shift_ptr,
-                          alpha_ptr, beta_ptr, gamma_ptr,
-                          C, S, sb, ss, sc, vec_sb, n_sblk, n_cblk,
+def backward_apply_kernel(x_ptr, dy_ptr, res_ptr, dx_ptr, pivot_ptr, mshift_ptr, invstd_ptr, w_ptr, b_ptr,
+                          beta_ptr, gamma_ptr,
+                          C, S, sb, ss, sc, stat_sb, cpg, n_sblk, n_cblk,
                           BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, ACT: tl.constexpr,
-                          HAS_RES: tl.constexpr, INT64: tl.constexpr):
-    """dx = alpha * g + beta * xhat + gamma, per-(b, c) coefficients from the reduced sums."""
+                          HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, INT64: tl.constexpr):
+    """dx = invstd*w * g + beta * xhat + gamma, beta and gamma per statistic (see backward.py)."""
     pid = tl.program_id(0)
     cblk = pid % n_cblk
     rest = pid // n_cblk
@@ -266,62 +284,34 @@ def backward_apply_kernel(x_ptr, dy_ptr, res_ptr, dx_ptr, pivot_ptr, mshift_ptr,
     rows = sblk * BLOCK_S + tl.arange(0, BLOCK_S)
     mask = (rows < S)[:, None] & cmask[None, :]
     offs = _offsets(b, rows, cols, sb, ss, sc, INT64)
-    vec = b * vec_sb + cols
-    pivot = tl.load(pivot_ptr + vec, mask=cmask, other=0.0)
-    mshift = tl.load(mshift_ptr + vec, mask=cmask, other=0.0)
-    invstd = tl.load(invstd_ptr + vec, mask=cmask, other=0.0)
-    scale = tl.load(scale_ptr + vec, mask=cmask, other=0.0)
-    shift = tl.load(shift_ptr + vec, mask=cmask, other=0.0)
-    alpha = tl.load(alpha_ptr + vec, mask=cmask, other=0.0)
-    beta = tl.load(beta_ptr + vec, mask=cmask, other=0.0)
-    gamma = tl.load(gamma_ptr + vec, mask=cmask, other=0.0)
+    pivot, mshift, invstd, scale, shift = _normalizer(b, cols, cmask, stat_sb, cpg, pivot_ptr, mshift_ptr,
+                                                      invstd_ptr, w_ptr, b_ptr, HAS_W, HAS_B)
+    stat = _stat_index(b, cols, stat_sb, cpg)
+    beta = tl.load(beta_ptr + stat, mask=cmask, other=0.0)
+    gamma = tl.load(gamma_ptr + stat, mask=cmask, other=0.0)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     centered = (x - pivot[None, :]) - mshift[None, :]
     g = _upstream_grad(centered, dy, res_ptr, offs, mask, scale, shift, ACT, HAS_RES)
     xhat = centered * invstd[None, :]
-    dx = alpha[None, :] * g + beta[None, :] * xhat + gamma[None, :]
+    dx = scale[None, :] * g + beta[None, :] * xhat + gamma[None, :]
     tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def finalize_kernel(count_ptr, m2_ptr, pivot_ptr, mshift_ptr, w_ptr, b_ptr,
-                    pivot_c_ptr, mshift_c_ptr, invstd_c_ptr, scale_c_ptr, shift_c_ptr, mean_ptr, var_ptr,
-                    C, G, cpg, eps, n_cblk,
-                    FROM_M2: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Per-statistic results -> per-(row, channel) vectors the elementwise kernels read.
-
-    Statistic (r, g) = (row, channel // cpg). Writes pivot, mean - pivot, invstd, scale = invstd*w
-    and shift = b per channel, plus the statistic's mean and biased var (by its first channel).
-    ``FROM_M2``: var = m2 / count (batch statistics); otherwise m2_ptr already holds the variance.
-    """
-    pid = tl.program_id(0)
-    cblk = pid % n_cblk
-    r = pid // n_cblk
-    cols = cblk * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cols < C
-    stat = r * G + cols // cpg
-    pivot = tl.load(pivot_ptr + stat, mask=cmask, other=0.0).to(tl.float32)
-    mshift = tl.load(mshift_ptr + stat, mask=cmask, other=0.0).to(tl.float32)
-    var = tl.load(m2_ptr + stat, mask=cmask, other=1.0).to(tl.float32)
+def finalize_kernel(count_ptr, m2_ptr, pivot_ptr, mshift_ptr, invstd_ptr, mean_ptr, var_ptr, n_stats, eps,
+                    FROM_M2: tl.constexpr, BLOCK: tl.constexpr):
+    """Per statistic: biased var (m2 / count, or given), invstd, and mean = pivot + mshift (fp32)."""
+    idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = idx < n_stats
+    var = tl.load(m2_ptr + idx, mask=m, other=1.0).to(tl.float32)
     if FROM_M2:
-        var = var / tl.load(count_ptr + stat, mask=cmask, other=1.0)
-    invstd = 1.0 / tl.sqrt_rn(var + eps)
-    scale = invstd
-    if HAS_W:
-        scale = invstd * tl.load(w_ptr + cols, mask=cmask, other=1.0).to(tl.float32)
-    shift = tl.zeros([BLOCK_C], tl.float32)
-    if HAS_B:
-        shift = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-    out = r * C + cols
-    tl.store(pivot_c_ptr + out, pivot, mask=cmask)
-    tl.store(mshift_c_ptr + out, mshift, mask=cmask)
-    tl.store(invstd_c_ptr + out, invstd, mask=cmask)
-    tl.store(scale_c_ptr + out, scale, mask=cmask)
-    tl.store(shift_c_ptr + out, shift, mask=cmask)
-    first = cmask & (cols % cpg == 0)
-    tl.store(mean_ptr + stat, pivot + mshift, mask=first)
-    tl.store(var_ptr + stat, var, mask=first)
+        var = var / tl.load(count_ptr + idx, mask=m, other=1.0)
+    pivot = tl.load(pivot_ptr + idx, mask=m, other=0.0).to(tl.float32)
+    mshift = tl.load(mshift_ptr + idx, mask=m, other=0.0)
+    tl.store(invstd_ptr + idx, 1.0 / tl.sqrt_rn(var + eps), mask=m)
+    tl.store(mean_ptr + idx, pivot + mshift, mask=m)
+    tl.store(var_ptr + idx, var, mask=m)
 
 
 @triton.jit
@@ -362,14 +352,13 @@ def running_update_kernel(rm_ptr, rv_ptr, nbt_ptr, pivot_ptr, mshift_ptr, var_pt
 
 
 @triton.jit
-def coefficients_kernel(sum_g_ptr, sum_gx_ptr, w_ptr, invstd_ptr, alpha_ptr, beta_ptr, gamma_ptr,
+def coefficients_kernel(sum_g_ptr, sum_gx_ptr, w_ptr, invstd_ptr, beta_ptr, gamma_ptr,
                         C, G, cpg, inv_n, n_gblk,
-                        USE_BATCH: tl.constexpr, HAS_W: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr):
-    """dx = alpha*g + beta*xhat + gamma per (row, channel), from the per-(row, channel) sums of g and g*xhat.
+                        HAS_W: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr):
+    """Per statistic s = (row, group): beta = -invstd*mean_s(w*g*xhat), gamma = -invstd*mean_s(w*g).
 
-    alpha = invstd*w; with batch statistics beta = -invstd*mean_s(w*g*xhat), gamma = -invstd*mean_s(w*g),
-    the means over statistic s = (row, group): a fixed-order sweep over the group's channels.
-    Tile [BLOCK_G groups, BLOCK_J channels of a group].
+    From the per-(row, channel) sums of g and g*xhat, in a fixed-order sweep over the group's
+    channels. Tile [BLOCK_G groups, BLOCK_J channels of a group].
     """
     pid = tl.program_id(0)
     gblk = pid % n_gblk
@@ -378,26 +367,15 @@ def coefficients_kernel(sum_g_ptr, sum_gx_ptr, w_ptr, invstd_ptr, alpha_ptr, bet
     gmask = groups < G
     acc_g = tl.zeros([BLOCK_G], tl.float32)
     acc_gx = tl.zeros([BLOCK_G], tl.float32)
-    if USE_BATCH:
-        for j0 in range(0, cpg, BLOCK_J):
-            j = j0 + tl.arange(0, BLOCK_J)
-            cols = groups[:, None] * cpg + j[None, :]
-            mask = gmask[:, None] & (j < cpg)[None, :]
-            w = tl.full([BLOCK_G, BLOCK_J], 1.0, tl.float32)
-            if HAS_W:
-                w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-            acc_g += tl.sum(w * tl.load(sum_g_ptr + r * C + cols, mask=mask, other=0.0), 1)
-            acc_gx += tl.sum(w * tl.load(sum_gx_ptr + r * C + cols, mask=mask, other=0.0), 1)
     for j0 in range(0, cpg, BLOCK_J):
         j = j0 + tl.arange(0, BLOCK_J)
         cols = groups[:, None] * cpg + j[None, :]
         mask = gmask[:, None] & (j < cpg)[None, :]
-        invstd = tl.load(invstd_ptr + r * C + cols, mask=mask, other=0.0)
-        alpha = invstd
+        w = tl.full([BLOCK_G, BLOCK_J], 1.0, tl.float32)
         if HAS_W:
-            alpha = invstd * tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-        beta = -invstd * (acc_gx * inv_n)[:, None]
-        gamma = -invstd * (acc_g * inv_n)[:, None]
-        tl.store(alpha_ptr + r * C + cols, alpha, mask=mask)
-        tl.store(beta_ptr + r * C + cols, beta, mask=mask)
-        tl.store(gamma_ptr + r * C + cols, gamma, mask=mask)
+            w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        acc_g += tl.sum(w * tl.load(sum_g_ptr + r * C + cols, mask=mask, other=0.0), 1)
+        acc_gx += tl.sum(w * tl.load(sum_gx_ptr + r * C + cols, mask=mask, other=0.0), 1)
+    invstd = tl.load(invstd_ptr + r * G + groups, mask=gmask, other=0.0)
+    tl.store(beta_ptr + r * G + groups, -invstd * acc_gx * inv_n, mask=gmask)
+    tl.store(gamma_ptr + r * G + groups, -invstd * acc_g * inv_n, mask=gmask)

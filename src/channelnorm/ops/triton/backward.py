@@ -4,7 +4,7 @@ For a statistic s with n elements, g the gradient reaching the norm's output (th
 activation), w the per-channel weight and xhat the normalized input:
     dx = invstd * (w*g - mean_s(w*g) - xhat * mean_s(w*g*xhat)),
     dweight = sum(g * xhat), dbias = sum(g)  (over everything but the channel).
-Written as dx = alpha*g + beta*xhat + gamma with per-(row, channel) coefficients, so the last
+Written as dx = invstd*w*g + beta*xhat + gamma with beta, gamma per statistic, so the last
 pass is one read of x and dy and one write of dx.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from . import _kernels
-from .forward import channel_vectors, view_and_plan
+from .forward import finalize, view_and_plan
 from .reduce import sum_rows
 
 
@@ -22,41 +22,45 @@ def norm_backward(dy, x, weight, bias, residual, pivot, mshift, var, num_groups:
     per_sample = per_sample and use_batch_stats
     view, p = view_and_plan(x, channel_axis, per_sample)
     C = view.C
-    stats_shape = (-1, num_groups) if per_sample else (1, -1)
-    (pivot_c, mshift_c, invstd_c, scale, shift), _, _ = channel_vectors(
-        pivot.reshape(stats_shape), mshift.reshape(stats_shape), var.reshape(stats_shape), None, weight, bias, eps, C)
-    vec_sb = C if per_sample else 0
+    G = num_groups if per_sample else C
+    cpg, stat_sb = C // G, (G if per_sample else 0)
+    pivot, mshift, var = (t.reshape(-1, G) for t in (pivot, mshift, var))
+    invstd, _, _ = finalize(pivot, mshift, var, None, eps)
+    w_arg = weight if weight is not None else invstd
+    b_arg = bias if bias is not None else invstd
     rows = p.partial_rows
     sum_g, sum_gx = (torch.empty(rows, C, device=x.device, dtype=torch.float32) for _ in range(2))
     dres = torch.empty_like(x) if need_dres else None
     res = residual if residual is not None else x
     _kernels.backward_partials_kernel[(p.n_cblk * rows,)](
-        x, dy, res, dres if dres is not None else x, pivot_c, mshift_c, invstd_c, scale, shift, sum_g, sum_gx,
-        view.B, C, view.S, view.sb, view.ss, view.sc, vec_sb, p.rows_per_prog, p.chunk_len, p.n_chunks, p.n_cblk,
-        BLOCK_S=p.block_s, BLOCK_C=p.block_c, ACT=activation, HAS_RES=residual is not None,
-        WRITE_DRES=need_dres, INT64=p.int64)
+        x, dy, res, dres if dres is not None else x, pivot, mshift, invstd, w_arg, b_arg, sum_g, sum_gx,
+        view.B, C, view.S, view.sb, view.ss, view.sc, stat_sb, cpg, p.rows_per_prog, p.chunk_len, p.n_chunks,
+        p.n_cblk, BLOCK_S=p.block_s, BLOCK_C=p.block_c, ACT=activation, HAS_RES=residual is not None,
+        WRITE_DRES=need_dres, HAS_W=weight is not None, HAS_B=bias is not None, INT64=p.int64)
     s_out, r = (view.B, p.n_chunks) if per_sample else (1, rows)
-    g_c = sum_rows(sum_g, s_out, r, C, r * C, C, 1)       # [s_out, C]
-    gx_c = sum_rows(sum_gx, s_out, r, C, r * C, C, 1)
+    if r == 1:   # one partial per (row, channel) already
+        g_c, gx_c = sum_g, sum_gx
+    else:
+        g_c = sum_rows(sum_g, s_out, r, C, r * C, C, 1)       # [s_out, C]
+        gx_c = sum_rows(sum_gx, s_out, r, C, r * C, C, 1)
     if s_out == 1:
         dbias, dweight = g_c.view(C), gx_c.view(C)
     else:
         dbias = sum_rows(g_c, 1, s_out, C, s_out * C, C, 1).view(C)
         dweight = sum_rows(gx_c, 1, s_out, C, s_out * C, C, 1).view(C)
-    groups = num_groups if per_sample else C
-    cpg = C // groups
-    n = cpg * view.S if per_sample else view.B * view.S
-    alpha, beta, gamma = (torch.empty(s_out, C, device=x.device, dtype=torch.float32) for _ in range(3))
-    block_j = min(1024, 1 << max(0, (cpg - 1).bit_length()))
-    block_g = min(max(1, 1024 // block_j), 1 << max(0, (groups - 1).bit_length()))
-    n_gblk = -(-groups // block_g)
-    _kernels.coefficients_kernel[(s_out * n_gblk,)](
-        g_c, gx_c, weight if weight is not None else g_c, invstd_c, alpha, beta, gamma, C, groups, cpg, 1.0 / n,
-        n_gblk, USE_BATCH=use_batch_stats, HAS_W=weight is not None, BLOCK_G=block_g, BLOCK_J=block_j)
+    beta, gamma = (torch.zeros(s_out, G, device=x.device, dtype=torch.float32) for _ in range(2))
+    if use_batch_stats:   # fixed statistics (eval) pass no gradient through them: beta = gamma = 0
+        n = cpg * view.S if per_sample else view.B * view.S
+        block_j = min(1024, 1 << max(0, (cpg - 1).bit_length()))
+        block_g = min(max(1, 1024 // block_j), 1 << max(0, (G - 1).bit_length()))
+        n_gblk = -(-G // block_g)
+        _kernels.coefficients_kernel[(s_out * n_gblk,)](
+            g_c, gx_c, w_arg, invstd, beta, gamma, C, G, cpg, 1.0 / n, n_gblk,
+            HAS_W=weight is not None, BLOCK_G=block_g, BLOCK_J=block_j)
     dx = torch.empty_like(x)
     _kernels.backward_apply_kernel[(p.n_cblk * view.B * p.n_sblk,)](
-        x, dy, res, dx, pivot_c, mshift_c, invstd_c, scale, shift, alpha, beta, gamma,
-        C, view.S, view.sb, view.ss, view.sc, vec_sb, p.n_sblk, p.n_cblk,
-        BLOCK_S=p.block_s, BLOCK_C=p.block_c, ACT=activation, HAS_RES=residual is not None, INT64=p.int64)
+        x, dy, res, dx, pivot, mshift, invstd, w_arg, b_arg, beta, gamma,
+        C, view.S, view.sb, view.ss, view.sc, stat_sb, cpg, p.n_sblk, p.n_cblk,
+        BLOCK_S=p.block_s, BLOCK_C=p.block_c, ACT=activation, HAS_RES=residual is not None,
+        HAS_W=weight is not None, HAS_B=bias is not None, INT64=p.int64)
     return dx, dweight, dbias, dres
-

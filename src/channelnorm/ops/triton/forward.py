@@ -53,12 +53,12 @@ def batch_statistics(x: torch.Tensor, view: plan.CanonicalView, p: plan.Plan, nu
     if grouped is not None:
         view, p, cpg = grouped, plan.make_plan(grouped, plan.target_programs(x.device), True), 1
     C = view.C
-    pivot_c = (pivot.repeat_interleave(cpg, dim=1) if cpg > 1 else pivot).contiguous()
     rows = p.partial_rows
     count, mean, m2 = (torch.empty(rows, C, device=x.device, dtype=torch.float32) for _ in range(3))
     _kernels.partial_stats_kernel[(p.n_cblk * rows,)](
-        x, pivot_c, count, mean, m2, view.B, C, view.S, view.sb, view.ss, view.sc, C if per_sample else 0,
-        p.rows_per_prog, p.chunk_len, p.n_chunks, p.n_cblk, BLOCK_S=p.block_s, BLOCK_C=p.block_c, INT64=p.int64)
+        x, pivot, count, mean, m2, view.B, C, view.S, view.sb, view.ss, view.sc,
+        num_groups if per_sample else 0, cpg, p.rows_per_prog, p.chunk_len, p.n_chunks, p.n_cblk,
+        BLOCK_S=p.block_s, BLOCK_C=p.block_c, INT64=p.int64)
     # Level 1: every chunk (and, for channel scope, every row group) of a channel, in order.
     s_out, r = (view.B, p.n_chunks) if per_sample else (1, rows)
     count, mean, m2 = merge_stats(count, mean, m2, s_out, r, C, r * C, C, 1)
@@ -69,33 +69,29 @@ def batch_statistics(x: torch.Tensor, view: plan.CanonicalView, p: plan.Plan, nu
     return pivot, count.view(shape), mean.view(shape), m2.view(shape)
 
 
-def channel_vectors(pivot: torch.Tensor, mshift: torch.Tensor, m2_or_var: torch.Tensor, count: Optional[torch.Tensor],
-                    weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float, num_channels: int):
-    """From per-statistic ``[rows, G]`` tensors (var = m2 / count when count is given, else m2_or_var):
-    the per-(row, channel) fp32 vectors (pivot, mshift, invstd, scale, shift) and the per-statistic
-    (mean, biased var)."""
-    rows, G = pivot.shape
-    C = num_channels
-    block_c = min(1024, 1 << max(0, (C - 1).bit_length()))
-    n_cblk = -(-C // block_c)
-    vectors = [torch.empty(rows, C, device=pivot.device, dtype=torch.float32) for _ in range(5)]
-    mean, var = (torch.empty(rows, G, device=pivot.device, dtype=torch.float32) for _ in range(2))
-    _kernels.finalize_kernel[(rows * n_cblk,)](
-        count if count is not None else m2_or_var, m2_or_var, pivot, mshift,
-        weight if weight is not None else pivot, bias if bias is not None else pivot,
-        *vectors, mean, var, C, G, C // G, eps, n_cblk,
-        FROM_M2=count is not None, HAS_W=weight is not None, HAS_B=bias is not None, BLOCK_C=block_c)
-    return vectors, mean, var
+def finalize(pivot: torch.Tensor, mshift: torch.Tensor, m2_or_var: torch.Tensor, count: Optional[torch.Tensor],
+             eps: float):
+    """Per statistic (fp32, pivot's shape): invstd, mean = pivot + mshift, and the biased var
+    (m2 / count when count is given, else m2_or_var)."""
+    n = pivot.numel()
+    invstd, mean, var = (torch.empty(pivot.shape, device=pivot.device, dtype=torch.float32) for _ in range(3))
+    block = 1024
+    _kernels.finalize_kernel[(-(-n // block),)](
+        count if count is not None else m2_or_var, m2_or_var, pivot, mshift, invstd, mean, var, n, eps,
+        FROM_M2=count is not None, BLOCK=block)
+    return invstd, mean, var
 
 
-def normalize(x, view, p, vectors, vec_sb: int, residual: Optional[torch.Tensor], activation: int) -> torch.Tensor:
-    """y = act((x - mean) * scale + shift [+ residual]); y has x's strides."""
-    pivot_c, mshift_c, _, scale, shift = vectors
+def normalize(x, view, p, pivot, mshift, invstd, weight, bias, stat_sb: int, cpg: int,
+              residual: Optional[torch.Tensor], activation: int) -> torch.Tensor:
+    """y = act((x - mean) * invstd * w + b [+ residual]); y has x's strides."""
     y = torch.empty_like(x)
     _kernels.apply_kernel[(p.n_cblk * view.B * p.n_sblk,)](
-        x, y, residual if residual is not None else x, pivot_c, mshift_c, scale, shift,
-        view.C, view.S, view.sb, view.ss, view.sc, vec_sb, p.n_sblk, p.n_cblk,
-        BLOCK_S=p.block_s, BLOCK_C=p.block_c, ACT=activation, HAS_RES=residual is not None, INT64=p.int64)
+        x, y, residual if residual is not None else x, pivot, mshift, invstd,
+        weight if weight is not None else invstd, bias if bias is not None else invstd,
+        view.C, view.S, view.sb, view.ss, view.sc, stat_sb, cpg, p.n_sblk, p.n_cblk,
+        BLOCK_S=p.block_s, BLOCK_C=p.block_c, ACT=activation, HAS_RES=residual is not None,
+        HAS_W=weight is not None, HAS_B=bias is not None, INT64=p.int64)
     return y
 
 
@@ -106,16 +102,17 @@ def norm_forward(x, weight, bias, residual, running_mean, running_var, num_group
     They are fp32, shaped ``[N, G]`` (per sample) or ``[C]``. Without batch statistics, pivot and
     var are fp32 copies of the running statistics and mean_shift is zero.
     """
-    view, p = view_and_plan(x, channel_axis, per_sample and use_batch_stats)
+    per_sample = per_sample and use_batch_stats
+    view, p = view_and_plan(x, channel_axis, per_sample)
     if use_batch_stats:
         pivot, count, mshift, m2 = batch_statistics(x, view, p, num_groups, per_sample)
-        vectors, _, var = channel_vectors(pivot, mshift, m2, count, weight, bias, eps, view.C)
+        invstd, _, var = finalize(pivot, mshift, m2, count, eps)
     else:
         mshift = torch.zeros((1, view.C), device=x.device, dtype=torch.float32)
-        vectors, pivot, var = channel_vectors(running_mean.view(1, -1), mshift, running_var.view(1, -1), None,
-                                              weight, bias, eps, view.C)
-    vec_sb = view.C if (per_sample and use_batch_stats) else 0
-    y = normalize(x, view, p, vectors, vec_sb, residual, activation)
-    if not (per_sample and use_batch_stats):
+        invstd, pivot, var = finalize(running_mean.view(1, -1), mshift, running_var.view(1, -1), None, eps)
+    G = num_groups if per_sample else view.C
+    y = normalize(x, view, p, pivot, mshift, invstd, weight, bias, G if per_sample else 0, view.C // G,
+                  residual, activation)
+    if not per_sample:
         pivot, mshift, var = pivot.view(-1), mshift.view(-1), var.view(-1)
     return y, pivot, mshift, var
