@@ -18,15 +18,22 @@ Design, from first principles (memory-bound kernels; nothing here has been timed
   a chunk of S (and, for channel scope on NCHW with large N, several whole rows) to
   (count, mean, M2), each tile centered on its own mean after shifting by a pivot element of the
   statistic. About 4 programs per SM: small C with huge N*H*W splits S; large C with small N*H*W
-  needs no split. Then a fixed-order Chan merge (``merge_stats_kernel``; a second level merges the
-  channels of a group), ``finalize_kernel`` (per-channel scale/shift), and pass 2
-  (``apply_kernel``): one read, one write, with the residual add and activation fused.
+  needs no split. Per-sample scopes whose groups are contiguous runs (NCHW, (N, C) rows) take
+  statistics per group directly; otherwise a second merge level combines a group's channels.
+  Then a fixed-order Chan merge (``merge_stats_kernel``), ``finalize_kernel`` (invstd, mean and
+  var per statistic: statistics are never expanded per channel; the elementwise kernels read them
+  at ``c // cpg`` and weight/bias per channel), and pass 2 (``apply_kernel``): one read, one
+  write, with the residual add and activation fused.
   ``running_update_kernel`` blends the running statistics all-or-nothing in one launch.
   Eval forward is ``finalize_kernel`` + ``apply_kernel``: one read, one write of x.
 * Backward. ``backward_partials_kernel`` (sums of g and g*xhat per program, g the gradient
   through the recomputed activation; writes the residual's gradient on the way), fixed-order
-  ``sum_rows_kernel``, ``coefficients_kernel`` (dx = alpha*g + beta*xhat + gamma), then
-  ``backward_apply_kernel``. No atomics anywhere: gradients are bitwise reproducible.
+  ``sum_rows_kernel``, ``coefficients_kernel`` (dx = invstd*w*g + beta*xhat + gamma, beta and
+  gamma per statistic), then ``backward_apply_kernel``. No atomics anywhere: gradients are
+  bitwise reproducible.
+* Known weak spot (by design, not measured): per-sample norms over tiny S (layer norm over (N, C)
+  tokens) write backward partials per (row, channel), i.e. as large as x in fp32; a row-block
+  kernel (rows x all channels, LayerNorm-style) would fix it.
 * Traffic: eval forward 2|X|; training forward 3|X| (x read twice); backward 5|X| (x and dy
   read twice). The second read can hit L2 for tensors of tens of MB.
 * Offsets are int32 unless some offset can pass 2**31 - 1 (``plan.needs_int64``).
