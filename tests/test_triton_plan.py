@@ -48,6 +48,8 @@ def test_tile_shape_follows_the_contiguous_axis():
     nhwc = plan.CanonicalView(B=1, C=64, S=32 * 112 * 112, sb=0, sc=1, ss=64)
     block_s, block_c = plan.tile_shape(nhwc)
     assert block_c == 64 and block_s * block_c == plan.TILE_ELEMENTS
+    tokens = plan.CanonicalView(B=8192, C=4096, S=1, sb=4096, sc=1, ss=1)     # per-sample (N, C) rows
+    assert plan.tile_shape(tokens) == (1, plan.TILE_ELEMENTS)
     late = plan.CanonicalView(B=2, C=2048, S=49, sb=2048 * 49, sc=49, ss=1)   # 7x7: widen over channels
     block_s, block_c = plan.tile_shape(late)
     assert block_s == 64 and block_c == plan.TILE_ELEMENTS // 64

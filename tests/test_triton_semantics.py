@@ -175,6 +175,20 @@ def test_fused_activation_and_residual_match_the_composition(activation, with_re
     assert_close_to_reference(ours, torch_own, reference, names)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_layer_norm_over_rows_backward(dtype):
+    """(N, C) rows with one group take the row-block backward kernel (several programs of 16 rows)."""
+    x = (torch.randn(37, 20) * 2 + 3).to(dtype)
+    r, dy = torch.randn(37, 20).to(dtype), torch.randn(37, 20).to(dtype)
+    w, b = torch.randn(20), torch.randn(20)
+    make = lambda be: lambda x, w, b, r: F.group_norm_act(x, 1, w, b, activation="silu", residual=r,  # noqa: E731
+                                                          backend=be)
+    ours = run_fwd_bwd(make("triton"), x.to(DEVICE), [t.to(DEVICE) for t in (w, b, r)], dy.to(DEVICE))
+    torch_own = run_fwd_bwd(make("native"), x, (w, b, r), dy)
+    reference = run_fwd_bwd(make("reference"), x.double(), to_float64((w, b, r)), dy.double())
+    assert_close_to_reference(ours, torch_own, reference, ("y", "dx", "dweight", "dbias", "dresidual"))
+
+
 def test_fused_modules_keep_batchnorm_state_dicts():
     bn = torch.nn.BatchNorm2d(4)
     m = cn.ChannelNormAct(4, activation="relu", backend="triton").to(DEVICE)

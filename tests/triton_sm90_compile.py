@@ -76,6 +76,15 @@ def main() -> int:
                         print(f"no vector loads/stores: {kernel.fn.__name__} {const} {dtype}")
                         return 1
                     count += 1
+    for dtype in ("fp32", "bf16"):
+        for act, res in ((0, False), (2, True)):
+            compiled = compile_variant(K.rows_backward_kernel, dict(BLOCK_R=16, BLOCK_C=128, ACT=act, HAS_RES=res,
+                                                                    WRITE_DRES=res, HAS_W=True, HAS_B=True,
+                                                                    INT64=False, sc=1), dtype, ("C", "sb"))
+            if vector_ops(compiled) == 0:
+                print(f"no vector loads/stores: rows_backward_kernel {dtype}")
+                return 1
+            count += 1
     for kernel in (K.apply_kernel, K.partial_stats_kernel):   # > 2**31 elements: 64-bit offsets
         extra = dict(ACT=1, HAS_RES=True, HAS_W=True, HAS_B=True) if kernel is K.apply_kernel else {}
         compile_variant(kernel, dict(NHWC, INT64=True, **extra), "bf16", ("C",), i64=("sb", "ss"))

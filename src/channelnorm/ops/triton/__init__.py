@@ -31,9 +31,11 @@ Design, from first principles (memory-bound kernels; nothing here has been timed
   ``sum_rows_kernel``, ``coefficients_kernel`` (dx = invstd*w*g + beta*xhat + gamma, beta and
   gamma per statistic), then ``backward_apply_kernel``. No atomics anywhere: gradients are
   bitwise reproducible.
-* Known weak spot (by design, not measured): per-sample norms over tiny S (layer norm over (N, C)
-  tokens) write backward partials per (row, channel), i.e. as large as x in fp32; a row-block
-  kernel (rows x all channels, LayerNorm-style) would fix it.
+* Layer norm over (N, C) rows (one statistic per row, S = 1): the backward is one row-block
+  kernel (``rows_backward_kernel``, 16 rows x all channels per program, two sweeps) plus a
+  fixed-order reduction of its [N/16, C] dweight/dbias partials. Group norm with several groups
+  over (N, C) rows still takes the generic path, whose backward partials are per (row, channel):
+  correct, but they are as large as x in fp32.
 * Traffic: eval forward 2|X|; training forward 3|X| (x read twice); backward 5|X| (x and dy
   read twice). The second read can hit L2 for tensors of tens of MB.
 * Offsets are int32 unless some offset can pass 2**31 - 1 (``plan.needs_int64``).

@@ -379,3 +379,75 @@ def coefficients_kernel(sum_g_ptr, sum_gx_ptr, w_ptr, invstd_ptr, beta_ptr, gamm
     invstd = tl.load(invstd_ptr + r * G + groups, mask=gmask, other=0.0)
     tl.store(beta_ptr + r * G + groups, -invstd * acc_gx * inv_n, mask=gmask)
     tl.store(gamma_ptr + r * G + groups, -invstd * acc_g * inv_n, mask=gmask)
+
+
+@triton.jit
+def rows_backward_kernel(x_ptr, dy_ptr, res_ptr, dres_ptr, dx_ptr, pivot_ptr, mshift_ptr, invstd_ptr, w_ptr, b_ptr,
+                         part_g_ptr, part_gx_ptr, N, C, sb, sc, inv_n,
+                         BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACT: tl.constexpr, HAS_RES: tl.constexpr,
+                         WRITE_DRES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+                         INT64: tl.constexpr):
+    """Whole backward of a per-row statistic over channels (layer norm over (N, C) rows), BLOCK_R rows a program.
+
+    Sweep 1 over the channels: the row sums of w*g and w*g*xhat (for dx) and this program's column
+    sums of g and g*xhat (partials of dbias, dweight; reduced later in a fixed order). Sweep 2
+    re-reads the rows (just read: cache-hot) and writes dx. Partials are [programs, C], not [N, C].
+    """
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+    rmask = rows < N
+    pivot = tl.load(pivot_ptr + rows, mask=rmask, other=0.0)
+    mshift = tl.load(mshift_ptr + rows, mask=rmask, other=0.0)
+    invstd = tl.load(invstd_ptr + rows, mask=rmask, other=0.0)
+    acc_wg = tl.zeros([BLOCK_R], tl.float32)
+    acc_wgx = tl.zeros([BLOCK_R], tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        cmask = cols < C
+        mask = rmask[:, None] & cmask[None, :]
+        offs = _offsets(0, rows, cols, 0, sb, sc, INT64)
+        w = tl.full([BLOCK_C], 1.0, tl.float32)
+        if HAS_W:
+            w = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        centered = (x - pivot[:, None]) - mshift[:, None]
+        xhat = tl.where(mask, centered * invstd[:, None], 0.0)
+        g = dy
+        if ACT != 0:
+            z = xhat * w[None, :]
+            if HAS_B:
+                z += tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+            if HAS_RES:
+                z += tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            g = _activation_grad(dy, z, ACT)
+        if WRITE_DRES:
+            tl.store(dres_ptr + offs, g.to(dres_ptr.dtype.element_ty), mask=mask)
+        wg = g * w[None, :]
+        acc_wg += tl.sum(wg, 1)
+        acc_wgx += tl.sum(wg * xhat, 1)
+        tl.store(part_g_ptr + pid * C + cols, tl.sum(g, 0), mask=cmask)
+        tl.store(part_gx_ptr + pid * C + cols, tl.sum(g * xhat, 0), mask=cmask)
+    beta = -invstd * acc_wgx * inv_n
+    gamma = -invstd * acc_wg * inv_n
+    for c0 in range(0, C, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        cmask = cols < C
+        mask = rmask[:, None] & cmask[None, :]
+        offs = _offsets(0, rows, cols, 0, sb, sc, INT64)
+        w = tl.full([BLOCK_C], 1.0, tl.float32)
+        if HAS_W:
+            w = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        xhat = ((x - pivot[:, None]) - mshift[:, None]) * invstd[:, None]
+        g = dy
+        if ACT != 0:
+            z = xhat * w[None, :]
+            if HAS_B:
+                z += tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+            if HAS_RES:
+                z += tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            g = _activation_grad(dy, z, ACT)
+        dx = (invstd[:, None] * w[None, :]) * g + beta[:, None] * xhat + gamma[:, None]
+        tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)

@@ -28,6 +28,8 @@ def norm_backward(dy, x, weight, bias, residual, pivot, mshift, var, num_groups:
     invstd, _, _ = finalize(pivot, mshift, var, None, eps)
     w_arg = weight if weight is not None else invstd
     b_arg = bias if bias is not None else invstd
+    if per_sample and view.S == 1 and G == 1:
+        return _rows_backward(dy, x, view, p, pivot, mshift, invstd, weight, bias, residual, activation, need_dres)
     rows = p.partial_rows
     sum_g, sum_gx = (torch.empty(rows, C, device=x.device, dtype=torch.float32) for _ in range(2))
     dres = torch.empty_like(x) if need_dres else None
@@ -63,4 +65,27 @@ def norm_backward(dy, x, weight, bias, residual, pivot, mshift, var, num_groups:
         C, view.S, view.sb, view.ss, view.sc, stat_sb, cpg, p.n_sblk, p.n_cblk,
         BLOCK_S=p.block_s, BLOCK_C=p.block_c, ACT=activation, HAS_RES=residual is not None,
         HAS_W=weight is not None, HAS_B=bias is not None, INT64=p.int64)
+    return dx, dweight, dbias, dres
+
+
+# Rows per program of the row-wise backward: partials are [N / ROWS, C] (1/16 of x's elements).
+ROWS_PER_PROGRAM = 16
+
+
+def _rows_backward(dy, x, view, p, pivot, mshift, invstd, weight, bias, residual, activation: int, need_dres: bool):
+    """Layer norm over (N, C) rows: one kernel per row block (see rows_backward_kernel)."""
+    N, C = view.B, view.C
+    block_c = min(128, 1 << max(0, (C - 1).bit_length()))
+    n_prog = -(-N // ROWS_PER_PROGRAM)
+    part_g, part_gx = (torch.empty(n_prog, C, device=x.device, dtype=torch.float32) for _ in range(2))
+    dx = torch.empty_like(x)
+    dres = torch.empty_like(x) if need_dres else None
+    _kernels.rows_backward_kernel[(n_prog,)](
+        x, dy, residual if residual is not None else x, dres if dres is not None else x, dx, pivot, mshift, invstd,
+        weight if weight is not None else invstd, bias if bias is not None else invstd, part_g, part_gx,
+        N, C, view.sb, view.sc, 1.0 / C,
+        BLOCK_R=ROWS_PER_PROGRAM, BLOCK_C=block_c, ACT=activation, HAS_RES=residual is not None,
+        WRITE_DRES=need_dres, HAS_W=weight is not None, HAS_B=bias is not None, INT64=p.int64)
+    dbias = sum_rows(part_g, 1, n_prog, C, n_prog * C, C, 1).view(C)
+    dweight = sum_rows(part_gx, 1, n_prog, C, n_prog * C, C, 1).view(C)
     return dx, dweight, dbias, dres

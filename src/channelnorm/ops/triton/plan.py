@@ -121,6 +121,8 @@ def tile_shape(view: CanonicalView, tile_elements: Optional[int] = None) -> tupl
     else:
         block_c = _pow2_at_most(view.C, min(MAX_BLOCK_C_CHANNEL_FASTEST, tile_elements))
         block_s = _pow2_at_most(view.S, max(1, tile_elements // block_c))
+        # Few positions (per-sample norms of (N, C) rows): widen over channels to fill the tile.
+        block_c = _pow2_at_most(view.C, max(block_c, tile_elements // block_s))
     return block_s, block_c
 
 
