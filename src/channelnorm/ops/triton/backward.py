@@ -50,8 +50,10 @@ def norm_backward(dy, x, weight, bias, residual, pivot, mshift, var, num_groups:
     else:
         dbias = sum_rows(g_c, 1, s_out, C, s_out * C, C, 1).view(C)
         dweight = sum_rows(gx_c, 1, s_out, C, s_out * C, C, 1).view(C)
-    beta, gamma = (torch.zeros(s_out, G, device=x.device, dtype=torch.float32) for _ in range(2))
-    if use_batch_stats:   # fixed statistics (eval) pass no gradient through them: beta = gamma = 0
+    # Fixed statistics (eval) pass no gradient through them: beta = gamma = 0.
+    fill = torch.empty if use_batch_stats else torch.zeros
+    beta, gamma = (fill(s_out, G, device=x.device, dtype=torch.float32) for _ in range(2))
+    if use_batch_stats:
         n = cpg * view.S if per_sample else view.B * view.S
         block_j = min(1024, 1 << max(0, (cpg - 1).bit_length()))
         block_g = min(max(1, 1024 // block_j), 1 << max(0, (G - 1).bit_length()))
