@@ -12,6 +12,7 @@ import os
 from typing import Callable, Optional
 
 import torch
+
 from ..layout import match_layout
 from ..running_stats import effective_momentum
 from . import _kernels, plan
