@@ -1,5 +1,12 @@
+import os
+
 import pytest
 import torch
+
+# Without a GPU, Triton's interpreter runs the kernels on CPU tensors; it must be on before the
+# kernels are built (when channelnorm.ops.triton is first imported), so it is set here, first.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 CPU_BACKENDS = ("reference", "native")
 

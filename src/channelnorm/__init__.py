@@ -1,6 +1,6 @@
 """channelnorm: channel normalization and its family for PyTorch."""
 from . import functional
-from .modules import ChannelNorm, GroupNorm, InstanceNorm, LayerNorm
+from .modules import ChannelNorm, ChannelNormAct, GroupNorm, GroupNormAct, InstanceNorm, LayerNorm
 from .registry import available_norms, create_norm, register_norm
 from .modules.sync import SyncChannelNorm
 from .modules.frozen import FrozenChannelNorm
@@ -13,6 +13,8 @@ __all__ = [
     "GroupNorm",
     "LayerNorm",
     "InstanceNorm",
+    "ChannelNormAct",
+    "GroupNormAct",
     "create_norm",
     "register_norm",
     "available_norms",

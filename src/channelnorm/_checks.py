@@ -131,3 +131,25 @@ def stats_mask(op: str, x: torch.Tensor, axis: int, mask) -> torch.Tensor:
                          f"the channel axis {without_channel} (input shape {tuple(x.shape)}, "
                          f"channel_axis={axis})")
     return full
+
+
+def activation(op: str, value) -> str:
+    from .ops.fused import ACTIVATIONS
+    if value is None:
+        return "none"
+    if not isinstance(value, str) or value not in ACTIVATIONS:
+        raise ValueError(f"{op}: unknown activation {value!r}; choose one of {', '.join(map(repr, ACTIVATIONS))}")
+    return value
+
+
+def residual(op: str, x: torch.Tensor, value) -> None:
+    """The residual is added to the normalized output before the activation: same shape, dtype and device."""
+    if value is None:
+        return
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{op}: residual must be a torch.Tensor or None, got {type(value).__name__}")
+    if value.shape != x.shape:
+        raise ValueError(f"{op}: residual shape {tuple(value.shape)} must equal the input shape {tuple(x.shape)}")
+    if value.dtype != x.dtype or value.device != x.device:
+        raise TypeError(f"{op}: residual must have the input's dtype and device ({x.dtype} on {x.device}), "
+                        f"got {value.dtype} on {value.device}")

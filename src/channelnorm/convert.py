@@ -8,7 +8,9 @@ replaced, so always use the return value. The model is changed in place, as
 Norm layers recognised: ``nn.BatchNorm1d/2d/3d``, ``nn.SyncBatchNorm``, ``nn.InstanceNorm1d/2d/3d``,
 ``nn.GroupNorm``, and channelnorm's ChannelNorm (and subclasses), SyncChannelNorm, GroupNorm,
 LayerNorm, InstanceNorm and FrozenChannelNorm. ``nn.LayerNorm`` is not a channel norm (its affine is
-per element of ``normalized_shape``) and is left alone.
+per element of ``normalized_shape``) and is left alone, and so are the fused blocks ChannelNormAct and
+GroupNormAct: their activation and residual input have no counterpart in a plain norm, so swapping
+or freezing them would silently drop part of the computation.
 """
 from __future__ import annotations
 
@@ -19,13 +21,14 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-from .modules import ChannelNorm, FrozenChannelNorm, GroupNorm, InstanceNorm, SyncChannelNorm
+from .modules import ChannelNorm, ChannelNormAct, FrozenChannelNorm, GroupNorm, GroupNormAct, InstanceNorm, SyncChannelNorm
 from .modules.base import _NormBase
 from .registry import _accepted, create_norm
 
 __all__ = ["replace_norms", "to_sync", "from_sync", "freeze", "unfreeze", "fold"]
 
 _NORM_TYPES = (_BatchNorm, _InstanceNorm, nn.GroupNorm, _NormBase, FrozenChannelNorm)
+_FUSED_BLOCKS = (ChannelNormAct, GroupNormAct)  # norm + residual + activation: never converted
 _STAT_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
@@ -44,11 +47,13 @@ def _swap(module: nn.Module, fn: Callable[[nn.Module], Optional[nn.Module]]) -> 
 
 
 def _is_norm(m: nn.Module) -> bool:
-    return isinstance(m, _NORM_TYPES)
+    return isinstance(m, _NORM_TYPES) and not isinstance(m, _FUSED_BLOCKS)
 
 
 def _family(m: nn.Module) -> Optional[str]:
     """Which statistics scope ``m`` normalizes over (decides what running statistics mean)."""
+    if isinstance(m, _FUSED_BLOCKS):
+        return None
     if isinstance(m, (_BatchNorm, ChannelNorm, FrozenChannelNorm)):
         return "channel"
     if isinstance(m, (_InstanceNorm, InstanceNorm)):

@@ -6,11 +6,11 @@ from typing import Optional
 import torch
 
 from . import _checks
-from .ops import dispatch, masked
+from .ops import dispatch, fused, masked
 from .ops.layout import elements_per_statistic
 from .ops.reference import affine
 
-__all__ = ["channel_norm", "group_norm", "layer_norm", "instance_norm"]
+__all__ = ["channel_norm", "group_norm", "layer_norm", "instance_norm", "channel_norm_act", "group_norm_act"]
 
 
 def _empty_output(x: torch.Tensor, weight, bias, axis: int) -> torch.Tensor:
@@ -158,6 +158,72 @@ def layer_norm(
 ) -> torch.Tensor:
     """Layer normalization over (C, spatial) per sample with a per-channel affine: ``group_norm`` with 1 group."""
     return group_norm(input, 1, weight, bias, eps, channel_axis, backend)
+
+
+def channel_norm_act(
+    input: torch.Tensor,
+    running_mean: Optional[torch.Tensor],
+    running_var: Optional[torch.Tensor],
+    weight: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    training: bool = False,
+    momentum: Optional[float] = 0.1,
+    eps: float = 1e-5,
+    channel_axis: int = 1,
+    activation: str = "relu",
+    residual: Optional[torch.Tensor] = None,
+    backend: str = "auto",
+    *,
+    num_batches_tracked: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """``act(channel_norm(input) + residual)``; activation one of "none", "relu", "silu", "gelu" (exact).
+
+    Same arguments and running-statistics behaviour as ``channel_norm``. The Triton backend fuses
+    the norm, the residual add and the activation (forward and backward); the other backends
+    compose them from torch ops with the same result.
+    """
+    op = "channel_norm_act"
+    axis, eps = _check_tracked_call(op, input, channel_axis, weight, bias, running_mean, running_var, momentum, eps,
+                                    backend, num_batches_tracked, "training", training, batch_axis_needed=False)
+    activation = _checks.activation(op, activation)
+    _checks.residual(op, input, residual)
+    if training:
+        n = elements_per_statistic(input.shape, input.shape[axis], per_sample=False) if input.shape[axis] else 0
+        _checks.more_than_one_value(op, input, n, "channel")
+    if input.numel() == 0:
+        return fused.activate(_empty_output(input, weight, bias, axis) + (0 if residual is None else residual),
+                              activation)
+    impl = dispatch.resolve(backend, "channel_norm", input, weight, bias, running_mean, running_var)
+    return fused.channel_norm_act(impl, input, running_mean, running_var, weight, bias, bool(training), momentum,
+                                  eps, axis, activation, residual, num_batches_tracked=num_batches_tracked)
+
+
+def group_norm_act(
+    input: torch.Tensor,
+    num_groups: int,
+    weight: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    eps: float = 1e-5,
+    channel_axis: int = 1,
+    activation: str = "relu",
+    residual: Optional[torch.Tensor] = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """``act(group_norm(input) + residual)``; see ``channel_norm_act``."""
+    op = "group_norm_act"
+    dispatch.check_backend_name(backend)
+    axis = _checks.input_tensor(input, channel_axis, op, batch_axis_needed=True)
+    num_channels = _checks.per_channel(op, input, axis, weight=weight, bias=bias)
+    num_groups = _checks.positive_int("num_groups", num_groups)
+    _checks.groups_divide(num_groups, num_channels)
+    eps = _checks.eps(eps)
+    activation = _checks.activation(op, activation)
+    _checks.residual(op, input, residual)
+    if input.numel() == 0:
+        return fused.activate(_empty_output(input, weight, bias, axis) + (0 if residual is None else residual),
+                              activation)
+    impl = dispatch.resolve(backend, "group_norm", input, weight, bias)
+    return fused.group_norm_act(impl, input, num_groups, weight, bias, eps, axis, activation, residual)
 
 
 # Batch-robust variants (DESIGN §5), kept in their own file; re-exported here as the public functional API.

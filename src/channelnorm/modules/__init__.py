@@ -3,6 +3,7 @@ from .channel import ChannelNorm
 from .evonorm import EvoNormB0, EvoNormS0
 from .frn import FilterResponseNorm
 from .frozen import FrozenChannelNorm
+from .fused import ChannelNormAct, GroupNormAct
 from .ghost import GhostNorm
 from .group import GroupNorm, LayerNorm
 from .instance import InstanceNorm
@@ -12,6 +13,7 @@ from .weight_std import WeightStandardization, WSConv2d, weight_standardization
 
 __all__ = [
     "_NormBase", "ChannelNorm", "GroupNorm", "LayerNorm", "InstanceNorm", "SyncChannelNorm", "FrozenChannelNorm",
+    "ChannelNormAct", "GroupNormAct",  # norm + residual add + activation
     # batch-robust variants (DESIGN §5)
     "BatchRenorm", "GhostNorm", "FilterResponseNorm", "EvoNormS0", "EvoNormB0",
     "WSConv2d", "WeightStandardization", "weight_standardization",

@@ -2,7 +2,6 @@
 backend that cannot run it is a ``ValueError`` that says why, never a silent fallback."""
 from __future__ import annotations
 
-import importlib
 from types import SimpleNamespace
 from typing import Optional
 
@@ -27,7 +26,9 @@ def check_backend_name(backend: str) -> None:
 def _triton_backend():
     """The Triton backend module, or the reason it cannot be used in this process."""
     try:
-        return importlib.import_module("channelnorm.ops.triton.backend"), None
+        # An import statement, not importlib: torch.compile traces through it.
+        from .triton import backend as triton_backend
+        return triton_backend, None
     except ImportError as exc:  # triton missing, or the backend not built in this version
         return None, f"the triton backend cannot be imported ({exc})"
 

@@ -1,0 +1,270 @@
+"""Kernel benchmark of the Triton backend against torch eager and torch.compile (issue 4).
+
+For each shape x layout x dtype x norm x pass (forward, backward, forward+backward) it records
+the time of ``backend="triton"``, of torch's eager module in the same layout and dtype
+(``nn.BatchNorm*d`` / ``nn.GroupNorm`` / ``nn.LayerNorm``) and of ``torch.compile`` of that module;
+the achieved bandwidth for the minimum traffic (forward 2|X|, backward 3|X|, both 5|X|); the
+device's copy bandwidth measured in the same run (``dst.copy_(src)`` of the same size, 2|X|) and
+the ratio of the two; and the speedups over eager and compiled torch. Timings are medians from
+``triton.testing.do_bench`` (L2 flushed between repetitions).
+
+    python benchmarks/bench_kernels.py                       # full grid on the current GPU
+    python benchmarks/bench_kernels.py --batches 32 --dtypes bf16 --layouts nhwc
+    python benchmarks/bench_kernels.py --smoke --out /tmp/b  # CPU, Triton interpreter, tiny shapes:
+                                                             # checks the harness runs, times mean nothing
+
+Writes ``kernels-<device>-<time>.csv``, ``.json`` (with device, torch/triton versions, git hash) and
+``.md`` (summary table and every row that misses an issue-4 target)
+to ``--out`` (default ``benchmarks/results``; ``--smoke`` has no default: its numbers are not results).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+if not torch.cuda.is_available():  # the only way to run the kernels without a GPU (smoke mode)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import triton  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+import channelnorm.functional as CF  # noqa: E402
+
+RESNET50_SHAPES = [(64, 112), (256, 56), (512, 28), (1024, 14), (2048, 7)]   # (C, H=W) per stage
+TRANSFORMER_SHAPES = [(8192, 768), (16384, 1024), (8192, 4096)]             # (tokens, C)
+SMOKE_SHAPES = [(2, 4, 3, 3), (6, 8)]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PASSES = ("fwd", "bwd", "fwdbwd")
+TRAFFIC = {"fwd": 2, "bwd": 3, "fwdbwd": 5}   # multiples of |X| that any implementation must move
+
+
+def shapes(batches, smoke: bool):
+    if smoke:
+        return list(SMOKE_SHAPES)
+    out = [(n, c, hw, hw) for n in batches for c, hw in RESNET50_SHAPES]
+    return out + list(TRANSFORMER_SHAPES)
+
+
+def layouts_for(shape, layouts):
+    return [l for l in layouts if len(shape) == 4] if len(shape) == 4 else ["nc"]
+
+
+def make_input(shape, layout, dtype, device):
+    x = torch.randn(shape, device=device, dtype=dtype)
+    return x.contiguous(memory_format=torch.channels_last) if layout == "nhwc" else x
+
+
+def groups_for(shape) -> int:
+    """32 groups (the Group Norm paper's default) on images; one group (layer norm) on (tokens, C)."""
+    return 1 if len(shape) == 2 else math.gcd(32, shape[1])
+
+
+def torch_module(norm: str, shape, device):
+    """torch's own module for this norm and rank, fp32 parameters (mixed precision as under autocast)."""
+    C = shape[1]
+    if norm == "channel":
+        module = torch.nn.BatchNorm2d(C) if len(shape) == 4 else torch.nn.BatchNorm1d(C)
+    elif len(shape) == 2:
+        module = torch.nn.LayerNorm(C)    # GroupNorm(1, C) on (N, C) is exactly nn.LayerNorm(C)
+    else:
+        module = torch.nn.GroupNorm(groups_for(shape), C)
+    return module.to(device).train()
+
+
+def ours(norm: str, shape, device):
+    C = shape[1]
+    w = torch.ones(C, device=device, requires_grad=True)
+    b = torch.zeros(C, device=device, requires_grad=True)
+    if norm == "channel":
+        rm, rv = torch.zeros(C, device=device), torch.ones(C, device=device)
+        return lambda x: CF.channel_norm(x, rm, rv, w, b, True, 0.1, 1e-5, backend="triton"), (w, b)
+    return lambda x: CF.group_norm(x, groups_for(shape), w, b, backend="triton"), (w, b)
+
+
+def bench(fn, device) -> float:
+    """Median milliseconds of ``fn()``."""
+    if device == "cuda":
+        return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+    fn()
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def pass_fn(forward, params, x, dy, which: str):
+    """A zero-argument callable running one pass of ``forward`` on ``x``."""
+    if which == "fwd":
+        def run():
+            with torch.no_grad():
+                forward(x)
+        return run
+    xg = x.detach().requires_grad_()
+    inputs = (xg, *params)
+    if which == "bwd":
+        y = forward(xg)
+        return lambda: torch.autograd.grad(y, inputs, dy, retain_graph=True)
+    return lambda: torch.autograd.grad(forward(xg), inputs, dy)
+
+
+def copy_ms(x, device) -> float:
+    dst = torch.empty_like(x)
+    return bench(lambda: dst.copy_(x), device)
+
+
+def git_hash() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def environment(device) -> dict:
+    return {
+        "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({platform.processor() or 'unknown'}), "
+                                                                        f"Triton interpreter",
+        "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
+        "git_hash": git_hash(), "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+    }
+
+
+def run_case(norm, shape, layout, dtype_name, passes, device, with_compile: bool) -> list[dict]:
+    dtype = DTYPES[dtype_name]
+    x = make_input(shape, layout, dtype, device)
+    dy = make_input(shape, layout, dtype, device)
+    nbytes = x.numel() * x.element_size()
+    copy = copy_ms(x, device)
+    copy_gbs = 2 * nbytes / copy / 1e6
+    ours_fn, ours_params = ours(norm, shape, device)
+    module = torch_module(norm, shape, device)
+    eager_params = "fp32"
+    try:
+        with torch.no_grad():
+            module(x)
+    except RuntimeError:  # a torch kernel without mixed-precision support: give it parameters in x's dtype
+        module = module.to(dtype)
+        eager_params = dtype_name
+    impls = {"triton": (ours_fn, ours_params), "eager": (module, tuple(module.parameters()))}
+    if with_compile:
+        torch._dynamo.reset()
+        impls["compile"] = (torch.compile(module), tuple(module.parameters()))
+    rows = []
+    for which in passes:
+        times = {}
+        for name, (fn, params) in impls.items():
+            try:
+                times[name] = bench(pass_fn(fn, params, x, dy, which), device)
+            except Exception as exc:  # recorded, not hidden: a row says which implementation failed and why
+                times[name] = float("nan")
+                print(f"  {name} {which} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        gbs = TRAFFIC[which] * nbytes / times["triton"] / 1e6
+        rows.append({
+            "norm": norm, "shape": "x".join(map(str, shape)), "layout": layout, "dtype": dtype_name, "pass": which,
+            "eager_params": eager_params, "bytes_x": nbytes, "triton_ms": times["triton"], "eager_ms": times["eager"],
+            "compile_ms": times.get("compile", float("nan")), "triton_gbs": gbs, "copy_gbs": copy_gbs,
+            "fraction_of_copy_bw": gbs / copy_gbs,
+            "speedup_vs_eager": times["eager"] / times["triton"],
+            "speedup_vs_compile": times.get("compile", float("nan")) / times["triton"],
+        })
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rows[-1].items()))
+    return rows
+
+
+def summarize(rows) -> str:
+    """Markdown: per (layout, dtype, pass) the geometric-mean speedups and the worst fraction of copy
+    bandwidth, then every row that misses an issue-4 target (>= 1.0x eager, >= 1.5x eager on NHWC or
+    bf16, >= 1.0x torch.compile, >= 85% of copy bandwidth on shapes of at least 64 MiB)."""
+    def geomean(values):
+        values = [v for v in values if v == v and v > 0]
+        return math.exp(sum(map(math.log, values)) / len(values)) if values else float("nan")
+
+    lines = ["| layout | dtype | pass | speedup vs eager (geomean) | vs torch.compile (geomean) | min fraction of copy bw |",
+             "|---|---|---|---|---|---|"]
+    groups = sorted({(r["layout"], r["dtype"], r["pass"]) for r in rows})
+    for key in groups:
+        sel = [r for r in rows if (r["layout"], r["dtype"], r["pass"]) == key]
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {geomean(r['speedup_vs_eager'] for r in sel):.2f} | "
+                     f"{geomean(r['speedup_vs_compile'] for r in sel):.2f} | "
+                     f"{min(r['fraction_of_copy_bw'] for r in sel):.2f} |")
+    misses = []
+    for r in rows:
+        eager_target = 1.5 if (r["layout"] == "nhwc" or r["dtype"] == "bf16") else 1.0
+        why = []
+        if not r["speedup_vs_eager"] >= eager_target:
+            why.append(f"{r['speedup_vs_eager']:.2f}x eager < {eager_target}x")
+        if r["speedup_vs_compile"] == r["speedup_vs_compile"] and r["speedup_vs_compile"] < 1.0:
+            why.append(f"{r['speedup_vs_compile']:.2f}x torch.compile < 1.0x")
+        if r["bytes_x"] >= 64 * 2**20 and r["fraction_of_copy_bw"] < 0.85:
+            why.append(f"{r['fraction_of_copy_bw']:.0%} of copy bandwidth < 85%")
+        if why:
+            misses.append(f"- {r['norm']} {r['shape']} {r['layout']} {r['dtype']} {r['pass']}: " + "; ".join(why))
+    lines += ["", f"Rows missing a target: {len(misses)} of {len(rows)}", *misses]
+    return "\n".join(lines) + "\n"
+
+
+def write(rows, env, out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "kernels-" + re.sub(r"[^A-Za-z0-9]+", "_", env["device"]).strip("_")[:40] + "-" + \
+        env["date_utc"].replace(":", "").replace("-", "")[:15]
+    with open(out / f"{stem}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / f"{stem}.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=1))
+    (out / f"{stem}.md").write_text(f"Device: {env['device']}; torch {env['torch']}, triton {env['triton']}, "
+                                    f"git {env['git_hash'][:12]}, {env['date_utc']}\n\n" + summarize(rows))
+    return out / stem
+
+
+def main(argv=None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batches", type=int, nargs="+", default=[32, 8, 2])
+    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
+    parser.add_argument("--layouts", nargs="+", default=["nchw", "nhwc"], choices=["nchw", "nhwc"])
+    parser.add_argument("--norms", nargs="+", default=["channel", "group"], choices=["channel", "group"])
+    parser.add_argument("--passes", nargs="+", default=list(PASSES), choices=PASSES)
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes; on CPU under the Triton interpreter")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and not args.smoke:
+        parser.error("no CUDA device: only --smoke runs here (the interpreter's times are not kernel times)")
+    if args.smoke and args.out is None:
+        parser.error("--smoke needs --out: its numbers are not results and do not belong in benchmarks/results")
+    out = args.out or ROOT / "benchmarks" / "results"
+    env = environment(device)
+    rows = []
+    for shape in shapes(args.batches, args.smoke):
+        for layout in layouts_for(shape, args.layouts):
+            for dtype_name in args.dtypes:
+                for norm in args.norms:
+                    rows += run_case(norm, shape, layout, dtype_name, args.passes, device,
+                                     with_compile=not args.no_compile and not args.smoke)
+    path = write(rows, env, out)
+    print(summarize(rows))
+    print(f"wrote {path}.csv, .json and .md")
+    return path
+
+
+if __name__ == "__main__":
+    main()

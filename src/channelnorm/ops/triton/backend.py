@@ -1,0 +1,128 @@
+"""The Triton backend as ``ops.dispatch`` sees it: ``unsupported_reason`` and the family's entry points.
+
+Signatures match ``ops.native``; the fused variants add ``activation`` and ``residual``. Inputs are
+taken in their own layout (NCHW, channels_last, channel-last views) without copies; a stride pattern
+the kernels cannot address as one strided (B, C, S) view (e.g. a channel axis in the middle of a
+per-sample norm's spatial axes, or an overlapping/expanded tensor) is first copied to a contiguous
+channels-first tensor, and the output is given back in the input's layout.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional
+
+import torch
+
+from ..layout import match_layout
+from ..running_stats import effective_momentum
+from . import _kernels, plan
+
+_OPS = ("channel_norm", "instance_norm", "group_norm")
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def interpreter_on() -> bool:
+    """True when Triton's CPU interpreter runs the kernels: TRITON_INTERPRET=1 was set when they were
+    built (import time) and still is (unsetting it turns CPU support off again)."""
+    from triton.runtime.interpreter import InterpretedFunction
+    built_interpreted = isinstance(_kernels.apply_kernel, InterpretedFunction)
+    return built_interpreted and os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def unsupported_reason(op: str, x: torch.Tensor, *params: Optional[torch.Tensor]) -> Optional[str]:
+    """Why the Triton kernels cannot compute exactly this call, or None when they can."""
+    if op not in _OPS:
+        return f"no Triton kernel for {op}"
+    if not hasattr(torch.library, "custom_op"):
+        return f"torch {torch.__version__} lacks torch.library.custom_op (needs torch >= 2.4)"
+    if x.device.type == "cuda" and interpreter_on():
+        return "the Triton interpreter is on (TRITON_INTERPRET=1), which runs kernels on CPU tensors only"
+    if x.device.type != "cuda" and not interpreter_on():
+        return (f"input is on {x.device.type}; the Triton kernels run on CUDA tensors (for testing on CPU, set "
+                f"TRITON_INTERPRET=1 before triton is imported)")
+    if x.dtype not in _KERNEL_DTYPES:
+        return f"input dtype {x.dtype}: the kernels take float32/bfloat16/float16 (use backend='reference' for float64)"
+    for p in params:
+        if p is None:
+            continue
+        if p.device != x.device:
+            return f"a parameter is on {p.device}, the input on {x.device}"
+        if p.dtype not in _KERNEL_DTYPES:
+            return f"parameter dtype {p.dtype}: the kernels take float32/bfloat16/float16 parameters"
+    return None
+
+
+def _kernel_layout(x: torch.Tensor, channel_axis: int, per_sample: bool):
+    """(tensor the kernels can address, its channel axis, map from its output back to x's shape)."""
+    shape, strides = tuple(x.shape), x.stride()
+    if plan.is_dense(shape, strides) and plan.canonical_view(shape, strides, channel_axis, per_sample) is not None:
+        return x, channel_axis, lambda y: y
+    # Documented copy: exotic strides become contiguous channels-first.
+    moved = x.movedim(channel_axis, 1).contiguous()
+    return moved, 1, lambda y: y.movedim(1, channel_axis)
+
+
+def _like(t: Optional[torch.Tensor], x: torch.Tensor, to_kernel: Callable) -> Optional[torch.Tensor]:
+    if t is None:
+        return None
+    t = to_kernel(t)
+    return t if t.stride() == x.stride() else torch.empty_like(x).copy_(t)
+
+
+def _run(x, weight, bias, residual, running_mean, running_var, num_groups, per_sample, use_batch_stats, eps,
+         channel_axis, activation):
+    """Lay out, call the custom op, give y back in x's layout; returns (y, pivot, mean - pivot, biased var)."""
+    from .custom_ops import norm_fwd  # registers the ops on first use
+    xk, axis, back = _kernel_layout(x, channel_axis, per_sample and use_batch_stats)
+    to_kernel = (lambda t: t) if xk is x else (lambda t: t.movedim(channel_axis, 1))
+    res = _like(residual, xk, to_kernel)
+    y, pivot, mean_shift, var = norm_fwd(xk, weight, bias, res, None if use_batch_stats else running_mean,
+                                         None if use_batch_stats else running_var, num_groups, per_sample,
+                                         use_batch_stats, float(eps), axis, plan.ACTIVATION_CODES[activation])
+    return match_layout(back(y), x), pivot, mean_shift, var
+
+
+def _update_running(running_mean, running_var, num_batches_tracked, pivot, mean_shift, var, n: int, momentum):
+    from .custom_ops import running_stats_update
+    running_stats_update(running_mean, running_var, num_batches_tracked, pivot, mean_shift, var,
+                         n / (n - 1), effective_momentum(momentum, num_batches_tracked))
+
+
+def channel_norm_act(x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis,
+                     activation="none", residual=None, num_batches_tracked=None) -> torch.Tensor:
+    C = x.shape[channel_axis]
+    y, pivot, mean_shift, var = _run(x, weight, bias, residual, running_mean, running_var, C, False, bool(training),
+                                     eps, channel_axis, activation)
+    if training and running_mean is not None:
+        _update_running(running_mean, running_var, num_batches_tracked, pivot, mean_shift, var, x.numel() // C,
+                        momentum)
+    return y
+
+
+def channel_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis,
+                 num_batches_tracked=None) -> torch.Tensor:
+    return channel_norm_act(x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis,
+                            num_batches_tracked=num_batches_tracked)
+
+
+def instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps, channel_axis,
+                  num_batches_tracked=None) -> torch.Tensor:
+    C = x.shape[channel_axis]
+    y, pivot, mean_shift, var = _run(x, weight, bias, None, running_mean, running_var, C, True,
+                                     bool(use_input_stats), eps, channel_axis, "none")
+    if use_input_stats and running_mean is not None:
+        # As torch.nn.InstanceNorm (and family.instance_norm): blend the batch average of the instance statistics.
+        n = x.numel() // (x.shape[0] * C)
+        mean = (pivot + mean_shift).mean(0)
+        _update_running(running_mean, running_var, num_batches_tracked, mean, torch.zeros_like(mean), var.mean(0), n,
+                        momentum)
+    return y
+
+
+def group_norm_act(x, num_groups, weight, bias, eps, channel_axis, activation="none", residual=None) -> torch.Tensor:
+    y, _, _, _ = _run(x, weight, bias, residual, None, None, num_groups, True, True, eps, channel_axis, activation)
+    return y
+
+
+def group_norm(x, num_groups, weight, bias, eps, channel_axis) -> torch.Tensor:
+    return group_norm_act(x, num_groups, weight, bias, eps, channel_axis)

@@ -1,0 +1,44 @@
+"""Shared pieces of the Triton tests: device, tolerance rule, and a forward+backward runner."""
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+# On a CUDA machine the kernels run compiled on the GPU; otherwise conftest turned on Triton's
+# CPU interpreter and they run on CPU tensors.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# Floor of the tolerance, in units of the compared tensor's dtype epsilon times its largest
+# reference magnitude. Every result is rounded to its dtype at the end, so a few roundings of the
+# largest value are unavoidable whatever the algorithm; PyTorch's own error can by chance be
+# smaller than that (it, too, computes in fp32 and rounds once), and 2x of a lucky error would
+# otherwise demand bit-exact agreement. 4 ulps covers the final rounding plus fp32 accumulation
+# order differences, and is still far below a real bug (which shows as errors of O(1)).
+FLOOR_ULPS = 4
+
+
+def run_fwd_bwd(fn, x, params, dy):
+    """(y, dx, *dparams) of ``fn(x, *params)`` for upstream gradient ``dy``; None params stay None."""
+    x = x.detach().requires_grad_()
+    params = [p.detach().requires_grad_() if p is not None else None for p in params]
+    y = fn(x, *params)
+    y.backward(dy)
+    return [y.detach(), x.grad] + [p.grad if p is not None else None for p in params]
+
+
+def to_float64(tensors):
+    return [t.double() if t is not None else None for t in tensors]
+
+
+def assert_close_to_reference(ours, torch_same_dtype, reference, names):
+    """Each of ours is within 2x PyTorch's own error (same dtype) against the float64 reference, plus a floor."""
+    for name, a, t, r in zip(names, ours, torch_same_dtype, reference):
+        if r is None:
+            continue
+        assert a.dtype == t.dtype, f"{name}: dtype {a.dtype}, torch gives {t.dtype}"
+        r = r.to(a.device)
+        err = (a.double() - r).abs().max().item()
+        torch_err = (t.double().to(a.device) - r).abs().max().item()
+        floor = FLOOR_ULPS * torch.finfo(a.dtype).eps * max(r.abs().max().item(), 1.0)
+        assert err <= 2 * torch_err + floor, (f"{name}: error {err:.3g} vs torch's {torch_err:.3g} "
+                                              f"(+ floor {floor:.3g})")
