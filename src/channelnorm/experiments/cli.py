@@ -38,6 +38,8 @@ def _size(text: str) -> Optional[int]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="channelnorm", description="Experiments on channel normalization and its family.")
+    # flags that override the preset stay absent from the namespace unless given (--train-size all is None)
+    unset = argparse.SUPPRESS
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
     compare = commands.add_parser(
         "compare", help="train a small residual CNN with each norm at each batch size and write a report",
@@ -48,17 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
     preset.add_argument("--quick", action="store_true", help="a seconds-long smoke run (tiny data and grid)")
     preset.add_argument("--full", action="store_true",
                         help="the full grid: core and batch-robust norms, batch sizes 2..32, 3 seeds")
-    compare.add_argument("--norms", type=_norm_list, help="comma-separated create_norm kinds, or core/robust/all "
+    compare.add_argument("--norms", type=_norm_list, default=unset, help="comma-separated create_norm kinds, or core/robust/all "
                          f"(default: {','.join(ExperimentConfig.norms)})")
-    compare.add_argument("--batch-sizes", type=_int_list, help="comma-separated, e.g. 2,4,8,16,32")
-    compare.add_argument("--seeds", type=_int_list, help="comma-separated training seeds, e.g. 0,1,2")
-    compare.add_argument("--epochs", type=float, help="passes over the training set (same samples for every batch size)")
-    compare.add_argument("--train-size", type=_size, help="training images (synthetic count, or a CIFAR-10 subset; 'all')")
-    compare.add_argument("--test-size", type=_size, help="held-out images ('all' for CIFAR-10's 10k)")
-    compare.add_argument("--data-dir", help="CIFAR-10 python-format folder (data_batch_1..5, test_batch) "
+    compare.add_argument("--batch-sizes", type=_int_list, default=unset, help="comma-separated, e.g. 2,4,8,16,32")
+    compare.add_argument("--seeds", type=_int_list, default=unset, help="comma-separated training seeds, e.g. 0,1,2")
+    compare.add_argument("--epochs", type=float, default=unset, help="passes over the training set (same samples for every batch size)")
+    compare.add_argument("--train-size", type=_size, default=unset, help="training images (synthetic count, or a CIFAR-10 subset; 'all')")
+    compare.add_argument("--test-size", type=_size, default=unset, help="held-out images ('all' for CIFAR-10's 10k)")
+    compare.add_argument("--data-dir", default=unset, help="CIFAR-10 python-format folder (data_batch_1..5, test_batch) "
                          "instead of the built-in synthetic set")
-    compare.add_argument("--lr", type=float, dest="base_lr", help="learning rate at batch 32 (scaled linearly)")
-    compare.add_argument("--width", type=int, help="channels of the first stage")
+    compare.add_argument("--lr", type=float, dest="base_lr", default=unset, help="learning rate at batch 32 (scaled linearly)")
+    compare.add_argument("--width", type=int, default=unset, help="channels of the first stage")
     compare.add_argument("--device", choices=("cpu", "cuda"), help="default cpu")
     compare.add_argument("--workers", type=int, help="parallel runs (processes, 1 thread each); default 2 on cpu, 1 on cuda")
     compare.add_argument("--out", help="run directory (default runs/compare, runs/compare-quick, runs/compare-full)")
@@ -72,7 +74,7 @@ OVERRIDES = ("norms", "batch_sizes", "seeds", "epochs", "train_size", "test_size
 def config_from_args(args: argparse.Namespace, given: set[str]) -> ExperimentConfig:
     """The preset (default, --quick or --full) with the flags the user gave on top."""
     changes: dict[str, Any] = {name: getattr(args, name) for name in OVERRIDES if name in given}
-    if args.data_dir is not None:
+    if changes.get("data_dir") is not None:
         changes.setdefault("train_size", None)   # real data: all of it unless --train-size says otherwise
         changes.setdefault("test_size", None)
     if any(name in changes for name in OVERRIDES):
@@ -94,7 +96,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    given = {name for name in OVERRIDES if getattr(args, name) is not None}
+    given = {name for name in OVERRIDES if hasattr(args, name)}
     try:
         config = config_from_args(args, given)
         _check_device(config.device)

@@ -41,7 +41,7 @@ class ExperimentConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     epochs: float = 1.5                 # passes over the training set; the same for every batch size
     train_size: Optional[int] = 8000    # synthetic set size, or a CIFAR-10 subset (None: all 50k)
-    test_size: Optional[int] = 2000
+    test_size: Optional[int] = 2048   # divisible by every batch size of the grid
     image_size: int = 16                # synthetic images only; CIFAR-10 is 32x32
     noise: float = 0.1                  # synthetic pixel noise (std, images in [0, 1])
     data_seed: int = 0                  # the data set is the same for every training seed
@@ -100,6 +100,9 @@ class ExperimentConfig:
                 positive_int(name, getattr(self, name), minimum=10)
         if self.train_size is not None and max(self.batch_sizes) > self.train_size:
             raise ConfigError(f"batch size {max(self.batch_sizes)} is larger than train_size {self.train_size}")
+        if self.train_size is not None and int(self.epochs * self.train_size) < max(self.batch_sizes):
+            raise ConfigError(f"epochs {self.epochs} x train_size {self.train_size} is less than one batch of "
+                              f"{max(self.batch_sizes)}")
         positive_int("image_size", self.image_size, minimum=8)
         positive_float("noise", self.noise, allow_zero=True)
         positive_int("data_seed", self.data_seed, minimum=0)

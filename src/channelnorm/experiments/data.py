@@ -37,7 +37,7 @@ def load_dataset(config: ExperimentConfig) -> Dataset:
     if config.data_dir is None:
         train_x, train_y = synthetic.make_images(config.train_size or 8000, config.image_size, config.data_seed,
                                                  config.noise)
-        test_x, test_y = synthetic.make_images(config.test_size or 2000, config.image_size,
+        test_x, test_y = synthetic.make_images(config.test_size or 2048, config.image_size,
                                                config.data_seed + _TEST_SEED_OFFSET, config.noise)
         name, classes = f"synthetic shapes (data seed {config.data_seed}, noise {config.noise})", synthetic.CLASSES
     else:

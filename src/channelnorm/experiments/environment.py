@@ -36,14 +36,15 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def describe_environment(device: str) -> dict[str, Any]:
+def describe_environment(device: str, workers: int) -> dict[str, Any]:
     from .. import __version__
 
     info: dict[str, Any] = {
         "channelnorm": __version__, "git": git_revision(), "torch": torch.__version__,
         "python": sys.version.split()[0], "platform": platform.platform(), "machine": platform.machine(),
         "processor": platform.processor() or None, "cpu_count": os.cpu_count(), "device": device,
-        "torch_threads_per_worker": 1,
+        # worker processes run single-threaded (sweep._worker_init); one in-process run keeps torch's default
+        "torch_threads_per_worker": 1 if workers > 1 else torch.get_num_threads(),
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         info["cuda_device"] = torch.cuda.get_device_name(torch.device(device))

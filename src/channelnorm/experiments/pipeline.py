@@ -20,14 +20,16 @@ def run_compare(config: ExperimentConfig, command: str = "channelnorm compare", 
     resumed = check_resume(out, config)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "config.json", config.to_dict())
-    environment = describe_environment(config.device)
+    environment = describe_environment(config.device, config.workers)
     environment["command"] = command
     start_time, start_load, started = utc_now(), load_average(), time.perf_counter()
     dataset = load_dataset(config).describe()   # also fails early on a bad --data-dir
     counts = run_sweep(config, out, progress=progress)
     environment["sweep"] = {"started": start_time, "finished": utc_now(),
                             "wall_seconds": round(time.perf_counter() - started, 1), "resumed": resumed,
-                            "load_start": start_load, "load_end": load_average(), "workers": config.workers, **counts}
+                            "load_start": start_load, "load_end": load_average(), "workers": config.workers,
+                            "threads_per_worker": environment["torch_threads_per_worker"],
+                            "git": environment["git"], **counts}
     environment["sweeps"] = _previous_sweeps(out) + [environment["sweep"]]
     write_json_atomic(out / "environment.json", environment)
 

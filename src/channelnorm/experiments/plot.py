@@ -40,7 +40,8 @@ def plot_error_vs_batch(rows: list[dict[str, Any]], norms: tuple[str, ...], batc
         ax.set_title(label, fontsize=10)
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel("test error (%)")
-    axes[0].legend(title="norm", fontsize=8)
+    if axes[0].get_legend_handles_labels()[0]:      # nothing to label when every run diverged
+        axes[0].legend(title="norm", fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

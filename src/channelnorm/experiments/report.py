@@ -113,6 +113,15 @@ def _batch_size_reading(r: _Rows) -> list[str]:
             lines.append(f"- Channel normalization's change ({100 * channel[0]:+.1f} points) is within seed noise "
                          f"at this scale, so this run neither shows the Group Norm paper's BN degradation nor "
                          f"contradicts the robustness claim.")
+    control = _control(r)
+    if control is not None:
+        for delta, norm, _ in changes:
+            if norm in BATCH_STATISTIC_NORMS:
+                own = r.get(norm, r.small)["eval_error_mean"] - r.get(norm, r.large)["eval_error_mean"]
+                lines.append(f"- Against the same schedule change, the batch-independent norm that trains best at "
+                             f"batch {r.large} (**{control[1]}**, {100 * control[0]:+.1f} points) is the control: "
+                             f"**{norm}** moves {100 * (own - control[0]):+.1f} points relative to it, the part "
+                             f"of its change that the batch statistics account for (difference of differences).")
     independent = [c for c in changes if c[1] not in BATCH_STATISTIC_NORMS and c[1] != "none"]
     if independent:
         moved = [c for c in independent if c[2] != "unchanged within seed noise"]
@@ -333,5 +342,21 @@ def _gap_table(r: _Rows) -> str:
 
 def _invocations(sweeps: list[dict[str, Any]]) -> str:
     return "; ".join(f"{s.get('started')}: {s.get('executed', '?')} runs executed, {s.get('skipped', 0)} skipped, "
-                     f"{s.get('wall_seconds', 0):.0f} s, {s.get('workers')} worker(s) with 1 torch thread each, "
+                     f"{s.get('wall_seconds', 0):.0f} s, {s.get('workers')} worker(s) with {s.get('threads_per_worker', 1)} torch thread(s) each, "
                      f"load {s.get('load_start')} → {s.get('load_end')}" for s in sweeps)
+
+
+def _control(r: "_Rows") -> Optional[tuple[float, str]]:
+    """(change large→small, name) of the batch-independent norm with the lowest error at the largest
+    batch: it sees the same schedule change as the batch-statistic norms but no batch statistics."""
+    candidates = []
+    for norm in r.norms:
+        if norm in BATCH_STATISTIC_NORMS or norm == "none":
+            continue
+        a, b = r.get(norm, r.large), r.get(norm, r.small)
+        if a and b and a["eval_error_mean"] is not None and b["eval_error_mean"] is not None:
+            candidates.append((a["eval_error_mean"], b["eval_error_mean"] - a["eval_error_mean"], norm))
+    if not candidates or r.large == r.small:
+        return None
+    _, change, norm = min(candidates)
+    return change, norm

@@ -65,6 +65,7 @@ class _Bars:
         self.sweep = tqdm(total=total, initial=initial, desc="sweep", unit="run", position=0,
                           dynamic_ncols=True) if self.enabled else None
         self.slots: dict[int, Any] = {}
+        self.current: dict[int, str] = {}     # slot -> the run its bar shows
         self.max_slots = slots
 
     def run_progress(self, slot_key: int, run_id: str, done: int, total: int) -> None:
@@ -77,7 +78,9 @@ class _Bars:
             bar = tqdm(total=total, desc=run_id, unit="img", unit_scale=True, position=len(self.slots) + 1,
                        leave=False, dynamic_ncols=True, mininterval=0.5)
             self.slots[slot_key] = bar
-        if bar.desc != run_id or bar.total != total:
+            self.current[slot_key] = run_id
+        if self.current.get(slot_key) != run_id:
+            self.current[slot_key] = run_id
             bar.reset(total=total)
             bar.set_description(run_id, refresh=False)
         bar.update(done - bar.n)
@@ -137,8 +140,8 @@ def _run_in_workers(pending: list[RunSpec], config: ExperimentConfig, out: Path,
                         raise RuntimeError(f"run {futures[future].run_id} failed: {error!r}") from error
                     bars.run_finished()
         except BaseException:
-            for future in remaining:
-                future.cancel()
+            # finished runs are on disk; drop the queued ones instead of waiting for them
+            pool.shutdown(wait=False, cancel_futures=True)
             raise
 
 

@@ -66,25 +66,32 @@ def learning_rate(config: ExperimentConfig, batch_size: int, samples_seen: int, 
 
 
 @torch.no_grad()
-def error_rate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: str,
-               batch_statistics: bool) -> float:
-    """Share of misclassified images. ``batch_statistics``: the norms normalize each batch of
+def correct_predictions(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: str,
+                        batch_statistics: bool) -> torch.Tensor:
+    """Bool per test image: classified right. ``batch_statistics``: the norms normalize each batch of
     ``batch_size`` test images with its own statistics (train mode, on a copy so that no running
-    statistic moves); otherwise eval mode with the running statistics. Non-finite logits count as wrong."""
+    statistic moves), over whole batches only (a smaller remainder would change the statistics'
+    noise; the result then covers the first images); otherwise eval mode with the running
+    statistics. Non-finite logits count as wrong."""
     if batch_statistics:
         model = copy.deepcopy(model).train()
-        # keep the last batch at full size: a smaller remainder would change the statistics' noise
         usable = len(y) - len(y) % batch_size
-        x, y = x[:usable], y[:usable]
+        if usable:      # a test set smaller than one batch is one (smaller) batch
+            x, y = x[:usable], y[:usable]
     else:
         model.eval()
-    wrong = 0
+    right = []
     for start in range(0, len(y), batch_size):
         logits = model(x[start:start + batch_size].to(device))
         target = y[start:start + batch_size].to(device)
-        right = (logits.argmax(dim=1) == target) & torch.isfinite(logits).all(dim=1)
-        wrong += int((~right).sum())
-    return wrong / len(y)
+        right.append(((logits.argmax(dim=1) == target) & torch.isfinite(logits).all(dim=1)).cpu())
+    return torch.cat(right)
+
+
+def error_rate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: str,
+               batch_statistics: bool) -> float:
+    """Share of misclassified images (see ``correct_predictions``)."""
+    return 1.0 - float(correct_predictions(model, x, y, batch_size, device, batch_statistics).float().mean())
 
 
 def train_run(spec: RunSpec, config: ExperimentConfig, data: Dataset, run_dir: Path,
@@ -146,8 +153,12 @@ def train_run(spec: RunSpec, config: ExperimentConfig, data: Dataset, run_dir: P
             model.train()
     train_seconds = time.perf_counter() - start
 
-    eval_error = error_rate(model, data.test_x, data.test_y, eval_batch, device, batch_statistics=False)
-    batch_stat_error = error_rate(model, data.test_x, data.test_y, spec.batch_size, device, batch_statistics=True)
+    eval_right = correct_predictions(model, data.test_x, data.test_y, eval_batch, device, batch_statistics=False)
+    batch_right = correct_predictions(model, data.test_x, data.test_y, spec.batch_size, device, batch_statistics=True)
+    eval_error = 1.0 - float(eval_right.float().mean())
+    batch_stat_error = 1.0 - float(batch_right.float().mean())
+    # the gap compares the two modes on the same images (batch statistics may leave out a remainder)
+    gap = float(eval_right[:len(batch_right)].float().mean() - batch_right.float().mean())
     steps_done = step if diverged_at is None else step - 1
     record = {
         "run_id": spec.run_id, "norm": spec.norm, "batch_size": spec.batch_size, "seed": spec.seed,
@@ -156,7 +167,7 @@ def train_run(spec: RunSpec, config: ExperimentConfig, data: Dataset, run_dir: P
         "diverged": diverged_at is not None, "diverged_at_samples": diverged_at,
         "eval_error": eval_error,                       # eval mode: running statistics
         "batch_stat_error": batch_stat_error,           # train mode: statistics of test batches of this size
-        "train_eval_gap": batch_stat_error - eval_error,
+        "train_eval_gap": gap,
         "final_train_loss": _last_train_loss(run_dir, metrics),
         "loss_at_quarter": None, "samples_to_target": samples_to_target,
         "train_seconds": train_seconds, "seconds": time.perf_counter() - start,
