@@ -114,7 +114,7 @@ def test_report_reading_follows_the_numbers():
     env = {"command": "channelnorm compare", "sweep": {"wall_seconds": 12.0, "executed": 18}}
     degraded = write_report(_rows(channel_small=0.45), config, env, "test data", "plot.png")
     assert "contradicts the seed's claim that channel normalization is robust" in degraded
-    assert "Largest degradation: **channel** (+25.0 points)" in degraded
+    assert "Largest rise in error: **channel** (+25.0 points)" in degraded
     assert "**channel** at batch 2: 55.0 error with the statistics of each test batch vs 45.2" in degraded
     assert "this supports the seed's claim of faster convergence at batch 32" in degraded
     flat = write_report(_rows(channel_small=0.20), config, env, "test data", "plot.png")

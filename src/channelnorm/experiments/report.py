@@ -97,7 +97,7 @@ def _batch_size_reading(r: _Rows) -> list[str]:
     lines = [f"- From batch {r.large} to batch {r.small}: "
              + "; ".join(f"**{n}** {100 * d:+.1f} points ({w})" for d, n, w in changes) + "."]
     worst, best = changes[0], changes[-1]
-    lines.append(f"- Largest degradation: **{worst[1]}** ({100 * worst[0]:+.1f} points); smallest: "
+    lines.append(f"- Largest rise in error: **{worst[1]}** ({100 * worst[0]:+.1f} points); largest fall: "
                  f"**{best[1]}** ({100 * best[0]:+.1f} points).")
     channel = next((c for c in changes if c[1] == "channel"), None)
     if channel is not None:
@@ -120,8 +120,9 @@ def _batch_size_reading(r: _Rows) -> list[str]:
                 own = r.get(norm, r.small)["eval_error_mean"] - r.get(norm, r.large)["eval_error_mean"]
                 lines.append(f"- Against the same schedule change, the batch-independent norm that trains best at "
                              f"batch {r.large} (**{control[1]}**, {100 * control[0]:+.1f} points) is the control: "
-                             f"**{norm}** moves {100 * (own - control[0]):+.1f} points relative to it, the part "
-                             f"of its change that the batch statistics account for (difference of differences).")
+                             f"**{norm}** moves {100 * (own - control[0]):+.1f} points relative to it, an estimate "
+                             f"of the part of its change due to its batch statistics (difference of differences, "
+                             f"assuming the schedule acts alike on both).")
     independent = [c for c in changes if c[1] not in BATCH_STATISTIC_NORMS and c[1] != "none"]
     if independent:
         moved = [c for c in independent if c[2] != "unchanged within seed noise"]
@@ -160,7 +161,7 @@ def _scope_reading(r: _Rows) -> list[str]:
         hurt = [n for n in r.norms if n != "none" and r.get(n, r.large) and r.get(n, r.large)["eval_error_mean"]
                 is not None and r.get(n, r.large)["eval_error_mean"] > none_e + 0.01]
         lines.append(f"- Against no normalization ({_pct(none_e)} at batch {r.large}, differences under 1 point "
-                     f"ignored): better — {', '.join(helped) or 'no norm'}; worse — {', '.join(hurt) or 'no norm'}.")
+                     f"ignored): better — {', '.join(helped) or 'nothing'}; worse — {', '.join(hurt) or 'nothing'}.")
     return lines
 
 
@@ -196,8 +197,8 @@ def _convergence(r: _Rows, config: ExperimentConfig) -> tuple[str, list[str]]:
         slower = [n for n in r.norms if n != "none" and r.get(n, bs) and r.get(n, bs)["loss_at_quarter_mean"]
                   is not None and r.get(n, bs)["loss_at_quarter_mean"] > none["loss_at_quarter_mean"] + 0.05]
         lines.append(f"- Batch {bs}: after a quarter of the samples, lower training loss than no normalization "
-                     f"({none['loss_at_quarter_mean']:.3f}): {', '.join(faster) or 'no norm'}; higher: "
-                     f"{', '.join(slower) or 'no norm'} (differences under 0.05 ignored).")
+                     f"({none['loss_at_quarter_mean']:.3f}): {', '.join(faster) or 'nothing'}; higher: "
+                     f"{', '.join(slower) or 'nothing'} (differences under 0.05 ignored).")
         channel = r.get("channel", bs)
         if channel is not None and channel["loss_at_quarter_mean"] is not None:
             verdict = ("supports" if "channel" in faster else "contradicts" if "channel" in slower
@@ -218,6 +219,11 @@ def _gap_reading(r: _Rows) -> list[str]:
             lines.append(f"- **{norm}** at batch {bs}: {_pct(row['batch_stat_error_mean'])} error with the statistics "
                          f"of each test batch vs {_pct(row['eval_error_mean'])} with running statistics "
                          f"(gap {100 * row['train_eval_gap_mean']:+.1f} ± {100 * (row['train_eval_gap_std'] or 0):.1f} points).")
+            gaps = [(r.get(norm, b)["train_eval_gap_mean"], b) for b in r.sizes
+                    if r.get(norm, b) and r.get(norm, b)["train_eval_gap_mean"] is not None]
+            widest = max(gaps, key=lambda g: abs(g[0]))
+            if widest[1] != bs:
+                lines.append(f"  Its widest gap is at batch {widest[1]}: {100 * widest[0]:+.1f} points.")
     independent = [abs(r.get(n, b)["train_eval_gap_mean"]) for n in r.norms for b in r.sizes
                    if n not in BATCH_STATISTIC_NORMS and r.get(n, b) and r.get(n, b)["train_eval_gap_mean"] is not None]
     if independent:
@@ -247,7 +253,9 @@ def write_report(rows: list[dict[str, Any]], config: ExperimentConfig, environme
         f"Measured wall time: {executed_wall:.0f} s over {len([s for s in sweeps if s.get('executed')])} "
         f"invocation(s) that trained runs ({_invocations(sweeps)}). Machine: {environment.get('cpu_count')} CPUs "
         f"({environment.get('platform')}); device {environment.get('device')}; torch {environment.get('torch')}, "
-        f"Python {environment.get('python')}, channelnorm git {environment.get('git')}. Load averages (1/5/15 min) "
+        f"Python {environment.get('python')}; runs trained at channelnorm git "
+        f"{', '.join(sorted({str(s.get('git')) for s in sweeps if s.get('executed')})) or environment.get('git')}, "
+        f"report written at {environment.get('git')}. Load averages (1/5/15 min) "
         "are from `os.getloadavg()`; on a shared machine they include other jobs.",
         "",
         "## Setup",

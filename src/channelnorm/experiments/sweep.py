@@ -83,6 +83,8 @@ class _Bars:
             self.current[slot_key] = run_id
             bar.reset(total=total)
             bar.set_description(run_id, refresh=False)
+        elif bar.total != total:        # the run's first message only says that it started
+            bar.total = total
         bar.update(done - bar.n)
 
     def run_finished(self) -> None:
