@@ -349,9 +349,12 @@ def _gap_table(r: _Rows) -> str:
 
 
 def _invocations(sweeps: list[dict[str, Any]]) -> str:
+    trained = [s for s in sweeps if s.get("executed")]
+    rewrites = len(sweeps) - len(trained)
+    suffix = f"; plus {rewrites} invocation(s) that found every run finished and only re-wrote the outputs" if rewrites else ""
     return "; ".join(f"{s.get('started')}: {s.get('executed', '?')} runs executed, {s.get('skipped', 0)} skipped, "
                      f"{s.get('wall_seconds', 0):.0f} s, {s.get('workers')} worker(s) with {s.get('threads_per_worker', 1)} torch thread(s) each, "
-                     f"load {s.get('load_start')} → {s.get('load_end')}" for s in sweeps)
+                     f"load {s.get('load_start')} → {s.get('load_end')}" for s in trained) + suffix
 
 
 def _control(r: "_Rows") -> Optional[tuple[float, str]]:
