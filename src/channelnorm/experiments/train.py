@@ -15,7 +15,7 @@ from torch import nn
 from ..registry import create_norm
 from .config import ExperimentConfig
 from .data import Dataset
-from .models import ResidualCNN
+from .models import SELF_ACTIVATED_NORMS, ResidualCNN
 
 ProgressCallback = Callable[[int, int], None]   # (samples done, samples total)
 
@@ -51,7 +51,7 @@ def build_model(spec: RunSpec, config: ExperimentConfig, total_steps: int) -> nn
     def make_norm(channels: int) -> nn.Module:
         return create_norm(spec.norm, channels, **norm_kwargs(spec.norm, channels, spec.batch_size, total_steps,
                                                                config))
-    return ResidualCNN(make_norm, width=config.width)
+    return ResidualCNN(make_norm, width=config.width, norm_is_activated=spec.norm in SELF_ACTIVATED_NORMS)
 
 
 def learning_rate(config: ExperimentConfig, batch_size: int, samples_seen: int, total_samples: int) -> float:
