@@ -122,3 +122,13 @@ def test_resume_refuses_a_directory_with_other_settings(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ConfigError, match="cannot be read"):
         check_resume(tmp_path, config)
+
+
+def test_self_activated_norms_replace_norm_plus_relu():
+    from torch import nn
+    config = quick_config()
+    plain = build_model(RunSpec("channel", 2, 0), config, total_steps=10)
+    activated = build_model(RunSpec("evonorm_b0", 2, 0), config, total_steps=10)
+    assert isinstance(plain.stem[2], nn.ReLU) and isinstance(plain.blocks[0].act1, nn.ReLU)
+    assert isinstance(activated.stem[2], nn.Identity) and isinstance(activated.blocks[0].act1, nn.Identity)
+    assert isinstance(activated.blocks[0].relu, nn.ReLU)      # the ReLU after the residual addition stays
