@@ -114,15 +114,14 @@ def _batch_size_reading(r: _Rows) -> list[str]:
                          f"at this scale, so this run neither shows the Group Norm paper's BN degradation nor "
                          f"contradicts the robustness claim.")
     control = _control(r)
-    if control is not None:
-        for delta, norm, _ in changes:
-            if norm in BATCH_STATISTIC_NORMS:
-                own = r.get(norm, r.small)["eval_error_mean"] - r.get(norm, r.large)["eval_error_mean"]
-                lines.append(f"- Against the same schedule change, the batch-independent norm that trains best at "
-                             f"batch {r.large} (**{control[1]}**, {100 * control[0]:+.1f} points) is the control: "
-                             f"**{norm}** moves {100 * (own - control[0]):+.1f} points relative to it, an estimate "
-                             f"of the part of its change due to its batch statistics (difference of differences, "
-                             f"assuming the schedule acts alike on both).")
+    relative = [(norm, delta - control[0]) for delta, norm, _ in changes
+                if control is not None and norm in BATCH_STATISTIC_NORMS]
+    if relative:
+        lines.append(f"- Control for the schedule change: the batch-independent norm that trains best at batch "
+                     f"{r.large}, **{control[1]}** ({100 * control[0]:+.1f} points). Relative to it, from batch "
+                     f"{r.large} to {r.small}: " + "; ".join(f"**{n}** {100 * d:+.1f}" for n, d in relative)
+                     + " points — an estimate of the part of each change due to batch statistics (difference of "
+                     "differences, assuming the schedule acts alike on both).")
     independent = [c for c in changes if c[1] not in BATCH_STATISTIC_NORMS and c[1] != "none"]
     if independent:
         moved = [c for c in independent if c[2] != "unchanged within seed noise"]
