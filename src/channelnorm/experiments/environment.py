@@ -1,0 +1,52 @@
+"""What the numbers were measured on: versions, machine, git revision, load."""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+
+def git_revision() -> Optional[str]:
+    """The checkout's commit (with ``-dirty`` when it has uncommitted changes), or None outside git."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "") if commit else None
+
+
+def load_average() -> Optional[list[float]]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def describe_environment(device: str, workers: int) -> dict[str, Any]:
+    from .. import __version__
+
+    info: dict[str, Any] = {
+        "channelnorm": __version__, "git": git_revision(), "torch": torch.__version__,
+        "python": sys.version.split()[0], "platform": platform.platform(), "machine": platform.machine(),
+        "processor": platform.processor() or None, "cpu_count": os.cpu_count(), "device": device,
+        # worker processes run single-threaded (sweep._worker_init); one in-process run keeps torch's default
+        "torch_threads_per_worker": 1 if workers > 1 else torch.get_num_threads(),
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["cuda_device"] = torch.cuda.get_device_name(torch.device(device))
+        info["cuda"] = torch.version.cuda
+    return info

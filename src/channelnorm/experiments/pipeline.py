@@ -1,0 +1,51 @@
+"""The whole experiment, end to end: resume check, sweep, aggregation, plot, report."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .config import ExperimentConfig
+from .data import load_dataset
+from .environment import describe_environment, load_average, utc_now
+from .plot import plot_error_vs_batch
+from .report import write_report
+from .results import aggregate, collect, write_results
+from .rundir import check_resume, write_json_atomic
+from .sweep import run_sweep
+
+
+def run_compare(config: ExperimentConfig, command: str = "channelnorm compare", progress: bool = True) -> dict[str, Path]:
+    out = Path(config.out)
+    resumed = check_resume(out, config)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "config.json", config.to_dict())
+    environment = describe_environment(config.device, config.workers)
+    environment["command"] = command
+    start_time, start_load, started = utc_now(), load_average(), time.perf_counter()
+    dataset = load_dataset(config).describe()   # also fails early on a bad --data-dir
+    counts = run_sweep(config, out, progress=progress)
+    environment["sweep"] = {"started": start_time, "finished": utc_now(),
+                            "wall_seconds": round(time.perf_counter() - started, 1), "resumed": resumed,
+                            "load_start": start_load, "load_end": load_average(), "workers": config.workers,
+                            "threads_per_worker": environment["torch_threads_per_worker"],
+                            "git": environment["git"], **counts}
+    environment["sweeps"] = _previous_sweeps(out) + [environment["sweep"]]
+    write_json_atomic(out / "environment.json", environment)
+
+    rows = aggregate(collect(out, config))
+    write_results(rows, out)
+    plot_error_vs_batch(rows, config.norms, config.batch_sizes, out / "error_vs_batch.png",
+                        f"{dataset} — grid: {config.grid}")
+    (out / "report.md").write_text(write_report(rows, config, environment, dataset, "error_vs_batch.png"))
+    return {name: out / name for name in ("config.json", "environment.json", "results.csv", "results.json",
+                                          "error_vs_batch.png", "report.md")}
+
+
+def _previous_sweeps(out: Path) -> list[dict]:
+    """Timing of earlier invocations on this run directory (a resumed sweep keeps their history)."""
+    try:
+        with open(out / "environment.json") as handle:
+            return list(json.load(handle).get("sweeps", []))
+    except (FileNotFoundError, json.JSONDecodeError, AttributeError):
+        return []

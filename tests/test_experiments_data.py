@@ -1,0 +1,109 @@
+"""The data of ``channelnorm compare``: the synthetic set and the CIFAR-10 reader."""
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from channelnorm.experiments import cifar, synthetic
+from channelnorm.experiments.config import quick_config
+from channelnorm.experiments.data import load_dataset
+
+
+def test_synthetic_is_deterministic_by_seed_and_differs_across_seeds():
+    a_x, a_y = synthetic.make_images(120, 16, seed=3)
+    b_x, b_y = synthetic.make_images(120, 16, seed=3)
+    c_x, c_y = synthetic.make_images(120, 16, seed=4)
+    assert torch.equal(a_x, b_x) and torch.equal(a_y, b_y)
+    assert not torch.equal(a_x, c_x)
+    assert not torch.equal(a_y, c_y)
+
+
+def test_synthetic_shape_dtype_range_and_label_balance():
+    x, y = synthetic.make_images(205, 12, seed=0)
+    assert x.shape == (205, 3, 12, 12) and x.dtype == torch.float32
+    assert y.shape == (205,) and y.dtype == torch.int64
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+    counts = np.bincount(y.numpy(), minlength=10)
+    assert counts.tolist() == [21] * 5 + [20] * 5      # 205 = 20 per class, the 5 extra to the first classes
+    assert len(synthetic.CLASSES) == 10
+
+
+@pytest.mark.parametrize("u, v, inside", [
+    # classes: disk square ring frame plus x triangle h_stripes v_stripes checker
+    (0.0, 0.0, [1, 1, 0, 0, 1, 1, 1, 1, 1, 1]),      # centre: filled shapes and the textures' first band
+    (0.95, 0.95, [0, 0, 0, 1, 0, 1, 0, 1, 1, 1]),    # box corner: frame, the X's diagonal, the textures' 2nd band
+    (0.0, 0.9, [1, 0, 1, 1, 1, 0, 0, 1, 1, 1]),      # below centre: outside the square and triangle, off the X
+    (0.6, 0.0, [1, 1, 1, 1, 1, 0, 0, 1, 0, 0]),      # right: plus's arm, ring band, past the triangle's slope
+])
+def test_class_masks_at_hand_checked_points(u, v, inside):
+    # period 0.5: horizontal stripes are cos(2 pi v) > 0, vertical cos(2 pi u) > 0 (hand-evaluated above)
+    labels = torch.arange(10)
+    grid_u = torch.full((10, 1, 1), u)
+    grid_v = torch.full((10, 1, 1), v)
+    period = torch.full((10, 1, 1), 0.5)
+    masks = synthetic._shape_masks(labels, grid_u, grid_v, period)
+    assert masks.flatten().tolist() == [float(b) for b in inside]
+
+
+def test_dataset_is_standardized_and_test_images_differ_from_training_images():
+    config = quick_config(train_size=200, test_size=100)
+    data = load_dataset(config)
+    assert data.train_x.shape == (200, 3, 12, 12) and data.test_x.shape == (100, 3, 12, 12)
+    mean = data.train_x.mean(dim=(0, 2, 3))
+    std = data.train_x.std(dim=(0, 2, 3))
+    torch.testing.assert_close(mean, torch.zeros(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(std, torch.ones(3), atol=1e-5, rtol=0)
+    distances = torch.cdist(data.test_x.flatten(1), data.train_x.flatten(1))
+    assert float(distances.min()) > 1.0
+
+
+def _write_cifar(directory, per_file=4, seed=0):
+    """A tiny CIFAR-10 in the real python format: pickled dicts with bytes keys."""
+    rng = np.random.default_rng(seed)
+    written = {}
+    for name in cifar.TRAIN_FILES + (cifar.TEST_FILE,):
+        data = rng.integers(0, 256, size=(per_file, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=per_file).tolist()
+        batch = {b"batch_label": name.encode(), b"labels": labels, b"data": data,
+                 b"filenames": [f"img{i}.png".encode() for i in range(per_file)]}
+        with open(directory / name, "wb") as handle:
+            pickle.dump(batch, handle, protocol=2)
+        written[name] = (data, labels)
+    return written
+
+
+def test_cifar_reader_matches_the_format_pixel_by_pixel(tmp_path):
+    written = _write_cifar(tmp_path)
+    train_x, train_y, test_x, test_y = cifar.load_cifar10(tmp_path)
+    assert train_x.shape == (20, 3, 32, 32) and test_x.shape == (4, 3, 32, 32)
+    assert train_x.dtype == torch.float32 and train_y.dtype == torch.int64
+    data, labels = written["data_batch_3"]
+    # row layout: 1024 red, then 1024 green, then 1024 blue values, each plane row-major
+    for image, channel, row, col in [(0, 0, 0, 0), (1, 1, 5, 7), (3, 2, 31, 30), (2, 0, 17, 3)]:
+        expected = data[image, channel * 1024 + row * 32 + col] / 255.0
+        assert float(train_x[8 + image, channel, row, col]) == pytest.approx(expected)
+    assert train_y[8:12].tolist() == labels
+    assert test_y.tolist() == written["test_batch"][1]
+
+
+def test_cifar_reader_names_missing_files_and_rejects_bad_content(tmp_path):
+    _write_cifar(tmp_path)
+    (tmp_path / "data_batch_4").unlink()
+    with pytest.raises(FileNotFoundError, match="data_batch_4"):
+        cifar.load_cifar10(tmp_path)
+    with open(tmp_path / "data_batch_4", "wb") as handle:
+        pickle.dump({b"data": np.zeros((2, 3072), dtype=np.float32), b"labels": [0, 1]}, handle)
+    with pytest.raises(ValueError, match="uint8"):
+        cifar.load_cifar10(tmp_path)
+    with open(tmp_path / "data_batch_4", "wb") as handle:
+        pickle.dump([1, 2, 3], handle)
+    with pytest.raises(ValueError, match="not a CIFAR-10"):
+        cifar.load_cifar10(tmp_path)
+
+
+def test_load_dataset_reads_cifar_with_a_subset(tmp_path):
+    _write_cifar(tmp_path, per_file=6)
+    data = load_dataset(quick_config(data_dir=str(tmp_path), train_size=24, test_size=None))
+    assert data.train_x.shape == (24, 3, 32, 32) and data.test_x.shape == (6, 3, 32, 32)
+    assert "CIFAR-10" in data.name and data.classes[0] == "airplane"
