@@ -58,6 +58,15 @@ def _stat_index(b, cols, stat_sb, cpg):
 
 
 @triton.jit
+def _chan_merge(acc_n, acc_mean, acc_m2, tile_n, tile_mean, tile_m2):
+    """Chan's pairwise merge of (count, mean, M2) summaries; an empty tile leaves the accumulator as is."""
+    new_n = acc_n + tile_n
+    delta = tile_mean - acc_mean
+    ratio = tile_n / tl.maximum(new_n, 1.0)
+    return new_n, acc_mean + delta * ratio, acc_m2 + tile_m2 + delta * delta * acc_n * ratio
+
+
+@triton.jit
 def partial_stats_kernel(x_ptr, pivot_ptr, count_ptr, mean_ptr, m2_ptr,
                          B, C, S, sb, ss, sc, stat_sb, cpg, rows_per_prog, chunk_len, n_chunks, n_cblk,
                          BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, INT64: tl.constexpr):
@@ -94,12 +103,7 @@ def partial_stats_kernel(x_ptr, pivot_ptr, count_ptr, mean_ptr, m2_ptr,
             tile_mean = tl.sum(x, 0) / tl.maximum(tile_n, 1.0)
             centered = tl.where(mask, x - tile_mean[None, :], 0.0)
             tile_m2 = tl.sum(centered * centered, 0)
-            new_n = acc_n + tile_n
-            delta = tile_mean - acc_mean
-            ratio = tile_n / tl.maximum(new_n, 1.0)
-            acc_mean = acc_mean + delta * ratio
-            acc_m2 = acc_m2 + tile_m2 + delta * delta * acc_n * ratio
-            acc_n = new_n
+            acc_n, acc_mean, acc_m2 = _chan_merge(acc_n, acc_mean, acc_m2, tile_n, tile_mean, tile_m2)
     out = p * C + cols
     tl.store(count_ptr + out, acc_n, mask=cmask)
     tl.store(mean_ptr + out, acc_mean, mask=cmask)
@@ -135,12 +139,7 @@ def merge_stats_kernel(count_ptr, mean_ptr, m2_ptr, out_count_ptr, out_mean_ptr,
         tile_mean = tl.sum(n * m, 0) / tl.maximum(tile_n, 1.0)
         d = m - tile_mean[None, :]
         tile_m2 = tl.sum(m2 + n * d * d, 0)
-        new_n = acc_n + tile_n
-        delta = tile_mean - acc_mean
-        ratio = tile_n / tl.maximum(new_n, 1.0)
-        acc_mean = acc_mean + delta * ratio
-        acc_m2 = acc_m2 + tile_m2 + delta * delta * acc_n * ratio
-        acc_n = new_n
+        acc_n, acc_mean, acc_m2 = _chan_merge(acc_n, acc_mean, acc_m2, tile_n, tile_mean, tile_m2)
     out = o * K + cols
     tl.store(out_count_ptr + out, acc_n, mask=kmask)
     tl.store(out_mean_ptr + out, acc_mean, mask=kmask)
