@@ -34,6 +34,22 @@ def _check_tracked_call(op, input, channel_axis, weight, bias, running_mean, run
     return axis, eps
 
 
+def _check_channel_batch(op: str, input: torch.Tensor, axis: int) -> None:
+    """Training statistics per channel need more than one value per channel in the batch."""
+    n = elements_per_statistic(input.shape, input.shape[axis], per_sample=False) if input.shape[axis] else 0
+    _checks.more_than_one_value(op, input, n, "channel")
+
+
+def _check_group_call(op, input, num_groups, weight, bias, eps, channel_axis, backend):
+    """Checks shared by the group norms; returns (non-negative channel axis, num_groups, eps)."""
+    dispatch.check_backend_name(backend)
+    axis = _checks.input_tensor(input, channel_axis, op, batch_axis_needed=True)
+    num_channels = _checks.per_channel(op, input, axis, weight=weight, bias=bias)
+    num_groups = _checks.positive_int("num_groups", num_groups)
+    _checks.groups_divide(num_groups, num_channels)
+    return axis, num_groups, _checks.eps(eps)
+
+
 def channel_norm(
     input: torch.Tensor,
     running_mean: Optional[torch.Tensor],
@@ -68,8 +84,7 @@ def channel_norm(
         return _masked_channel_norm(input, mask, running_mean, running_var, weight, bias, training, momentum, eps,
                                     axis, backend, num_batches_tracked)
     if training:
-        n = elements_per_statistic(input.shape, input.shape[axis], per_sample=False) if input.shape[axis] else 0
-        _checks.more_than_one_value(op, input, n, "channel")
+        _check_channel_batch(op, input, axis)
     if input.numel() == 0:
         return _empty_output(input, weight, bias, axis)
     impl = dispatch.resolve(backend, op, input, weight, bias, running_mean, running_var)
@@ -136,12 +151,7 @@ def group_norm(
 ) -> torch.Tensor:
     """Group normalization: statistics per sample over groups of channels and the spatial axes."""
     op = "group_norm"
-    dispatch.check_backend_name(backend)
-    axis = _checks.input_tensor(input, channel_axis, op, batch_axis_needed=True)
-    num_channels = _checks.per_channel(op, input, axis, weight=weight, bias=bias)
-    num_groups = _checks.positive_int("num_groups", num_groups)
-    _checks.groups_divide(num_groups, num_channels)
-    eps = _checks.eps(eps)
+    axis, num_groups, eps = _check_group_call(op, input, num_groups, weight, bias, eps, channel_axis, backend)
     if input.numel() == 0:
         return _empty_output(input, weight, bias, axis)
     impl = dispatch.resolve(backend, op, input, weight, bias)
@@ -188,8 +198,7 @@ def channel_norm_act(
     activation = _checks.activation(op, activation)
     _checks.residual(op, input, residual)
     if training:
-        n = elements_per_statistic(input.shape, input.shape[axis], per_sample=False) if input.shape[axis] else 0
-        _checks.more_than_one_value(op, input, n, "channel")
+        _check_channel_batch(op, input, axis)
     if input.numel() == 0:
         return fused.activate(_empty_output(input, weight, bias, axis) + (0 if residual is None else residual),
                               activation)
@@ -211,12 +220,7 @@ def group_norm_act(
 ) -> torch.Tensor:
     """``act(group_norm(input) + residual)``; see ``channel_norm_act``."""
     op = "group_norm_act"
-    dispatch.check_backend_name(backend)
-    axis = _checks.input_tensor(input, channel_axis, op, batch_axis_needed=True)
-    num_channels = _checks.per_channel(op, input, axis, weight=weight, bias=bias)
-    num_groups = _checks.positive_int("num_groups", num_groups)
-    _checks.groups_divide(num_groups, num_channels)
-    eps = _checks.eps(eps)
+    axis, num_groups, eps = _check_group_call(op, input, num_groups, weight, bias, eps, channel_axis, backend)
     activation = _checks.activation(op, activation)
     _checks.residual(op, input, residual)
     if input.numel() == 0:
