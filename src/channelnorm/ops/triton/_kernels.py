@@ -182,14 +182,9 @@ def _normalizer(b, cols, cmask, stat_sb, cpg, pivot_ptr, mshift_ptr, invstd_ptr,
 
 
 @triton.jit
-def apply_kernel(x_ptr, y_ptr, res_ptr, pivot_ptr, mshift_ptr, invstd_ptr, w_ptr, b_ptr,
-                 C, S, sb, ss, sc, stat_sb, cpg, n_sblk, n_cblk,
-                 BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, ACT: tl.constexpr, HAS_RES: tl.constexpr,
-                 HAS_W: tl.constexpr, HAS_B: tl.constexpr, INT64: tl.constexpr):
-    """y = act(((x - pivot) - mshift) * invstd * w + b [+ residual]): one read of x (and residual), one write.
-
-    mean = pivot + mshift; subtracting the two parts separately keeps x - mean exact-ish for large means.
-    """
+def _elementwise_tile(C, S, sb, ss, sc, n_sblk, n_cblk,
+                      BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, INT64: tl.constexpr):
+    """This program's [BLOCK_S, BLOCK_C] tile of an elementwise pass: row b, columns, masks and offsets."""
     pid = tl.program_id(0)
     cblk = pid % n_cblk
     rest = pid // n_cblk
@@ -199,7 +194,19 @@ def apply_kernel(x_ptr, y_ptr, res_ptr, pivot_ptr, mshift_ptr, invstd_ptr, w_ptr
     cmask = cols < C
     rows = sblk * BLOCK_S + tl.arange(0, BLOCK_S)
     mask = (rows < S)[:, None] & cmask[None, :]
-    offs = _offsets(b, rows, cols, sb, ss, sc, INT64)
+    return b, cols, cmask, mask, _offsets(b, rows, cols, sb, ss, sc, INT64)
+
+
+@triton.jit
+def apply_kernel(x_ptr, y_ptr, res_ptr, pivot_ptr, mshift_ptr, invstd_ptr, w_ptr, b_ptr,
+                 C, S, sb, ss, sc, stat_sb, cpg, n_sblk, n_cblk,
+                 BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, ACT: tl.constexpr, HAS_RES: tl.constexpr,
+                 HAS_W: tl.constexpr, HAS_B: tl.constexpr, INT64: tl.constexpr):
+    """y = act(((x - pivot) - mshift) * invstd * w + b [+ residual]): one read of x (and residual), one write.
+
+    mean = pivot + mshift; subtracting the two parts separately keeps x - mean exact-ish for large means.
+    """
+    b, cols, cmask, mask, offs = _elementwise_tile(C, S, sb, ss, sc, n_sblk, n_cblk, BLOCK_S, BLOCK_C, INT64)
     pivot, mshift, _, scale, shift = _normalizer(b, cols, cmask, stat_sb, cpg, pivot_ptr, mshift_ptr, invstd_ptr,
                                                  w_ptr, b_ptr, HAS_W, HAS_B)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -273,16 +280,7 @@ def backward_apply_kernel(x_ptr, dy_ptr, res_ptr, dx_ptr, pivot_ptr, mshift_ptr,
                           BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, ACT: tl.constexpr,
                           HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, INT64: tl.constexpr):
     """dx = invstd*w * g + beta * xhat + gamma, beta and gamma per statistic (see backward.py)."""
-    pid = tl.program_id(0)
-    cblk = pid % n_cblk
-    rest = pid // n_cblk
-    sblk = rest % n_sblk
-    b = rest // n_sblk
-    cols = cblk * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cols < C
-    rows = sblk * BLOCK_S + tl.arange(0, BLOCK_S)
-    mask = (rows < S)[:, None] & cmask[None, :]
-    offs = _offsets(b, rows, cols, sb, ss, sc, INT64)
+    b, cols, cmask, mask, offs = _elementwise_tile(C, S, sb, ss, sc, n_sblk, n_cblk, BLOCK_S, BLOCK_C, INT64)
     pivot, mshift, invstd, scale, shift = _normalizer(b, cols, cmask, stat_sb, cpg, pivot_ptr, mshift_ptr,
                                                       invstd_ptr, w_ptr, b_ptr, HAS_W, HAS_B)
     stat = _stat_index(b, cols, stat_sb, cpg)
