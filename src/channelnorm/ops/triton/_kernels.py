@@ -379,6 +379,32 @@ def coefficients_kernel(sum_g_ptr, sum_gx_ptr, w_ptr, invstd_ptr, beta_ptr, gamm
 
 
 @triton.jit
+def _rows_tile(x_ptr, dy_ptr, res_ptr, w_ptr, b_ptr, rows, rmask, c0, C, sb, sc, pivot, mshift, invstd,
+               BLOCK_C: tl.constexpr, ACT: tl.constexpr, HAS_RES: tl.constexpr, HAS_W: tl.constexpr,
+               HAS_B: tl.constexpr, INT64: tl.constexpr):
+    """Columns c0.. of a block of rows: masks, offsets, weight, xhat (0 where masked) and the upstream grad g."""
+    cols = c0 + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    mask = rmask[:, None] & cmask[None, :]
+    offs = _offsets(0, rows, cols, 0, sb, sc, INT64)
+    w = tl.full([BLOCK_C], 1.0, tl.float32)
+    if HAS_W:
+        w = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    xhat = tl.where(mask, ((x - pivot[:, None]) - mshift[:, None]) * invstd[:, None], 0.0)
+    g = dy
+    if ACT != 0:
+        z = xhat * w[None, :]
+        if HAS_B:
+            z += tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+        if HAS_RES:
+            z += tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        g = _activation_grad(dy, z, ACT)
+    return cols, cmask, mask, offs, w, xhat, g
+
+
+@triton.jit
 def rows_backward_kernel(x_ptr, dy_ptr, res_ptr, dres_ptr, dx_ptr, pivot_ptr, mshift_ptr, invstd_ptr, w_ptr, b_ptr,
                          part_g_ptr, part_gx_ptr, N, C, sb, sc, inv_n,
                          BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACT: tl.constexpr, HAS_RES: tl.constexpr,
@@ -399,25 +425,9 @@ def rows_backward_kernel(x_ptr, dy_ptr, res_ptr, dres_ptr, dx_ptr, pivot_ptr, ms
     acc_wg = tl.zeros([BLOCK_R], tl.float32)
     acc_wgx = tl.zeros([BLOCK_R], tl.float32)
     for c0 in range(0, C, BLOCK_C):
-        cols = c0 + tl.arange(0, BLOCK_C)
-        cmask = cols < C
-        mask = rmask[:, None] & cmask[None, :]
-        offs = _offsets(0, rows, cols, 0, sb, sc, INT64)
-        w = tl.full([BLOCK_C], 1.0, tl.float32)
-        if HAS_W:
-            w = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        centered = (x - pivot[:, None]) - mshift[:, None]
-        xhat = tl.where(mask, centered * invstd[:, None], 0.0)
-        g = dy
-        if ACT != 0:
-            z = xhat * w[None, :]
-            if HAS_B:
-                z += tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
-            if HAS_RES:
-                z += tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            g = _activation_grad(dy, z, ACT)
+        cols, cmask, mask, offs, w, xhat, g = _rows_tile(
+            x_ptr, dy_ptr, res_ptr, w_ptr, b_ptr, rows, rmask, c0, C, sb, sc, pivot, mshift, invstd,
+            BLOCK_C, ACT, HAS_RES, HAS_W, HAS_B, INT64)
         if WRITE_DRES:
             tl.store(dres_ptr + offs, g.to(dres_ptr.dtype.element_ty), mask=mask)
         wg = g * w[None, :]
@@ -428,23 +438,8 @@ def rows_backward_kernel(x_ptr, dy_ptr, res_ptr, dres_ptr, dx_ptr, pivot_ptr, ms
     beta = -invstd * acc_wgx * inv_n
     gamma = -invstd * acc_wg * inv_n
     for c0 in range(0, C, BLOCK_C):
-        cols = c0 + tl.arange(0, BLOCK_C)
-        cmask = cols < C
-        mask = rmask[:, None] & cmask[None, :]
-        offs = _offsets(0, rows, cols, 0, sb, sc, INT64)
-        w = tl.full([BLOCK_C], 1.0, tl.float32)
-        if HAS_W:
-            w = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        xhat = ((x - pivot[:, None]) - mshift[:, None]) * invstd[:, None]
-        g = dy
-        if ACT != 0:
-            z = xhat * w[None, :]
-            if HAS_B:
-                z += tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
-            if HAS_RES:
-                z += tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            g = _activation_grad(dy, z, ACT)
+        cols, cmask, mask, offs, w, xhat, g = _rows_tile(
+            x_ptr, dy_ptr, res_ptr, w_ptr, b_ptr, rows, rmask, c0, C, sb, sc, pivot, mshift, invstd,
+            BLOCK_C, ACT, HAS_RES, HAS_W, HAS_B, INT64)
         dx = (invstd[:, None] * w[None, :]) * g + beta[:, None] * xhat + gamma[:, None]
         tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
