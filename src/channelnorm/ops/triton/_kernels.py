@@ -67,6 +67,18 @@ def _chan_merge(acc_n, acc_mean, acc_m2, tile_n, tile_mean, tile_m2):
 
 
 @triton.jit
+def _split_program(C, S, rows_per_prog, chunk_len, n_chunks, n_cblk, BLOCK_C: tl.constexpr):
+    """This split-reduction program's partial index p, first row, channel block and range of S."""
+    pid = tl.program_id(0)
+    cblk = pid % n_cblk
+    p = pid // n_cblk
+    b_start = (p // n_chunks) * rows_per_prog
+    s_start = (p % n_chunks) * chunk_len
+    cols = cblk * BLOCK_C + tl.arange(0, BLOCK_C)
+    return p, b_start, cols, cols < C, s_start, tl.minimum(s_start + chunk_len, S)
+
+
+@triton.jit
 def partial_stats_kernel(x_ptr, pivot_ptr, count_ptr, mean_ptr, m2_ptr,
                          B, C, S, sb, ss, sc, stat_sb, cpg, rows_per_prog, chunk_len, n_chunks, n_cblk,
                          BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, INT64: tl.constexpr):
@@ -79,19 +91,12 @@ def partial_stats_kernel(x_ptr, pivot_ptr, count_ptr, mean_ptr, m2_ptr,
     rows b (channel scope: fewer partials to merge when B is large; per sample: one row) and chunk
     k of S. Output index: (row group * n_chunks + k) * C + c.
     """
-    pid = tl.program_id(0)
-    cblk = pid % n_cblk
-    p = pid // n_cblk
-    b_start = (p // n_chunks) * rows_per_prog
-    k = p % n_chunks
-    cols = cblk * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cols < C
+    p, b_start, cols, cmask, s_start, s_end = _split_program(C, S, rows_per_prog, chunk_len, n_chunks, n_cblk,
+                                                             BLOCK_C)
     pivot = tl.load(pivot_ptr + _stat_index(b_start, cols, stat_sb, cpg), mask=cmask, other=0.0)
     acc_n = tl.zeros([BLOCK_C], tl.float32)
     acc_mean = tl.zeros([BLOCK_C], tl.float32)
     acc_m2 = tl.zeros([BLOCK_C], tl.float32)
-    s_start = k * chunk_len
-    s_end = tl.minimum(s_start + chunk_len, S)
     for b in range(b_start, tl.minimum(b_start + rows_per_prog, B)):
         for s0 in range(s_start, s_end, BLOCK_S):
             # chunk_len is a multiple of BLOCK_S: telling the compiler lets it vectorize contiguous loads.
@@ -240,20 +245,13 @@ def backward_partials_kernel(x_ptr, dy_ptr, res_ptr, dres_ptr, pivot_ptr, mshift
     With a residual the residual's gradient is g itself, written here while it is in registers.
     Rows and chunks as in ``partial_stats_kernel``; reduced later in a fixed order.
     """
-    pid = tl.program_id(0)
-    cblk = pid % n_cblk
-    p = pid // n_cblk
-    b_start = (p // n_chunks) * rows_per_prog
-    k = p % n_chunks
-    cols = cblk * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cols < C
+    p, b_start, cols, cmask, s_start, s_end = _split_program(C, S, rows_per_prog, chunk_len, n_chunks, n_cblk,
+                                                             BLOCK_C)
     # Rows of one program share their statistics (stat_sb = 0, or one row per program).
     pivot, mshift, invstd, scale, shift = _normalizer(b_start, cols, cmask, stat_sb, cpg, pivot_ptr, mshift_ptr,
                                                       invstd_ptr, w_ptr, b_ptr, HAS_W, HAS_B)
     acc_g = tl.zeros([BLOCK_C], tl.float32)
     acc_gx = tl.zeros([BLOCK_C], tl.float32)
-    s_start = k * chunk_len
-    s_end = tl.minimum(s_start + chunk_len, S)
     for b in range(b_start, tl.minimum(b_start + rows_per_prog, B)):
         for s0 in range(s_start, s_end, BLOCK_S):
             rows = tl.multiple_of(s0, BLOCK_S) + tl.arange(0, BLOCK_S)
