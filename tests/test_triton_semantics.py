@@ -117,6 +117,24 @@ def test_rows_grouped_per_program(monkeypatch):
     assert_close_to_reference(ours, torch_own, reference, ("y", "dx", "dweight", "dbias"))
 
 
+@pytest.mark.parametrize("make,shape", [
+    (lambda be: lambda x, w, b: F.channel_norm(x, None, None, w, b, True, backend=be), (3, 4, 5)),
+    (lambda be: lambda x, w, b: F.group_norm_act(x, 2, w, b, activation="silu", backend=be), (3, 4, 5)),
+    (lambda be: lambda x, w, b: F.layer_norm(x, w, b, backend=be), (5, 4)),      # row-block backward
+], ids=["channel", "group", "layer_rows"])
+def test_int64_offsets_give_the_same_results(make, shape, monkeypatch):
+    """The 64-bit indexing variant (chosen past 2**31 elements), forced on tiny tensors: every kernel
+    of the forward and backward must take it (a row index that is a plain int included)."""
+    monkeypatch.setattr(plan, "INT32_LIMIT", 0)
+    x, dy = torch.randn(shape) + 1, torch.randn(shape)
+    C = shape[1]
+    w, b = torch.randn(C), torch.randn(C)
+    ours = run_fwd_bwd(make("triton"), x.to(DEVICE), (w.to(DEVICE), b.to(DEVICE)), dy.to(DEVICE))
+    torch_own = run_fwd_bwd(make("native"), x, (w, b), dy)
+    reference = run_fwd_bwd(make("reference"), x.double(), to_float64((w, b)), dy.double())
+    assert_close_to_reference(ours, torch_own, reference, ("y", "dx", "dweight", "dbias"))
+
+
 @pytest.mark.parametrize("shape,axis", [((5, 300), -1), ((4, 6, 5), 0)])
 def test_wide_channel_rows_and_channel_axis_zero(shape, axis):
     x, dy = torch.randn(shape) + 2, torch.randn(shape)
