@@ -238,6 +238,27 @@ def test_gradient_with_other_strides_than_the_input():
     assert (x.grad.cpu().double() - xr.grad).abs().max() < 1e-5
 
 
+def test_strided_and_expanded_parameters_and_buffers():
+    """weight/bias/running buffers that are views (every other element of a larger tensor, an expanded
+    scalar) are read, and updated in place, element for element, never as if they were dense."""
+    x, dy = torch.randn(4, 3, 5) * 2 + 1, torch.randn(4, 3, 5)
+    params = torch.randn(2, 6)                                  # weight = params[0, ::2], bias = params[1, ::2]
+    buffers = torch.stack([torch.randn(6), torch.rand(6) + 0.5])  # running_mean/var = buffers[i, ::2]
+    results = {}
+    for be, dev, dt in (("triton", DEVICE, torch.float32), ("reference", "cpu", torch.float64)):
+        p = params.to(dev, dt).detach().clone().requires_grad_()
+        stats = buffers.to(dev, dt).clone()
+        xx = x.to(dev, dt).detach().clone().requires_grad_()
+        y1 = F.channel_norm(xx, stats[0, ::2], stats[1, ::2], p[0, ::2], p[1, ::2], True, backend=be)
+        y2 = F.channel_norm_act(xx, stats[0, ::2], stats[1, ::2], p[0, ::2], None, False, activation="silu",
+                                backend=be)
+        y3 = F.group_norm(xx, 3, torch.ones(1, device=dev, dtype=dt).expand(3), p[1, ::2], backend=be)
+        torch.autograd.backward([y1, y2, y3], [dy.to(dev, dt)] * 3)
+        results[be] = [t.detach().cpu().double() for t in (y1, y2, y3, xx.grad, p.grad, stats)]
+    for name, a, r in zip(("y1", "y2", "y3", "dx", "dparams", "buffers"), results["triton"], results["reference"]):
+        assert (a - r).abs().max() < 1e-4, name
+
+
 def test_expanded_input_is_copied_not_misread():
     x = torch.randn(1, 4, 1, 5, device=DEVICE).expand(3, 4, 2, 5)   # overlapping strides
     y = F.group_norm(x, 2, backend="triton")
