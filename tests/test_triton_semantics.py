@@ -117,6 +117,24 @@ def test_rows_grouped_per_program(monkeypatch):
     assert_close_to_reference(ours, torch_own, reference, ("y", "dx", "dweight", "dbias"))
 
 
+@pytest.mark.parametrize("make,shape", [
+    (lambda be: lambda x, w, b: F.channel_norm(x, None, None, w, b, True, backend=be), (3, 4, 5)),
+    (lambda be: lambda x, w, b: F.group_norm_act(x, 2, w, b, activation="silu", backend=be), (3, 4, 5)),
+    (lambda be: lambda x, w, b: F.layer_norm(x, w, b, backend=be), (5, 4)),      # row-block backward
+], ids=["channel", "group", "layer_rows"])
+def test_int64_offsets_give_the_same_results(make, shape, monkeypatch):
+    """The 64-bit indexing variant (chosen past 2**31 elements), forced on tiny tensors: every kernel
+    of the forward and backward must take it (a row index that is a plain int included)."""
+    monkeypatch.setattr(plan, "INT32_LIMIT", 0)
+    x, dy = torch.randn(shape) + 1, torch.randn(shape)
+    C = shape[1]
+    w, b = torch.randn(C), torch.randn(C)
+    ours = run_fwd_bwd(make("triton"), x.to(DEVICE), (w.to(DEVICE), b.to(DEVICE)), dy.to(DEVICE))
+    torch_own = run_fwd_bwd(make("native"), x, (w, b), dy)
+    reference = run_fwd_bwd(make("reference"), x.double(), to_float64((w, b)), dy.double())
+    assert_close_to_reference(ours, torch_own, reference, ("y", "dx", "dweight", "dbias"))
+
+
 @pytest.mark.parametrize("shape,axis", [((5, 300), -1), ((4, 6, 5), 0)])
 def test_wide_channel_rows_and_channel_axis_zero(shape, axis):
     x, dy = torch.randn(shape) + 2, torch.randn(shape)
@@ -218,6 +236,27 @@ def test_gradient_with_other_strides_than_the_input():
     xr.grad = None
     F.group_norm_act(xr, 2, activation="gelu", backend="reference").sum().backward()
     assert (x.grad.cpu().double() - xr.grad).abs().max() < 1e-5
+
+
+def test_strided_and_expanded_parameters_and_buffers():
+    """weight/bias/running buffers that are views (every other element of a larger tensor, an expanded
+    scalar) are read, and updated in place, element for element, never as if they were dense."""
+    x, dy = torch.randn(4, 3, 5) * 2 + 1, torch.randn(4, 3, 5)
+    params = torch.randn(2, 6)                                  # weight = params[0, ::2], bias = params[1, ::2]
+    buffers = torch.stack([torch.randn(6), torch.rand(6) + 0.5])  # running_mean/var = buffers[i, ::2]
+    results = {}
+    for be, dev, dt in (("triton", DEVICE, torch.float32), ("reference", "cpu", torch.float64)):
+        p = params.to(dev, dt).detach().clone().requires_grad_()
+        stats = buffers.to(dev, dt).clone()
+        xx = x.to(dev, dt).detach().clone().requires_grad_()
+        y1 = F.channel_norm(xx, stats[0, ::2], stats[1, ::2], p[0, ::2], p[1, ::2], True, backend=be)
+        y2 = F.channel_norm_act(xx, stats[0, ::2], stats[1, ::2], p[0, ::2], None, False, activation="silu",
+                                backend=be)
+        y3 = F.group_norm(xx, 3, torch.ones(1, device=dev, dtype=dt).expand(3), p[1, ::2], backend=be)
+        torch.autograd.backward([y1, y2, y3], [dy.to(dev, dt)] * 3)
+        results[be] = [t.detach().cpu().double() for t in (y1, y2, y3, xx.grad, p.grad, stats)]
+    for name, a, r in zip(("y1", "y2", "y3", "dx", "dparams", "buffers"), results["triton"], results["reference"]):
+        assert (a - r).abs().max() < 1e-4, name
 
 
 def test_expanded_input_is_copied_not_misread():

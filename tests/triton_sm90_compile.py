@@ -89,6 +89,15 @@ def main() -> int:
         extra = dict(ACT=1, HAS_RES=True, HAS_W=True, HAS_B=True) if kernel is K.apply_kernel else {}
         compile_variant(kernel, dict(NHWC, INT64=True, **extra), "bf16", ("C",), i64=("sb", "ss"))
         count += 1
+    for kernel in (K.backward_partials_kernel, K.backward_apply_kernel):
+        extra = dict(WRITE_DRES=True) if kernel is K.backward_partials_kernel else {}
+        compile_variant(kernel, dict(NHWC, ACT=1, HAS_RES=True, HAS_W=True, HAS_B=True, INT64=True, **extra), "bf16",
+                        ("C",), i64=("sb", "ss"))
+        count += 1
+    compile_variant(K.rows_backward_kernel, dict(BLOCK_R=16, BLOCK_C=128, ACT=2, HAS_RES=True, WRITE_DRES=True,
+                                                 HAS_W=True, HAS_B=True, INT64=True, sc=1), "bf16", ("C",),
+                    i64=("sb",))
+    count += 1
     for const in (dict(BLOCK_R=128, BLOCK_K=16), dict(BLOCK_R=2048, BLOCK_K=1)):
         compile_variant(K.merge_stats_kernel, const)
         compile_variant(K.sum_rows_kernel, const)

@@ -19,9 +19,10 @@ import triton.language as tl
 
 @triton.jit
 def _offsets(b, s, c, sb, ss, sc, INT64: tl.constexpr):
-    # int64 only when the host found an offset that can pass 2**31 (plan.needs_int64).
+    # int64 only when the host found an offset that can pass 2**31 (plan.needs_int64). b may be a plain
+    # int (a literal row 0, or a range() index under the interpreter): tl.cast takes both, .to only tensors.
     if INT64:
-        return b.to(tl.int64) * sb + s.to(tl.int64)[:, None] * ss + c.to(tl.int64)[None, :] * sc
+        return tl.cast(b, tl.int64) * sb + s.to(tl.int64)[:, None] * ss + c.to(tl.int64)[None, :] * sc
     else:
         return b * sb + s[:, None] * ss + c[None, :] * sc
 

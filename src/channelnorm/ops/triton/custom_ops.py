@@ -23,6 +23,11 @@ def _on_device_of(t: Tensor):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
+def _dense(t: Optional[Tensor]) -> Optional[Tensor]:
+    """A per-channel vector the kernels can read as ``ptr + c`` (weight[::2], an expanded ones(1): copied)."""
+    return t if t is None or t.is_contiguous() else t.contiguous()
+
+
 def _stats_shape(x: Tensor, num_groups: int, per_sample: bool, use_batch_stats: bool, channel_axis: int):
     return (x.shape[0], num_groups) if (per_sample and use_batch_stats) else (x.shape[channel_axis],)
 
@@ -34,8 +39,9 @@ def norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], residu
              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(y, pivot, mean_shift, var): output and the fp32 statistics used, mean = pivot + mean_shift."""
     with _on_device_of(x):
-        return forward.norm_forward(x, weight, bias, residual, running_mean, running_var, num_groups, per_sample,
-                                    use_batch_stats, eps, channel_axis, activation)
+        return forward.norm_forward(x, _dense(weight), _dense(bias), residual, _dense(running_mean),
+                                    _dense(running_var), num_groups, per_sample, use_batch_stats, eps, channel_axis,
+                                    activation)
 
 
 @norm_fwd.register_fake
@@ -52,7 +58,8 @@ def norm_bwd(dy: Tensor, x: Tensor, weight: Optional[Tensor], bias: Optional[Ten
              channel_axis: int, activation: int, need_dres: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(dx, dweight, dbias, dresidual); dweight/dbias fp32 [C]; dresidual empty unless ``need_dres``."""
     with _on_device_of(x):
-        dx, dweight, dbias, dres = backward.norm_backward(dy, x, weight, bias, residual, pivot, mean_shift, var,
+        dx, dweight, dbias, dres = backward.norm_backward(dy, x, _dense(weight), _dense(bias), residual, pivot,
+                                                          mean_shift, var,
                                                           num_groups, per_sample, use_batch_stats, eps, channel_axis,
                                                           activation, need_dres)
     return dx, dweight, dbias, dres if dres is not None else x.new_empty(0)
@@ -104,11 +111,17 @@ def running_stats_update(running_mean: Tensor, running_var: Tensor, num_batches_
     """DESIGN §3's update in one launch: blend (pivot + mean_shift, var * unbias) into the buffers, only
     if every new value is finite, and then count the batch (ops.running_stats has the same rule in torch)."""
     block = min(1024, 1 << max(0, (running_mean.numel() - 1).bit_length()))
+    # The kernel addresses the buffers as ptr + c: a strided buffer is updated through a dense copy.
+    rm, rv = _dense(running_mean), _dense(running_var)
     with _on_device_of(running_mean):
         _kernels.running_update_kernel[(1,)](
-            running_mean, running_var, num_batches_tracked if num_batches_tracked is not None else running_mean,
-            pivot, mean_shift, var, running_mean.numel(), momentum, unbias,
+            rm, rv, num_batches_tracked if num_batches_tracked is not None else rm,
+            pivot, mean_shift, var, rm.numel(), momentum, unbias,
             HAS_NBT=num_batches_tracked is not None, BLOCK=block)
+    if rm is not running_mean:
+        running_mean.copy_(rm)
+    if rv is not running_var:
+        running_var.copy_(rv)
 
 
 @running_stats_update.register_fake
