@@ -132,3 +132,19 @@ def test_self_activated_norms_replace_norm_plus_relu():
     assert isinstance(plain.stem[2], nn.ReLU) and isinstance(plain.blocks[0].act1, nn.ReLU)
     assert isinstance(activated.stem[2], nn.Identity) and isinstance(activated.blocks[0].act1, nn.Identity)
     assert isinstance(activated.blocks[0].relu, nn.ReLU)      # the ReLU after the residual addition stays
+
+
+def test_cli_refuses_an_unreadable_data_dir_and_leaves_no_config_behind(tmp_path, capsys):
+    out = tmp_path / "run"
+    missing = tmp_path / "no-cifar-here"
+    code, err = run_cli(["compare", "--quick", "--data-dir", str(missing), "--out", str(out), "--no-progress"], capsys)
+    assert code == 2 and str(missing) in err and "data_batch_1" in err
+    # the failed invocation must not block the corrected one with a stale config.json
+    assert not (out / "config.json").exists()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (broken / name).write_bytes(b"\x80\x02not a pickle")
+    code, err = run_cli(["compare", "--quick", "--data-dir", str(broken), "--out", str(out), "--no-progress"], capsys)
+    assert code == 2 and str(broken) in err
+    assert not (out / "config.json").exists()
