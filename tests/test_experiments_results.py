@@ -124,3 +124,39 @@ def test_report_reading_follows_the_numbers():
         assert "![error vs batch size](plot.png)" in text
         assert all(f"| {norm} |" in text for norm in config.norms)
         assert not math.isnan(12.0) and "12 s" in text
+
+
+def test_report_reading_ignores_differences_within_seed_noise():
+    # at batch 32: layer's error is 2.4 points below no-norm's, but no-norm's seeds spread by ±12.5
+    # points, and instance's loss after a quarter is 0.16 below no-norm's with a ±0.17 spread; channel
+    # beats no-norm by far more than the noise in both. Only channel may be read as better / faster.
+    none_err, layer_err = [0.779 - 0.125, 0.779, 0.779 + 0.125], [0.744, 0.755, 0.766]
+    channel_err, channel_loss = [0.118, 0.121, 0.124], [1.35, 1.52, 1.69]
+    instance_loss, none_loss = [1.93, 2.10, 2.27], [2.22, 2.26, 2.30]
+    records = []
+    for bs in (2, 32):
+        for s in range(3):
+            records += [record("channel", bs, s, channel_err[s], loss=channel_loss[s]),
+                        record("layer", bs, s, layer_err[s], loss=2.29),
+                        record("instance", bs, s, 0.168, loss=instance_loss[s]),
+                        record("none", bs, s, none_err[s], loss=none_loss[s])]
+    config = ExperimentConfig(norms=("channel", "layer", "instance", "none"), batch_sizes=(2, 32))
+    env = {"command": "channelnorm compare", "sweep": {"wall_seconds": 1.0, "executed": 24}}
+    text = write_report(aggregate(records), config, env, "test data", "plot.png")
+    assert "better — channel, instance; worse — nothing." in text          # layer: within noise
+    assert "lower training loss than no normalization (2.260): channel; higher: nothing" in text
+    assert "this supports the seed's claim of faster convergence at batch 32" in text
+    # channel vs instance at batch 32: 4.7 points apart, but with these spreads a real difference
+    assert "Per-channel statistics over (N,H,W) are the best scope at batch 32, 4.7 points ahead of instance." in text
+
+
+def test_report_calls_a_lead_within_noise_a_tie():
+    records = []
+    for bs in (2, 32):
+        for s, (c, g) in enumerate([(0.10, 0.05), (0.12, 0.12), (0.14, 0.19)]):
+            records += [record("channel", bs, s, c), record("group", bs, s, g + 0.01)]
+    config = ExperimentConfig(norms=("channel", "group"), batch_sizes=(2, 32))
+    env = {"command": "channelnorm compare", "sweep": {"wall_seconds": 1.0, "executed": 12}}
+    text = write_report(aggregate(records), config, env, "test data", "plot.png")
+    assert "are the best scope" not in text
+    assert "a tie within seed noise" in text

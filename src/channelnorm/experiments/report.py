@@ -46,6 +46,16 @@ def _change(a: dict, b: dict, key: str) -> tuple[Optional[float], str]:
     return delta, "unchanged within seed noise"
 
 
+def _beyond_noise(a: dict, b: dict, key: str, minimum: float) -> int:
+    """+1 when b's mean exceeds a's, -1 when it is below, by more than ``minimum`` and twice the seed
+    noise of the difference; 0 otherwise (or when either mean is missing)."""
+    if a is None or b is None or a[f"{key}_mean"] is None or b[f"{key}_mean"] is None:
+        return 0
+    delta = b[f"{key}_mean"] - a[f"{key}_mean"]
+    threshold = max(minimum, 2 * _diff_noise(a, b, key))
+    return 1 if delta > threshold else -1 if delta < -threshold else 0
+
+
 def _table(header: list[str], body: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in body]
@@ -147,20 +157,31 @@ def _scope_reading(r: _Rows) -> list[str]:
             best_e, best_n = ranked[0]
             if best_n == "channel":
                 runner = ranked[1] if len(ranked) > 1 else None
-                extra = (f", {100 * (runner[0] - best_e):.1f} points ahead of {runner[1]}") if runner else ""
-                lines.append(f"  Per-channel statistics over (N,H,W) are the best scope at batch {bs}{extra}.")
+                if runner is None:
+                    lines.append(f"  Per-channel statistics over (N,H,W) are the only scope measured at batch {bs}.")
+                elif _beyond_noise(r.get("channel", bs), r.get(runner[1], bs), "eval_error", 0.01) > 0:
+                    lines.append(f"  Per-channel statistics over (N,H,W) are the best scope at batch {bs}, "
+                                 f"{100 * (runner[0] - best_e):.1f} points ahead of {runner[1]}.")
+                else:
+                    lines.append(f"  Per-channel statistics over (N,H,W) have the lowest mean error at batch {bs}, "
+                                 f"but only {100 * (runner[0] - best_e):.1f} points ahead of {runner[1]}: a tie "
+                                 "within seed noise.")
             else:
+                gap = 100 * (r.get('channel', bs)['eval_error_mean'] - best_e)
+                real = _beyond_noise(r.get(best_n, bs), r.get("channel", bs), "eval_error", 0.01) > 0
                 lines.append(f"  Per-channel statistics rank {position} of {len(ranked)} at batch {bs}; "
-                             f"{best_n} is better by {100 * (r.get('channel', bs)['eval_error_mean'] - best_e):.1f} points.")
+                             f"{best_n} is better by {gap:.1f} points"
+                             + ("." if real else " (within seed noise: not a real difference)."))
     none_rows = [r.get("none", bs) for bs in r.sizes if r.get("none", bs)]
     if none_rows and r.get("none", r.large) and r.get("none", r.large)["eval_error_mean"] is not None:
-        none_e = r.get("none", r.large)["eval_error_mean"]
-        helped = [n for n in r.norms if n != "none" and r.get(n, r.large) and r.get(n, r.large)["eval_error_mean"]
-                  is not None and r.get(n, r.large)["eval_error_mean"] < none_e - 0.01]
-        hurt = [n for n in r.norms if n != "none" and r.get(n, r.large) and r.get(n, r.large)["eval_error_mean"]
-                is not None and r.get(n, r.large)["eval_error_mean"] > none_e + 0.01]
-        lines.append(f"- Against no normalization ({_pct(none_e)} at batch {r.large}, differences under 1 point "
-                     f"ignored): better — {', '.join(helped) or 'nothing'}; worse — {', '.join(hurt) or 'nothing'}.")
+        none_row = r.get("none", r.large)
+        none_e = none_row["eval_error_mean"]
+        side = {n: _beyond_noise(none_row, r.get(n, r.large), "eval_error", 0.01) for n in r.norms if n != "none"}
+        helped = [n for n, sign in side.items() if sign < 0]
+        hurt = [n for n, sign in side.items() if sign > 0]
+        lines.append(f"- Against no normalization ({_pct(none_e)} at batch {r.large}; differences under 1 point or "
+                     f"within twice the seed noise ignored): better — {', '.join(helped) or 'nothing'}; worse — "
+                     f"{', '.join(hurt) or 'nothing'}.")
     return lines
 
 
@@ -191,13 +212,13 @@ def _convergence(r: _Rows, config: ExperimentConfig) -> tuple[str, list[str]]:
         none = r.get("none", bs)
         if none is None or none["loss_at_quarter_mean"] is None:
             continue
-        faster = [n for n in r.norms if n != "none" and r.get(n, bs) and r.get(n, bs)["loss_at_quarter_mean"]
-                  is not None and r.get(n, bs)["loss_at_quarter_mean"] < none["loss_at_quarter_mean"] - 0.05]
-        slower = [n for n in r.norms if n != "none" and r.get(n, bs) and r.get(n, bs)["loss_at_quarter_mean"]
-                  is not None and r.get(n, bs)["loss_at_quarter_mean"] > none["loss_at_quarter_mean"] + 0.05]
+        side = {n: _beyond_noise(none, r.get(n, bs), "loss_at_quarter", 0.05) for n in r.norms if n != "none"}
+        faster = [n for n, sign in side.items() if sign < 0]
+        slower = [n for n, sign in side.items() if sign > 0]
         lines.append(f"- Batch {bs}: after a quarter of the samples, lower training loss than no normalization "
                      f"({none['loss_at_quarter_mean']:.3f}): {', '.join(faster) or 'nothing'}; higher: "
-                     f"{', '.join(slower) or 'nothing'} (differences under 0.05 ignored).")
+                     f"{', '.join(slower) or 'nothing'} (differences under 0.05 or within twice the seed noise "
+                     "ignored).")
         channel = r.get("channel", bs)
         if channel is not None and channel["loss_at_quarter_mean"] is not None:
             verdict = ("supports" if "channel" in faster else "contradicts" if "channel" in slower
