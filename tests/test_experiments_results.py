@@ -160,3 +160,15 @@ def test_report_calls_a_lead_within_noise_a_tie():
     text = write_report(aggregate(records), config, env, "test data", "plot.png")
     assert "are the best scope" not in text
     assert "a tie within seed noise" in text
+
+
+def test_report_setup_counts_steps_from_the_runs_when_train_size_is_all():
+    # --data-dir without --train-size (train_size None: all of CIFAR-10) must not print "0 steps"
+    records = [dict(record("channel", bs, s, 0.3), planned_samples=75000) for bs in (2, 32) for s in range(2)]
+    config = ExperimentConfig(norms=("channel",), batch_sizes=(2, 32), seeds=(0, 1), train_size=None,
+                              test_size=None, data_dir="cifar-10-batches-py")
+    env = {"command": "channelnorm compare", "sweep": {"wall_seconds": 1.0, "executed": 4}}
+    text = write_report(aggregate(records), config, env, "CIFAR-10", "plot.png")
+    assert "batch 2: 37500 steps" in text and "batch 32: 2343 steps" in text
+    assert " 0 steps" not in text
+    assert "Every run sees the same 75000 training samples" in text

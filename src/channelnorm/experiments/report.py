@@ -259,8 +259,17 @@ def write_report(rows: list[dict[str, Any]], config: ExperimentConfig, environme
     timing = environment.get("sweep", {})
     sweeps = environment.get("sweeps", [timing])
     executed_wall = sum(s.get("wall_seconds", 0) for s in sweeps if s.get("executed"))
-    steps = ", ".join(f"batch {b}: {int(config.epochs * (config.train_size or 0)) // b} steps, peak LR "
+    # the runs' own planned samples (train_size is None for 'all', and a CIFAR-10 subset may be smaller
+    # than asked); the config's arithmetic only for batch sizes with no finished run
+    planned = {row["batch_size"]: int(row["samples"]) for row in rows if row.get("samples") is not None}
+    if config.train_size:
+        for b in config.batch_sizes:
+            planned.setdefault(b, int(config.epochs * config.train_size) // b * b)
+    steps = ", ".join(f"batch {b}: {planned[b] // b if b in planned else '?'} steps, peak LR "
                       f"{config.base_lr * b / config.reference_batch:g}" for b in sorted(config.batch_sizes))
+    seen = sorted(set(planned.values()))
+    samples_text = (str(seen[0]) if len(seen) == 1 else "/".join(map(str, seen)) if seen
+                    else "epochs × training set")
     diverged = [(n, b, row["diverged"], row["runs"]) for (n, b), row in r.by_key.items() if row["diverged"]]
     expected = len(config.norms) * len(config.batch_sizes) * len(config.seeds)
     found = sum(row["runs"] for row in rows)
@@ -286,7 +295,7 @@ def write_report(rows: list[dict[str, Any]], config: ExperimentConfig, environme
         f"global average pooling, linear classifier.",
         f"- Grid: norms {', '.join(config.norms)}; batch sizes {', '.join(map(str, config.batch_sizes))}; seeds "
         f"{', '.join(map(str, config.seeds))} ({found} of {expected} runs finished).",
-        f"- Every run sees the same {int(config.epochs * (config.train_size or 0)) if config.train_size else 'epochs × training set'} "
+        f"- Every run sees the same {samples_text} "
         f"training samples ({config.epochs:g} epoch(s)). SGD momentum {config.momentum}, weight decay "
         f"{config.weight_decay}, LR {config.base_lr} × batch/{config.reference_batch} (linear scaling as in the "
         f"Group Norm paper), linear warm-up over the first {100 * config.warmup_fraction:.0f} % of the samples, "
