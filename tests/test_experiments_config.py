@@ -148,3 +148,10 @@ def test_cli_refuses_an_unreadable_data_dir_and_leaves_no_config_behind(tmp_path
     code, err = run_cli(["compare", "--quick", "--data-dir", str(broken), "--out", str(out), "--no-progress"], capsys)
     assert code == 2 and str(broken) in err
     assert not (out / "config.json").exists()
+
+
+def test_cli_refuses_an_out_that_cannot_be_a_directory(tmp_path, capsys):
+    a_file = tmp_path / "taken"
+    a_file.write_text("not a directory")
+    code, err = run_cli(["compare", "--quick", "--out", str(a_file), "--no-progress"], capsys)
+    assert code == 2 and f"--out '{a_file}'" in err

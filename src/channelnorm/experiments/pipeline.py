@@ -22,8 +22,11 @@ def run_compare(config: ExperimentConfig, command: str = "channelnorm compare", 
     # read the data before anything is written: a bad --data-dir must not leave a config.json behind
     # (it would make the corrected command look like a resume with other settings)
     dataset = _describe_data(config)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "config.json", config.to_dict())
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "config.json", config.to_dict())
+    except OSError as error:
+        raise ConfigError(f"--out {str(out)!r} cannot be used as the run directory: {error}") from error
     environment = describe_environment(config.device, config.workers)
     environment["command"] = command
     start_time, start_load, started = utc_now(), load_average(), time.perf_counter()
