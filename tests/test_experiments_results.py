@@ -172,3 +172,16 @@ def test_report_setup_counts_steps_from_the_runs_when_train_size_is_all():
     assert "batch 2: 37500 steps" in text and "batch 32: 2343 steps" in text
     assert " 0 steps" not in text
     assert "Every run sees the same 75000 training samples" in text
+
+
+def test_report_does_not_call_a_single_seed_change_a_contradiction():
+    # one seed per point: a 25-point rise has no measured noise to beat, so no verdict either way
+    records = [record("channel", 32, 0, 0.20), record("channel", 2, 0, 0.45),
+               record("group", 32, 0, 0.30), record("group", 2, 0, 0.20)]
+    config = ExperimentConfig(norms=("channel", "group"), batch_sizes=(2, 32), seeds=(0,))
+    env = {"command": "channelnorm compare", "sweep": {"wall_seconds": 1.0, "executed": 4}}
+    text = write_report(aggregate(records), config, env, "test data", "plot.png")
+    assert "contradicts the seed's claim that channel normalization is robust" not in text
+    assert "neither confirms nor contradicts the robustness claim" in text
+    assert "+25.0 (not settled: one seed, noise unmeasured)" in text
+    assert "did not move beyond seed noise" not in text and "their error still moved" not in text

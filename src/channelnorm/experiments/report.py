@@ -23,6 +23,9 @@ def _pct(value: Optional[float], std: Optional[float] = None) -> str:
     return f"{100 * value:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
 
 
+UNSETTLED = "not settled: one seed, noise unmeasured"
+
+
 def _diff_noise(a: dict, b: dict, key: str) -> float:
     """Std of (mean_a − mean_b) from the seed spread; 0 when a std is unknown (one seed)."""
     total = 0.0
@@ -38,6 +41,8 @@ def _change(a: dict, b: dict, key: str) -> tuple[Optional[float], str]:
     if a[f"{key}_mean"] is None or b[f"{key}_mean"] is None:
         return None, "not measured (all runs diverged)"
     delta = b[f"{key}_mean"] - a[f"{key}_mean"]
+    if a[f"{key}_std"] is None or b[f"{key}_std"] is None:
+        return delta, UNSETTLED      # fewer than two seeds: the noise a difference must beat is unknown
     threshold = max(0.01, 2 * _diff_noise(a, b, key))
     if delta > threshold:
         return delta, "worse"
@@ -119,6 +124,10 @@ def _batch_size_reading(r: _Rows) -> list[str]:
             lines.append(f"- Channel normalization got *better* at batch {r.small} ({100 * channel[0]:+.1f} points); "
                          "here that is not robustness to noisy statistics alone: with the samples fixed, batch "
                          f"{r.small} takes {r.large // r.small}× more optimizer steps than batch {r.large}.")
+        elif channel[2] == UNSETTLED:
+            lines.append(f"- Channel normalization's change ({100 * channel[0]:+.1f} points) rests on a single "
+                         "seed at one end, so its seed noise is unmeasured and this run neither confirms nor "
+                         "contradicts the robustness claim; run two or more seeds.")
         else:
             lines.append(f"- Channel normalization's change ({100 * channel[0]:+.1f} points) is within seed noise "
                          f"at this scale, so this run neither shows the Group Norm paper's BN degradation nor "
@@ -134,12 +143,14 @@ def _batch_size_reading(r: _Rows) -> list[str]:
                      "differences, assuming the schedule acts alike on both).")
     independent = [c for c in changes if c[1] not in BATCH_STATISTIC_NORMS and c[1] != "none"]
     if independent:
-        moved = [c for c in independent if c[2] != "unchanged within seed noise"]
+        moved = [c for c in independent if c[2] in ("worse", "better")]
         lines.append("- Batch-independent norms (" + ", ".join(c[1] for c in independent) + ") compute the same "
                      "function of each sample at any batch size; "
                      + (f"their error still moved ({', '.join(f'{c[1]} {100 * c[0]:+.1f}' for c in moved)} points) "
                         "because the batch size also changes the number of steps and the gradient noise."
-                        if moved else "their error did not move beyond seed noise, as expected."))
+                        if moved else "their error did not move beyond seed noise, as expected."
+                        if all(c[2] != UNSETTLED for c in independent)
+                        else "whether their error moved is not settled (one seed: noise unmeasured)."))
     return lines
 
 
