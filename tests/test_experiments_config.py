@@ -37,6 +37,8 @@ def test_aliases_resolve_to_canonical_kinds():
     ({"seeds": (-1,)}, "seed must be an integer >= 0, got -1"),
     ({"epochs": 0}, "epochs must be a finite number > 0, got 0"),
     ({"epochs": float("nan")}, "epochs"),
+    ({"epochs": 1e308}, "is too large: the number of training samples overflows"),
+    ({"epochs": 1e308, "train_size": None}, "is too large: the number of training samples overflows"),
     ({"train_size": 5}, "train_size must be an integer >= 10, got 5"),
     ({"batch_sizes": (64,), "train_size": 40}, "batch size 64 is larger than train_size 40"),
     ({"warmup_fraction": 1.0}, "warmup_fraction must be in [0, 1), got 1.0"),

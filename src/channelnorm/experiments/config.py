@@ -95,6 +95,8 @@ class ExperimentConfig:
                               "statistics are over the batch, and one sample leaves only its own (instance) "
                               "statistics; use batch sizes >= 2 or drop those norms")
         positive_float("epochs", self.epochs)
+        if not math.isfinite(self.epochs * (self.train_size or 50_000)):
+            raise ConfigError(f"epochs {self.epochs!r} is too large: the number of training samples overflows")
         for name in ("train_size", "test_size"):
             if getattr(self, name) is not None:
                 positive_int(name, getattr(self, name), minimum=10)
