@@ -157,3 +157,19 @@ def test_cli_refuses_an_out_that_cannot_be_a_directory(tmp_path, capsys):
     a_file.write_text("not a directory")
     code, err = run_cli(["compare", "--quick", "--out", str(a_file), "--no-progress"], capsys)
     assert code == 2 and f"--out '{a_file}'" in err
+
+
+def test_resume_accepts_another_spelling_of_the_same_data_dir(tmp_path, monkeypatch):
+    parser = cli.build_parser()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cifar").mkdir()
+
+    def config(*argv):
+        args = parser.parse_args(["compare", "--quick", "--out", str(tmp_path / "run"), *argv])
+        return cli.config_from_args(args, {n for n in cli.OVERRIDES if hasattr(args, n)})
+    first = config("--data-dir", "cifar/")
+    write_json_atomic(tmp_path / "run" / "config.json", first.to_dict())
+    for spelling in ("cifar", "./cifar", str(tmp_path / "cifar")):
+        assert check_resume(tmp_path / "run", config("--data-dir", spelling)) is True
+    with pytest.raises(ConfigError, match="data_dir"):
+        check_resume(tmp_path / "run", config("--data-dir", "elsewhere"))
