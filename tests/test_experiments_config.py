@@ -35,6 +35,7 @@ def test_aliases_resolve_to_canonical_kinds():
     ({"batch_sizes": (2.5,)}, "got 2.5"),
     ({"batch_sizes": (1, 2)}, "batch size 1 is meaningless for channel"),
     ({"seeds": (-1,)}, "seed must be an integer >= 0, got -1"),
+    ({"seeds": (0, 2**64)}, f"seed must be at most 2\\*\\*64 - 1, got {2**64}"),
     ({"epochs": 0}, "epochs must be a finite number > 0, got 0"),
     ({"epochs": float("nan")}, "epochs"),
     ({"epochs": 1e308}, "is too large: the number of training samples overflows"),

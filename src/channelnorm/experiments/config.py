@@ -20,6 +20,9 @@ ROBUST_NORMS = ("batch_renorm", "ghost", "frn", "evonorm_s0", "evonorm_b0")
 GRID_FIELDS = ("norms", "batch_sizes", "seeds", "grid", "workers", "out")
 
 
+MAX_SEED = 2**64 - 1
+
+
 class ConfigError(ValueError):
     """An invalid experiment setting; the message names the value and what is allowed."""
 
@@ -89,6 +92,8 @@ class ExperimentConfig:
             positive_int("batch size", bs)
         for seed in self.seeds:
             positive_int("seed", seed, minimum=0)
+            if seed > MAX_SEED:      # torch.manual_seed takes at most 64 bits
+                raise ConfigError(f"seed must be at most 2**64 - 1, got {seed!r}")
         needs_batch = sorted(set(self.norms) & BATCH_STATISTIC_NORMS)
         if 1 in self.batch_sizes and needs_batch:
             raise ConfigError(f"batch size 1 is meaningless for {', '.join(needs_batch)}: their training "
