@@ -35,8 +35,11 @@ def test_aliases_resolve_to_canonical_kinds():
     ({"batch_sizes": (2.5,)}, "got 2.5"),
     ({"batch_sizes": (1, 2)}, "batch size 1 is meaningless for channel"),
     ({"seeds": (-1,)}, "seed must be an integer >= 0, got -1"),
+    ({"seeds": (0, 2**64)}, f"seed must be at most 2\\*\\*64 - 1, got {2**64}"),
     ({"epochs": 0}, "epochs must be a finite number > 0, got 0"),
     ({"epochs": float("nan")}, "epochs"),
+    ({"epochs": 1e308}, "is too large: the number of training samples overflows"),
+    ({"epochs": 1e308, "train_size": None}, "is too large: the number of training samples overflows"),
     ({"train_size": 5}, "train_size must be an integer >= 10, got 5"),
     ({"batch_sizes": (64,), "train_size": 40}, "batch size 64 is larger than train_size 40"),
     ({"warmup_fraction": 1.0}, "warmup_fraction must be in [0, 1), got 1.0"),
@@ -132,3 +135,42 @@ def test_self_activated_norms_replace_norm_plus_relu():
     assert isinstance(plain.stem[2], nn.ReLU) and isinstance(plain.blocks[0].act1, nn.ReLU)
     assert isinstance(activated.stem[2], nn.Identity) and isinstance(activated.blocks[0].act1, nn.Identity)
     assert isinstance(activated.blocks[0].relu, nn.ReLU)      # the ReLU after the residual addition stays
+
+
+def test_cli_refuses_an_unreadable_data_dir_and_leaves_no_config_behind(tmp_path, capsys):
+    out = tmp_path / "run"
+    missing = tmp_path / "no-cifar-here"
+    code, err = run_cli(["compare", "--quick", "--data-dir", str(missing), "--out", str(out), "--no-progress"], capsys)
+    assert code == 2 and str(missing) in err and "data_batch_1" in err
+    # the failed invocation must not block the corrected one with a stale config.json
+    assert not (out / "config.json").exists()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (broken / name).write_bytes(b"\x80\x02not a pickle")
+    code, err = run_cli(["compare", "--quick", "--data-dir", str(broken), "--out", str(out), "--no-progress"], capsys)
+    assert code == 2 and str(broken) in err
+    assert not (out / "config.json").exists()
+
+
+def test_cli_refuses_an_out_that_cannot_be_a_directory(tmp_path, capsys):
+    a_file = tmp_path / "taken"
+    a_file.write_text("not a directory")
+    code, err = run_cli(["compare", "--quick", "--out", str(a_file), "--no-progress"], capsys)
+    assert code == 2 and f"--out '{a_file}'" in err
+
+
+def test_resume_accepts_another_spelling_of_the_same_data_dir(tmp_path, monkeypatch):
+    parser = cli.build_parser()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cifar").mkdir()
+
+    def config(*argv):
+        args = parser.parse_args(["compare", "--quick", "--out", str(tmp_path / "run"), *argv])
+        return cli.config_from_args(args, {n for n in cli.OVERRIDES if hasattr(args, n)})
+    first = config("--data-dir", "cifar/")
+    write_json_atomic(tmp_path / "run" / "config.json", first.to_dict())
+    for spelling in ("cifar", "./cifar", str(tmp_path / "cifar")):
+        assert check_resume(tmp_path / "run", config("--data-dir", spelling)) is True
+    with pytest.raises(ConfigError, match="data_dir"):
+        check_resume(tmp_path / "run", config("--data-dir", "elsewhere"))

@@ -124,3 +124,64 @@ def test_report_reading_follows_the_numbers():
         assert "![error vs batch size](plot.png)" in text
         assert all(f"| {norm} |" in text for norm in config.norms)
         assert not math.isnan(12.0) and "12 s" in text
+
+
+def test_report_reading_ignores_differences_within_seed_noise():
+    # at batch 32: layer's error is 2.4 points below no-norm's, but no-norm's seeds spread by ±12.5
+    # points, and instance's loss after a quarter is 0.16 below no-norm's with a ±0.17 spread; channel
+    # beats no-norm by far more than the noise in both. Only channel may be read as better / faster.
+    none_err, layer_err = [0.779 - 0.125, 0.779, 0.779 + 0.125], [0.744, 0.755, 0.766]
+    channel_err, channel_loss = [0.118, 0.121, 0.124], [1.35, 1.52, 1.69]
+    instance_loss, none_loss = [1.93, 2.10, 2.27], [2.22, 2.26, 2.30]
+    records = []
+    for bs in (2, 32):
+        for s in range(3):
+            records += [record("channel", bs, s, channel_err[s], loss=channel_loss[s]),
+                        record("layer", bs, s, layer_err[s], loss=2.29),
+                        record("instance", bs, s, 0.168, loss=instance_loss[s]),
+                        record("none", bs, s, none_err[s], loss=none_loss[s])]
+    config = ExperimentConfig(norms=("channel", "layer", "instance", "none"), batch_sizes=(2, 32))
+    env = {"command": "channelnorm compare", "sweep": {"wall_seconds": 1.0, "executed": 24}}
+    text = write_report(aggregate(records), config, env, "test data", "plot.png")
+    assert "better — channel, instance; worse — nothing." in text          # layer: within noise
+    assert "lower training loss than no normalization (2.260): channel; higher: nothing" in text
+    assert "this supports the seed's claim of faster convergence at batch 32" in text
+    # channel vs instance at batch 32: 4.7 points apart, but with these spreads a real difference
+    assert "Per-channel statistics over (N,H,W) are the best scope at batch 32, 4.7 points ahead of instance." in text
+
+
+def test_report_calls_a_lead_within_noise_a_tie():
+    records = []
+    for bs in (2, 32):
+        for s, (c, g) in enumerate([(0.10, 0.05), (0.12, 0.12), (0.14, 0.19)]):
+            records += [record("channel", bs, s, c), record("group", bs, s, g + 0.01)]
+    config = ExperimentConfig(norms=("channel", "group"), batch_sizes=(2, 32))
+    env = {"command": "channelnorm compare", "sweep": {"wall_seconds": 1.0, "executed": 12}}
+    text = write_report(aggregate(records), config, env, "test data", "plot.png")
+    assert "are the best scope" not in text
+    assert "a tie within seed noise" in text
+
+
+def test_report_setup_counts_steps_from_the_runs_when_train_size_is_all():
+    # --data-dir without --train-size (train_size None: all of CIFAR-10) must not print "0 steps"
+    records = [dict(record("channel", bs, s, 0.3), planned_samples=75000) for bs in (2, 32) for s in range(2)]
+    config = ExperimentConfig(norms=("channel",), batch_sizes=(2, 32), seeds=(0, 1), train_size=None,
+                              test_size=None, data_dir="cifar-10-batches-py")
+    env = {"command": "channelnorm compare", "sweep": {"wall_seconds": 1.0, "executed": 4}}
+    text = write_report(aggregate(records), config, env, "CIFAR-10", "plot.png")
+    assert "batch 2: 37500 steps" in text and "batch 32: 2343 steps" in text
+    assert " 0 steps" not in text
+    assert "Every run sees the same 75000 training samples" in text
+
+
+def test_report_does_not_call_a_single_seed_change_a_contradiction():
+    # one seed per point: a 25-point rise has no measured noise to beat, so no verdict either way
+    records = [record("channel", 32, 0, 0.20), record("channel", 2, 0, 0.45),
+               record("group", 32, 0, 0.30), record("group", 2, 0, 0.20)]
+    config = ExperimentConfig(norms=("channel", "group"), batch_sizes=(2, 32), seeds=(0,))
+    env = {"command": "channelnorm compare", "sweep": {"wall_seconds": 1.0, "executed": 4}}
+    text = write_report(aggregate(records), config, env, "test data", "plot.png")
+    assert "contradicts the seed's claim that channel normalization is robust" not in text
+    assert "neither confirms nor contradicts the robustness claim" in text
+    assert "+25.0 (not settled: one seed, noise unmeasured)" in text
+    assert "did not move beyond seed noise" not in text and "their error still moved" not in text

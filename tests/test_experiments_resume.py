@@ -99,3 +99,26 @@ def test_a_diverged_run_is_recorded_not_hidden(tmp_path):
     assert record["eval_error"] == 1.0            # non-finite logits count as wrong
     report = (tmp_path / "report.md").read_text()
     assert "none at batch 4: 1 of 1 runs diverged" in report
+
+
+def test_a_lone_pending_run_is_computed_single_threaded_like_the_worker_runs(tmp_path, monkeypatch):
+    # workers=2 promises runs computed with 1 torch thread each; when a resume leaves a single run
+    # pending, the sweep runs it in this process, which must then use 1 thread too (CPU results
+    # depend on the thread count)
+    import torch
+    threads_seen = []
+    real = sweep_module.train_run
+
+    def spy(spec, *args, **kwargs):
+        threads_seen.append(torch.get_num_threads())
+        return real(spec, *args, **kwargs)
+    monkeypatch.setattr(sweep_module, "train_run", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        config = tiny(tmp_path, batch_sizes=(2,), seeds=(0,), workers=2)
+        assert run_sweep(config, tmp_path, progress=False) == {"executed": 1, "skipped": 0}
+        assert threads_seen == [1]
+        assert torch.get_num_threads() == 2          # the caller's setting is restored
+    finally:
+        torch.set_num_threads(before)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -75,6 +76,8 @@ def config_from_args(args: argparse.Namespace, given: set[str]) -> ExperimentCon
     """The preset (default, --quick or --full) with the flags the user gave on top."""
     changes: dict[str, Any] = {name: getattr(args, name) for name in OVERRIDES if name in given}
     if changes.get("data_dir") is not None:
+        # one spelling per folder ('cifar/', './cifar', '/abs/cifar'), so that resuming compares folders, not text
+        changes["data_dir"] = os.path.abspath(changes["data_dir"])
         changes.setdefault("train_size", None)   # real data: all of it unless --train-size says otherwise
         changes.setdefault("test_size", None)
     if any(name in changes for name in OVERRIDES):

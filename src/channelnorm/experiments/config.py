@@ -20,6 +20,9 @@ ROBUST_NORMS = ("batch_renorm", "ghost", "frn", "evonorm_s0", "evonorm_b0")
 GRID_FIELDS = ("norms", "batch_sizes", "seeds", "grid", "workers", "out")
 
 
+MAX_SEED = 2**64 - 1
+
+
 class ConfigError(ValueError):
     """An invalid experiment setting; the message names the value and what is allowed."""
 
@@ -89,12 +92,16 @@ class ExperimentConfig:
             positive_int("batch size", bs)
         for seed in self.seeds:
             positive_int("seed", seed, minimum=0)
+            if seed > MAX_SEED:      # torch.manual_seed takes at most 64 bits
+                raise ConfigError(f"seed must be at most 2**64 - 1, got {seed!r}")
         needs_batch = sorted(set(self.norms) & BATCH_STATISTIC_NORMS)
         if 1 in self.batch_sizes and needs_batch:
             raise ConfigError(f"batch size 1 is meaningless for {', '.join(needs_batch)}: their training "
                               "statistics are over the batch, and one sample leaves only its own (instance) "
                               "statistics; use batch sizes >= 2 or drop those norms")
         positive_float("epochs", self.epochs)
+        if not math.isfinite(self.epochs * (self.train_size or 50_000)):
+            raise ConfigError(f"epochs {self.epochs!r} is too large: the number of training samples overflows")
         for name in ("train_size", "test_size"):
             if getattr(self, name) is not None:
                 positive_int(name, getattr(self, name), minimum=10)

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import json
+import pickle
 import time
 from pathlib import Path
 
-from .config import ExperimentConfig
+from .config import ConfigError, ExperimentConfig
 from .data import load_dataset
 from .environment import describe_environment, load_average, utc_now
 from .plot import plot_error_vs_batch
@@ -18,12 +19,17 @@ from .sweep import run_sweep
 def run_compare(config: ExperimentConfig, command: str = "channelnorm compare", progress: bool = True) -> dict[str, Path]:
     out = Path(config.out)
     resumed = check_resume(out, config)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "config.json", config.to_dict())
+    # read the data before anything is written: a bad --data-dir must not leave a config.json behind
+    # (it would make the corrected command look like a resume with other settings)
+    dataset = _describe_data(config)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "config.json", config.to_dict())
+    except OSError as error:
+        raise ConfigError(f"--out {str(out)!r} cannot be used as the run directory: {error}") from error
     environment = describe_environment(config.device, config.workers)
     environment["command"] = command
     start_time, start_load, started = utc_now(), load_average(), time.perf_counter()
-    dataset = load_dataset(config).describe()   # also fails early on a bad --data-dir
     counts = run_sweep(config, out, progress=progress)
     environment["sweep"] = {"started": start_time, "finished": utc_now(),
                             "wall_seconds": round(time.perf_counter() - started, 1), "resumed": resumed,
@@ -40,6 +46,16 @@ def run_compare(config: ExperimentConfig, command: str = "channelnorm compare", 
     (out / "report.md").write_text(write_report(rows, config, environment, dataset, "error_vs_batch.png"))
     return {name: out / name for name in ("config.json", "environment.json", "results.csv", "results.json",
                                           "error_vs_batch.png", "report.md")}
+
+
+def _describe_data(config: ExperimentConfig) -> str:
+    """The data set's one-line description; an unreadable --data-dir is a ConfigError naming it."""
+    if config.data_dir is None:
+        return load_dataset(config).describe()
+    try:
+        return load_dataset(config).describe()
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError) as error:
+        raise ConfigError(f"--data-dir {config.data_dir!r} cannot be read as CIFAR-10: {error}") from error
 
 
 def _previous_sweeps(out: Path) -> list[dict]:

@@ -23,6 +23,9 @@ def _pct(value: Optional[float], std: Optional[float] = None) -> str:
     return f"{100 * value:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
 
 
+UNSETTLED = "not settled: one seed, noise unmeasured"
+
+
 def _diff_noise(a: dict, b: dict, key: str) -> float:
     """Std of (mean_a − mean_b) from the seed spread; 0 when a std is unknown (one seed)."""
     total = 0.0
@@ -38,12 +41,24 @@ def _change(a: dict, b: dict, key: str) -> tuple[Optional[float], str]:
     if a[f"{key}_mean"] is None or b[f"{key}_mean"] is None:
         return None, "not measured (all runs diverged)"
     delta = b[f"{key}_mean"] - a[f"{key}_mean"]
+    if a[f"{key}_std"] is None or b[f"{key}_std"] is None:
+        return delta, UNSETTLED      # fewer than two seeds: the noise a difference must beat is unknown
     threshold = max(0.01, 2 * _diff_noise(a, b, key))
     if delta > threshold:
         return delta, "worse"
     if delta < -threshold:
         return delta, "better"
     return delta, "unchanged within seed noise"
+
+
+def _beyond_noise(a: dict, b: dict, key: str, minimum: float) -> int:
+    """+1 when b's mean exceeds a's, -1 when it is below, by more than ``minimum`` and twice the seed
+    noise of the difference; 0 otherwise (or when either mean is missing)."""
+    if a is None or b is None or a[f"{key}_mean"] is None or b[f"{key}_mean"] is None:
+        return 0
+    delta = b[f"{key}_mean"] - a[f"{key}_mean"]
+    threshold = max(minimum, 2 * _diff_noise(a, b, key))
+    return 1 if delta > threshold else -1 if delta < -threshold else 0
 
 
 def _table(header: list[str], body: list[list[str]]) -> str:
@@ -109,6 +124,10 @@ def _batch_size_reading(r: _Rows) -> list[str]:
             lines.append(f"- Channel normalization got *better* at batch {r.small} ({100 * channel[0]:+.1f} points); "
                          "here that is not robustness to noisy statistics alone: with the samples fixed, batch "
                          f"{r.small} takes {r.large // r.small}× more optimizer steps than batch {r.large}.")
+        elif channel[2] == UNSETTLED:
+            lines.append(f"- Channel normalization's change ({100 * channel[0]:+.1f} points) rests on a single "
+                         "seed at one end, so its seed noise is unmeasured and this run neither confirms nor "
+                         "contradicts the robustness claim; run two or more seeds.")
         else:
             lines.append(f"- Channel normalization's change ({100 * channel[0]:+.1f} points) is within seed noise "
                          f"at this scale, so this run neither shows the Group Norm paper's BN degradation nor "
@@ -124,12 +143,14 @@ def _batch_size_reading(r: _Rows) -> list[str]:
                      "differences, assuming the schedule acts alike on both).")
     independent = [c for c in changes if c[1] not in BATCH_STATISTIC_NORMS and c[1] != "none"]
     if independent:
-        moved = [c for c in independent if c[2] != "unchanged within seed noise"]
+        moved = [c for c in independent if c[2] in ("worse", "better")]
         lines.append("- Batch-independent norms (" + ", ".join(c[1] for c in independent) + ") compute the same "
                      "function of each sample at any batch size; "
                      + (f"their error still moved ({', '.join(f'{c[1]} {100 * c[0]:+.1f}' for c in moved)} points) "
                         "because the batch size also changes the number of steps and the gradient noise."
-                        if moved else "their error did not move beyond seed noise, as expected."))
+                        if moved else "their error did not move beyond seed noise, as expected."
+                        if all(c[2] != UNSETTLED for c in independent)
+                        else "whether their error moved is not settled (one seed: noise unmeasured)."))
     return lines
 
 
@@ -147,20 +168,31 @@ def _scope_reading(r: _Rows) -> list[str]:
             best_e, best_n = ranked[0]
             if best_n == "channel":
                 runner = ranked[1] if len(ranked) > 1 else None
-                extra = (f", {100 * (runner[0] - best_e):.1f} points ahead of {runner[1]}") if runner else ""
-                lines.append(f"  Per-channel statistics over (N,H,W) are the best scope at batch {bs}{extra}.")
+                if runner is None:
+                    lines.append(f"  Per-channel statistics over (N,H,W) are the only scope measured at batch {bs}.")
+                elif _beyond_noise(r.get("channel", bs), r.get(runner[1], bs), "eval_error", 0.01) > 0:
+                    lines.append(f"  Per-channel statistics over (N,H,W) are the best scope at batch {bs}, "
+                                 f"{100 * (runner[0] - best_e):.1f} points ahead of {runner[1]}.")
+                else:
+                    lines.append(f"  Per-channel statistics over (N,H,W) have the lowest mean error at batch {bs}, "
+                                 f"but only {100 * (runner[0] - best_e):.1f} points ahead of {runner[1]}: a tie "
+                                 "within seed noise.")
             else:
+                gap = 100 * (r.get('channel', bs)['eval_error_mean'] - best_e)
+                real = _beyond_noise(r.get(best_n, bs), r.get("channel", bs), "eval_error", 0.01) > 0
                 lines.append(f"  Per-channel statistics rank {position} of {len(ranked)} at batch {bs}; "
-                             f"{best_n} is better by {100 * (r.get('channel', bs)['eval_error_mean'] - best_e):.1f} points.")
+                             f"{best_n} is better by {gap:.1f} points"
+                             + ("." if real else " (within seed noise: not a real difference)."))
     none_rows = [r.get("none", bs) for bs in r.sizes if r.get("none", bs)]
     if none_rows and r.get("none", r.large) and r.get("none", r.large)["eval_error_mean"] is not None:
-        none_e = r.get("none", r.large)["eval_error_mean"]
-        helped = [n for n in r.norms if n != "none" and r.get(n, r.large) and r.get(n, r.large)["eval_error_mean"]
-                  is not None and r.get(n, r.large)["eval_error_mean"] < none_e - 0.01]
-        hurt = [n for n in r.norms if n != "none" and r.get(n, r.large) and r.get(n, r.large)["eval_error_mean"]
-                is not None and r.get(n, r.large)["eval_error_mean"] > none_e + 0.01]
-        lines.append(f"- Against no normalization ({_pct(none_e)} at batch {r.large}, differences under 1 point "
-                     f"ignored): better — {', '.join(helped) or 'nothing'}; worse — {', '.join(hurt) or 'nothing'}.")
+        none_row = r.get("none", r.large)
+        none_e = none_row["eval_error_mean"]
+        side = {n: _beyond_noise(none_row, r.get(n, r.large), "eval_error", 0.01) for n in r.norms if n != "none"}
+        helped = [n for n, sign in side.items() if sign < 0]
+        hurt = [n for n, sign in side.items() if sign > 0]
+        lines.append(f"- Against no normalization ({_pct(none_e)} at batch {r.large}; differences under 1 point or "
+                     f"within twice the seed noise ignored): better — {', '.join(helped) or 'nothing'}; worse — "
+                     f"{', '.join(hurt) or 'nothing'}.")
     return lines
 
 
@@ -191,13 +223,13 @@ def _convergence(r: _Rows, config: ExperimentConfig) -> tuple[str, list[str]]:
         none = r.get("none", bs)
         if none is None or none["loss_at_quarter_mean"] is None:
             continue
-        faster = [n for n in r.norms if n != "none" and r.get(n, bs) and r.get(n, bs)["loss_at_quarter_mean"]
-                  is not None and r.get(n, bs)["loss_at_quarter_mean"] < none["loss_at_quarter_mean"] - 0.05]
-        slower = [n for n in r.norms if n != "none" and r.get(n, bs) and r.get(n, bs)["loss_at_quarter_mean"]
-                  is not None and r.get(n, bs)["loss_at_quarter_mean"] > none["loss_at_quarter_mean"] + 0.05]
+        side = {n: _beyond_noise(none, r.get(n, bs), "loss_at_quarter", 0.05) for n in r.norms if n != "none"}
+        faster = [n for n, sign in side.items() if sign < 0]
+        slower = [n for n, sign in side.items() if sign > 0]
         lines.append(f"- Batch {bs}: after a quarter of the samples, lower training loss than no normalization "
                      f"({none['loss_at_quarter_mean']:.3f}): {', '.join(faster) or 'nothing'}; higher: "
-                     f"{', '.join(slower) or 'nothing'} (differences under 0.05 ignored).")
+                     f"{', '.join(slower) or 'nothing'} (differences under 0.05 or within twice the seed noise "
+                     "ignored).")
         channel = r.get("channel", bs)
         if channel is not None and channel["loss_at_quarter_mean"] is not None:
             verdict = ("supports" if "channel" in faster else "contradicts" if "channel" in slower
@@ -238,8 +270,17 @@ def write_report(rows: list[dict[str, Any]], config: ExperimentConfig, environme
     timing = environment.get("sweep", {})
     sweeps = environment.get("sweeps", [timing])
     executed_wall = sum(s.get("wall_seconds", 0) for s in sweeps if s.get("executed"))
-    steps = ", ".join(f"batch {b}: {int(config.epochs * (config.train_size or 0)) // b} steps, peak LR "
+    # the runs' own planned samples (train_size is None for 'all', and a CIFAR-10 subset may be smaller
+    # than asked); the config's arithmetic only for batch sizes with no finished run
+    planned = {row["batch_size"]: int(row["samples"]) for row in rows if row.get("samples") is not None}
+    if config.train_size:
+        for b in config.batch_sizes:
+            planned.setdefault(b, int(config.epochs * config.train_size) // b * b)
+    steps = ", ".join(f"batch {b}: {planned[b] // b if b in planned else '?'} steps, peak LR "
                       f"{config.base_lr * b / config.reference_batch:g}" for b in sorted(config.batch_sizes))
+    seen = sorted(set(planned.values()))
+    samples_text = (str(seen[0]) if len(seen) == 1 else "/".join(map(str, seen)) if seen
+                    else "epochs × training set")
     diverged = [(n, b, row["diverged"], row["runs"]) for (n, b), row in r.by_key.items() if row["diverged"]]
     expected = len(config.norms) * len(config.batch_sizes) * len(config.seeds)
     found = sum(row["runs"] for row in rows)
@@ -265,7 +306,7 @@ def write_report(rows: list[dict[str, Any]], config: ExperimentConfig, environme
         f"global average pooling, linear classifier.",
         f"- Grid: norms {', '.join(config.norms)}; batch sizes {', '.join(map(str, config.batch_sizes))}; seeds "
         f"{', '.join(map(str, config.seeds))} ({found} of {expected} runs finished).",
-        f"- Every run sees the same {int(config.epochs * (config.train_size or 0)) if config.train_size else 'epochs × training set'} "
+        f"- Every run sees the same {samples_text} "
         f"training samples ({config.epochs:g} epoch(s)). SGD momentum {config.momentum}, weight decay "
         f"{config.weight_decay}, LR {config.base_lr} × batch/{config.reference_batch} (linear scaling as in the "
         f"Group Norm paper), linear warm-up over the first {100 * config.warmup_fraction:.0f} % of the samples, "

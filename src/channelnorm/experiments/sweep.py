@@ -120,9 +120,18 @@ def _run_here(pending: list[RunSpec], config: ExperimentConfig, out: Path, bars:
     if not pending:
         return
     data = load_dataset(config)
-    for spec in pending:
-        execute(spec, config, data, out, lambda done, total, rid=spec.run_id: bars.run_progress(0, rid, done, total))
-        bars.run_finished()
+    # with workers > 1 every run is meant to be computed single-threaded (as in _worker_init); a
+    # resume that leaves one run pending lands here and must not compute it with other threads
+    # (CPU reductions then round differently, so the run's numbers would depend on how the sweep was split)
+    threads = torch.get_num_threads()
+    if config.workers > 1:
+        torch.set_num_threads(1)
+    try:
+        for spec in pending:
+            execute(spec, config, data, out, lambda done, total, rid=spec.run_id: bars.run_progress(0, rid, done, total))
+            bars.run_finished()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _run_in_workers(pending: list[RunSpec], config: ExperimentConfig, out: Path, bars: _Bars, workers: int) -> None:
