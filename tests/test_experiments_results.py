@@ -78,6 +78,14 @@ def test_learning_rate_is_scaled_linearly_with_warmup_then_cosine():
         assert halfway == pytest.approx(peak / 2, rel=1e-6)          # cosine: half the peak at mid-decay
 
 
+@pytest.mark.parametrize("bs", [2, 8, 32])
+def test_learning_rate_never_exceeds_the_peak_when_the_warmup_does_not_divide_by_the_batch(bs):
+    config = ExperimentConfig(base_lr=0.2, reference_batch=32, warmup_fraction=0.1)
+    total = 12000                                                 # warm-up 1200 samples: not a multiple of 32
+    lrs = [learning_rate(config, bs, s, total) for s in range(0, total, bs)]
+    assert max(lrs) == 0.2 * bs / 32
+
+
 def test_error_rate_counts_wrong_and_non_finite_predictions_and_keeps_running_stats():
     class Fixed(nn.Module):
         def __init__(self):

@@ -60,7 +60,8 @@ def learning_rate(config: ExperimentConfig, batch_size: int, samples_seen: int, 
     peak = config.base_lr * batch_size / config.reference_batch
     warmup = config.warmup_fraction * total_samples
     if samples_seen < warmup:
-        return peak * (samples_seen + batch_size) / warmup
+        # The step ending past the warm-up (when it does not divide by the batch) gets the peak, not more.
+        return peak * min(1.0, (samples_seen + batch_size) / warmup)
     progress = (samples_seen - warmup) / max(1.0, total_samples - warmup)
     return peak * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
