@@ -28,7 +28,6 @@ import os
 import platform
 import re
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -44,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import channelnorm.functional as CF  # noqa: E402
+from channelnorm.experiments.environment import git_revision  # noqa: E402
 
 RESNET50_SHAPES = [(64, 112), (256, 56), (512, 28), (1024, 14), (2048, 7)]   # (C, H=W) per stage
 TRANSFORMER_SHAPES = [(8192, 768), (16384, 1024), (8192, 4096)]             # (tokens, C)
@@ -129,20 +129,12 @@ def copy_ms(x, device) -> float:
     return bench(lambda: dst.copy_(x), device)
 
 
-def git_hash() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def environment(device) -> dict:
     return {
         "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({platform.processor() or 'unknown'}), "
                                                                         f"Triton interpreter",
         "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
-        "git_hash": git_hash(), "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git_hash": git_revision() or "unknown", "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
     }
 
