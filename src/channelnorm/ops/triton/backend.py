@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ..layout import match_layout
+from ..layout import elements_per_statistic, match_layout
 from ..running_stats import effective_momentum
 from . import _kernels, plan
 
@@ -94,8 +94,8 @@ def channel_norm_act(x, running_mean, running_var, weight, bias, training, momen
     y, pivot, mean_shift, var = _run(x, weight, bias, residual, running_mean, running_var, C, False, bool(training),
                                      eps, channel_axis, activation)
     if training and running_mean is not None:
-        _update_running(running_mean, running_var, num_batches_tracked, pivot, mean_shift, var, x.numel() // C,
-                        momentum)
+        _update_running(running_mean, running_var, num_batches_tracked, pivot, mean_shift, var,
+                        elements_per_statistic(x.shape, C, per_sample=False), momentum)
     return y
 
 
@@ -112,7 +112,7 @@ def instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, m
                                      bool(use_input_stats), eps, channel_axis, "none")
     if use_input_stats and running_mean is not None:
         # As torch.nn.InstanceNorm (and family.instance_norm): blend the batch average of the instance statistics.
-        n = x.numel() // (x.shape[0] * C)
+        n = elements_per_statistic(x.shape, C, per_sample=True)
         mean = (pivot + mean_shift).mean(0)
         _update_running(running_mean, running_var, num_batches_tracked, mean, torch.zeros_like(mean), var.mean(0), n,
                         momentum)
