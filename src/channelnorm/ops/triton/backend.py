@@ -9,7 +9,7 @@ channels-first tensor, and the output is given back in the input's layout.
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
@@ -62,20 +62,14 @@ def _kernel_layout(x: torch.Tensor, channel_axis: int, per_sample: bool):
     return moved, 1, lambda y: y.movedim(1, channel_axis)
 
 
-def _like(t: Optional[torch.Tensor], x: torch.Tensor, to_kernel: Callable) -> Optional[torch.Tensor]:
-    if t is None:
-        return None
-    t = to_kernel(t)
-    return t if t.stride() == x.stride() else torch.empty_like(x).copy_(t)
-
-
 def _run(x, weight, bias, residual, running_mean, running_var, num_groups, per_sample, use_batch_stats, eps,
          channel_axis, activation):
     """Lay out, call the custom op, give y back in x's layout; returns (y, pivot, mean - pivot, biased var)."""
     from .custom_ops import norm_fwd  # registers the ops on first use
     xk, axis, back = _kernel_layout(x, channel_axis, per_sample and use_batch_stats)
     to_kernel = (lambda t: t) if xk is x else (lambda t: t.movedim(channel_axis, 1))
-    res = _like(residual, xk, to_kernel)
+    # The kernels address the residual with x's strides.
+    res = None if residual is None else match_layout(to_kernel(residual), xk)
     y, pivot, mean_shift, var = norm_fwd(xk, weight, bias, res, None if use_batch_stats else running_mean,
                                          None if use_batch_stats else running_var, num_groups, per_sample,
                                          use_batch_stats, float(eps), axis, plan.ACTIVATION_CODES[activation])

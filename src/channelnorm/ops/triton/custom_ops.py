@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ..layout import match_layout
 from . import _kernels, backward, forward
 
 
@@ -83,17 +84,13 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(pivot, mean_shift, var)
 
 
-def _like(t: Tensor, x: Tensor) -> Tensor:
-    """``t`` with the strides of ``x`` (the kernels address both with one set of strides)."""
-    return t if t.stride() == x.stride() else torch.empty_like(x).copy_(t)
-
-
 def _backward(ctx, dy, _dpivot, _dmean_shift, _dvar):
     x, weight, bias, residual, pivot, mean_shift, var = ctx.saved_tensors
     num_groups, per_sample, use_batch_stats, eps, channel_axis, activation = ctx.config
     wants = ctx.needs_input_grad
     need_dres = residual is not None and wants[3]
-    dx, dweight, dbias, dres = norm_bwd(_like(dy, x), x, weight, bias, residual, pivot, mean_shift, var, num_groups,
+    dy = match_layout(dy, x)  # the kernels address dy with x's strides
+    dx, dweight, dbias, dres = norm_bwd(dy, x, weight, bias, residual, pivot, mean_shift, var, num_groups,
                                         per_sample, use_batch_stats, eps, channel_axis, activation, need_dres)
     dweight = dweight.to(weight.dtype) if weight is not None and wants[1] else None
     dbias = dbias.to(bias.dtype) if bias is not None and wants[2] else None
