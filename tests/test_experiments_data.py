@@ -107,3 +107,59 @@ def test_load_dataset_reads_cifar_with_a_subset(tmp_path):
     data = load_dataset(quick_config(data_dir=str(tmp_path), train_size=24, test_size=None))
     assert data.train_x.shape == (24, 3, 32, 32) and data.test_x.shape == (6, 3, 32, 32)
     assert "CIFAR-10" in data.name and data.classes[0] == "airplane"
+
+
+class _RunsCode:
+    """What an attacker pickles: unpickling it calls os.system (here: touch a marker file)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return os.system, (f"touch {self.marker}",)
+
+
+class _Evaluates:
+    def __reduce__(self):
+        return eval, ("__import__('os').getpid()",)
+
+
+@pytest.mark.parametrize("payload", ["system", "eval", "object_array", "subclass"])
+def test_cifar_reader_runs_no_code_from_a_crafted_file(tmp_path, capsys, payload):
+    _write_cifar(tmp_path)
+    marker = tmp_path / "pwned"
+    data = np.zeros((4, 3072), dtype=np.uint8)
+    crafted = {
+        "system": {b"data": data, b"labels": [0, 1, 2, 3], b"filenames": _RunsCode(marker)},
+        "eval": {b"data": data, b"labels": _Evaluates()},
+        "object_array": {b"data": np.array([_RunsCode(marker)], dtype=object), b"labels": [0]},
+        "subclass": {b"data": np.ma.masked_array(data), b"labels": [0, 1, 2, 3]},
+    }[payload]
+    with open(tmp_path / "data_batch_2", "wb") as handle:
+        pickle.dump(crafted, handle, protocol=2)
+    with pytest.raises(cifar.UnsafeDataError, match="data_batch_2"):
+        cifar.load_cifar10(tmp_path)
+    assert not marker.exists()
+    # the same file through the command line is a clear one-line error, and nothing ran
+    from channelnorm.experiments.cli import main
+    with pytest.raises(SystemExit) as stopped:
+        main(["compare", "--quick", "--data-dir", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert stopped.value.code == 2 and "data_batch_2 was refused" in capsys.readouterr().err
+    assert not marker.exists()
+    if payload == "system":  # the file is a real exploit: plain pickle would have run it
+        with open(tmp_path / "data_batch_2", "rb") as handle:
+            pickle.load(handle, encoding="bytes")
+        assert marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar_reader_accepts_every_pickle_protocol_numpy_writes(tmp_path, protocol):
+    written = _write_cifar(tmp_path)
+    data, labels = written["test_batch"]
+    with open(tmp_path / "test_batch", "wb") as handle:
+        pickle.dump({b"batch_label": b"testing batch 1 of 1", b"labels": labels, b"data": data,
+                     b"filenames": [b"a.png"] * len(labels)}, handle, protocol=protocol)
+    test_x, test_y = cifar.load_cifar10(tmp_path)[2:]
+    assert torch.equal((test_x * 255).round().to(torch.uint8).flatten(1), torch.from_numpy(data))
+    assert test_y.tolist() == labels

@@ -3,6 +3,11 @@
 Each file (``data_batch_1`` .. ``data_batch_5``, ``test_batch``) is a pickled dict with ``b"data"``,
 a uint8 array of shape (N, 3072) holding the red, green and blue 32x32 planes of each image, and
 ``b"labels"``, a list of N ints in 0..9.
+
+The files are pickles, and a plain ``pickle.load`` runs whatever code a crafted file names. They are
+read with :class:`CifarUnpickler`, which rebuilds only what CIFAR-10 files contain (dicts, lists,
+bytes, str, ints and plain numpy arrays of a non-object dtype); any other global in the file is a
+:class:`UnsafeDataError` naming the file, raised before anything of it runs.
 """
 from __future__ import annotations
 
@@ -12,6 +17,72 @@ from pathlib import Path
 import numpy as np
 import torch
 
+
+class UnsafeDataError(ValueError):
+    """A data file asked the unpickler for something a CIFAR-10 batch never contains."""
+
+
+def _safe_dtype(spec, *args):
+    dtype = np.dtype(spec.decode("latin1") if isinstance(spec, bytes) else spec, *args)
+    if dtype.hasobject:  # an object array would let the pickle stream fill it with anything
+        raise pickle.UnpicklingError(f"arrays of dtype {dtype} are not allowed")
+    return dtype
+
+
+def _safe_reconstruct(subtype, shape, dtype):
+    # numpy's _reconstruct(subtype, shape, dtype) is ndarray.__new__; only the plain class passes
+    if subtype is not np.ndarray:
+        raise pickle.UnpicklingError(f"array subtype {subtype!r} is not allowed")
+    return np.ndarray.__new__(np.ndarray, shape, _safe_dtype(dtype))
+
+
+def _safe_frombuffer(buffer, dtype, shape, order):  # the protocol-5 form of an ndarray
+    return np.frombuffer(buffer, dtype=_safe_dtype(dtype)).reshape(shape, order=order).copy()
+
+
+def _latin1_encode(text, encoding="latin1"):
+    # protocol-2 pickles written by Python 3 store bytes as _codecs.encode(latin1 text)
+    if not isinstance(text, str) or encoding != "latin1":
+        raise pickle.UnpicklingError("_codecs.encode is only allowed for latin1 text")
+    return text.encode("latin1")
+
+
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _safe_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _safe_reconstruct,
+    ("numpy.core.numeric", "_frombuffer"): _safe_frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _safe_frombuffer,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): _safe_dtype,
+    ("_codecs", "encode"): _latin1_encode,
+}
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only the globals a CIFAR-10 python batch refers to.
+
+    Everything else (``os.system``, ``builtins.eval``, any class) is refused in ``find_class``, so
+    no code named by the file is imported or called. Reading is otherwise that of ``pickle``.
+    """
+
+    def find_class(self, module: str, name: str):
+        try:
+            return _ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR-10 batch") from None
+
+
+def _load_pickle(path: Path):
+    with open(path, "rb") as handle:
+        try:
+            return CifarUnpickler(handle, encoding="bytes").load()
+        except pickle.UnpicklingError as error:
+            raise UnsafeDataError(f"{path} was refused: {error}; a CIFAR-10 python batch holds only "
+                                  "dicts, lists, bytes, ints and uint8 numpy arrays") from None
+        except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as error:
+            raise ValueError(f"{path} is not a readable CIFAR-10 python batch: {error}") from None
+
+
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -19,8 +90,7 @@ CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 
 def read_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (N, 3, 32, 32) float32 in [0, 1] and int64 labels from one pickle file."""
-    with open(path, "rb") as handle:
-        batch = pickle.load(handle, encoding="bytes")
+    batch = _load_pickle(path)
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise ValueError(f"{path} is not a CIFAR-10 python batch (a dict with b'data' and b'labels')")
     data = np.asarray(batch[b"data"])
