@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 from torch import nn
 
@@ -19,6 +19,38 @@ def register_norm(kind: str, factory: Callable[..., nn.Module], aliases: tuple[s
     _FACTORIES[kind] = factory
     for alias in aliases:
         _ALIASES[alias] = kind
+
+
+class NormTraits(NamedTuple):
+    """Facts about a norm kind that model tools and the experiment read.
+
+    Attributes:
+        scope: the axes its statistics cover: ``"channel"`` (per channel over batch and spatial
+            axes), ``"group"``, ``"layer"``, ``"instance"`` (per sample and channel) or ``"none"``.
+        uses_batch_statistics: in training, its output for one sample depends on the other samples.
+        includes_activation: it replaces norm + activation (no activation should follow it).
+    """
+
+    scope: str
+    uses_batch_statistics: bool
+    includes_activation: bool
+
+
+def canonical_kind(kind: str) -> str:
+    """The canonical name of ``kind`` (``"bn"`` -> ``"channel"``); unknown kinds are a ``ValueError``."""
+    if not isinstance(kind, str):
+        raise TypeError(f"kind must be a string, got {type(kind).__name__}")
+    key = kind.lower().replace("-", "_")
+    key = _ALIASES.get(key, key)
+    if key not in _FACTORIES:
+        choices = sorted(set(_FACTORIES) | set(_ALIASES))
+        raise ValueError(f"unknown norm kind {kind!r}; choose one of {', '.join(choices)}")
+    return key
+
+
+def norm_traits(kind: str) -> NormTraits:
+    """The :class:`NormTraits` of the norm named ``kind`` (aliases accepted)."""
+    return _TRAITS[canonical_kind(kind)]
 
 
 def available_norms() -> list[str]:
@@ -50,13 +82,7 @@ def create_norm(kind: str, num_channels: int, **kwargs) -> nn.Module:
     Unknown kinds are a ``ValueError`` listing the choices; keyword arguments the kind does not
     take are a ``TypeError`` naming them and what it does take.
     """
-    if not isinstance(kind, str):
-        raise TypeError(f"kind must be a string, got {type(kind).__name__}")
-    key = kind.lower().replace("-", "_")
-    key = _ALIASES.get(key, key)
-    if key not in _FACTORIES:
-        choices = sorted(set(_FACTORIES) | set(_ALIASES))
-        raise ValueError(f"unknown norm kind {kind!r}; choose one of {', '.join(choices)}")
+    key = canonical_kind(kind)
     factory = _FACTORIES[key]
     accepted = _accepted(factory)
     unknown = sorted(set(kwargs) - set(accepted)) if accepted is not None else []
@@ -82,3 +108,19 @@ register_norm("ghost", GhostNorm, aliases=("ghost_norm", "ghostnorm", "gbn", "vi
 register_norm("frn", FilterResponseNorm, aliases=("filter_response_norm", "filterresponsenorm"))
 register_norm("evonorm_s0", EvoNormS0, aliases=("evonorms0",))
 register_norm("evonorm_b0", EvoNormB0, aliases=("evonormb0",))
+
+# Interim table; the facts move onto the classes as class-level traits.
+_TRAITS = {
+    "channel": NormTraits("channel", True, False),
+    "sync_channel": NormTraits("channel", True, False),
+    "batch_renorm": NormTraits("channel", True, False),
+    "ghost": NormTraits("channel", True, False),
+    "frozen": NormTraits("channel", False, False),
+    "group": NormTraits("group", False, False),
+    "layer": NormTraits("layer", False, False),
+    "instance": NormTraits("instance", False, False),
+    "none": NormTraits("none", False, False),
+    "frn": NormTraits("instance", False, True),
+    "evonorm_s0": NormTraits("group", False, True),
+    "evonorm_b0": NormTraits("channel", True, True),
+}
