@@ -4,6 +4,7 @@ and in ``docs/``, the README's two setup commands, and the API reference's cover
 names."""
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import subprocess
@@ -182,3 +183,20 @@ def test_license_and_typing_marker_are_packaged():
     assert "BSD 3-Clause License" in license_text and "the channelnorm authors" in license_text
     assert "py.typed" in project["tool"]["setuptools"]["package-data"]["channelnorm"]
     assert (ROOT / "src" / "channelnorm" / "py.typed").is_file()
+
+
+def test_experiment_guide_lists_every_cli_flag():
+    """docs/experiment.md keeps up with the command line: each option of ``channelnorm compare``."""
+    from channelnorm.experiments.cli import build_parser
+
+    guide = (ROOT / "docs" / "experiment.md").read_text(encoding="utf-8")
+    parsers, flags = [build_parser()], set()
+    while parsers:  # the parser and its subcommands' parsers
+        parser = parsers.pop()
+        for action in parser._actions:
+            flags |= {opt for opt in action.option_strings if opt.startswith("--") and opt != "--help"}
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+    assert {"--norms", "--out"} <= flags, flags  # the walk found the compare command's options
+    missing = sorted(f for f in flags if not re.search(re.escape(f) + r"(?![\w-])", guide))
+    assert not missing, f"flags of channelnorm compare not described in docs/experiment.md: {missing}"
