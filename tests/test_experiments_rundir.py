@@ -340,11 +340,15 @@ def _alive(pid):
 
 def test_a_worker_exits_when_the_sweep_is_killed(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    parent = subprocess.Popen([sys.executable, "-c", SWEEP_PARENT, str(tmp_path)], stdout=subprocess.PIPE,
-                              text=True, env=env)
+    # stderr to a file: the killed sweep's resource tracker outlives it and reports leaked semaphores
+    stderr = open(tmp_path / "stderr.txt", "w")
+    parent = subprocess.Popen([sys.executable, "-c", SWEEP_PARENT, str(tmp_path / "out")], stdout=subprocess.PIPE,
+                              stderr=stderr, text=True, env=env)
     worker = None
     try:
-        worker = int(parent.stdout.readline())          # the worker started its (hours-long) run
+        line = parent.stdout.readline()
+        assert line.strip().isdigit(), (tmp_path / "stderr.txt").read_text()
+        worker = int(line)                                # the worker started its (hours-long) run
         assert _alive(worker)
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait(timeout=10)
@@ -357,3 +361,4 @@ def test_a_worker_exits_when_the_sweep_is_killed(tmp_path):
             if pid is not None and _alive(pid):
                 os.kill(pid, signal.SIGKILL)
         parent.stdout.close()
+        stderr.close()
