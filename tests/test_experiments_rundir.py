@@ -76,11 +76,17 @@ def test_records_carry_the_fingerprint_of_the_settings_that_computed_them(tmp_pa
     assert settings["epochs"] == 1.0 and settings["train_size"] == 40 and settings["base_lr"] == 0.2
     assert (settings["norm"], settings["batch_size"], settings["seed"]) == ("channel", 4, 1)
     assert not {"seeds", "batch_sizes", "norms", "workers", "out", "grid"} & set(settings)
-    canonical = json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()
+    canonical = json.dumps({k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in settings.items()},
+                           sort_keys=True, separators=(",", ":")).encode()
     assert record["fingerprint"] == hashlib.sha256(canonical).hexdigest()
     other = json.loads(record_path(tmp_path, "channel-bs4-seed0").read_text())
     assert other["fingerprint"] != record["fingerprint"]          # the seed is part of it
     assert record["provenance"]["torch"]
+
+
+def test_the_same_number_written_as_int_or_float_is_the_same_setting(tmp_path, trained):
+    run_sweep(tiny(tmp_path, epochs=2), tmp_path, progress=False)
+    assert run_sweep(tiny(tmp_path, epochs=2.0), tmp_path, progress=False) == {"executed": 0, "skipped": 4}
 
 
 def test_without_config_json_records_of_other_settings_are_refused_not_reused(tmp_path, trained):

@@ -64,9 +64,20 @@ def run_settings(config: ExperimentConfig, spec: Any) -> dict[str, Any]:
     return settings
 
 
+def _canonical(value: Any) -> Any:
+    # 2 and 2.0 are the same setting (--epochs 2 is a float, epochs=2 in Python an int)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _canonical(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(item) for item in value]
+    return value
+
+
 def fingerprint(settings: dict[str, Any]) -> str:
-    """sha256 of the settings as canonical JSON (sorted keys, no whitespace)."""
-    text = json.dumps(settings, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    """sha256 of the settings as canonical JSON (sorted keys, no whitespace, integral floats as integers)."""
+    text = json.dumps(_canonical(settings), sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
