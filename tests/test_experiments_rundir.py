@@ -258,6 +258,17 @@ def test_a_linked_folder_or_record_is_refused_naming_it(tmp_path, trained):
     assert not (tmp_path / "escaped.txt").exists()
 
 
+def test_temporary_files_of_a_killed_write_are_cleared_when_the_run_is_redone(tmp_path, trained):
+    config = tiny(tmp_path, batch_sizes=(2,), seeds=(0,))
+    folder = run_dir(tmp_path, "channel-bs2-seed0")
+    folder.mkdir(parents=True)
+    leftover = folder / ".record.json.0123456789ab.tmp"
+    leftover.write_text('{"run_id": ')
+    (folder / "notes.txt").write_text("mine")
+    run_sweep(config, tmp_path, progress=False)
+    assert sorted(os.listdir(folder)) == ["metrics.jsonl", "notes.txt", "record.json"]
+
+
 def _disk_full_after(limit, calls):
     """A replacement for storage._write_all that writes ``limit`` bytes, then fails as a full disk does."""
     def write_all(fd, data):

@@ -13,13 +13,15 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
 
 from .config import ConfigError, ExperimentConfig
-from .storage import RunDirectoryError, read_text, remove_file, safe_directory, write_atomic, write_json
+from .storage import (RunDirectoryError, is_temporary_name, read_text, remove_file, safe_directory, write_atomic,
+                      write_json)
 
 RECORD_KEYS = ("run_id", "norm", "batch_size", "seed", "eval_error", "batch_stat_error", "diverged")
 
@@ -44,9 +46,13 @@ def record_path(out: Path, run_id: str) -> Path:
 
 def prepare_run_dir(out: Path, run_id: str) -> Path:
     """The run's folder, created inside ``out`` without following links, with no stale
-    ``metrics.jsonl`` in it (the run rewrites it; a link there would be written through)."""
+    ``metrics.jsonl`` in it (the run rewrites it; a link there would be written through) and no
+    temporary file left by a write that was killed (only this run writes in its folder)."""
     folder = safe_directory(out, run_dir(out, run_id))
     remove_file(out, folder / "metrics.jsonl")
+    for name in os.listdir(folder):
+        if is_temporary_name(name):
+            remove_file(out, folder / name)
     return folder
 
 

@@ -91,6 +91,17 @@ def _directory_of(root: Path, path: Path, create: bool) -> Iterator[tuple[int, s
         os.close(fd)
 
 
+def _temporary_name(name: str) -> str:
+    return f".{name}.{secrets.token_hex(6)}.tmp"
+
+
+def is_temporary_name(name: str) -> bool:
+    """True for the name of a temporary file of ``write_atomic`` (one left by a killed write)."""
+    parts = name.split(".")
+    return (len(parts) >= 4 and parts[0] == "" and parts[-1] == "tmp" and len(parts[-2]) == 12
+            and all(c in "0123456789abcdef" for c in parts[-2]))
+
+
 def _write_all(fd: int, data: bytes) -> None:
     """os.write until every byte is written (a short write is not an error; the next call says why)."""
     view = memoryview(data)
@@ -110,7 +121,7 @@ def write_atomic(path: Union[str, Path], data: Union[bytes, str], root: Optional
     try:
         with _directory_of(root, path, create=True) as (folder, name):
             try:
-                candidate = f".{name}.{secrets.token_hex(6)}.tmp"
+                candidate = _temporary_name(name)
                 fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                              0o666, dir_fd=folder)
                 temporary = candidate
