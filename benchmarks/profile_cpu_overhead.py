@@ -360,12 +360,78 @@ def guard_timings(shape, rounds, number):
         print(f"  {label:42s} {best:8.2f} {med:8.2f}   {best - res['no_guard'][0]:+7.2f}")
 
 
+def wrapper_timings(shape, rounds, number):
+    """Cost of the wrapper kinds the GPU path uses, around the same CPU kernels (µs per call):
+    a direct aten call, a plain ``torch.autograd.Function`` and a ``torch.library.custom_op`` with
+    ``register_autograd`` (both calling native_batch_norm / native_batch_norm_backward)."""
+    c = shape[1]
+    x = torch.randn(*shape, requires_grad=True)
+    g = torch.randn(*shape)
+    w, b = torch.rand(c, requires_grad=True), torch.zeros(c, requires_grad=True)
+
+    class BatchNormFunction(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, w, b):
+            y, mean, invstd = torch.native_batch_norm(x, w, b, None, None, True, 0.0, 1e-5)
+            ctx.save_for_backward(x, w, mean, invstd)
+            return y
+
+        @staticmethod
+        def backward(ctx, dy):
+            x, w, mean, invstd = ctx.saved_tensors
+            return torch.ops.aten.native_batch_norm_backward(dy, x, w, None, None, mean, invstd, True, 1e-5,
+                                                             [True, True, True])
+
+    @torch.library.custom_op("cn_profile::bn_fwd", mutates_args=())
+    def bn_fwd(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        y, mean, invstd = torch.native_batch_norm(x, w, b, None, None, True, 0.0, 1e-5)
+        return y, mean, invstd
+
+    @bn_fwd.register_fake
+    def _(x, w, b):
+        return torch.empty_like(x), x.new_empty(x.shape[1]), x.new_empty(x.shape[1])
+
+    @torch.library.custom_op("cn_profile::bn_bwd", mutates_args=())
+    def bn_bwd(dy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, mean: torch.Tensor,
+               invstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return torch.ops.aten.native_batch_norm_backward(dy, x, w, None, None, mean, invstd, True, 1e-5,
+                                                         [True, True, True])
+
+    @bn_bwd.register_fake
+    def _(dy, x, w, mean, invstd):
+        return torch.empty_like(x), torch.empty_like(w), torch.empty_like(w)
+
+    def setup(ctx, inputs, output):
+        x, w, _ = inputs
+        ctx.save_for_backward(x, w, output[1], output[2])
+
+    def backward(ctx, dy, _dmean, _dinvstd):
+        x, w, mean, invstd = ctx.saved_tensors
+        return bn_bwd(dy, x, w, mean, invstd)
+
+    bn_fwd.register_autograd(backward, setup_context=setup)
+
+    calls = {
+        "torch.native_batch_norm (aten, autograd built in)":
+            lambda: torch.native_batch_norm(x, w, b, None, None, True, 0.0, 1e-5)[0],
+        "torch.autograd.Function": lambda: BatchNormFunction.apply(x, w, b),
+        "torch.library.custom_op + register_autograd": lambda: bn_fwd(x, w, b)[0],
+    }
+    for mode in ("forward", "forward+backward"):
+        fns = {k: (f if mode == "forward" else (lambda f=f: f().backward(g))) for k, f in calls.items()}
+        res = interleaved(fns, rounds, number)
+        base = next(iter(res.values()))[0]
+        print(f"\nwrappers around native_batch_norm, {mode} {tuple(shape)} (best / median us; best - aten)")
+        for label, (best, med) in res.items():
+            print(f"  {label:50s} {best:8.1f} {med:8.1f}   {best - base:+7.1f}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", default="2,64,4,4")
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--number", type=int, default=200)
-    p.add_argument("--only", nargs="*", default=["pieces", "guards", "channel", "group", "instance"])
+    p.add_argument("--only", nargs="*", default=["pieces", "guards", "wrappers", "channel", "group", "instance"])
     p.add_argument("--prototype", nargs=argparse.REMAINDER, default=None,
                    help="install the prototype fast paths, then run bench_cpu_overhead.py with these arguments")
     a = p.parse_args(argv)
@@ -393,6 +459,8 @@ def main(argv=None):
         piece_timings(shape, a.rounds, a.number)
     if "guards" in a.only:
         guard_timings(shape, a.rounds, a.number)
+    if "wrappers" in a.only:
+        wrapper_timings(shape, a.rounds, a.number)
     if "channel" in a.only:
         ablate("ChannelNorm vs nn.BatchNorm2d", lambda: cn.ChannelNorm(c), lambda: nn.BatchNorm2d(c), CN_VARIANTS,
                shape, a.rounds, a.number)
