@@ -303,7 +303,8 @@ def piece_timings(shape, rounds, number):
 
 
 def guard_timings(shape, rounds, number):
-    """Ways to keep the library's non-finite rule (ops/running_stats.py) around an in-place torch.batch_norm (µs per training forward)."""
+    """Ways to keep the library's non-finite rule (ops/running_stats.py) around an in-place
+    torch.batch_norm (µs per training forward)."""
     c = shape[1]
     x = torch.randn(*shape, requires_grad=True)
     w, b = torch.ones(c, requires_grad=True), torch.zeros(c, requires_grad=True)
