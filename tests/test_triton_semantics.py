@@ -13,8 +13,9 @@ from channelnorm.ops.triton import backend, plan
 
 @pytest.fixture
 def many_splits(monkeypatch):
-    """Tiny tiles and many programs, so every statistic is merged from many partials."""
-    monkeypatch.setattr(plan, "TILE_ELEMENTS", 8)
+    """Split regime (R2), tiny tiles and many programs: every statistic is merged from many partials."""
+    monkeypatch.setattr(plan, "R1_MAX_ELEMENTS", 0)
+    monkeypatch.setattr(plan, "TILE_BYTES", 32)
     monkeypatch.setattr(plan, "MIN_TILES_PER_PROGRAM", 1)
     monkeypatch.setattr(plan, "target_programs", lambda device: 64)
 

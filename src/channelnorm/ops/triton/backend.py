@@ -52,45 +52,73 @@ def unsupported_reason(op: str, x: torch.Tensor, *params: Optional[torch.Tensor]
     return None
 
 
-def _kernel_layout(x: torch.Tensor, channel_axis: int, per_sample: bool):
-    """(tensor the kernels can address, its channel axis, map from its output back to x's shape)."""
-    shape, strides = tuple(x.shape), x.stride()
-    if plan.is_dense(shape, strides) and plan.canonical_view(shape, strides, channel_axis, per_sample) is not None:
-        return x, channel_axis, lambda y: y
-    # Documented copy: exotic strides become contiguous channels-first.
-    moved = x.movedim(channel_axis, 1).contiguous()
-    return moved, 1, lambda y: y.movedim(1, channel_axis)
-
-
 def _run(x, weight, bias, residual, running_mean, running_var, num_groups, per_sample, use_batch_stats, eps,
-         channel_axis, activation):
-    """Lay out, call the custom op, give y back in x's layout; returns (y, pivot, mean - pivot, biased var)."""
-    from .custom_ops import norm_fwd  # registers the ops on first use
-    xk, axis, back = _kernel_layout(x, channel_axis, per_sample and use_batch_stats)
-    to_kernel = (lambda t: t) if xk is x else (lambda t: t.movedim(channel_axis, 1))
-    # The kernels address the residual with x's strides.
-    res = None if residual is None else match_layout(to_kernel(residual), xk)
-    y, pivot, mean_shift, var = norm_fwd(xk, weight, bias, res, None if use_batch_stats else running_mean,
+         channel_axis, activation, update=None, sink=None):
+    """Lay out, run the kernels, give y back in x's layout; returns y.
+
+    Eager: the plain autograd Function (``function.norm``), with ``update`` (a
+    ``forward.RunningUpdate``) fused into the statistics pass and the statistics put in ``sink``.
+    Under torch.compile: the custom ops, and the running update as its own op.
+    """
+    shape, strides = tuple(x.shape), x.stride()
+    scope_per_sample = per_sample and use_batch_stats
+    if plan.is_dense(shape, strides) and plan.canonical_view(shape, strides, channel_axis, scope_per_sample):
+        xk, axis, res = x, channel_axis, residual
+        if res is not None and res.stride() != x.stride():
+            res = match_layout(res, x)  # the kernels address the residual with x's strides
+        moved = False
+    else:  # documented copy: exotic strides become contiguous channels-first
+        xk, axis, moved = x.movedim(channel_axis, 1).contiguous(), 1, True
+        res = None if residual is None else match_layout(residual.movedim(channel_axis, 1), xk)
+    act = plan.ACTIVATION_CODES[activation]
+    if torch.compiler.is_compiling():
+        y = _run_custom_op(xk, weight, bias, res, running_mean, running_var, num_groups, per_sample,
+                           use_batch_stats, float(eps), axis, act, update, sink)
+    else:
+        from .function import norm
+        y = norm(xk, weight, bias, res, None if use_batch_stats else running_mean,
+                 None if use_batch_stats else running_var, num_groups, per_sample, use_batch_stats, float(eps), axis,
+                 act, update, sink)
+    return match_layout(y.movedim(1, channel_axis), x) if moved else y
+
+
+def _run_custom_op(x, weight, bias, residual, running_mean, running_var, num_groups, per_sample, use_batch_stats,
+                   eps, axis, act, update, sink):
+    from .custom_ops import norm_fwd, running_stats_update  # registers the ops on first use
+    y, pivot, mean_shift, var = norm_fwd(x, weight, bias, residual, None if use_batch_stats else running_mean,
                                          None if use_batch_stats else running_var, num_groups, per_sample,
-                                         use_batch_stats, float(eps), axis, plan.ACTIVATION_CODES[activation])
-    return match_layout(back(y), x), pivot, mean_shift, var
+                                         use_batch_stats, eps, axis, act)
+    if update is not None:
+        running_stats_update(update.running_mean, update.running_var, update.num_batches_tracked, pivot,
+                             mean_shift, var, update.unbias, update.momentum)
+    if sink is not None:
+        sink.extend((pivot, mean_shift, var))
+    return y
 
 
-def _update_running(running_mean, running_var, num_batches_tracked, pivot, mean_shift, var, n: int, momentum):
-    from .custom_ops import running_stats_update
-    running_stats_update(running_mean, running_var, num_batches_tracked, pivot, mean_shift, var,
-                         n / (n - 1), effective_momentum(momentum, num_batches_tracked))
+def _running_update(running_mean, running_var, num_batches_tracked, n: int, momentum):
+    from .forward import RunningUpdate
+    return RunningUpdate(running_mean, running_var, num_batches_tracked,
+                         effective_momentum(momentum, num_batches_tracked), n / (n - 1))
 
 
 def channel_norm_act(x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis,
                      activation="none", residual=None, num_batches_tracked=None) -> torch.Tensor:
     C = x.shape[channel_axis]
-    y, pivot, mean_shift, var = _run(x, weight, bias, residual, running_mean, running_var, C, False, bool(training),
-                                     eps, channel_axis, activation)
+    update = None
     if training and running_mean is not None:
-        _update_running(running_mean, running_var, num_batches_tracked, pivot, mean_shift, var,
-                        elements_per_statistic(x.shape, C, per_sample=False), momentum)
-    return y
+        update = _running_update(running_mean, running_var, num_batches_tracked,
+                                 elements_per_statistic(x.shape, C, per_sample=False), momentum)
+        if not (running_mean.is_contiguous() and running_var.is_contiguous()):
+            # The fused update addresses the buffers as ptr + c: update strided buffers through dense copies.
+            rm, rv = running_mean.contiguous(), running_var.contiguous()
+            y = _run(x, weight, bias, residual, running_mean, running_var, C, False, True, eps, channel_axis,
+                     activation, update._replace(running_mean=rm, running_var=rv))
+            running_mean.copy_(rm)
+            running_var.copy_(rv)
+            return y
+    return _run(x, weight, bias, residual, running_mean, running_var, C, False, bool(training), eps, channel_axis,
+                activation, update)
 
 
 def channel_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis,
@@ -102,20 +130,24 @@ def channel_norm(x, running_mean, running_var, weight, bias, training, momentum,
 def instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps, channel_axis,
                   num_batches_tracked=None) -> torch.Tensor:
     C = x.shape[channel_axis]
-    y, pivot, mean_shift, var = _run(x, weight, bias, None, running_mean, running_var, C, True,
-                                     bool(use_input_stats), eps, channel_axis, "none")
-    if use_input_stats and running_mean is not None:
+    update_stats = bool(use_input_stats) and running_mean is not None
+    sink = [] if update_stats else None
+    y = _run(x, weight, bias, None, running_mean, running_var, C, True, bool(use_input_stats), eps, channel_axis,
+             "none", sink=sink)
+    if update_stats:
         # As torch.nn.InstanceNorm (and family.instance_norm): blend the batch average of the instance statistics.
+        pivot, mean_shift, var = sink
         n = elements_per_statistic(x.shape, C, per_sample=True)
         mean = (pivot + mean_shift).mean(0)
-        _update_running(running_mean, running_var, num_batches_tracked, mean, torch.zeros_like(mean), var.mean(0), n,
-                        momentum)
+        u = _running_update(running_mean, running_var, num_batches_tracked, n, momentum)
+        from .custom_ops import running_stats_update
+        running_stats_update(running_mean, running_var, num_batches_tracked, mean, torch.zeros_like(mean),
+                             var.mean(0), u.unbias, u.momentum)
     return y
 
 
 def group_norm_act(x, num_groups, weight, bias, eps, channel_axis, activation="none", residual=None) -> torch.Tensor:
-    y, _, _, _ = _run(x, weight, bias, residual, None, None, num_groups, True, True, eps, channel_axis, activation)
-    return y
+    return _run(x, weight, bias, residual, None, None, num_groups, True, True, eps, channel_axis, activation)
 
 
 def group_norm(x, num_groups, weight, bias, eps, channel_axis) -> torch.Tensor:

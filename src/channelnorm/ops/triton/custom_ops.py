@@ -1,5 +1,7 @@
 """``torch.library`` custom ops around the host functions, with fake (meta) kernels and autograd.
 
+Used under ``torch.compile`` only (``backend`` checks ``torch.compiler.is_compiling()``); eager calls
+take the plain ``torch.autograd.Function`` in ``function.py``, which skips the dispatcher's fixed cost.
 ``torch.compile(fullgraph=True)`` sees two opaque ops, ``channelnorm::triton_norm_fwd`` and
 ``channelnorm::triton_norm_bwd``, whose output shapes come from the fake implementations; the
 backward op is wired in with ``register_autograd``. One op pair serves the whole family: the scope
@@ -17,16 +19,12 @@ from torch import Tensor
 
 from ..layout import match_layout
 from . import _kernels, backward, forward
+from .function import dense as _dense
 
 
 def _on_device_of(t: Tensor):
     """Triton launches on the current CUDA device: make it the tensor's (cuda:1 inputs, ...)."""
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
-
-
-def _dense(t: Optional[Tensor]) -> Optional[Tensor]:
-    """A per-channel vector the kernels can read as ``ptr + c`` (weight[::2], an expanded ones(1): copied)."""
-    return t if t is None or t.is_contiguous() else t.contiguous()
 
 
 def _stats_shape(x: Tensor, num_groups: int, per_sample: bool, use_batch_stats: bool, channel_axis: int):

@@ -1,118 +1,123 @@
-"""Host side of the forward pass: statistics (split reduction + fixed-order merge) and the normalize pass.
+"""Host side of the forward pass: pick the regime's kernels from the cached plan, allocate, launch.
 
-Inputs here are already checked and laid out by ``backend``; these functions only pick tiles,
-allocate and launch. Statistics and per-channel vectors are fp32 whatever the input dtype.
+Inputs here are already checked and laid out by ``backend``; nothing is decided here that the plan
+did not decide. Statistics are fp32 ``[rows, G]`` (pivot, mean - pivot, biased var) whatever the
+input dtype. Launches per call: R1 one; R2/R3 two (statistics with the fused merge, finalize and
+running update; then the normalize pass in reverse order); eval one.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
 from . import _kernels, plan
-from .reduce import merge_stats
 
 
-def view_and_plan(x: torch.Tensor, channel_axis: int, per_sample: bool):
-    view = plan.canonical_view(tuple(x.shape), x.stride(), channel_axis, per_sample)
-    return view, plan.make_plan(view, plan.target_programs(x.device), per_sample)
+class RunningUpdate(NamedTuple):
+    """The running-statistics update fused into the statistics pass (channel scope, training)."""
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+    num_batches_tracked: Optional[torch.Tensor]
+    momentum: float
+    unbias: float
 
 
-def _pivots(x: torch.Tensor, view: plan.CanonicalView, num_groups: int, per_sample: bool) -> torch.Tensor:
-    """One element of each statistic's own data (position s = 0, first channel of the group), fp32.
-
-    Shifting by it before summing keeps the partial sums small when the mean is large.
-    """
-    cpg = view.C // num_groups
-    if per_sample:
-        picked = torch.as_strided(x, (view.B, num_groups), (view.sb, cpg * view.sc), x.storage_offset())
-    else:
-        picked = torch.as_strided(x, (1, view.C), (0, view.sc), x.storage_offset())
-    return picked.to(torch.float32, copy=True)  # never a view of x (custom-op outputs must not alias inputs)
+_COUNTERS: dict = {}
 
 
-def group_view(view: plan.CanonicalView, num_groups: int) -> Optional[plan.CanonicalView]:
-    """The (B, G, cpg*S) view of a per-sample scope whose groups are contiguous runs, else None.
-
-    When a channel's positions are followed by the next channel's (NCHW, or (N, C) rows), the
-    channels of a group form one strided run, so statistics can be taken per group directly: no
-    per-channel partials and no second merge level (for a layer norm over (N, C) tokens the
-    per-channel partials would be as large as x itself).
-    """
-    cpg = view.C // num_groups
-    if cpg == 1 or view.sc != view.S * view.ss:
-        return None
-    return plan.CanonicalView(view.B, num_groups, cpg * view.S, view.sb, cpg * view.sc, view.ss)
+def counters(device: torch.device, n: int) -> torch.Tensor:
+    """Zeroed int32 tickets for the last-program election. Every kernel puts back the zeros it used, so
+    one buffer per device and stream serves every call (kernels on one stream never overlap)."""
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (device, stream)
+    buf = _COUNTERS.get(key)
+    if buf is None or buf.numel() < n:
+        buf = torch.zeros(max(n, 1024), device=device, dtype=torch.int32)
+        _COUNTERS[key] = buf
+    return buf
 
 
-def batch_statistics(x: torch.Tensor, view: plan.CanonicalView, p: plan.Plan, num_groups: int, per_sample: bool):
-    """(pivot, count, mean - pivot, M2) per statistic: ``[N, G]`` per sample, else ``[1, C]`` (fp32)."""
-    pivot = _pivots(x, view, num_groups, per_sample)
-    cpg = view.C // num_groups
-    grouped = group_view(view, num_groups) if per_sample else None
-    if grouped is not None:
-        view, p, cpg = grouped, plan.make_plan(grouped, plan.target_programs(x.device), True), 1
-    C = view.C
-    rows = p.partial_rows
-    count, mean, m2 = (torch.empty(rows, C, device=x.device, dtype=torch.float32) for _ in range(3))
-    _kernels.partial_stats_kernel[(p.n_cblk * rows,)](
-        x, pivot, count, mean, m2, view.B, C, view.S, view.sb, view.ss, view.sc,
-        num_groups if per_sample else 0, cpg, p.rows_per_prog, p.chunk_len, p.n_chunks, p.n_cblk,
-        BLOCK_S=p.block_s, BLOCK_C=p.block_c, INT64=p.int64)
-    # Level 1: every chunk (and, for channel scope, every row group) of a channel, in order.
-    s_out, r = (view.B, p.n_chunks) if per_sample else (1, rows)
-    count, mean, m2 = merge_stats(count, mean, m2, s_out, r, C, r * C, C, 1)
-    if per_sample and cpg > 1:
-        # Level 2: the channels of each group, viewed as [N*G, cpg, 1] (they share the group's pivot).
-        count, mean, m2 = merge_stats(count, mean, m2, s_out * num_groups, cpg, 1, cpg, 1, 1)
-    shape = pivot.shape
-    return pivot, count.view(shape), mean.view(shape), m2.view(shape)
-
-
-def finalize(pivot: torch.Tensor, mshift: torch.Tensor, m2_or_var: torch.Tensor, count: Optional[torch.Tensor],
-             eps: float):
-    """Per statistic (fp32, pivot's shape): invstd, mean = pivot + mshift, and the biased var
-    (m2 / count when count is given, else m2_or_var)."""
-    n = pivot.numel()
-    invstd, mean, var = (torch.empty(pivot.shape, device=pivot.device, dtype=torch.float32) for _ in range(3))
-    block = 1024
-    _kernels.finalize_kernel[(-(-n // block),)](
-        count if count is not None else m2_or_var, m2_or_var, pivot, mshift, invstd, mean, var, n, eps,
-        FROM_M2=count is not None, BLOCK=block)
-    return invstd, mean, var
-
-
-def normalize(x, view, p, pivot, mshift, invstd, weight, bias, stat_sb: int, cpg: int,
-              residual: Optional[torch.Tensor], activation: int) -> torch.Tensor:
-    """y = act((x - mean) * invstd * w + b [+ residual]); y has x's strides."""
-    y = torch.empty_like(x)
-    _kernels.apply_kernel[(p.n_cblk * view.B * p.n_sblk,)](
-        x, y, residual if residual is not None else x, pivot, mshift, invstd,
-        weight if weight is not None else invstd, bias if bias is not None else invstd,
-        view.C, view.S, view.sb, view.ss, view.sc, stat_sb, cpg, p.n_sblk, p.n_cblk,
-        BLOCK_S=p.block_s, BLOCK_C=p.block_c, ACT=activation, HAS_RES=residual is not None,
-        HAS_W=weight is not None, HAS_B=bias is not None, INT64=p.int64)
-    return y
+def _stats_tensors(x: torch.Tensor, rows: int, G: int):
+    return tuple(torch.empty((rows, G), device=x.device, dtype=torch.float32) for _ in range(3))
 
 
 def norm_forward(x, weight, bias, residual, running_mean, running_var, num_groups: int, per_sample: bool,
-                 use_batch_stats: bool, eps: float, channel_axis: int, activation: int):
+                 use_batch_stats: bool, eps: float, channel_axis: int, activation: int,
+                 update: Optional[RunningUpdate] = None, cp: Optional[plan.CallPlan] = None):
     """Returns ``(y, pivot, mean_shift, var)``: the statistics as mean = pivot + mean_shift and biased var.
 
-    They are fp32, shaped ``[N, G]`` (per sample) or ``[C]``. Without batch statistics, pivot and
-    var are fp32 copies of the running statistics and mean_shift is zero.
+    They are fp32, shaped ``[N, G]`` (per sample) or ``[C]``. Without batch statistics they are fp32
+    copies of the running statistics (mean_shift zero). ``update`` (channel scope, batch statistics)
+    blends them into the running buffers inside the statistics pass.
     """
     per_sample = per_sample and use_batch_stats
-    view, p = view_and_plan(x, channel_axis, per_sample)
-    if use_batch_stats:
-        pivot, count, mshift, m2 = batch_statistics(x, view, p, num_groups, per_sample)
-        invstd, _, var = finalize(pivot, mshift, m2, count, eps)
+    if cp is None:
+        cp = plan.call_plan(x, channel_axis, num_groups, per_sample)
+    view = cp.view
+    y = torch.empty_like(x)
+    res = residual if residual is not None else x
+    w = weight if weight is not None else x
+    b = bias if bias is not None else x
+    G = cp.num_groups
+    rows = view.B if per_sample else 1
+    pivot, mshift, var = _stats_tensors(x, rows, G)
+    if not use_batch_stats:
+        _apply(x, y, res, pivot, mshift, var, w, b, running_mean, running_var, cp, eps, residual, weight, bias,
+               activation, from_running=True)
+    elif cp.regime_fwd == "R1":
+        _r1_forward(x, y, res, w, b, pivot, mshift, var, cp, eps, residual, weight, bias, activation, update)
     else:
-        mshift = torch.zeros((1, view.C), device=x.device, dtype=torch.float32)
-        invstd, pivot, var = finalize(running_mean.view(1, -1), mshift, running_var.view(1, -1), None, eps)
-    G = num_groups if per_sample else view.C
-    y = normalize(x, view, p, pivot, mshift, invstd, weight, bias, G if per_sample else 0, view.C // G,
-                  residual, activation)
+        _split_statistics(x, pivot, mshift, var, cp, update)
+        _apply(x, y, res, pivot, mshift, var, w, b, x, x, cp, eps, residual, weight, bias, activation,
+               from_running=False)
     if not per_sample:
         pivot, mshift, var = pivot.view(-1), mshift.view(-1), var.view(-1)
     return y, pivot, mshift, var
+
+
+def _update_args(x, update: Optional[RunningUpdate]):
+    if update is None:
+        return x, x, x, 0.0, 1.0, False, False
+    nbt = update.num_batches_tracked
+    return (update.running_mean, update.running_var, nbt if nbt is not None else update.running_mean,
+            float(update.momentum), float(update.unbias), True, nbt is not None)
+
+
+def _r1_forward(x, y, res, w, b, pivot, mshift, var, cp, eps, residual, weight, bias, activation, update):
+    g = cp.r1
+    rm, rv, nbt, momentum, unbias, do_update, has_nbt = _update_args(x, update)
+    _kernels.r1_forward_kernel[(g.programs,)](
+        x, y, res, w, b, pivot, mshift, var, rm, rv, nbt, counters(x.device, 1),
+        g.U, g.su, g.V, g.sv, g.K, g.sk, g.s_row, g.cpk, g.cpv, g.n_kblk, g.programs, eps, momentum, unbias,
+        BLOCK_U=g.block_u, BLOCK_V=g.block_v, BLOCK_K=g.block_k, ACT=activation, HAS_RES=residual is not None,
+        HAS_W=weight is not None, HAS_B=bias is not None, BATCH_STATS=True, UPDATE_RUNNING=do_update,
+        HAS_NBT=has_nbt, INT64=cp.int64, num_warps=g.num_warps)
+
+
+def _split_statistics(x, pivot, mshift, var, cp, update):
+    v, p, u = cp.stats_view, cp.stats_split, cp.stats_units
+    rows = p.partial_rows
+    part_n, part_mean, part_m2 = (torch.empty(rows * v.C, device=x.device, dtype=torch.float32) for _ in range(3))
+    rm, rv, nbt, momentum, unbias, do_update, has_nbt = _update_args(x, update)
+    _kernels.stats_kernel[(p.n_cblk * rows,)](
+        x, part_n, part_mean, part_m2, pivot, mshift, var, rm, rv, nbt, counters(x.device, u.n_units + 1),
+        v.B, v.C, v.S, v.sb, v.ss, v.sc, v.C // cp.stats_cpg, cp.stats_cpg, p.rows_per_prog, p.chunk_len,
+        p.n_chunks, p.n_cblk, u.P_unit, u.progs_per_unit, u.n_units, momentum, unbias,
+        BLOCK_S=p.block_s, BLOCK_C=p.block_c, PER_SAMPLE=cp.per_sample, GROUPED=u.grouped, BLOCK_P=u.block_p,
+        BLOCK_G=u.block_g, BLOCK_J=u.block_j, UPDATE_RUNNING=do_update, HAS_NBT=has_nbt,
+        NUM_STAGES=plan.NUM_STAGES, INT64=cp.int64)
+
+
+def _apply(x, y, res, pivot, mshift, var, w, b, rm, rv, cp, eps, residual, weight, bias, activation,
+           from_running: bool):
+    v, p = cp.view, cp.split
+    n_prog = p.n_cblk * v.B * p.n_sblk
+    per_sample = cp.per_sample and not from_running
+    _kernels.apply_kernel[(n_prog,)](
+        x, y, res, pivot, mshift, var, w, b, rm, rv,
+        v.C, v.S, v.sb, v.ss, v.sc, cp.num_groups if per_sample else 0, v.C // cp.num_groups if per_sample else 1,
+        p.n_sblk, p.n_cblk, n_prog, eps,
+        BLOCK_S=p.block_s, BLOCK_C=p.block_c, ACT=activation, HAS_RES=residual is not None,
+        HAS_W=weight is not None, HAS_B=bias is not None, FROM_RUNNING=from_running, REVERSE=not from_running,
+        INT64=cp.int64)

@@ -1,12 +1,16 @@
-"""Host-side decisions for the kernels: the canonical strided view, tile shapes, split counts, index width.
+"""Host-side decisions for the kernels: the canonical strided view, the regime, tile shapes, split
+counts, index width, and the traffic model of each call.
 
 Nothing here launches a kernel; everything is plain integers so it can be unit-tested without a GPU.
+``call_plan`` is cached per (shape, strides, dtype size, scope, device limits): a repeated call costs
+one dictionary lookup.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -20,6 +24,18 @@ MAX_BLOCK_C_CHANNEL_FASTEST = 128
 # A split-reduction program should stream at least this many tiles so its partial write is amortized.
 MIN_TILES_PER_PROGRAM = 4
 INT32_LIMIT = 2**31 - 1
+# Bytes of input per streamed tile in the R2/R3 kernels (tiles are sized in bytes: bf16 tiles hold
+# twice the elements of fp32 ones, so every load instruction moves the same 16 bytes per thread).
+TILE_BYTES = 8192
+# R1: a program keeps its statistics' whole slices in registers as fp32, padded to powers of two.
+# 8192 fp32 = 32 KiB over 8 warps = 32 registers per thread per tensor (x; x and dy backward):
+# no spills at sm_90 (checked by tests/triton_sm90_compile.py).
+R1_MAX_ELEMENTS = 8192
+# Fraction of the device's L2 the second pass can count on finding the first pass's data in.
+L2_USABLE_FRACTION = 0.5
+# Pipeline depth of the statistics loops (cp.async stages) and warps per program. Candidates a GPU
+# run may retune: num_stages in (2, 3, 4), num_warps in (4, 8); the heuristic below picks one.
+NUM_STAGES = 3
 
 
 @dataclass(frozen=True)
@@ -170,3 +186,208 @@ def is_dense(shape, strides) -> bool:
             return False
         expected *= n
     return True
+
+
+# ------------------------------------------------------------------------------------ call plans
+
+class DeviceLimits(NamedTuple):
+    programs: int     # programs that fill the device (4 per SM; 4 on the CPU interpreter)
+    sms: int          # streaming multiprocessors (1 on CPU)
+    l2_bytes: int     # L2 cache size (nominal 50 MiB on CPU, where it only feeds the traffic model)
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_limits(index: int) -> DeviceLimits:
+    props = torch.cuda.get_device_properties(index)
+    return DeviceLimits(4 * props.multi_processor_count, props.multi_processor_count,
+                        int(getattr(props, "L2_cache_size", 50 * 2**20)))
+
+
+def device_limits(device: torch.device) -> DeviceLimits:
+    if device.type == "cuda":
+        return _cuda_limits(device.index if device.index is not None else torch.cuda.current_device())
+    return DeviceLimits(target_programs(device), 1, 50 * 2**20)
+
+
+class R1Geometry(NamedTuple):
+    """x as ``row*s_row + u*su + v*sv + k*sk``; statistic (row, k) over (u, v); channel k*cpk + v*cpv.
+
+    ch_mode: 0 channel = k (channel scope), 1 channel = k*cpg + v (groups of one row), 2 channel = v
+    (k runs over rows: one group per row, e.g. layer norm over (N, C) tokens). dweight/dbias
+    partials: row ``row*prow_per_row + kblk*prow_per_kblk`` of ``[partial_rows, C]``.
+    """
+    rows: int
+    s_row: int
+    U: int
+    su: int
+    V: int
+    sv: int
+    K: int
+    sk: int
+    cpk: int
+    cpv: int
+    ch_mode: int
+    block_u: int
+    block_v: int
+    block_k: int
+    n_kblk: int
+    prow_per_row: int
+    prow_per_kblk: int
+    partial_rows: int
+    num_warps: int
+
+    @property
+    def programs(self) -> int:
+        return self.rows * self.n_kblk
+
+
+class Traffic(NamedTuple):
+    """Bytes each pass moves to or from DRAM (``passes``: (kernel, bytes)) and kernel launches."""
+    passes: tuple
+    launches: int
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(b for _, b in self.passes)
+
+
+class MergeUnits(NamedTuple):
+    """How the last program of each merge unit finds its partials (see ``_kernels.stats_kernel``)."""
+    grouped: bool          # a statistic spans several channels: one unit per row, all channel blocks
+    P_unit: int            # partial rows per statistic row
+    progs_per_unit: int
+    n_units: int
+    block_p: int
+    block_g: int
+    block_j: int
+
+
+def merge_units(split: Plan, view: CanonicalView, num_groups: int, per_sample: bool) -> MergeUnits:
+    cpg = view.C // num_groups
+    grouped = per_sample and cpg > 1
+    P_unit = split.n_chunks if per_sample else split.partial_rows
+    if grouped:
+        progs, n_units = P_unit * split.n_cblk, view.B
+        block_j = min(_pow2(cpg), 64)
+        block_g = max(1, min(_pow2(num_groups), 256 // block_j))
+    else:
+        progs, n_units = P_unit, (view.B if per_sample else 1) * split.n_cblk
+        block_j, block_g = 1, split.block_c
+    block_p = max(1, min(_pow2(P_unit), 2048 // (block_g * block_j)))
+    return MergeUnits(grouped, P_unit, progs, n_units, block_p, block_g, block_j)
+
+
+class CallPlan(NamedTuple):
+    regime_fwd: str                 # "R1" | "R2" | "R3" (training); eval forward is one pass
+    regime_bwd: str
+    view: CanonicalView             # (B, C, S) view of x
+    stats_view: CanonicalView       # view of the statistics pass (per-group runs for contiguous groups)
+    stats_cpg: int                  # channels per statistic in stats_view
+    num_groups: int                 # statistics per row (C for channel scope)
+    per_sample: bool
+    r1: Optional[R1Geometry]
+    stats_split: Plan               # R2/R3 forward statistics pass on stats_view
+    split: Plan                     # elementwise passes and the backward statistics pass on view
+    stats_units: MergeUnits
+    bwd_units: MergeUnits
+    int64: bool
+    fwd_traffic: Traffic
+    bwd_traffic: Traffic
+    eval_traffic: Traffic
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (max(n, 1) - 1).bit_length())
+
+
+def r1_geometry(view: CanonicalView, num_groups: int, per_sample: bool, itemsize: int,
+                limits: DeviceLimits, max_elements: int) -> Optional[R1Geometry]:
+    """Geometry of the one-pass kernels, or None when a statistic's padded slice exceeds ``max_elements``."""
+    B, C, S = view.B, view.C, view.S
+    if not per_sample:
+        geo = dict(rows=1, s_row=0, U=B, su=view.sb, V=S, sv=view.ss, K=C, sk=view.sc, cpk=1, cpv=0, ch_mode=0)
+    elif num_groups == 1:
+        geo = dict(rows=1, s_row=0, U=S, su=view.ss, V=C, sv=view.sc, K=B, sk=view.sb, cpk=0, cpv=1, ch_mode=2)
+    else:
+        cpg = C // num_groups
+        geo = dict(rows=B, s_row=view.sb, U=S, su=view.ss, V=cpg, sv=view.sc, K=num_groups, sk=cpg * view.sc,
+                   cpk=cpg, cpv=1, ch_mode=1)
+    block_u, block_v = _pow2(geo["U"]), _pow2(geo["V"])
+    if block_u * block_v > max_elements:
+        return None
+    K = geo["K"]
+    block_k = min(_pow2(K), max(1, max_elements // (block_u * block_v)))
+    # Enough programs to fill every SM: narrow the k block, but keep at least one 32-byte sector
+    # per row when k is the contiguous axis.
+    min_k = max(1, 32 // itemsize) if geo["sk"] == 1 else 1
+    while block_k > min_k and geo["rows"] * math.ceil(K / block_k) < limits.sms:
+        block_k //= 2
+    n_kblk = math.ceil(K / block_k)
+    prow = {0: (0, 0, 1), 1: (1, 0, B), 2: (0, 1, n_kblk)}[geo["ch_mode"]]
+    warps = 8 if block_u * block_v * block_k >= 4096 else 4
+    return R1Geometry(**geo, block_u=block_u, block_v=block_v, block_k=block_k, n_kblk=n_kblk,
+                      prow_per_row=prow[0], prow_per_kblk=prow[1], partial_rows=prow[2], num_warps=warps)
+
+
+def _traffic(regime: str, nbytes: int, l2_usable: int, backward: bool, r1: Optional[R1Geometry],
+             per_sample: bool, B: int) -> Traffic:
+    """DRAM bytes per pass (x-sized tensors only; statistics and partials are small) and launches."""
+    if not backward:
+        if regime == "R1":
+            return Traffic((("r1_forward", 2 * nbytes),), 1)
+        spill = 0 if regime == "R2" else max(0, nbytes - l2_usable)
+        return Traffic((("stats", nbytes), ("apply", nbytes + spill)), 2)
+    if regime == "R1":
+        return Traffic((("r1_backward", 3 * nbytes),), 1 + (r1.partial_rows > 1))
+    spill = 0 if regime == "R2" else max(0, 2 * nbytes - l2_usable)
+    return Traffic((("backward_partials", 2 * nbytes), ("backward_apply", nbytes + spill)),
+                   2 + (per_sample and B > 1))
+
+
+@functools.lru_cache(maxsize=4096)
+def _call_plan(shape: tuple, strides: tuple, itemsize: int, channel_axis: int, num_groups: int, per_sample: bool,
+               limits: DeviceLimits, r1_max_elements: int, tile_bytes: int, int32_limit: int) -> Optional[CallPlan]:
+    view = canonical_view(shape, strides, channel_axis, per_sample)
+    if view is None:
+        return None
+    tile_elements = max(1, tile_bytes // itemsize)
+    G = num_groups if per_sample else view.C
+    stats_view, stats_cpg = view, 1 if not per_sample else view.C // G
+    if per_sample:
+        grouped = _group_view(view, G)
+        if grouped is not None:
+            stats_view, stats_cpg = grouped, 1
+    split = make_plan(view, limits.programs, per_sample, tile_elements)
+    stats_split = split if stats_view is view else make_plan(stats_view, limits.programs, True, tile_elements)
+    r1 = r1_geometry(view, G, per_sample, itemsize, limits, r1_max_elements)
+    nbytes = view.B * view.C * view.S * itemsize
+    l2_usable = int(limits.l2_bytes * L2_USABLE_FRACTION)
+    regime_fwd = "R1" if r1 else ("R2" if nbytes <= l2_usable else "R3")
+    regime_bwd = "R1" if r1 else ("R2" if 2 * nbytes <= l2_usable else "R3")
+    int64 = (split.int64 or stats_split.int64 or needs_int64(view, max(split.partial_rows, 2 * view.B))
+             or (r1 is not None and r1.partial_rows * view.C > INT32_LIMIT))
+    return CallPlan(regime_fwd, regime_bwd, view, stats_view, stats_cpg, G, per_sample, r1, stats_split, split,
+                    merge_units(stats_split, stats_view, stats_view.C // stats_cpg if per_sample else stats_view.C,
+                                per_sample),
+                    merge_units(split, view, G, per_sample), int64,
+                    _traffic(regime_fwd, nbytes, l2_usable, False, r1, per_sample, view.B),
+                    _traffic(regime_bwd, nbytes, l2_usable, True, r1, per_sample, view.B),
+                    Traffic((("apply", 2 * nbytes),), 1))
+
+
+def call_plan(x: torch.Tensor, channel_axis: int, num_groups: int, per_sample: bool) -> Optional[CallPlan]:
+    """The cached plan of a call on ``x`` (None when its strides need a copy first)."""
+    return _call_plan(tuple(x.shape), x.stride(), x.element_size(), channel_axis, num_groups, per_sample,
+                      device_limits(x.device), R1_MAX_ELEMENTS, TILE_BYTES, INT32_LIMIT)
+
+
+def _group_view(view: CanonicalView, num_groups: int) -> Optional[CanonicalView]:
+    """The (B, G, cpg*S) view of a per-sample scope whose groups are contiguous runs, else None.
+
+    When a channel's positions are followed by the next channel's (NCHW, or (N, C) rows), the
+    channels of a group form one strided run, so statistics can be taken per group directly.
+    """
+    cpg = view.C // num_groups
+    if cpg == 1 or view.sc != view.S * view.ss:
+        return None
+    return CanonicalView(view.B, num_groups, cpg * view.S, view.sb, cpg * view.sc, view.ss)
