@@ -12,6 +12,8 @@ the ratio of the two; and the speedups over eager and compiled torch. Timings ar
     python benchmarks/bench_kernels.py --batches 32 --dtypes bf16 --layouts nhwc
     python benchmarks/bench_kernels.py --smoke --out /tmp/b  # CPU, Triton interpreter, tiny shapes:
                                                              # checks the harness runs, times mean nothing
+    python benchmarks/bench_kernels.py --host-overhead       # host time per call, kernel launches stubbed
+                                                             # (CPU or GPU; prints JSON)
 
 Writes ``kernels-<device>-<time>.csv``, ``.json`` (with device, torch/triton versions, git hash) and
 ``.md`` (summary table and every row that misses an issue-4 target)
@@ -227,6 +229,90 @@ def write(rows, env, out: Path) -> Path:
     return out / stem
 
 
+class NoOpLaunches:
+    """Replace every Triton kernel of the backend with a stub that records its launch and does nothing.
+
+    What is left is the host path of a call: layout checks, the cached plan, allocations, the
+    autograd node and the argument lists, i.e. what a GPU would wait on before the first kernel.
+    """
+
+    def __init__(self):
+        self.log: list[str] = []
+
+    def __enter__(self):
+        from channelnorm.ops.triton import _kernels
+        self._module, self._saved = _kernels, {}
+        for name, obj in vars(_kernels).items():
+            if isinstance(obj, triton.runtime.jit.KernelInterface) and not name.startswith("_"):
+                self._saved[name] = obj
+                setattr(_kernels, name, _StubKernel(name, self.log))
+        return self
+
+    def __exit__(self, *exc):
+        for name, obj in self._saved.items():
+            setattr(self._module, name, obj)
+
+
+class _StubKernel:
+    def __init__(self, name, log):
+        self.name, self.log = name, log
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.log.append(self.name)
+        return launch
+
+
+def host_overhead(device: str, reps: int = 400) -> list[dict]:
+    """Microseconds of host time per call of the Triton backend's entry points with no-op kernels.
+
+    Best of 5 rounds of ``reps`` calls each, after a warm-up (plans cached). Entry points of
+    ``ops/triton/backend.py`` (what ``ops.dispatch`` calls), so the functional layer's own checks
+    are not counted.
+    """
+    from channelnorm.ops.triton import backend
+    C = 64
+    x = torch.randn(2, C, 4, 4, device=device)   # small: CPU allocations of large buffers would dominate
+    x_nhwc = x.contiguous(memory_format=torch.channels_last)
+    w, b = torch.ones(C, device=device, requires_grad=True), torch.zeros(C, device=device, requires_grad=True)
+    rm, rv = torch.zeros(C, device=device), torch.ones(C, device=device)
+    nbt = torch.zeros((), dtype=torch.long, device=device)
+    xg = x.detach().requires_grad_()
+    dy = torch.randn_like(x)
+
+    def train(inp):
+        return backend.channel_norm(inp, rm, rv, w, b, True, 0.1, 1e-5, 1, nbt)
+
+    cases = {
+        "channel_train_fwd": lambda: train(xg),
+        "channel_train_fwd_nhwc": lambda: train(x_nhwc.requires_grad_()),
+        "channel_train_fwd_bwd": lambda: train(xg).backward(dy),
+        "channel_eval_fwd": lambda: backend.channel_norm(xg, rm, rv, w, b, False, 0.1, 1e-5, 1, nbt),
+        "group_fwd": lambda: backend.group_norm(xg, 32, w, b, 1e-5, 1),
+        "group_fwd_bwd": lambda: backend.group_norm(xg, 32, w, b, 1e-5, 1).backward(dy),
+    }
+    rows = []
+    with NoOpLaunches() as stub:
+        for name, fn in cases.items():
+            for _ in range(20):
+                fn()
+            best = best_cpu = float("inf")
+            for _ in range(5):
+                t0, c0 = time.perf_counter(), time.thread_time()
+                for _ in range(reps):
+                    fn()
+                best = min(best, (time.perf_counter() - t0) / reps)
+                best_cpu = min(best_cpu, (time.thread_time() - c0) / reps)
+            stub.log.clear()
+            fn()
+            # Wall time, and this thread's CPU time (what a loaded machine inflates less).
+            rows.append({"case": name, "host_us_per_call": round(best * 1e6, 2),
+                         "host_cpu_us_per_call": round(best_cpu * 1e6, 2), "launches_per_call": len(stub.log),
+                         "kernels": list(stub.log)})
+            print(rows[-1])
+    return rows
+
+
 def main(argv=None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, nargs="+", default=[32, 8, 2])
@@ -237,8 +323,15 @@ def main(argv=None) -> Path:
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes; on CPU under the Triton interpreter")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--host-overhead", action="store_true",
+                        help="host time per call with the kernel launches stubbed out (prints JSON)")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.host_overhead:
+        rows = host_overhead(device)
+        print(json.dumps({"environment": environment(device), "torch_threads": torch.get_num_threads(),
+                          "rows": rows}, indent=1))
+        return None
     if device == "cpu" and not args.smoke:
         parser.error("no CUDA device: only --smoke runs here (the interpreter's times are not kernel times)")
     if args.smoke and args.out is None:

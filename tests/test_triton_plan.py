@@ -108,7 +108,7 @@ def test_plans_cover_every_element_exactly_once():
 
 
 def test_groups_that_are_contiguous_runs_get_per_group_statistics():
-    from channelnorm.ops.triton.forward import group_view
+    from channelnorm.ops.triton.plan import group_view
     nchw = _view(torch.empty(2, 8, 3, 5), 1, per_sample=True)
     assert group_view(nchw, 2) == plan.CanonicalView(B=2, C=2, S=60, sb=120, sc=60, ss=1)
     tokens = _view(torch.empty(6, 8), 1, per_sample=True)                   # layer norm over (N, C)

@@ -60,9 +60,8 @@ def _run(x, weight, bias, residual, running_mean, running_var, num_groups, per_s
     ``forward.RunningUpdate``) fused into the statistics pass and the statistics put in ``sink``.
     Under torch.compile: the custom ops, and the running update as its own op.
     """
-    shape, strides = tuple(x.shape), x.stride()
-    scope_per_sample = per_sample and use_batch_stats
-    if plan.is_dense(shape, strides) and plan.canonical_view(shape, strides, channel_axis, scope_per_sample):
+    cp = plan.call_plan(x, channel_axis, num_groups, per_sample and use_batch_stats)
+    if cp is not None and cp.dense:
         xk, axis, res = x, channel_axis, residual
         if res is not None and res.stride() != x.stride():
             res = match_layout(res, x)  # the kernels address the residual with x's strides
@@ -70,6 +69,7 @@ def _run(x, weight, bias, residual, running_mean, running_var, num_groups, per_s
     else:  # documented copy: exotic strides become contiguous channels-first
         xk, axis, moved = x.movedim(channel_axis, 1).contiguous(), 1, True
         res = None if residual is None else match_layout(residual.movedim(channel_axis, 1), xk)
+        cp = None
     act = plan.ACTIVATION_CODES[activation]
     if torch.compiler.is_compiling():
         y = _run_custom_op(xk, weight, bias, res, running_mean, running_var, num_groups, per_sample,
@@ -78,7 +78,7 @@ def _run(x, weight, bias, residual, running_mean, running_var, num_groups, per_s
         from .function import norm
         y = norm(xk, weight, bias, res, None if use_batch_stats else running_mean,
                  None if use_batch_stats else running_var, num_groups, per_sample, use_batch_stats, float(eps), axis,
-                 act, update, sink)
+                 act, update, sink, cp)
     return match_layout(y.movedim(1, channel_axis), x) if moved else y
 
 

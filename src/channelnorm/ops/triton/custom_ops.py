@@ -61,7 +61,8 @@ def norm_bwd(dy: Tensor, x: Tensor, weight: Optional[Tensor], bias: Optional[Ten
                                                           mean_shift, var,
                                                           num_groups, per_sample, use_batch_stats, eps, channel_axis,
                                                           activation, need_dres)
-    return dx, dweight, dbias, dres if dres is not None else x.new_empty(0)
+    # dweight and dbias are two halves of one buffer: custom-op outputs may not alias each other.
+    return dx, dweight.clone(), dbias.clone(), dres if dres is not None else x.new_empty(0)
 
 
 @norm_bwd.register_fake

@@ -67,9 +67,11 @@ class NormFunction(torch.autograd.Function):
 
 def norm(x, weight, bias, residual, running_mean, running_var, num_groups: int, per_sample: bool,
          use_batch_stats: bool, eps: float, channel_axis: int, activation: int,
-         update: Optional[forward.RunningUpdate] = None, sink: Optional[list] = None) -> Tensor:
-    """Eager entry point: the cached plan, then one autograd node (or a plain call without grad)."""
-    cp = plan.call_plan(x, channel_axis, num_groups, per_sample and use_batch_stats)
+         update: Optional[forward.RunningUpdate] = None, sink: Optional[list] = None,
+         cp: Optional[plan.CallPlan] = None) -> Tensor:
+    """Eager entry point: the cached plan (looked up unless given), then one autograd node."""
+    if cp is None:
+        cp = plan.call_plan(x, channel_axis, num_groups, per_sample and use_batch_stats)
     weight, bias = dense(weight), dense(bias)
     if not use_batch_stats:
         running_mean, running_var = dense(running_mean), dense(running_var)

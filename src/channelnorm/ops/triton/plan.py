@@ -28,9 +28,9 @@ INT32_LIMIT = 2**31 - 1
 # twice the elements of fp32 ones, so every load instruction moves the same 16 bytes per thread).
 TILE_BYTES = 8192
 # R1: a program keeps its statistics' whole slices in registers as fp32, padded to powers of two.
-# 8192 fp32 = 32 KiB over 8 warps = 32 registers per thread per tensor (x; x and dy backward):
-# no spills at sm_90 (checked by tests/triton_sm90_compile.py).
-R1_MAX_ELEMENTS = 8192
+# 4096 fp32 = 16 KiB over 8 warps = 16 registers per thread per tensor (x; x, dy, g, xhat backward):
+# no spills at sm_90 (tests/triton_sm90_compile.py; 8192 spilled in the backward).
+R1_MAX_ELEMENTS = 4096
 # Fraction of the device's L2 the second pass can count on finding the first pass's data in.
 L2_USABLE_FRACTION = 0.5
 # Pipeline depth of the statistics loops (cp.async stages) and warps per program. Candidates a GPU
@@ -273,11 +273,12 @@ def merge_units(split: Plan, view: CanonicalView, num_groups: int, per_sample: b
     else:
         progs, n_units = P_unit, (view.B if per_sample else 1) * split.n_cblk
         block_j, block_g = 1, split.block_c
-    block_p = max(1, min(_pow2(P_unit), 2048 // (block_g * block_j)))
+    block_p = max(1, min(_pow2(P_unit), 512 // (block_g * block_j)))   # 512-element merge tiles: no spills
     return MergeUnits(grouped, P_unit, progs, n_units, block_p, block_g, block_j)
 
 
 class CallPlan(NamedTuple):
+    dense: bool                     # x is non-overlapping and dense (outputs get its strides)
     regime_fwd: str                 # "R1" | "R2" | "R3" (training); eval forward is one pass
     regime_bwd: str
     view: CanonicalView             # (B, C, S) view of x
@@ -324,7 +325,7 @@ def r1_geometry(view: CanonicalView, num_groups: int, per_sample: bool, itemsize
         block_k //= 2
     n_kblk = math.ceil(K / block_k)
     prow = {0: (0, 0, 1), 1: (1, 0, B), 2: (0, 1, n_kblk)}[geo["ch_mode"]]
-    warps = 8 if block_u * block_v * block_k >= 4096 else 4
+    warps = 8 if block_u * block_v * block_k >= 2048 else 4
     return R1Geometry(**geo, block_u=block_u, block_v=block_v, block_k=block_k, n_kblk=n_kblk,
                       prow_per_row=prow[0], prow_per_kblk=prow[1], partial_rows=prow[2], num_warps=warps)
 
@@ -350,11 +351,12 @@ def _call_plan(shape: tuple, strides: tuple, itemsize: int, channel_axis: int, n
     view = canonical_view(shape, strides, channel_axis, per_sample)
     if view is None:
         return None
+    dense = is_dense(shape, strides)
     tile_elements = max(1, tile_bytes // itemsize)
     G = num_groups if per_sample else view.C
     stats_view, stats_cpg = view, 1 if not per_sample else view.C // G
     if per_sample:
-        grouped = _group_view(view, G)
+        grouped = group_view(view, G)
         if grouped is not None:
             stats_view, stats_cpg = grouped, 1
     split = make_plan(view, limits.programs, per_sample, tile_elements)
@@ -366,7 +368,7 @@ def _call_plan(shape: tuple, strides: tuple, itemsize: int, channel_axis: int, n
     regime_bwd = "R1" if r1 else ("R2" if 2 * nbytes <= l2_usable else "R3")
     int64 = (split.int64 or stats_split.int64 or needs_int64(view, max(split.partial_rows, 2 * view.B))
              or (r1 is not None and r1.partial_rows * view.C > INT32_LIMIT))
-    return CallPlan(regime_fwd, regime_bwd, view, stats_view, stats_cpg, G, per_sample, r1, stats_split, split,
+    return CallPlan(dense, regime_fwd, regime_bwd, view, stats_view, stats_cpg, G, per_sample, r1, stats_split, split,
                     merge_units(stats_split, stats_view, stats_view.C // stats_cpg if per_sample else stats_view.C,
                                 per_sample),
                     merge_units(split, view, G, per_sample), int64,
@@ -376,12 +378,12 @@ def _call_plan(shape: tuple, strides: tuple, itemsize: int, channel_axis: int, n
 
 
 def call_plan(x: torch.Tensor, channel_axis: int, num_groups: int, per_sample: bool) -> Optional[CallPlan]:
-    """The cached plan of a call on ``x`` (None when its strides need a copy first)."""
+    """The cached plan of a call on ``x``; None (or ``dense`` False) when its strides need a copy first."""
     return _call_plan(tuple(x.shape), x.stride(), x.element_size(), channel_axis, num_groups, per_sample,
                       device_limits(x.device), R1_MAX_ELEMENTS, TILE_BYTES, INT32_LIMIT)
 
 
-def _group_view(view: CanonicalView, num_groups: int) -> Optional[CanonicalView]:
+def group_view(view: CanonicalView, num_groups: int) -> Optional[CanonicalView]:
     """The (B, G, cpg*S) view of a per-sample scope whose groups are contiguous runs, else None.
 
     When a channel's positions are followed by the next channel's (NCHW, or (N, C) rows), the
