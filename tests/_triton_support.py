@@ -42,3 +42,23 @@ def assert_close_to_reference(ours, torch_same_dtype, reference, names):
         floor = FLOOR_ULPS * torch.finfo(a.dtype).eps * max(r.abs().max().item(), 1.0)
         assert err <= 2 * torch_err + floor, (f"{name}: error {err:.3g} vs torch's {torch_err:.3g} "
                                               f"(+ floor {floor:.3g})")
+
+
+def force_regime(monkeypatch, regime: str):
+    """Make tiny test shapes take a regime's kernels (the plans are cached per these settings).
+
+    R1: the default for shapes this small. R2: one-pass tiles refused, 16-element fp32 tiles and 64
+    programs, so every statistic is merged from several partials by the elected last program.
+    (With 8-element tiles one case of 59 lands at 1.2x the dweight tolerance: fp32 rounding of the
+    g*xhat products, as large as torch's own fp32 sum of the same products; torch's CPU kernel, the
+    yardstick, accumulates in double.)
+    R3: R2 with a device L2 too small to hold x: same kernels, the traffic model adds the spill.
+    """
+    from channelnorm.ops.triton import plan
+    if regime == "R1":
+        return
+    monkeypatch.setattr(plan, "R1_MAX_ELEMENTS", 0)
+    monkeypatch.setattr(plan, "TILE_BYTES", 64)
+    monkeypatch.setattr(plan, "MIN_TILES_PER_PROGRAM", 1)
+    l2 = 50 * 2**20 if regime == "R2" else 64
+    monkeypatch.setattr(plan, "device_limits", lambda device: plan.DeviceLimits(64, 16, l2))

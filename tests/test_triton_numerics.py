@@ -3,12 +3,14 @@
 Tolerance tied to the dtype: our error <= 2x the error of PyTorch's own kernels in the same dtype
 (backend="native": F.batch_norm / F.group_norm / F.instance_norm) plus a floor (tests/_triton_support).
 Without a GPU this runs under TRITON_INTERPRET=1, so shapes are tiny; a covering subset is used:
-every layout x rank in float32, a spread of them in bfloat16 and float16.
+every layout x rank in float32, a spread of them in bfloat16 and float16. Shapes this small take
+the one-pass kernels (R1); a second set forces the split kernels (R2, and R3 whose kernels are R2's
+with a different traffic model) on a covering subset.
 """
 import pytest
 import torch
 
-from _triton_support import DEVICE, assert_close_to_reference, run_fwd_bwd, to_float64
+from _triton_support import DEVICE, assert_close_to_reference, force_regime, run_fwd_bwd, to_float64
 from layouts import applicable, to_layout
 
 import channelnorm.functional as F
@@ -39,6 +41,22 @@ def _norm_fn(norm, axis, backend, running):
     if norm == "layer":
         return lambda x, w, b: F.layer_norm(x, w, b, channel_axis=axis, backend=backend)
     return lambda x, w, b: F.instance_norm(x, None, None, w, b, channel_axis=axis, backend=backend)
+
+
+SPLIT_LAYOUT_RANKS = [("contiguous", 2), ("contiguous", 4), ("channels_last", 4), ("axis_last", 3),
+                      ("axis_last_view", 4), ("axis_middle", 4), ("channels_last", 5)]
+SPLIT_CASES = ([("R2", norm, layout, rank, torch.float32) for norm in NORMS for layout, rank in SPLIT_LAYOUT_RANKS]
+               + [("R2", norm, layout, rank, dtype) for dtype in (torch.bfloat16, torch.float16) for norm in NORMS
+                  for layout, rank in (("contiguous", 4), ("channels_last", 4))]
+               + [("R3", norm, "channels_last", 4, torch.bfloat16) for norm in NORMS])
+SPLIT_CASES = [c for c in SPLIT_CASES if not (c[1] == "instance" and c[3] == 2)]
+
+
+@pytest.mark.parametrize("regime,norm,layout,rank,dtype", SPLIT_CASES,
+                         ids=[f"{g}-{n}-{l}-r{r}-{str(d)[6:]}" for g, n, l, r, d in SPLIT_CASES])
+def test_split_regimes_match_reference(regime, norm, layout, rank, dtype, monkeypatch):
+    force_regime(monkeypatch, regime)
+    test_forward_backward_match_reference(norm, layout, rank, dtype)
 
 
 @pytest.mark.parametrize("norm,layout,rank,dtype", CASES,

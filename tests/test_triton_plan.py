@@ -116,3 +116,79 @@ def test_groups_that_are_contiguous_runs_get_per_group_statistics():
     nhwc = _view(torch.empty(2, 8, 3, 5).contiguous(memory_format=torch.channels_last), 1, per_sample=True)
     assert group_view(nhwc, 2) is None                                       # channels interleave: per channel
     assert group_view(nchw, 8) is None                                       # instance norm: nothing to group
+
+
+# ------------------------------------------------------------------------ regimes and traffic model
+
+H100 = plan.DeviceLimits(programs=4 * 132, sms=132, l2_bytes=50 * 2**20)
+
+
+def _plan(shape, dtype=torch.float32, channels_last=False, num_groups=None, limits=H100):
+    x = torch.empty(shape, dtype=dtype, device="meta")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    per_sample = num_groups is not None
+    return plan._call_plan(tuple(x.shape), x.stride(), x.element_size(), 1, num_groups or shape[1], per_sample,
+                           limits, plan.R1_MAX_ELEMENTS, plan.TILE_BYTES, plan.INT32_LIMIT), x.numel() * x.element_size()
+
+
+def test_regime_follows_slice_size_and_l2():
+    late, _ = _plan((2, 2048, 7, 7), torch.bfloat16, channels_last=True)
+    assert late.regime_fwd == late.regime_bwd == "R1"               # a channel's 98 values fit in registers
+    group, _ = _plan((2, 2048, 7, 7), torch.bfloat16, channels_last=True, num_groups=32)
+    assert group.regime_fwd == "R1" and group.r1.ch_mode == 1        # a group's 49 x 64 values too
+    tokens, _ = _plan((8192, 1024), torch.bfloat16, num_groups=1)
+    assert tokens.regime_fwd == "R1" and tokens.r1.ch_mode == 2      # layer norm rows: k runs over rows
+    mid, nbytes = _plan((16, 256, 56, 56), torch.bfloat16)          # 25.7 MB: x fits in half the L2, x + dy not
+    assert nbytes <= H100.l2_bytes // 2 < 2 * nbytes
+    assert (mid.regime_fwd, mid.regime_bwd) == ("R2", "R3")
+    stem, nbytes = _plan((32, 64, 112, 112), torch.bfloat16)         # 51 MB: larger than the L2
+    assert (stem.regime_fwd, stem.regime_bwd) == ("R3", "R3")
+
+
+def test_late_stage_nhwc_gets_a_program_per_sm():
+    """The design review found 16 programs for the (2, 2048, 7, 7) NHWC statistics pass."""
+    for dtype in (torch.float32, torch.bfloat16):
+        p, _ = _plan((2, 2048, 7, 7), dtype, channels_last=True)
+        assert p.r1.programs >= H100.sms
+        assert p.r1.block_k * torch.empty((), dtype=dtype).element_size() >= 16   # 16 contiguous bytes per row
+
+
+@pytest.mark.parametrize("shape,dtype,channels_last,num_groups", [
+    ((2, 2048, 7, 7), torch.bfloat16, True, None), ((2, 2048, 7, 7), torch.float32, False, 32),
+    ((8192, 1024), torch.bfloat16, False, 1), ((8, 256, 56, 56), torch.bfloat16, False, None),
+    ((8, 256, 56, 56), torch.float32, True, 32), ((32, 64, 112, 112), torch.bfloat16, True, None),
+])
+def test_traffic_model_per_regime(shape, dtype, channels_last, num_groups):
+    p, X = _plan(shape, dtype, channels_last, num_groups)
+    l2u = int(H100.l2_bytes * plan.L2_USABLE_FRACTION)
+    per_sample_rows = num_groups is not None and shape[0] > 1
+    expected_fwd = {"R1": (2 * X, 1), "R2": (2 * X, 2), "R3": (2 * X + X - l2u, 2)}[p.regime_fwd]
+    assert (p.fwd_traffic.total_bytes, p.fwd_traffic.launches) == expected_fwd
+    extra = 1 if (p.regime_bwd == "R1" and p.r1.partial_rows > 1) or (p.regime_bwd != "R1" and per_sample_rows) else 0
+    expected_bwd = {"R1": 3 * X, "R2": 3 * X, "R3": 3 * X + 2 * X - l2u}[p.regime_bwd]
+    assert (p.bwd_traffic.total_bytes, p.bwd_traffic.launches) == (expected_bwd, (1 if p.regime_bwd == "R1" else 2)
+                                                                    + extra)
+    assert (p.eval_traffic.total_bytes, p.eval_traffic.launches) == (2 * X, 1)
+    # Every regime is within 2x of the minimum (2|X| / 3|X|); R1 and R2 reach it.
+    assert p.fwd_traffic.total_bytes < 3 * X and p.bwd_traffic.total_bytes < 5 * X
+
+
+def test_call_plans_are_cached_per_shape_strides_dtype_and_device():
+    x = torch.empty(4, 8, 5, 5)
+    first = plan.call_plan(x, 1, 8, False)
+    hits = plan._call_plan.cache_info().hits
+    assert plan.call_plan(torch.empty(4, 8, 5, 5), 1, 8, False) is first
+    assert plan._call_plan.cache_info().hits == hits + 1
+    assert plan.call_plan(x.contiguous(memory_format=torch.channels_last), 1, 8, False) is not first
+    assert plan.call_plan(x.half(), 1, 8, False) is not first
+
+
+def test_partial_and_merge_indices_count_toward_int64():
+    view = plan.CanonicalView(B=1, C=4096, S=1000, sb=0, sc=1, ss=4096)          # 4M elements: offsets int32
+    assert not plan.needs_int64(view)
+    assert plan.needs_int64(view, partial_rows=2**20)                               # partials: 2**32 entries
+    big = plan.CanonicalView(B=1, C=64, S=2**26, sb=0, sc=1, ss=64)                 # 2**32 elements, NHWC
+    p = plan._call_plan((2**26, 64), (64, 1), 2, 1, 64, False, H100, plan.R1_MAX_ELEMENTS, plan.TILE_BYTES,
+                        plan.INT32_LIMIT)
+    assert p.view == big and p.int64 and p.regime_fwd == "R3"

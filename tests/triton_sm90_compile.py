@@ -117,8 +117,9 @@ def variants():
             for grouped, merge in ((False, MERGE), (True, MERGE_GROUPED)):
                 out.append((f"stats_kernel/{lname}/{dtype}/grouped={grouped}", K.stats_kernel,
                             dict(tile, PER_SAMPLE=grouped, GROUPED=grouped, UPDATE_RUNNING=not grouped,
-                                 HAS_NBT=True, **merge, **stage), dtype, div16, (), 4, ("cp.async", "vector")))
-            for act, res in ((0, False), (1, True), (2, False), (3, True)):
+                                 HAS_NBT=True, **merge, **stage), dtype, div16, (), plan.SPLIT_NUM_WARPS,
+                            ("cp.async", "vector")))
+            for act, res in ((0, False), (1, True), (2, False), (3, True)) if dtype != "fp16" else ((0, False),):
                 common = dict(tile, ACT=act, HAS_RES=res, HAS_W=True, HAS_B=not res, INT64=False)
                 out.append((f"apply_kernel/{lname}/{dtype}/act={act}", K.apply_kernel,
                             dict(common, FROM_RUNNING=False, REVERSE=True), dtype, div16, (), 4, ("vector",)))
@@ -126,7 +127,8 @@ def variants():
                             dict(common, REVERSE=True), dtype, div16, (), 4, ("vector",)))
                 out.append((f"backward_partials_kernel/{lname}/{dtype}/act={act}", K.backward_partials_kernel,
                             dict(common, WRITE_DRES=res, PER_SAMPLE=False, GROUPED=False, BATCH_STATS=True,
-                                 NUM_STAGES=plan.NUM_STAGES, **MERGE), dtype, div16, (), 4, ("cp.async", "vector")))
+                                 NUM_STAGES=plan.NUM_STAGES, **MERGE), dtype, div16, (), plan.SPLIT_NUM_WARPS,
+                            ("cp.async", "vector")))
             out.append((f"apply_kernel/{lname}/{dtype}/eval", K.apply_kernel,
                         dict(tile, ACT=0, HAS_RES=False, HAS_W=True, HAS_B=True, INT64=False, FROM_RUNNING=True,
                              REVERSE=False), dtype, div16, (), 4, ("vector",)))
@@ -148,22 +150,24 @@ def variants():
         checks = ("vector",) if vectorizable else ()
         for dtype in ("fp32", "bf16"):
             fwd = {k: v for k, v in geo.items() if k != "CH_MODE"}
+            warps = 16 if geo["BLOCK_U"] * geo["BLOCK_V"] * geo["BLOCK_K"] >= 4096 else 8   # as plan.r1_geometry
             out.append((f"r1_forward_kernel/{gname}/{dtype}", K.r1_forward_kernel,
                         dict(fwd, ACT=2, HAS_RES=True, HAS_W=True, HAS_B=True, BATCH_STATS=True,
                              UPDATE_RUNNING=geo["CH_MODE"] == 0, HAS_NBT=True, INT64=False),
-                        dtype, div16, (), 8, checks))
+                        dtype, div16, (), warps, checks))
             out.append((f"r1_backward_kernel/{gname}/{dtype}", K.r1_backward_kernel,
                         dict(geo, ACT=2, HAS_RES=True, WRITE_DRES=True, HAS_W=True, HAS_B=True, BATCH_STATS=True,
-                             INT64=False), dtype, div16 + ("C",), (), 8, checks))
+                             INT64=False), dtype, div16 + ("C",), (), warps, checks))
     # > 2**31 elements: 64-bit offsets and partial indices.
     big = dict(NHWC, BLOCK_S=128, INT64=True)
     out.append(("stats_kernel/nhwc/bf16/int64", K.stats_kernel,
                 dict(big, PER_SAMPLE=False, GROUPED=False, UPDATE_RUNNING=True, HAS_NBT=True,
-                     NUM_STAGES=plan.NUM_STAGES, **MERGE), "bf16", ("C", "sb", "ss"), ("sb", "ss"), 4, ("cp.async",)))
+                     NUM_STAGES=plan.NUM_STAGES, **MERGE), "bf16", ("C", "sb", "ss"), ("sb", "ss"), plan.SPLIT_NUM_WARPS,
+                ("cp.async",)))
     out.append(("backward_partials_kernel/nhwc/bf16/int64", K.backward_partials_kernel,
                 dict(big, ACT=1, HAS_RES=True, WRITE_DRES=True, HAS_W=True, HAS_B=True, PER_SAMPLE=False,
                      GROUPED=False, BATCH_STATS=True, NUM_STAGES=plan.NUM_STAGES, **MERGE), "bf16", ("C", "sb", "ss"),
-                ("sb", "ss"), 4, ("cp.async",)))
+                ("sb", "ss"), plan.SPLIT_NUM_WARPS, ("cp.async",)))
     for kernel in (K.apply_kernel, K.backward_apply_kernel):
         extra = dict(FROM_RUNNING=False) if kernel is K.apply_kernel else {}
         out.append((f"{kernel.fn.__name__}/nhwc/bf16/int64", kernel,
@@ -172,11 +176,11 @@ def variants():
     out.append(("r1_forward_kernel/channel_nhwc/bf16/int64", K.r1_forward_kernel,
                 dict(BLOCK_U=1, BLOCK_V=128, BLOCK_K=32, ACT=0, HAS_RES=False, HAS_W=True, HAS_B=True,
                      BATCH_STATS=True, UPDATE_RUNNING=True, HAS_NBT=True, INT64=True, sk=1), "bf16",
-                ("K", "sv", "su", "s_row"), ("sv", "su"), 8, ("vector",)))
+                ("K", "sv", "su", "s_row"), ("sv", "su"), 16, ("vector",)))
     out.append(("r1_backward_kernel/layer_rows/bf16/int64", K.r1_backward_kernel,
                 dict(BLOCK_U=1, BLOCK_V=1024, BLOCK_K=4, CH_MODE=2, ACT=0, HAS_RES=False, WRITE_DRES=False,
                      HAS_W=True, HAS_B=True, BATCH_STATS=True, INT64=True, sv=1), "bf16", ("V", "sk", "C", "s_row"),
-                ("sk",), 8, ("vector",)))
+                ("sk",), 16, ("vector",)))
     out.append(("sum_rows_kernel", K.sum_rows_kernel, dict(BLOCK_R=16, BLOCK_K=128), "fp32", (), (), 4, ()))
     for p in ("fp32", "bf16"):
         out.append((f"running_update_kernel/{p}", K.running_update_kernel, dict(HAS_NBT=True, BLOCK=1024), "fp32",

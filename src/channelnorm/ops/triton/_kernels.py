@@ -199,7 +199,7 @@ def r1_forward_kernel(x_ptr, y_ptr, res_ptr, w_ptr, b_ptr, pivot_ptr, mshift_ptr
     if UPDATE_RUNNING:
         if _ticket(counter_ptr) == n_prog - 1:
             _running_update(rm_ptr, rv_ptr, nbt_ptr, pivot_ptr, mshift_ptr, var_ptr, K, momentum, unbias,
-                            HAS_NBT, 1024)
+                            HAS_NBT, 256)
             tl.store(counter_ptr, 0)
 
 
@@ -381,7 +381,7 @@ def stats_kernel(x_ptr, part_n_ptr, part_mean_ptr, part_m2_ptr, pivot_ptr, mshif
         if UPDATE_RUNNING:
             if _ticket(counter_ptr + n_units) == n_units - 1:
                 _running_update(rm_ptr, rv_ptr, nbt_ptr, pivot_ptr, mshift_ptr, var_ptr, C, momentum, unbias,
-                                HAS_NBT, 1024)
+                                HAS_NBT, 256)
                 tl.store(counter_ptr + n_units, 0)
 
 
@@ -509,15 +509,15 @@ def backward_partials_kernel(x_ptr, dy_ptr, res_ptr, dres_ptr, pivot_ptr, mshift
         offs = _idx(b, INT64) * sb + _idx(rows, INT64)[:, None] * ss + c_off
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        xhat = tl.where(mask, ((x - pivot[None, :]) - mshift[None, :]) * invstd[None, :], 0.0)
-        g = _upstream_grad(xhat, dy, res_ptr, offs, mask, w, bias, ACT, HAS_RES)
+        centered = tl.where(mask, (x - pivot[None, :]) - mshift[None, :], 0.0)
+        g = _upstream_grad(centered * invstd[None, :], dy, res_ptr, offs, mask, w, bias, ACT, HAS_RES)
         if WRITE_DRES:
             tl.store(dres_ptr + offs, g.to(dres_ptr.dtype.element_ty), mask=mask)
         acc_g += tl.sum(g, 0)
-        acc_gx += tl.sum(g * xhat, 0)
+        acc_gx += tl.sum(g * centered, 0)   # times invstd once at the end: one rounding less per term
     out = _idx(p, INT64) * C + cols
     tl.store(part_g_ptr + out, acc_g, mask=cmask)
-    tl.store(part_gx_ptr + out, acc_gx, mask=cmask)
+    tl.store(part_gx_ptr + out, acc_gx * invstd, mask=cmask)
 
     unit = _unit(p, cblk, n_chunks, P_unit, n_cblk, GROUPED)
     if _ticket(counter_ptr + unit) == progs_per_unit - 1:

@@ -33,9 +33,14 @@ TILE_BYTES = 8192
 R1_MAX_ELEMENTS = 4096
 # Fraction of the device's L2 the second pass can count on finding the first pass's data in.
 L2_USABLE_FRACTION = 0.5
-# Pipeline depth of the statistics loops (cp.async stages) and warps per program. Candidates a GPU
-# run may retune: num_stages in (2, 3, 4), num_warps in (4, 8); the heuristic below picks one.
-NUM_STAGES = 3
+# Pipeline depth of the statistics loops (cp.async stages). Candidates a GPU run may retune:
+# num_stages in (2, 3, 4) with num_warps in (4, 8). 2 (double buffering, 16 KiB of shared memory per
+# program for fp32 tiles) is what compiles without spills for every variant at sm_90; 3 spilled 4 B
+# in the grouped statistics kernel.
+NUM_STAGES = 2
+# Warps of the two statistics kernels: 8 leave ptxas room for the pipelined loop plus the fused merge
+# (4 spilled a few bytes at sm_90).
+SPLIT_NUM_WARPS = 8
 
 
 @dataclass(frozen=True)
@@ -318,14 +323,15 @@ def r1_geometry(view: CanonicalView, num_groups: int, per_sample: bool, itemsize
         return None
     K = geo["K"]
     block_k = min(_pow2(K), max(1, max_elements // (block_u * block_v)))
-    # Enough programs to fill every SM: narrow the k block, but keep at least one 32-byte sector
+    # Enough programs to fill every SM: narrow the k block, but keep at least 16 contiguous bytes
     # per row when k is the contiguous axis.
-    min_k = max(1, 32 // itemsize) if geo["sk"] == 1 else 1
+    min_k = max(1, 16 // itemsize) if geo["sk"] == 1 else 1
     while block_k > min_k and geo["rows"] * math.ceil(K / block_k) < limits.sms:
         block_k //= 2
     n_kblk = math.ceil(K / block_k)
     prow = {0: (0, 0, 1), 1: (1, 0, B), 2: (0, 1, n_kblk)}[geo["ch_mode"]]
-    warps = 8 if block_u * block_v * block_k >= 2048 else 4
+    tile = block_u * block_v * block_k
+    warps = 16 if tile >= 4096 else 8 if tile >= 2048 else 4   # <= 16 fp32 per thread per tensor: no spills
     return R1Geometry(**geo, block_u=block_u, block_v=block_v, block_k=block_k, n_kblk=n_kblk,
                       prow_per_row=prow[0], prow_per_kblk=prow[1], partial_rows=prow[2], num_warps=warps)
 
