@@ -74,8 +74,9 @@ def ptxas_report(ptx: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "k.ptx"
         src.write_text(ptx)
-        done = subprocess.run([str(PTXAS), "-v", "--gpu-name", "sm_90a", str(src), "-o", str(Path(tmp) / "k.cubin")],
-                              capture_output=True, text=True, timeout=300)
+        # The flags triton's own compile passes (backends/nvidia/compiler.py, make_cubin).
+        done = subprocess.run([str(PTXAS), "-lineinfo", "-v", "--regAllocOptLevel=2", "--gpu-name=sm_90a", str(src),
+                               "-o", str(Path(tmp) / "k.cubin")], capture_output=True, text=True, timeout=300)
     text = done.stdout + done.stderr
     if done.returncode != 0:
         raise RuntimeError(text[-2000:])

@@ -37,10 +37,10 @@ L2_USABLE_FRACTION = 0.5
 # num_stages in (2, 3, 4) with num_warps in (4, 8). 2 (double buffering, 16 KiB of shared memory per
 # program for fp32 tiles) is what compiles without spills for every variant at sm_90; 3 spilled 4 B
 # in the grouped statistics kernel.
-NUM_STAGES = 2
+NUM_STAGES = 3
 # Warps of the two statistics kernels: 8 leave ptxas room for the pipelined loop plus the fused merge
 # (4 spilled a few bytes at sm_90).
-SPLIT_NUM_WARPS = 8
+SPLIT_NUM_WARPS = 4
 
 
 @dataclass(frozen=True)
