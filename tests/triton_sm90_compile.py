@@ -120,14 +120,17 @@ def variants():
                             dict(tile, PER_SAMPLE=grouped, GROUPED=grouped, UPDATE_RUNNING=not grouped,
                                  HAS_NBT=True, **merge, **stage), dtype, div16, (), plan.SPLIT_NUM_WARPS,
                             ("cp.async", "vector")))
+            # The backward passes load x and dy: half the elements per tile (plan.bwd_split).
+            bwd_tile = dict(tile, BLOCK_S=max(1, tile["BLOCK_S"] // 2))
             for act, res in ((0, False), (1, True), (2, False), (3, True)) if dtype != "fp16" else ((0, False),):
                 common = dict(tile, ACT=act, HAS_RES=res, HAS_W=True, HAS_B=not res, INT64=False)
+                bwd = dict(bwd_tile, ACT=act, HAS_RES=res, HAS_W=True, HAS_B=not res, INT64=False)
                 out.append((f"apply_kernel/{lname}/{dtype}/act={act}", K.apply_kernel,
                             dict(common, FROM_RUNNING=False, REVERSE=True), dtype, div16, (), 4, ("vector",)))
                 out.append((f"backward_apply_kernel/{lname}/{dtype}/act={act}", K.backward_apply_kernel,
-                            dict(common, REVERSE=True), dtype, div16, (), 4, ("vector",)))
+                            dict(bwd, REVERSE=True), dtype, div16, (), 4, ("vector",)))
                 out.append((f"backward_partials_kernel/{lname}/{dtype}/act={act}", K.backward_partials_kernel,
-                            dict(common, WRITE_DRES=res, PER_SAMPLE=False, GROUPED=False, BATCH_STATS=True,
+                            dict(bwd, WRITE_DRES=res, PER_SAMPLE=False, GROUPED=False, BATCH_STATS=True,
                                  NUM_STAGES=plan.NUM_STAGES, **MERGE), dtype, div16, (), plan.SPLIT_NUM_WARPS,
                             ("cp.async", "vector")))
             out.append((f"apply_kernel/{lname}/{dtype}/eval", K.apply_kernel,
@@ -161,18 +164,19 @@ def variants():
                              INT64=False), dtype, div16 + ("C",), (), warps, checks))
     # > 2**31 elements: 64-bit offsets and partial indices.
     big = dict(NHWC, BLOCK_S=128, INT64=True)
+    big_bwd = dict(big, BLOCK_S=64)
     out.append(("stats_kernel/nhwc/bf16/int64", K.stats_kernel,
                 dict(big, PER_SAMPLE=False, GROUPED=False, UPDATE_RUNNING=True, HAS_NBT=True,
                      NUM_STAGES=plan.NUM_STAGES, **MERGE), "bf16", ("C", "sb", "ss"), ("sb", "ss"), plan.SPLIT_NUM_WARPS,
                 ("cp.async",)))
     out.append(("backward_partials_kernel/nhwc/bf16/int64", K.backward_partials_kernel,
-                dict(big, ACT=1, HAS_RES=True, WRITE_DRES=True, HAS_W=True, HAS_B=True, PER_SAMPLE=False,
+                dict(big_bwd, ACT=1, HAS_RES=True, WRITE_DRES=True, HAS_W=True, HAS_B=True, PER_SAMPLE=False,
                      GROUPED=False, BATCH_STATS=True, NUM_STAGES=plan.NUM_STAGES, **MERGE), "bf16", ("C", "sb", "ss"),
                 ("sb", "ss"), plan.SPLIT_NUM_WARPS, ("cp.async",)))
     for kernel in (K.apply_kernel, K.backward_apply_kernel):
         extra = dict(FROM_RUNNING=False) if kernel is K.apply_kernel else {}
         out.append((f"{kernel.fn.__name__}/nhwc/bf16/int64", kernel,
-                    dict(big, ACT=1, HAS_RES=True, HAS_W=True, HAS_B=True, REVERSE=True, **extra), "bf16",
+                    dict(big if kernel is K.apply_kernel else big_bwd, ACT=1, HAS_RES=True, HAS_W=True, HAS_B=True, REVERSE=True, **extra), "bf16",
                     ("C", "sb", "ss"), ("sb", "ss"), 4, ("vector",)))
     out.append(("r1_forward_kernel/channel_nhwc/bf16/int64", K.r1_forward_kernel,
                 dict(BLOCK_U=1, BLOCK_V=128, BLOCK_K=32, ACT=0, HAS_RES=False, HAS_W=True, HAS_B=True,

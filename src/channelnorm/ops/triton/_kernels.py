@@ -150,9 +150,10 @@ def _sum_uv(t):
 
 
 @triton.jit
-def r1_forward_kernel(x_ptr, y_ptr, res_ptr, w_ptr, b_ptr, pivot_ptr, mshift_ptr, var_ptr,
+def r1_forward_kernel(x_ptr, y_ptr, res_ptr, w_ptr, b_ptr, stats_ptr,
                       rm_ptr, rv_ptr, nbt_ptr, counter_ptr,
                       U, su, V, sv, K, sk, s_row, cpk, cpv, n_kblk, n_prog, eps, momentum, unbias,
+                      n_stats,
                       BLOCK_U: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
                       ACT: tl.constexpr, HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
                       BATCH_STATS: tl.constexpr, UPDATE_RUNNING: tl.constexpr, HAS_NBT: tl.constexpr,
@@ -161,9 +162,11 @@ def r1_forward_kernel(x_ptr, y_ptr, res_ptr, w_ptr, b_ptr, pivot_ptr, mshift_ptr
 
     Batch statistics: exact two-pass mean and centered variance over the tile in registers (stable
     for any mean). Fixed statistics (eval): the running buffers, indexed by k. Stats out at
-    ``row*K + k`` (mean in ``pivot``, 0 in ``mshift``). With UPDATE_RUNNING the last program to
+    ``row*K + k`` of the pivot, mean - pivot and var blocks of ``stats`` (each ``n_stats`` long).
+    With UPDATE_RUNNING the last program to
     finish (atomic ticket) blends the running statistics of all K channels.
     """
+    pivot_ptr, mshift_ptr, var_ptr = stats_ptr, stats_ptr + n_stats, stats_ptr + 2 * n_stats
     pid = tl.program_id(0)
     row = pid // n_kblk
     kblk = pid % n_kblk
@@ -204,9 +207,10 @@ def r1_forward_kernel(x_ptr, y_ptr, res_ptr, w_ptr, b_ptr, pivot_ptr, mshift_ptr
 
 
 @triton.jit
-def r1_backward_kernel(x_ptr, dy_ptr, res_ptr, dres_ptr, dx_ptr, w_ptr, b_ptr, pivot_ptr, mshift_ptr, var_ptr,
+def r1_backward_kernel(x_ptr, dy_ptr, res_ptr, dres_ptr, dx_ptr, w_ptr, b_ptr, stats_ptr,
                        dw_ptr, db_ptr,
                        U, su, V, sv, K, sk, s_row, cpk, cpv, n_kblk, C, prow_per_row, prow_per_kblk, eps,
+                       n_stats,
                        BLOCK_U: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
                        ACT: tl.constexpr, HAS_RES: tl.constexpr, WRITE_DRES: tl.constexpr, HAS_W: tl.constexpr,
                        HAS_B: tl.constexpr, BATCH_STATS: tl.constexpr, CH_MODE: tl.constexpr, INT64: tl.constexpr):
@@ -217,6 +221,7 @@ def r1_backward_kernel(x_ptr, dy_ptr, res_ptr, dres_ptr, dx_ptr, w_ptr, b_ptr, p
     over this program's elements go to row ``row*prow_per_row + kblk*prow_per_kblk`` of the
     ``[rows, C]`` partials (one row when a channel lives in one program: then they are final).
     """
+    pivot_ptr, mshift_ptr, var_ptr = stats_ptr, stats_ptr + n_stats, stats_ptr + 2 * n_stats
     pid = tl.program_id(0)
     row = pid // n_kblk
     kblk = pid % n_kblk
@@ -288,10 +293,11 @@ def _unit(p, cblk, n_chunks, rows_per_unit_p, n_cblk, GROUPED: tl.constexpr):
 
 
 @triton.jit
-def stats_kernel(x_ptr, part_n_ptr, part_mean_ptr, part_m2_ptr, pivot_ptr, mshift_ptr, var_ptr,
+def stats_kernel(x_ptr, part_n_ptr, part_mean_ptr, part_m2_ptr, stats_ptr,
                  rm_ptr, rv_ptr, nbt_ptr, counter_ptr,
                  B, C, S, sb, ss, sc, G, cpg, rows_per_prog, chunk_len, n_chunks, n_cblk, P_unit,
                  progs_per_unit, n_units, momentum, unbias,
+                 n_stats,
                  BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, PER_SAMPLE: tl.constexpr, GROUPED: tl.constexpr,
                  BLOCK_P: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr,
                  UPDATE_RUNNING: tl.constexpr, HAS_NBT: tl.constexpr, NUM_STAGES: tl.constexpr,
@@ -305,6 +311,7 @@ def stats_kernel(x_ptr, part_n_ptr, part_mean_ptr, part_m2_ptr, pivot_ptr, mshif
     mean - pivot and the biased var of its statistics; the last unit updates the running stats.
     Partial index: ``p*C + c`` with p = row group * n_chunks + chunk.
     """
+    pivot_ptr, mshift_ptr, var_ptr = stats_ptr, stats_ptr + n_stats, stats_ptr + 2 * n_stats
     pid = tl.program_id(0)
     p, cblk, b_start, n_rows, cols, s_start, s_end = _split_program(pid, B, S, rows_per_prog, chunk_len,
                                                                     n_chunks, n_cblk, BLOCK_C)
@@ -429,8 +436,9 @@ def _weights(cols, cmask, w_ptr, b_ptr, HAS_W: tl.constexpr, HAS_B: tl.constexpr
 
 
 @triton.jit
-def apply_kernel(x_ptr, y_ptr, res_ptr, pivot_ptr, mshift_ptr, var_ptr, w_ptr, b_ptr, rm_ptr, rv_ptr,
+def apply_kernel(x_ptr, y_ptr, res_ptr, stats_ptr, w_ptr, b_ptr, rm_ptr, rv_ptr,
                  C, S, sb, ss, sc, stat_sb, cpg, n_sblk, n_cblk, n_prog, eps,
+                 n_stats,
                  BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, ACT: tl.constexpr, HAS_RES: tl.constexpr,
                  HAS_W: tl.constexpr, HAS_B: tl.constexpr, FROM_RUNNING: tl.constexpr, REVERSE: tl.constexpr,
                  INT64: tl.constexpr):
@@ -439,6 +447,7 @@ def apply_kernel(x_ptr, y_ptr, res_ptr, pivot_ptr, mshift_ptr, var_ptr, w_ptr, b
     FROM_RUNNING (eval): the statistics are the running buffers, read per channel; the tiles of the
     first row and position block also write them out as fp32 (pivot, 0, var) for the backward.
     """
+    pivot_ptr, mshift_ptr, var_ptr = stats_ptr, stats_ptr + n_stats, stats_ptr + 2 * n_stats
     b, sblk, cols, cmask, mask, offs = _elementwise_tile(C, S, sb, ss, sc, n_sblk, n_cblk, n_prog, BLOCK_S,
                                                          BLOCK_C, REVERSE, INT64)
     if FROM_RUNNING:
@@ -473,10 +482,11 @@ def _upstream_grad(xhat, dy, res_ptr, offs, mask, w, bias, ACT: tl.constexpr, HA
 
 
 @triton.jit
-def backward_partials_kernel(x_ptr, dy_ptr, res_ptr, dres_ptr, pivot_ptr, mshift_ptr, var_ptr, w_ptr, b_ptr,
+def backward_partials_kernel(x_ptr, dy_ptr, res_ptr, dres_ptr, stats_ptr, w_ptr, b_ptr,
                              part_g_ptr, part_gx_ptr, sum_g_ptr, sum_gx_ptr, beta_ptr, gamma_ptr, counter_ptr,
                              B, C, S, sb, ss, sc, G, cpg, rows_per_prog, chunk_len, n_chunks, n_cblk, P_unit,
                              progs_per_unit, sum_stride, eps, inv_n,
+                             n_stats,
                              BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, PER_SAMPLE: tl.constexpr,
                              GROUPED: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_G: tl.constexpr,
                              BLOCK_J: tl.constexpr, ACT: tl.constexpr, HAS_RES: tl.constexpr,
@@ -490,6 +500,7 @@ def backward_partials_kernel(x_ptr, dy_ptr, res_ptr, dres_ptr, pivot_ptr, mshift
     dbias/dweight, or their per-sample parts) and, for batch statistics, the per-statistic coefficients
     beta = -invstd*mean(w*g*xhat), gamma = -invstd*mean(w*g) of the dx pass.
     """
+    pivot_ptr, mshift_ptr, var_ptr = stats_ptr, stats_ptr + n_stats, stats_ptr + 2 * n_stats
     pid = tl.program_id(0)
     p, cblk, b_start, n_rows, cols, s_start, s_end = _split_program(pid, B, S, rows_per_prog, chunk_len,
                                                                     n_chunks, n_cblk, BLOCK_C)
@@ -565,13 +576,15 @@ def backward_partials_kernel(x_ptr, dy_ptr, res_ptr, dres_ptr, pivot_ptr, mshift
 
 
 @triton.jit
-def backward_apply_kernel(x_ptr, dy_ptr, res_ptr, dx_ptr, pivot_ptr, mshift_ptr, var_ptr, w_ptr, b_ptr,
+def backward_apply_kernel(x_ptr, dy_ptr, res_ptr, dx_ptr, stats_ptr, w_ptr, b_ptr,
                           beta_ptr, gamma_ptr,
                           C, S, sb, ss, sc, stat_sb, cpg, n_sblk, n_cblk, n_prog, eps,
+                          n_stats,
                           BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, ACT: tl.constexpr,
                           HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, REVERSE: tl.constexpr,
                           INT64: tl.constexpr):
     """dx = invstd*w * g + beta * xhat + gamma, beta and gamma per statistic (see backward.py)."""
+    pivot_ptr, mshift_ptr, var_ptr = stats_ptr, stats_ptr + n_stats, stats_ptr + 2 * n_stats
     b, _, cols, cmask, mask, offs = _elementwise_tile(C, S, sb, ss, sc, n_sblk, n_cblk, n_prog, BLOCK_S, BLOCK_C,
                                                       REVERSE, INT64)
     stat, pivot, mshift, invstd = _column_stats(b, cols, cmask, stat_sb, cpg, pivot_ptr, mshift_ptr, var_ptr, eps)

@@ -57,7 +57,8 @@ def _run(x, weight, bias, residual, running_mean, running_var, num_groups, per_s
     """Lay out, run the kernels, give y back in x's layout; returns y.
 
     Eager: the plain autograd Function (``function.norm``), with ``update`` (a
-    ``forward.RunningUpdate``) fused into the statistics pass and the statistics put in ``sink``.
+    ``forward.RunningUpdate``) fused into the statistics pass and the fp32 statistics buffer
+    ``[3, rows*G]`` (pivot, mean - pivot, var) appended to ``sink``.
     Under torch.compile: the custom ops, and the running update as its own op.
     """
     cp = plan.call_plan(x, channel_axis, num_groups, per_sample and use_batch_stats)
@@ -92,7 +93,7 @@ def _run_custom_op(x, weight, bias, residual, running_mean, running_var, num_gro
         running_stats_update(update.running_mean, update.running_var, update.num_batches_tracked, pivot,
                              mean_shift, var, update.unbias, update.momentum)
     if sink is not None:
-        sink.extend((pivot, mean_shift, var))
+        sink.append(torch.stack((pivot.reshape(-1), mean_shift.reshape(-1), var.reshape(-1))))
     return y
 
 
@@ -136,7 +137,7 @@ def instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, m
              "none", sink=sink)
     if update_stats:
         # As torch.nn.InstanceNorm (and family.instance_norm): blend the batch average of the instance statistics.
-        pivot, mean_shift, var = sink
+        pivot, mean_shift, var = sink[0].view(3, x.shape[0], C).unbind(0)
         n = elements_per_statistic(x.shape, C, per_sample=True)
         mean = (pivot + mean_shift).mean(0)
         u = _running_update(running_mean, running_var, num_batches_tracked, n, momentum)

@@ -32,10 +32,12 @@ def _sum_partials(buf: torch.Tensor, C: int):
     return flat[C:], flat[:C]
 
 
-def norm_backward(dy, x, weight, bias, residual, pivot, mshift, var, num_groups: int, per_sample: bool,
+def norm_backward(dy, x, weight, bias, residual, stats, num_groups: int, per_sample: bool,
                   use_batch_stats: bool, eps: float, channel_axis: int, activation: int, need_dres: bool,
                   cp: Optional[plan.CallPlan] = None):
-    """Returns ``(dx, dweight, dbias, dres)`` (fp32 dweight/dbias of shape [C]; dres None unless asked)."""
+    """Returns ``(dx, dweight, dbias, dres)`` (fp32 dweight/dbias of shape [C]; dres None unless asked).
+
+    ``stats``: the forward's fp32 ``[3, n_stats]`` (pivot, mean - pivot, biased var)."""
     per_sample = per_sample and use_batch_stats
     if cp is None:
         cp = plan.call_plan(x, channel_axis, num_groups, per_sample)
@@ -52,14 +54,14 @@ def norm_backward(dy, x, weight, bias, residual, pivot, mshift, var, num_groups:
         g = cp.r1
         sums = torch.empty((g.partial_rows, 2 * C), device=x.device, dtype=torch.float32)
         _kernels.r1_backward_kernel[(g.programs,)](
-            x, dy, res, dres if dres is not None else x, dx, w, b, pivot, mshift, var, sums[:, C:], sums,
+            x, dy, res, dres if dres is not None else x, dx, w, b, stats, sums[:, C:], sums,
             g.U, g.su, g.V, g.sv, g.K, g.sk, g.s_row, g.cpk, g.cpv, g.n_kblk, 2 * C, g.prow_per_row,
-            g.prow_per_kblk, eps,
+            g.prow_per_kblk, eps, stats.shape[1],
             BLOCK_U=g.block_u, BLOCK_V=g.block_v, BLOCK_K=g.block_k, WRITE_DRES=need_dres, BATCH_STATS=True,
             CH_MODE=g.ch_mode, num_warps=g.num_warps, **flags)
         dweight, dbias = _sum_partials(sums, C)
         return dx, dweight, dbias, dres
-    p, u = cp.split, cp.bwd_units
+    p, u = cp.bwd_split, cp.bwd_units
     G = cp.num_groups
     rows_out = view.B if per_sample else 1
     part = torch.empty((2, p.partial_rows * C), device=x.device, dtype=torch.float32)
@@ -67,17 +69,18 @@ def norm_backward(dy, x, weight, bias, residual, pivot, mshift, var, num_groups:
     coef = torch.empty((2, rows_out * G), device=x.device, dtype=torch.float32)
     n = (C // G) * view.S if per_sample else view.B * view.S
     _kernels.backward_partials_kernel[(p.n_cblk * p.partial_rows,)](
-        x, dy, res, dres if dres is not None else x, pivot, mshift, var, w, b, part[0], part[1], sums, sums[:, C:],
+        x, dy, res, dres if dres is not None else x, stats, w, b, part[0], part[1], sums, sums[:, C:],
         coef[0], coef[1], counters(x.device, u.n_units),
         view.B, C, view.S, view.sb, view.ss, view.sc, G, C // G, p.rows_per_prog, p.chunk_len, p.n_chunks,
-        p.n_cblk, u.P_unit, u.progs_per_unit, 2 * C, eps, 1.0 / max(n, 1),
+        p.n_cblk, u.P_unit, u.progs_per_unit, 2 * C, eps, 1.0 / max(n, 1), stats.shape[1],
         BLOCK_S=p.block_s, BLOCK_C=p.block_c, PER_SAMPLE=per_sample, GROUPED=u.grouped, BLOCK_P=u.block_p,
         BLOCK_G=u.block_g, BLOCK_J=u.block_j, WRITE_DRES=need_dres, BATCH_STATS=use_batch_stats,
         NUM_STAGES=plan.NUM_STAGES, num_warps=plan.SPLIT_NUM_WARPS, **flags)
     n_prog = p.n_cblk * view.B * p.n_sblk
     _kernels.backward_apply_kernel[(n_prog,)](
-        x, dy, res, dx, pivot, mshift, var, w, b, coef[0], coef[1],
+        x, dy, res, dx, stats, w, b, coef[0], coef[1],
         C, view.S, view.sb, view.ss, view.sc, G if per_sample else 0, C // G, p.n_sblk, p.n_cblk, n_prog, eps,
+        stats.shape[1],
         BLOCK_S=p.block_s, BLOCK_C=p.block_c, REVERSE=True, **flags)
     dweight, dbias = _sum_partials(sums, C)
     return dx, dweight, dbias, dres

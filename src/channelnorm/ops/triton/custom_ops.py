@@ -38,9 +38,12 @@ def norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], residu
              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(y, pivot, mean_shift, var): output and the fp32 statistics used, mean = pivot + mean_shift."""
     with _on_device_of(x):
-        return forward.norm_forward(x, _dense(weight), _dense(bias), residual, _dense(running_mean),
-                                    _dense(running_var), num_groups, per_sample, use_batch_stats, eps, channel_axis,
-                                    activation)
+        y, stats = forward.norm_forward(x, _dense(weight), _dense(bias), residual, _dense(running_mean),
+                                        _dense(running_var), num_groups, per_sample, use_batch_stats, eps,
+                                        channel_axis, activation)
+    shape = _stats_shape(x, num_groups, per_sample, use_batch_stats, channel_axis)
+    # Three separate outputs (custom-op outputs may not alias each other).
+    return y, stats[0].view(shape), stats[1].clone().view(shape), stats[2].clone().view(shape)
 
 
 @norm_fwd.register_fake
@@ -57,8 +60,8 @@ def norm_bwd(dy: Tensor, x: Tensor, weight: Optional[Tensor], bias: Optional[Ten
              channel_axis: int, activation: int, need_dres: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(dx, dweight, dbias, dresidual); dweight/dbias fp32 [C]; dresidual empty unless ``need_dres``."""
     with _on_device_of(x):
-        dx, dweight, dbias, dres = backward.norm_backward(dy, x, _dense(weight), _dense(bias), residual, pivot,
-                                                          mean_shift, var,
+        stats = torch.stack((pivot.reshape(-1), mean_shift.reshape(-1), var.reshape(-1)))
+        dx, dweight, dbias, dres = backward.norm_backward(dy, x, _dense(weight), _dense(bias), residual, stats,
                                                           num_groups, per_sample, use_batch_stats, eps, channel_axis,
                                                           activation, need_dres)
     # dweight and dbias are two halves of one buffer: custom-op outputs may not alias each other.

@@ -1,8 +1,8 @@
 """Host side of the forward pass: pick the regime's kernels from the cached plan, allocate, launch.
 
 Inputs here are already checked and laid out by ``backend``; nothing is decided here that the plan
-did not decide. Statistics are fp32 ``[rows, G]`` (pivot, mean - pivot, biased var) whatever the
-input dtype. Launches per call: R1 one; R2/R3 two (statistics with the fused merge, finalize and
+did not decide. Statistics are one fp32 buffer ``[3, rows*G]`` (pivot, mean - pivot, biased var)
+whatever the input dtype: one allocation and one kernel argument. Launches per call: R1 one; R2/R3 two (statistics with the fused merge, finalize and
 running update; then the normalize pass in reverse order); eval one.
 """
 from __future__ import annotations
@@ -38,42 +38,33 @@ def counters(device: torch.device, n: int) -> torch.Tensor:
     return buf
 
 
-def _stats_tensors(x: torch.Tensor, rows: int, G: int):
-    return tuple(torch.empty((rows, G), device=x.device, dtype=torch.float32) for _ in range(3))
-
-
 def norm_forward(x, weight, bias, residual, running_mean, running_var, num_groups: int, per_sample: bool,
                  use_batch_stats: bool, eps: float, channel_axis: int, activation: int,
                  update: Optional[RunningUpdate] = None, cp: Optional[plan.CallPlan] = None):
-    """Returns ``(y, pivot, mean_shift, var)``: the statistics as mean = pivot + mean_shift and biased var.
-
-    They are fp32, shaped ``[N, G]`` (per sample) or ``[C]``. Without batch statistics they are fp32
-    copies of the running statistics (mean_shift zero). ``update`` (channel scope, batch statistics)
-    blends them into the running buffers inside the statistics pass.
+    """Returns ``(y, stats)``: stats is fp32 ``[3, rows*G]`` = (pivot, mean - pivot, biased var) per
+    statistic ``r*G + g``, rows = N per sample, else 1 (G = C). Without batch statistics they are fp32 copies of
+    the running statistics (mean - pivot zero). ``update`` (channel scope, batch statistics) blends
+    them into the running buffers inside the statistics pass.
     """
     per_sample = per_sample and use_batch_stats
     if cp is None:
         cp = plan.call_plan(x, channel_axis, num_groups, per_sample)
-    view = cp.view
     y = torch.empty_like(x)
     res = residual if residual is not None else x
     w = weight if weight is not None else x
     b = bias if bias is not None else x
-    G = cp.num_groups
-    rows = view.B if per_sample else 1
-    pivot, mshift, var = _stats_tensors(x, rows, G)
+    n_stats = (cp.view.B if per_sample else 1) * cp.num_groups
+    stats = torch.empty((3, n_stats), device=x.device, dtype=torch.float32)
     if not use_batch_stats:
-        _apply(x, y, res, pivot, mshift, var, w, b, running_mean, running_var, cp, eps, residual, weight, bias,
+        _apply(x, y, res, stats, n_stats, w, b, running_mean, running_var, cp, eps, residual, weight, bias,
                activation, from_running=True)
     elif cp.regime_fwd == "R1":
-        _r1_forward(x, y, res, w, b, pivot, mshift, var, cp, eps, residual, weight, bias, activation, update)
+        _r1_forward(x, y, res, w, b, stats, n_stats, cp, eps, residual, weight, bias, activation, update)
     else:
-        _split_statistics(x, pivot, mshift, var, cp, update)
-        _apply(x, y, res, pivot, mshift, var, w, b, x, x, cp, eps, residual, weight, bias, activation,
+        _split_statistics(x, stats, n_stats, cp, update)
+        _apply(x, y, res, stats, n_stats, w, b, x, x, cp, eps, residual, weight, bias, activation,
                from_running=False)
-    if not per_sample:
-        pivot, mshift, var = pivot.view(-1), mshift.view(-1), var.view(-1)
-    return y, pivot, mshift, var
+    return y, stats
 
 
 def _update_args(x, update: Optional[RunningUpdate]):
@@ -84,40 +75,40 @@ def _update_args(x, update: Optional[RunningUpdate]):
             float(update.momentum), float(update.unbias), True, nbt is not None)
 
 
-def _r1_forward(x, y, res, w, b, pivot, mshift, var, cp, eps, residual, weight, bias, activation, update):
+def _r1_forward(x, y, res, w, b, stats, n_stats, cp, eps, residual, weight, bias, activation, update):
     g = cp.r1
     rm, rv, nbt, momentum, unbias, do_update, has_nbt = _update_args(x, update)
     _kernels.r1_forward_kernel[(g.programs,)](
-        x, y, res, w, b, pivot, mshift, var, rm, rv, nbt, counters(x.device, 1),
-        g.U, g.su, g.V, g.sv, g.K, g.sk, g.s_row, g.cpk, g.cpv, g.n_kblk, g.programs, eps, momentum, unbias,
+        x, y, res, w, b, stats, rm, rv, nbt, counters(x.device, 1),
+        g.U, g.su, g.V, g.sv, g.K, g.sk, g.s_row, g.cpk, g.cpv, g.n_kblk, g.programs, eps, momentum, unbias, n_stats,
         BLOCK_U=g.block_u, BLOCK_V=g.block_v, BLOCK_K=g.block_k, ACT=activation, HAS_RES=residual is not None,
         HAS_W=weight is not None, HAS_B=bias is not None, BATCH_STATS=True, UPDATE_RUNNING=do_update,
         HAS_NBT=has_nbt, INT64=cp.int64, num_warps=g.num_warps)
 
 
-def _split_statistics(x, pivot, mshift, var, cp, update):
+def _split_statistics(x, stats, n_stats, cp, update):
     v, p, u = cp.stats_view, cp.stats_split, cp.stats_units
     rows = p.partial_rows
-    part_n, part_mean, part_m2 = (torch.empty(rows * v.C, device=x.device, dtype=torch.float32) for _ in range(3))
+    part = torch.empty((3, rows * v.C), device=x.device, dtype=torch.float32)
     rm, rv, nbt, momentum, unbias, do_update, has_nbt = _update_args(x, update)
     _kernels.stats_kernel[(p.n_cblk * rows,)](
-        x, part_n, part_mean, part_m2, pivot, mshift, var, rm, rv, nbt, counters(x.device, u.n_units + 1),
+        x, part[0], part[1], part[2], stats, rm, rv, nbt, counters(x.device, u.n_units + 1),
         v.B, v.C, v.S, v.sb, v.ss, v.sc, v.C // cp.stats_cpg, cp.stats_cpg, p.rows_per_prog, p.chunk_len,
-        p.n_chunks, p.n_cblk, u.P_unit, u.progs_per_unit, u.n_units, momentum, unbias,
+        p.n_chunks, p.n_cblk, u.P_unit, u.progs_per_unit, u.n_units, momentum, unbias, n_stats,
         BLOCK_S=p.block_s, BLOCK_C=p.block_c, PER_SAMPLE=cp.per_sample, GROUPED=u.grouped, BLOCK_P=u.block_p,
         BLOCK_G=u.block_g, BLOCK_J=u.block_j, UPDATE_RUNNING=do_update, HAS_NBT=has_nbt,
         NUM_STAGES=plan.NUM_STAGES, INT64=cp.int64, num_warps=plan.SPLIT_NUM_WARPS)
 
 
-def _apply(x, y, res, pivot, mshift, var, w, b, rm, rv, cp, eps, residual, weight, bias, activation,
+def _apply(x, y, res, stats, n_stats, w, b, rm, rv, cp, eps, residual, weight, bias, activation,
            from_running: bool):
     v, p = cp.view, cp.split
     n_prog = p.n_cblk * v.B * p.n_sblk
     per_sample = cp.per_sample and not from_running
     _kernels.apply_kernel[(n_prog,)](
-        x, y, res, pivot, mshift, var, w, b, rm, rv,
+        x, y, res, stats, w, b, rm, rv,
         v.C, v.S, v.sb, v.ss, v.sc, cp.num_groups if per_sample else 0, v.C // cp.num_groups if per_sample else 1,
-        p.n_sblk, p.n_cblk, n_prog, eps,
+        p.n_sblk, p.n_cblk, n_prog, eps, n_stats,
         BLOCK_S=p.block_s, BLOCK_C=p.block_c, ACT=activation, HAS_RES=residual is not None,
         HAS_W=weight is not None, HAS_B=bias is not None, FROM_RUNNING=from_running, REVERSE=not from_running,
         INT64=cp.int64)

@@ -33,33 +33,32 @@ class NormFunction(torch.autograd.Function):
     """y = norm(x) (+ residual, activation); non-tensor configuration in ``cfg``.
 
     ``cfg`` = (num_groups, per_sample, use_batch_stats, eps, channel_axis, activation, plan). ``sink``,
-    when a list, receives the fp32 statistics (pivot, mean - pivot, var) for the caller.
+    when a list, receives the fp32 statistics buffer ``[3, rows*G]`` (pivot, mean - pivot, var).
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, residual, running_mean, running_var, cfg, update, sink):
         num_groups, per_sample, use_batch_stats, eps, channel_axis, activation, cp = cfg
         with on_device_of(x):
-            y, pivot, mshift, var = forward.norm_forward(
-                x, weight, bias, residual, running_mean, running_var, num_groups, per_sample, use_batch_stats, eps,
-                channel_axis, activation, update, cp)
-        ctx.save_for_backward(x, weight, bias, residual, pivot, mshift, var)
+            y, stats = forward.norm_forward(x, weight, bias, residual, running_mean, running_var, num_groups,
+                                            per_sample, use_batch_stats, eps, channel_axis, activation, update, cp)
+        ctx.save_for_backward(x, weight, bias, residual, stats)
         ctx.cfg = cfg
         if sink is not None:
-            sink.extend((pivot, mshift, var))
+            sink.append(stats)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        x, weight, bias, residual, pivot, mshift, var = ctx.saved_tensors
+        x, weight, bias, residual, stats = ctx.saved_tensors
         num_groups, per_sample, use_batch_stats, eps, channel_axis, activation, cp = ctx.cfg
         wants = ctx.needs_input_grad
         need_dres = residual is not None and wants[3]
         dy = match_layout(dy, x)  # the kernels address dy with x's strides
         with on_device_of(x):
             dx, dweight, dbias, dres = backward.norm_backward(
-                dy, x, weight, bias, residual, pivot, mshift, var, num_groups, per_sample, use_batch_stats, eps,
-                channel_axis, activation, need_dres, cp)
+                dy, x, weight, bias, residual, stats, num_groups, per_sample, use_batch_stats, eps, channel_axis,
+                activation, need_dres, cp)
         dweight = dweight.to(weight.dtype) if weight is not None and wants[1] else None
         dbias = dbias.to(bias.dtype) if bias is not None and wants[2] else None
         return dx if wants[0] else None, dweight, dbias, dres, None, None, None, None, None

@@ -293,7 +293,8 @@ class CallPlan(NamedTuple):
     per_sample: bool
     r1: Optional[R1Geometry]
     stats_split: Plan               # R2/R3 forward statistics pass on stats_view
-    split: Plan                     # elementwise passes and the backward statistics pass on view
+    split: Plan                     # forward elementwise pass on view
+    bwd_split: Plan                 # backward passes on view: half the elements per tile (x and dy loaded)
     stats_units: MergeUnits
     bwd_units: MergeUnits
     int64: bool
@@ -366,18 +367,21 @@ def _call_plan(shape: tuple, strides: tuple, itemsize: int, channel_axis: int, n
         if grouped is not None:
             stats_view, stats_cpg = grouped, 1
     split = make_plan(view, limits.programs, per_sample, tile_elements)
+    bwd_split = make_plan(view, limits.programs, per_sample, max(1, tile_elements // 2))
     stats_split = split if stats_view is view else make_plan(stats_view, limits.programs, True, tile_elements)
     r1 = r1_geometry(view, G, per_sample, itemsize, limits, r1_max_elements)
     nbytes = view.B * view.C * view.S * itemsize
     l2_usable = int(limits.l2_bytes * L2_USABLE_FRACTION)
     regime_fwd = "R1" if r1 else ("R2" if nbytes <= l2_usable else "R3")
     regime_bwd = "R1" if r1 else ("R2" if 2 * nbytes <= l2_usable else "R3")
-    int64 = (split.int64 or stats_split.int64 or needs_int64(view, max(split.partial_rows, 2 * view.B))
+    int64 = (split.int64 or stats_split.int64 or bwd_split.int64
+             or needs_int64(view, max(split.partial_rows, bwd_split.partial_rows, 2 * view.B))
              or (r1 is not None and r1.partial_rows * view.C > INT32_LIMIT))
     return CallPlan(dense, regime_fwd, regime_bwd, view, stats_view, stats_cpg, G, per_sample, r1, stats_split, split,
+                    bwd_split,
                     merge_units(stats_split, stats_view, stats_view.C // stats_cpg if per_sample else stats_view.C,
                                 per_sample),
-                    merge_units(split, view, G, per_sample), int64,
+                    merge_units(bwd_split, view, G, per_sample), int64,
                     _traffic(regime_fwd, nbytes, l2_usable, False, r1, per_sample, view.B),
                     _traffic(regime_bwd, nbytes, l2_usable, True, r1, per_sample, view.B),
                     Traffic((("apply", 2 * nbytes),), 1))
