@@ -317,7 +317,8 @@ def host_overhead(device: str, reps: int = 400) -> list[dict]:
 
     Best of 5 rounds of ``reps`` calls each, after a warm-up (plans cached). Entry points of
     ``ops/triton/backend.py`` (what ``ops.dispatch`` calls), so the functional layer's own checks
-    are not counted.
+    are not counted. ``autograd_floor_*`` is an empty custom autograd node with the same inputs:
+    torch's own fixed cost, which every fwd_bwd row includes (``Tensor.backward`` starts the engine).
     """
     from channelnorm.ops.triton import backend
     C = 64
@@ -332,7 +333,18 @@ def host_overhead(device: str, reps: int = 400) -> list[dict]:
     def train(inp):
         return backend.channel_norm(inp, rm, rv, w, b, True, 0.1, 1e-5, 1, nbt)
 
+    class Floor(torch.autograd.Function):   # torch's own cost of one custom autograd node, for reference
+        @staticmethod
+        def forward(ctx, inp, *params):
+            return torch.empty_like(inp)
+
+        @staticmethod
+        def backward(ctx, grad):
+            return (grad,) + (None,) * 2
+
     cases = {
+        "autograd_floor_fwd": lambda: Floor.apply(xg, w, b),
+        "autograd_floor_fwd_bwd": lambda: Floor.apply(xg, w, b).backward(dy),
         "channel_train_fwd": lambda: train(xg),
         "channel_train_fwd_nhwc": lambda: train(x_nhwc.requires_grad_()),
         "channel_train_fwd_bwd": lambda: train(xg).backward(dy),
@@ -340,6 +352,13 @@ def host_overhead(device: str, reps: int = 400) -> list[dict]:
         "group_fwd": lambda: backend.group_norm(xg, 32, w, b, 1e-5, 1),
         "group_fwd_bwd": lambda: backend.group_norm(xg, 32, w, b, 1e-5, 1).backward(dy),
     }
+    from channelnorm.ops.triton import backward, plan
+    if hasattr(plan, "call_plan"):   # (absent before kernels v2, whose host path this also measures)
+        cp = plan.call_plan(x, 1, C, False)
+        stats = torch.zeros((3, C), device=device)
+        # The backward's own host path (what NormFunction.backward runs), without autograd's engine.
+        cases["channel_backward_host"] = lambda: backward.norm_backward(dy, x, w, b, None, stats, C, False, True,
+                                                                        1e-5, 1, 0, False, cp)
     rows = []
     with NoOpLaunches() as stub:
         for name, fn in cases.items():
