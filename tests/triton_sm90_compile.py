@@ -48,7 +48,7 @@ INT_PTRS = ("nbt_ptr",)
 COUNTER_PTRS = ("counter_ptr",)
 
 
-def compile_variant(kernel, const, data_dtype="fp32", div16=(), param_dtype="fp32", i64=(), num_warps=4):
+def compile_variant(kernel, const, data_dtype="fp32", div16=(), param_dtype="fp32", i64=(), num_warps=4, maxnreg=None):
     params = list(inspect.signature(kernel.fn).parameters)
     sig, constexprs, attrs = {}, {}, {}
     for i, name in enumerate(params):
@@ -65,8 +65,11 @@ def compile_variant(kernel, const, data_dtype="fp32", div16=(), param_dtype="fp3
             sig[name] = "i64" if name in i64 else "i32"
             if name in div16:
                 attrs[(i,)] = [["tt.divisibility", 16]]
+    if maxnreg is None and kernel in (K.stats_kernel, K.backward_partials_kernel):
+        maxnreg = plan.SPLIT_MAXNREG   # as forward.py / backward.py launch them
+    options = {"num_warps": num_warps, **({"maxnreg": maxnreg} if maxnreg else {})}
     return triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=constexprs, attrs=attrs), target=TARGET,
-                          options={"num_warps": num_warps})
+                          options=options)
 
 
 def ptxas_report(ptx: str) -> dict:

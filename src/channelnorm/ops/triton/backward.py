@@ -75,7 +75,7 @@ def norm_backward(dy, x, weight, bias, residual, stats, num_groups: int, per_sam
         p.n_cblk, u.P_unit, u.progs_per_unit, 2 * C, eps, 1.0 / max(n, 1), stats.shape[1],
         BLOCK_S=p.block_s, BLOCK_C=p.block_c, PER_SAMPLE=per_sample, GROUPED=u.grouped, BLOCK_P=u.block_p,
         BLOCK_G=u.block_g, BLOCK_J=u.block_j, WRITE_DRES=need_dres, BATCH_STATS=use_batch_stats,
-        NUM_STAGES=plan.NUM_STAGES, num_warps=plan.SPLIT_NUM_WARPS, **flags)
+        NUM_STAGES=plan.NUM_STAGES, num_warps=plan.SPLIT_NUM_WARPS, maxnreg=plan.SPLIT_MAXNREG, **flags)
     n_prog = p.n_cblk * view.B * p.n_sblk
     _kernels.backward_apply_kernel[(n_prog,)](
         x, dy, res, dx, stats, w, b, coef[0], coef[1],

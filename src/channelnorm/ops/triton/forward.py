@@ -97,7 +97,7 @@ def _split_statistics(x, stats, n_stats, cp, update):
         p.n_chunks, p.n_cblk, u.P_unit, u.progs_per_unit, u.n_units, momentum, unbias, n_stats,
         BLOCK_S=p.block_s, BLOCK_C=p.block_c, PER_SAMPLE=cp.per_sample, GROUPED=u.grouped, BLOCK_P=u.block_p,
         BLOCK_G=u.block_g, BLOCK_J=u.block_j, UPDATE_RUNNING=do_update, HAS_NBT=has_nbt,
-        NUM_STAGES=plan.NUM_STAGES, INT64=cp.int64, num_warps=plan.SPLIT_NUM_WARPS)
+        NUM_STAGES=plan.NUM_STAGES, INT64=cp.int64, num_warps=plan.SPLIT_NUM_WARPS, maxnreg=plan.SPLIT_MAXNREG)
 
 
 def _apply(x, y, res, stats, n_stats, w, b, rm, rv, cp, eps, residual, weight, bias, activation,

@@ -38,9 +38,10 @@ L2_USABLE_FRACTION = 0.5
 # program for fp32 tiles) is what compiles without spills for every variant at sm_90; 3 spilled 4 B
 # in the grouped statistics kernel.
 NUM_STAGES = 3
-# Warps of the two statistics kernels: 8 leave ptxas room for the pipelined loop plus the fused merge
-# (4 spilled a few bytes at sm_90).
+# Warps of the two statistics kernels, and their register ceiling: naming one (.maxnreg) stops ptxas
+# from capping registers for occupancy on its own, which spilled 4-20 bytes in some variants at sm_90.
 SPLIT_NUM_WARPS = 4
+SPLIT_MAXNREG = 255
 
 
 @dataclass(frozen=True)
