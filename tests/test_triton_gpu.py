@@ -5,6 +5,7 @@ import torch
 from _triton_support import assert_close_to_reference, run_fwd_bwd, to_float64
 
 import channelnorm.functional as F
+from channelnorm.ops.triton import plan
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -73,3 +74,29 @@ def test_more_than_2_31_elements_uses_int64_offsets():
     # The last row (beyond 2**31 elements) was normalized with the statistics, not left unwritten.
     expected_last = (x[-1].float() - x.float().mean(0)) / x.float().var(0, unbiased=False).add(1e-5).sqrt()
     assert (y[-1].float() - expected_last).abs().max() < 0.1
+
+
+@pytest.mark.parametrize("regime,shape,channels_last", [
+    ("R1", (8, 512, 7, 7), True), ("R2", (16, 256, 28, 28), False), ("R3", (32, 256, 56, 56), True)])
+def test_each_regime_at_its_real_size(regime, shape, channels_last):
+    """Default thresholds: the shape lands in the regime (plan), and forward, backward and the running
+    statistics (fused into the statistics pass) match float64 and torch."""
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = (torch.randn(shape, device="cuda") * 2 + 3).to(torch.bfloat16).contiguous(memory_format=fmt)
+    cp = plan.call_plan(x, 1, shape[1], False)
+    assert (cp.regime_fwd, cp.regime_bwd) == (regime, regime)
+    C = shape[1]
+    w, b = torch.randn(C, device="cuda"), torch.randn(C, device="cuda")
+    dy = torch.randn(shape, device="cuda").to(torch.bfloat16).contiguous(memory_format=fmt)
+    make = _fns("channel")
+    ours = run_fwd_bwd(make("triton"), x, (w, b), dy)
+    torch_own = run_fwd_bwd(make("native"), x, (w, b), dy)
+    reference = run_fwd_bwd(make("reference"), x.double(), to_float64((w, b)), dy.double())
+    assert_close_to_reference(ours, torch_own, reference, ("y", "dx", "dweight", "dbias"))
+    rm, rv = torch.zeros(C, device="cuda"), torch.ones(C, device="cuda")
+    F.channel_norm(x, rm, rv, w, b, True, 0.1, backend="triton")
+    xd = x.double()
+    dims = (0, 2, 3)
+    torch.testing.assert_close(rm.double(), 0.1 * xd.mean(dims), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(rv.double(), 0.9 + 0.1 * xd.var(dims, unbiased=True), rtol=1e-4, atol=1e-4)

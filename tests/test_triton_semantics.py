@@ -3,7 +3,7 @@ numerical stability, determinism, split reductions, fused variants, layouts and 
 import pytest
 import torch
 
-from _triton_support import DEVICE, assert_close_to_reference, run_fwd_bwd, to_float64
+from _triton_support import DEVICE, assert_close_to_reference, force_regime, run_fwd_bwd, to_float64
 
 import channelnorm as cn
 import channelnorm.functional as F
@@ -13,11 +13,8 @@ from channelnorm.ops.triton import backend, plan
 
 @pytest.fixture
 def many_splits(monkeypatch):
-    """Split regime (R2), tiny tiles and many programs: every statistic is merged from many partials."""
-    monkeypatch.setattr(plan, "R1_MAX_ELEMENTS", 0)
-    monkeypatch.setattr(plan, "TILE_BYTES", 32)
-    monkeypatch.setattr(plan, "MIN_TILES_PER_PROGRAM", 1)
-    monkeypatch.setattr(plan, "target_programs", lambda device: 64)
+    """Split regime (R2): tiny tiles and many programs, so every statistic is merged from many partials."""
+    force_regime(monkeypatch, "R2")
 
 
 @pytest.mark.parametrize("momentum", [0.1, None])
