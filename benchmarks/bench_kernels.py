@@ -349,6 +349,7 @@ def host_overhead(device: str, reps: int = 400) -> list[dict]:
         "channel_train_fwd_nhwc": lambda: train(x_nhwc.requires_grad_()),
         "channel_train_fwd_bwd": lambda: train(xg).backward(dy),
         "channel_eval_fwd": lambda: backend.channel_norm(xg, rm, rv, w, b, False, 0.1, 1e-5, 1, nbt),
+        "channel_eval_fwd_no_grad": lambda: backend.channel_norm(x, rm, rv, None, None, False, 0.1, 1e-5, 1, nbt),
         "group_fwd": lambda: backend.group_norm(xg, 32, w, b, 1e-5, 1),
         "group_fwd_bwd": lambda: backend.group_norm(xg, 32, w, b, 1e-5, 1).backward(dy),
     }

@@ -6,7 +6,7 @@
 #
 # Steps, each under its own time limit (`timeout`), so the whole run ends within ~8 minutes even if a
 # step hangs; a step that fails or runs out of time is reported and the next one still runs:
-#   1. tests/test_triton_gpu.py: ResNet/transformer shapes against float64 (every regime occurs),
+#   1. test_triton_gpu.py: ResNet/transformer shapes against float64 (every regime occurs),
 #      determinism, and the > 2**31-element case (int64 offsets and partial indices)      <= 100 s
 #   2. the interpreter suite compiled for this GPU (tiny shapes, every layout/rank/dtype, R1/R2/R3
 #      forced), the semantics and host-path tests                                            <= 90 s
@@ -53,7 +53,9 @@ step() {   # step NAME LIMIT_SECONDS COMMAND...
   fi
 }
 
-echo "gpu_check $STAMP, git $(git rev-parse HEAD 2>/dev/null || echo unknown)"
+# The Triton tests' folder (tests/ops/triton in the package-mirroring layout, tests/ before it).
+T=$(dirname "$(ls tests/ops/triton/test_triton_gpu.py tests/test_triton_gpu.py 2>/dev/null | head -n 1)")
+echo "gpu_check $STAMP, git $(git rev-parse HEAD 2>/dev/null || echo unknown), tests in $T"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>/dev/null || echo "nvidia-smi: not found"
 "$PY" - <<'EOF' || { echo "no CUDA device visible to torch: nothing to check"; exit 1; }
 import torch, triton
@@ -63,15 +65,15 @@ print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), triton {triton.__
       f"L2 {torch.cuda.get_device_properties(0).L2_cache_size / 2**20:.0f} MiB)")
 EOF
 
-step "gpu tests" 100 "$PY" -m pytest -q -p no:cacheprovider tests/test_triton_gpu.py
+step "gpu tests" 100 "$PY" -m pytest -q -p no:cacheprovider "$T/test_triton_gpu.py"
 
 step "kernel suite on the GPU" 90 "$PY" -m pytest -q -p no:cacheprovider -n 8 \
-  tests/test_triton_numerics.py tests/test_triton_semantics.py tests/test_triton_host.py
+  "$T/test_triton_numerics.py" "$T/test_triton_semantics.py" "$T/test_triton_host.py"
 
 if command -v compute-sanitizer >/dev/null 2>&1; then
   for tool in memcheck racecheck; do
     step "compute-sanitizer $tool" 35 compute-sanitizer --tool "$tool" --error-exitcode 3 \
-      "$PY" -m pytest -q -p no:cacheprovider tests/test_triton_semantics.py \
+      "$PY" -m pytest -q -p no:cacheprovider "$T/test_triton_semantics.py" \
       -k "many_partials_merge_exactly or running_statistics_match or deterministic"
   done
 else

@@ -10,7 +10,8 @@ from _triton_support import DEVICE, force_regime
 
 from channelnorm.ops.triton import backend, custom_ops, plan
 
-HARNESS = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_kernels.py"
+ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").exists())
+HARNESS = ROOT / "benchmarks" / "bench_kernels.py"
 
 
 @pytest.fixture(scope="module")

@@ -74,5 +74,13 @@ def norm(x, weight, bias, residual, running_mean, running_var, num_groups: int, 
     weight, bias = dense(weight), dense(bias)
     if not use_batch_stats:
         running_mean, running_var = dense(running_mean), dense(running_var)
-    cfg = (num_groups, per_sample, use_batch_stats, eps, channel_axis, activation, cp)
-    return NormFunction.apply(x, weight, bias, residual, running_mean, running_var, cfg, update, sink)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, residual)):
+        cfg = (num_groups, per_sample, use_batch_stats, eps, channel_axis, activation, cp)
+        return NormFunction.apply(x, weight, bias, residual, running_mean, running_var, cfg, update, sink)
+    # Nothing to differentiate (inference): no autograd node at all.
+    with on_device_of(x):
+        y, stats = forward.norm_forward(x, weight, bias, residual, running_mean, running_var, num_groups, per_sample,
+                                        use_batch_stats, eps, channel_axis, activation, update, cp)
+    if sink is not None:
+        sink.append(stats)
+    return y
