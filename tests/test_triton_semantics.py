@@ -17,8 +17,10 @@ def many_splits(monkeypatch):
     force_regime(monkeypatch, "R2")
 
 
+@pytest.mark.parametrize("regime", ["R1", "R2"])
 @pytest.mark.parametrize("momentum", [0.1, None])
-def test_running_statistics_match_the_reference(momentum):
+def test_running_statistics_match_the_reference(momentum, regime, monkeypatch):
+    force_regime(monkeypatch, regime)   # the update is fused into R1's kernel / R2's last program
     ours = cn.ChannelNorm(4, momentum=momentum, backend="triton").to(DEVICE)
     ref = cn.ChannelNorm(4, momentum=momentum, backend="reference").double()
     for step in range(3):
@@ -45,7 +47,9 @@ def test_half_precision_module_buffers():
     torch.testing.assert_close(ours.running_var.cpu().double(), ref.running_var, rtol=2e-3, atol=1e-3)
 
 
-def test_instance_norm_running_statistics():
+@pytest.mark.parametrize("regime", ["R1", "R2"])
+def test_instance_norm_running_statistics(regime, monkeypatch):
+    force_regime(monkeypatch, regime)
     ours = cn.InstanceNorm(4, track_running_stats=True, momentum=None, backend="triton").to(DEVICE)
     ref = cn.InstanceNorm(4, track_running_stats=True, momentum=None, backend="reference").double()
     for _ in range(2):
@@ -57,7 +61,9 @@ def test_instance_norm_running_statistics():
     assert ours.num_batches_tracked.item() == 2
 
 
-def test_non_finite_batch_never_updates_running_statistics():
+@pytest.mark.parametrize("regime", ["R1", "R2"])
+def test_non_finite_batch_never_updates_running_statistics(regime, monkeypatch):
+    force_regime(monkeypatch, regime)
     norm = cn.ChannelNorm(3, backend="triton").to(DEVICE)
     norm(torch.randn(4, 3, 5, device=DEVICE))
     before = [t.clone() for t in (norm.running_mean, norm.running_var, norm.num_batches_tracked)]
@@ -120,10 +126,12 @@ def test_rows_grouped_per_program(monkeypatch):
     (lambda be: lambda x, w, b: F.group_norm_act(x, 2, w, b, activation="silu", backend=be), (3, 4, 5)),
     (lambda be: lambda x, w, b: F.layer_norm(x, w, b, backend=be), (5, 4)),      # row-block backward
 ], ids=["channel", "group", "layer_rows"])
-def test_int64_offsets_give_the_same_results(make, shape, monkeypatch):
+@pytest.mark.parametrize("regime", ["R1", "R2"])
+def test_int64_offsets_give_the_same_results(make, shape, regime, monkeypatch):
     """The 64-bit indexing variant (chosen past 2**31 elements), forced on tiny tensors: every kernel
     of the forward and backward must take it (a row index that is a plain int included)."""
     monkeypatch.setattr(plan, "INT32_LIMIT", 0)
+    force_regime(monkeypatch, regime)   # R2: partial and merge indices in int64 too
     x, dy = torch.randn(shape) + 1, torch.randn(shape)
     C = shape[1]
     w, b = torch.randn(C), torch.randn(C)
