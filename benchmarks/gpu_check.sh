@@ -65,7 +65,7 @@ print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), triton {triton.__
       f"L2 {torch.cuda.get_device_properties(0).L2_cache_size / 2**20:.0f} MiB)")
 EOF
 
-step "gpu tests" 100 "$PY" -m pytest -q -p no:cacheprovider "$T/test_triton_gpu.py"
+step "gpu tests" 100 "$PY" -m pytest -q -p no:cacheprovider -n 4 "$T/test_triton_gpu.py"
 
 step "kernel suite on the GPU" 90 "$PY" -m pytest -q -p no:cacheprovider -n 8 \
   "$T/test_triton_numerics.py" "$T/test_triton_semantics.py" "$T/test_triton_host.py"
