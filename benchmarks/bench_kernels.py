@@ -14,6 +14,7 @@ the ratio of the two; and the speedups over eager and compiled torch. Timings ar
                                                              # checks the harness runs, times mean nothing
     python benchmarks/bench_kernels.py --host-overhead       # host time per call, kernel launches stubbed
                                                              # (CPU or GPU; prints JSON)
+    python benchmarks/bench_kernels.py --tune --dtypes bf16  # split kernels' (stages, tile bytes) candidates
 
 Writes ``kernels-<device>-<time>.csv``, ``.json`` (with device, torch/triton versions, git hash) and
 ``.md`` (summary table and every row that misses an issue-4 target)
@@ -382,6 +383,36 @@ def host_overhead(device: str, reps: int = 400) -> list[dict]:
     return rows
 
 
+TUNE_SHAPES = [((32, 256, 56, 56), "nhwc"), ((32, 256, 56, 56), "nchw"), ((32, 64, 112, 112), "nhwc"),
+               ((8, 512, 28, 28), "nchw")]
+
+
+def tune(dtype_name: str) -> list[dict]:
+    """Forward+backward time of the split (R2/R3) kernels for each ``plan.TUNE_CANDIDATES`` entry
+    (pipeline stages, tile bytes) on a few ResNet shapes; the best per shape is marked."""
+    from channelnorm.ops.triton import plan
+    defaults = (plan.NUM_STAGES, plan.TILE_BYTES)
+    rows = []
+    try:
+        for shape, layout in TUNE_SHAPES:
+            x = make_input(shape, layout, DTYPES[dtype_name], "cuda")
+            dy = make_input(shape, layout, DTYPES[dtype_name], "cuda")
+            fn, params = ours("channel", shape, "cuda")
+            times = {}
+            for stages, tile in plan.TUNE_CANDIDATES:
+                plan.NUM_STAGES, plan.TILE_BYTES = stages, tile
+                times[(stages, tile)] = bench(pass_fn(fn, params, x, dy, "fwdbwd"), "cuda")
+            best = min(times, key=times.get)
+            for (stages, tile), ms in times.items():
+                rows.append({"shape": "x".join(map(str, shape)), "layout": layout, "dtype": dtype_name,
+                             "num_stages": stages, "tile_bytes": tile, "fwdbwd_ms": ms,
+                             "best": (stages, tile) == best, "default": (stages, tile) == defaults})
+                print(rows[-1])
+    finally:
+        plan.NUM_STAGES, plan.TILE_BYTES = defaults
+    return rows
+
+
 def main(argv=None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, nargs="+", default=[32, 8, 2])
@@ -396,10 +427,26 @@ def main(argv=None) -> Path:
     parser.add_argument("--no-transformer", action="store_true", help="skip the (tokens, C) shapes")
     parser.add_argument("--quick-timing", action="store_true", help="do_bench warm-up 10 ms, repetitions 40 ms")
     parser.add_argument("--tag", default="", help="added to the output file names")
+    parser.add_argument("--tune", action="store_true",
+                        help="time the split kernels' (num_stages, tile bytes) candidates on a few shapes (GPU)")
     parser.add_argument("--host-overhead", action="store_true",
                         help="host time per call with the kernel launches stubbed out (prints JSON)")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.quick_timing:
+        TIMING.update(warmup=10, rep=40)
+    if args.tune:
+        if device != "cuda":
+            parser.error("--tune needs a CUDA device")
+        out = args.out or ROOT / "benchmarks" / "results"
+        env = environment(device)
+        rows = [r for d in args.dtypes for r in tune(d)]
+        stem = out / ("tune-" + re.sub(r"[^A-Za-z0-9]+", "_", env["device"]).strip("_")[:40] + "-"
+                      + env["date_utc"].replace(":", "").replace("-", "")[:15])
+        out.mkdir(parents=True, exist_ok=True)
+        stem.with_suffix(".json").write_text(json.dumps({"environment": env, "rows": rows}, indent=1))
+        print(f"wrote {stem}.json")
+        return stem
     if args.host_overhead:
         rows = host_overhead(device)
         print(json.dumps({"environment": environment(device), "torch_threads": torch.get_num_threads(),
@@ -412,8 +459,6 @@ def main(argv=None) -> Path:
     out = args.out or ROOT / "benchmarks" / "results"
     env = environment(device)
     env["command"] = "python benchmarks/bench_kernels.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    if args.quick_timing:
-        TIMING.update(warmup=10, rep=40)
     stages = [tuple(int(v) for v in s.split(":")) for s in args.stages] if args.stages else None
     rows, path = [], None
     for shape in shapes(args.batches, args.smoke, stages, not args.no_transformer):

@@ -21,7 +21,9 @@
 #   kernels-<device>-<time>-compile.{json,csv,md}  git hash, command; the format ops.dispatch reads)
 # and prints every benchmark row that misses a target (correct vs float64; >= 85% of copy bandwidth
 # on R1/R2 rows; >= 1.0x eager everywhere, >= 1.5x on NHWC or bf16; >= 1.0x torch.compile).
-# Exit status: 0 when every step passed, 1 otherwise (benchmark misses do not fail the run).
+# With TUNE=1 it then times the split kernels' tuning candidates (plan.TUNE_CANDIDATES; +2 minutes,
+# tune-<device>-<time>.json). Exit status: 0 when every step passed, 1 otherwise (benchmark misses
+# do not fail the run).
 set -u
 cd "$(dirname "$0")/.."
 OUT_DIR=${OUT_DIR:-benchmarks/results}
@@ -87,6 +89,11 @@ step "benchmark slice" 130 "$PY" benchmarks/bench_kernels.py --batches 32 2 --dt
 step "torch.compile slice" 70 "$PY" benchmarks/bench_kernels.py --batches 32 2 --stages 256:56 2048:7 \
   --no-transformer --dtypes bf16 fp32 --layouts nchw nhwc --norms channel --passes fwd bwd --quick-timing \
   --tag compile --out "$OUT_DIR"
+
+if [ "${TUNE:-0}" = "1" ]; then   # optional, outside the 8-minute budget
+  step "tuning candidates" 120 "$PY" benchmarks/bench_kernels.py --tune --dtypes bf16 fp32 --quick-timing \
+    --out "$OUT_DIR"
+fi
 
 echo
 echo "=== [$((SECONDS - START)) s] summary"

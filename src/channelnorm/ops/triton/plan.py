@@ -33,8 +33,8 @@ TILE_BYTES = 8192
 R1_MAX_ELEMENTS = 4096
 # Fraction of the device's L2 the second pass can count on finding the first pass's data in.
 L2_USABLE_FRACTION = 0.5
-# Pipeline depth of the statistics loops (cp.async stages). Candidates a GPU run may retune:
-# num_stages in (2, 3, 4) with num_warps in (4, 8). 2 (double buffering, 16 KiB of shared memory per
+# Pipeline depth of the statistics loops (cp.async stages). The tuning space a GPU run compares
+# (``benchmarks/bench_kernels.py --tune``) is TUNE_CANDIDATES below. 2 (double buffering, 16 KiB of shared memory per
 # program for fp32 tiles) is what compiles without spills for every variant at sm_90; 3 spilled 4 B
 # in the grouped statistics kernel.
 NUM_STAGES = 3
@@ -42,6 +42,8 @@ NUM_STAGES = 3
 # from capping registers for occupancy on its own, which spilled 4-20 bytes in some variants at sm_90.
 SPLIT_NUM_WARPS = 4
 SPLIT_MAXNREG = 255
+# (NUM_STAGES, TILE_BYTES) pairs for the split (R2/R3) kernels; the first is the default above.
+TUNE_CANDIDATES = ((3, 8192), (2, 8192), (4, 8192), (3, 4096), (3, 16384))
 
 
 @dataclass(frozen=True)
