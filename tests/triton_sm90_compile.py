@@ -179,7 +179,8 @@ def variants():
     for kernel in (K.apply_kernel, K.backward_apply_kernel):
         extra = dict(FROM_RUNNING=False) if kernel is K.apply_kernel else {}
         out.append((f"{kernel.fn.__name__}/nhwc/bf16/int64", kernel,
-                    dict(big if kernel is K.apply_kernel else big_bwd, ACT=1, HAS_RES=True, HAS_W=True, HAS_B=True, REVERSE=True, **extra), "bf16",
+                    dict(big if kernel is K.apply_kernel else big_bwd, ACT=1, HAS_RES=True, HAS_W=True, HAS_B=True,
+                         REVERSE=True, **extra), "bf16",
                     ("C", "sb", "ss"), ("sb", "ss"), 4, ("vector",)))
     out.append(("r1_forward_kernel/channel_nhwc/bf16/int64", K.r1_forward_kernel,
                 dict(BLOCK_U=1, BLOCK_V=128, BLOCK_K=32, ACT=0, HAS_RES=False, HAS_W=True, HAS_B=True,

@@ -416,7 +416,7 @@ def _elementwise_tile(C, S, sb, ss, sc, n_sblk, n_cblk, n_prog,
 
 @triton.jit
 def _column_stats(b, cols, cmask, stat_sb, cpg, pivot_ptr, mshift_ptr, var_ptr, eps):
-    """pivot, mean - pivot and invstd of each column's statistic (statistics are [rows, G], read at b*stat_sb + c // cpg)."""
+    """pivot, mean - pivot and invstd of each column's statistic ([rows, G], read at b*stat_sb + c // cpg)."""
     stat = b * stat_sb + cols // cpg
     pivot = tl.load(pivot_ptr + stat, mask=cmask, other=0.0)
     mshift = tl.load(mshift_ptr + stat, mask=cmask, other=0.0)

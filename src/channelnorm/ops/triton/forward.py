@@ -2,8 +2,9 @@
 
 Inputs here are already checked and laid out by ``backend``; nothing is decided here that the plan
 did not decide. Statistics are one fp32 buffer ``[3, rows*G]`` (pivot, mean - pivot, biased var)
-whatever the input dtype: one allocation and one kernel argument. Launches per call: R1 one; R2/R3 two (statistics with the fused merge, finalize and
-running update; then the normalize pass in reverse order); eval one.
+whatever the input dtype: one allocation and one kernel argument. Launches per call: R1 one; R2/R3
+two (statistics with the fused merge, finalize and running update; then the normalize pass in
+reverse order); eval one.
 """
 from __future__ import annotations
 
