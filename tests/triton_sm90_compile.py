@@ -165,6 +165,13 @@ def variants():
             out.append((f"r1_backward_kernel/{gname}/{dtype}", K.r1_backward_kernel,
                         dict(geo, ACT=2, HAS_RES=True, WRITE_DRES=True, HAS_W=True, HAS_B=True, BATCH_STATS=True,
                              INT64=False), dtype, div16 + ("C",), (), warps, checks))
+    # One element per statistic (e.g. group norm of (N, C) with C groups): Triton passes sizes equal to
+    # 1 as constants, so U and V arrive as Python ints.
+    for kernel, extra in ((K.r1_forward_kernel, dict(UPDATE_RUNNING=False, HAS_NBT=False)),
+                          (K.r1_backward_kernel, dict(CH_MODE=1, WRITE_DRES=False))):
+        out.append((f"{kernel.fn.__name__}/one_element", kernel,
+                    dict(BLOCK_U=1, BLOCK_V=1, BLOCK_K=32, U=1, V=1, su=1, sv=1, ACT=0, HAS_RES=False, HAS_W=True,
+                         HAS_B=True, BATCH_STATS=True, INT64=False, **extra), "fp32", (), (), 4, ()))
     # > 2**31 elements: 64-bit offsets and partial indices.
     big = dict(NHWC, BLOCK_S=128, INT64=True)
     big_bwd = dict(big, BLOCK_S=64)

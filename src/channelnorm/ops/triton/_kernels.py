@@ -178,7 +178,7 @@ def r1_forward_kernel(x_ptr, y_ptr, res_ptr, w_ptr, b_ptr, stats_ptr,
         # exact two-pass mean and centered variance: a mean of 1e4 costs no precision.
         u0v0 = (tl.arange(0, BLOCK_U)[:, None, None] == 0) & (tl.arange(0, BLOCK_V)[None, :, None] == 0)
         pivot = _sum_uv(tl.where(u0v0 & mask, x, 0.0))
-        n = (U * V).to(tl.float32)
+        n = (U * V) * 1.0   # U and V may arrive as ints (Triton specializes a value of 1)
         shifted = tl.where(mask, x - pivot[None, None, :], 0.0)
         mshift = _sum_uv(shifted) / n
         centered = tl.where(mask, shifted - mshift[None, None, :], 0.0)
@@ -258,7 +258,7 @@ def r1_backward_kernel(x_ptr, dy_ptr, res_ptr, dres_ptr, dx_ptr, w_ptr, b_ptr, s
         tl.store(db_ptr + prow * C + v1, tl.sum(tl.sum(g, 0), 1), mask=v1 < V)
         tl.store(dw_ptr + prow * C + v1, tl.sum(tl.sum(g * xhat, 0), 1), mask=v1 < V)
     if BATCH_STATS:
-        n = (U * V).to(tl.float32)
+        n = (U * V) * 1.0   # U and V may arrive as ints (Triton specializes a value of 1)
         wg = w * g
         beta = -invstd * _sum_uv(wg * xhat) / n
         gamma = -invstd * _sum_uv(wg) / n
