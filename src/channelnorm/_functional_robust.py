@@ -19,14 +19,8 @@ from .ops.reference import affine
 
 __all__ = ["batch_renorm", "ghost_norm", "filter_response_norm", "evonorm_s0", "evonorm_b0"]
 
-REFERENCE_ONLY = ("auto", "reference")
-
-
 def reference_only(op: str, backend: str) -> None:
-    dispatch.check_backend_name(backend)
-    if backend not in REFERENCE_ONLY:
-        raise ValueError(f"backend={backend!r} cannot run {op}: only the reference math implements it; "
-                         f"use backend='auto' or 'reference'")
+    dispatch.require(op, backend)
 
 
 def renorm_limits(rmax, dmax, warmup_steps) -> tuple[float, float, int]:

@@ -21,7 +21,7 @@ class EvoNormS0(_NormBase):
 
     def __init__(self, num_channels: int, num_groups: int = 32, eps: float = 1e-5, affine: bool = True,
                  channel_axis: int = 1, backend: str = "auto", device=None, dtype=None) -> None:
-        reference_only("EvoNormS0", backend)
+        reference_only("evonorm_s0", backend)
         self.num_groups = _checks.positive_int("num_groups", num_groups)
         _checks.groups_divide(self.num_groups, _checks.positive_int("num_channels", num_channels))
         super().__init__(num_channels, eps, None, affine, False, channel_axis, backend, device, dtype)
@@ -52,7 +52,7 @@ class EvoNormB0(_NormBase):
     def __init__(self, num_channels: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
                  track_running_stats: bool = True, channel_axis: int = 1, backend: str = "auto", device=None,
                  dtype=None) -> None:
-        reference_only("EvoNormB0", backend)
+        reference_only("evonorm_b0", backend)
         super().__init__(num_channels, eps, momentum, affine, track_running_stats, channel_axis, backend, device,
                          dtype)
         self.running_mean = None  # B0 only uses the variance; keep the state dict to what it uses

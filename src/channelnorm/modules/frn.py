@@ -24,7 +24,7 @@ class FilterResponseNorm(_NormBase):
     def __init__(self, num_channels: int, eps: float = 1e-6, affine: bool = True, tlu: bool = True,
                  learnable_eps: bool = False, channel_axis: int = 1, backend: str = "auto", device=None,
                  dtype=None) -> None:
-        reference_only("FilterResponseNorm", backend)
+        reference_only("filter_response_norm", backend)
         self.tlu = bool(tlu)
         self.learnable_eps = bool(learnable_eps)
         super().__init__(num_channels, eps, None, affine, False, channel_axis, backend, device, dtype)

@@ -30,7 +30,7 @@ class BatchRenorm(ChannelNorm):
         if not track_running_stats:
             raise ValueError("BatchRenorm needs track_running_stats=True: r and d compare the batch with the "
                              "running statistics")
-        reference_only("BatchRenorm", backend)
+        reference_only("batch_renorm", backend)
         self.rmax, self.dmax, self.warmup_steps = renorm_limits(rmax, dmax, warmup_steps)
         super().__init__(num_channels, eps, momentum, affine, track_running_stats, channel_axis, backend, device,
                          dtype)
