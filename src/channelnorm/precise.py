@@ -16,7 +16,7 @@ from typing import Iterable, Optional
 import torch
 from torch import nn
 
-from . import _checks
+from .functional import _validation as _checks
 from .modules import ChannelNorm, EvoNormB0
 from .ops.masked import valid_count
 

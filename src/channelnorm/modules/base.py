@@ -11,7 +11,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from .. import _checks
+from ..functional import _validation as _checks
 from ..ops import dispatch
 
 

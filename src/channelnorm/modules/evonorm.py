@@ -6,9 +6,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .. import _checks
+from ..functional import _validation as _checks
 from .. import functional as F
-from .._functional_robust import reference_only
+from ..functional.robust import reference_only
 from .base import _NormBase
 
 

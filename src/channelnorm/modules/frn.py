@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from .. import functional as F
-from .._functional_robust import reference_only
+from ..functional.robust import reference_only
 from .base import _NormBase
 
 

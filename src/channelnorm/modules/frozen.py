@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import _checks
+from ..functional import _validation as _checks
 from .. import functional as F
 from ..ops import dispatch
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import _checks
+from ..functional import _validation as _checks
 from .. import functional as F
 from .base import _NormBase
 

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 from .. import functional as F
-from .._functional_robust import reference_only, renorm_limits
+from ..functional.robust import reference_only, renorm_limits
 from .channel import ChannelNorm
 
 

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from .. import _checks
+from ..functional import _validation as _checks
 from ..ops.running_stats import update_running_stats
 from .channel import ChannelNorm
 

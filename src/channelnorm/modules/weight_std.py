@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .. import _checks
+from ..functional import _validation as _checks
 from ..ops.robust import standardize_weight
 
 

@@ -5,10 +5,10 @@ from typing import Optional
 
 import torch
 
-from . import _checks
-from .ops import dispatch, fused, masked
-from .ops.layout import elements_per_statistic
-from .ops.reference import affine
+from ..ops import dispatch, fused, masked
+from ..ops.layout import elements_per_statistic
+from ..ops.reference import affine
+from . import _validation as _checks
 
 __all__ = ["channel_norm", "group_norm", "layer_norm", "instance_norm", "channel_norm_act", "group_norm_act"]
 
@@ -227,8 +227,3 @@ def group_norm_act(
     impl = dispatch.resolve(backend, op, input, axis, (weight, bias))
     return impl.group_norm_act(input, num_groups, weight, bias, eps, axis, activation=activation, residual=residual)
 
-
-# Batch-robust variants (DESIGN §5), kept in their own file; re-exported here as the public functional API.
-from ._functional_robust import batch_renorm, evonorm_b0, evonorm_s0, filter_response_norm, ghost_norm  # noqa: E402
-
-__all__ += ["batch_renorm", "ghost_norm", "filter_response_norm", "evonorm_s0", "evonorm_b0"]

@@ -12,10 +12,11 @@ import numbers
 
 import torch
 
-from . import _checks
-from .ops import dispatch, robust
-from .ops.layout import match_layout
-from .ops.reference import affine
+from ..ops import dispatch, robust
+from ..ops.layout import match_layout
+from ..ops.reference import affine
+from . import _validation as _checks
+from .core import channel_norm
 
 __all__ = ["batch_renorm", "ghost_norm", "filter_response_norm", "evonorm_s0", "evonorm_b0"]
 
@@ -53,7 +54,6 @@ def batch_renorm(input, running_mean, running_var, weight=None, bias=None, train
     op = "batch_renorm"
     rmax, dmax, warmup_steps = renorm_limits(rmax, dmax, warmup_steps)
     if not training:
-        from .functional import channel_norm
         return channel_norm(input, running_mean, running_var, weight, bias, False, momentum, eps, channel_axis,
                             backend, num_batches_tracked=num_batches_tracked)
     reference_only(op, backend)
@@ -80,7 +80,6 @@ def ghost_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     """
     op = "ghost_norm"
     virtual_batch_size = _checks.positive_int("virtual_batch_size", virtual_batch_size)
-    from .functional import channel_norm
     if not training:
         return channel_norm(input, running_mean, running_var, weight, bias, False, momentum, eps, channel_axis,
                             backend, num_batches_tracked=num_batches_tracked)

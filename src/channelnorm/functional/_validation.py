@@ -7,6 +7,8 @@ from typing import Optional
 
 import torch
 
+from ..ops.fused import ACTIVATIONS
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -134,7 +136,6 @@ def stats_mask(op: str, x: torch.Tensor, axis: int, mask) -> torch.Tensor:
 
 
 def activation(op: str, value) -> str:
-    from .ops.fused import ACTIVATIONS
     if value is None:
         return "none"
     if not isinstance(value, str) or value not in ACTIVATIONS:
