@@ -19,16 +19,12 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.instancenorm import _InstanceNorm
 
-from .modules import ChannelNorm, ChannelNormAct, FrozenChannelNorm, GroupNorm, GroupNormAct, InstanceNorm, SyncChannelNorm
-from .modules.base import _NormBase
-from .registry import _accepted, create_norm
+from .modules import ChannelNorm, FrozenChannelNorm, SyncChannelNorm, module_traits
+from .registry import accepted_kwargs, canonical_kind, create_norm
 
 __all__ = ["replace_norms", "to_sync", "from_sync", "freeze", "unfreeze", "fold"]
 
-_NORM_TYPES = (_BatchNorm, _InstanceNorm, nn.GroupNorm, _NormBase, FrozenChannelNorm)
-_FUSED_BLOCKS = (ChannelNormAct, GroupNormAct)  # norm + residual + activation: never converted
 _STAT_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
@@ -47,20 +43,17 @@ def _swap(module: nn.Module, fn: Callable[[nn.Module], Optional[nn.Module]]) -> 
 
 
 def _is_norm(m: nn.Module) -> bool:
-    return isinstance(m, _NORM_TYPES) and not isinstance(m, _FUSED_BLOCKS)
+    """A norm layer that converts: fused blocks (norm + residual + activation) never do."""
+    return module_traits(m) is not None and not getattr(type(m), "takes_residual", False)
 
 
-def _family(m: nn.Module) -> Optional[str]:
-    """Which statistics scope ``m`` normalizes over (decides what running statistics mean)."""
-    if isinstance(m, _FUSED_BLOCKS):
+def _family(m: nn.Module) -> Optional[tuple[str, bool]]:
+    """Statistics scope and whether the activation is built in: running statistics carry over only
+    between norms where both agree (they then mean the same thing)."""
+    traits = module_traits(m)
+    if traits is None or not _is_norm(m):
         return None
-    if isinstance(m, (_BatchNorm, ChannelNorm, FrozenChannelNorm)):
-        return "channel"
-    if isinstance(m, (_InstanceNorm, InstanceNorm)):
-        return "instance"
-    if isinstance(m, (nn.GroupNorm, GroupNorm)):
-        return "group"
-    return None
+    return traits.scope, traits.includes_activation
 
 
 def _tensor_like(m: nn.Module) -> Optional[torch.Tensor]:
@@ -78,8 +71,8 @@ def _num_channels(m: nn.Module) -> int:
 
 
 def _tracks_running_stats(m: nn.Module) -> bool:
-    return isinstance(m, FrozenChannelNorm) or (bool(getattr(m, "track_running_stats", False))
-                                                and getattr(m, "running_mean", None) is not None)
+    # FrozenChannelNorm has running statistics and no switch for them.
+    return getattr(m, "running_mean", None) is not None and bool(getattr(m, "track_running_stats", True))
 
 
 def _config(m: nn.Module) -> dict:
@@ -90,6 +83,8 @@ def _config(m: nn.Module) -> dict:
         cfg["momentum"] = m.momentum  # only meaningful where running statistics exist
     if hasattr(m, "track_running_stats"):
         cfg["track_running_stats"] = bool(m.track_running_stats)
+    if cfg["affine"] and getattr(m, "weight", None) is not None and getattr(m, "bias", None) is None:
+        cfg["bias"] = False  # torch's bias=False: a scale without a shift
     if getattr(m, "num_groups", None) is not None:
         cfg["num_groups"] = int(m.num_groups)
     if getattr(m, "process_group", None) is not None:
@@ -116,7 +111,7 @@ def _copy_state(old: nn.Module, new: nn.Module, stats: bool) -> None:
 
 def _build(kind: str, old: nn.Module, kwargs: dict) -> nn.Module:
     cfg = _config(old)
-    accepted = _accepted(_factory_for(kind))
+    accepted = accepted_kwargs(kind)
     if accepted is None:  # a factory taking **kwargs: pass only what the caller gave
         carried = {}
     else:
@@ -137,16 +132,6 @@ def _build(kind: str, old: nn.Module, kwargs: dict) -> nn.Module:
     return new
 
 
-def _factory_for(kind: str):
-    from . import registry
-
-    key = kind.lower().replace("-", "_") if isinstance(kind, str) else kind
-    key = registry._ALIASES.get(key, key)
-    if key not in registry._FACTORIES:
-        create_norm(kind, 1)  # raises the registry's ValueError listing the choices
-    return registry._FACTORIES[key]
-
-
 def replace_norms(model: nn.Module, kind: str, **kwargs) -> nn.Module:
     """Replace every norm layer of ``model`` with ``create_norm(kind, C, **kwargs)``.
 
@@ -157,7 +142,7 @@ def replace_norms(model: nn.Module, kind: str, **kwargs) -> nn.Module:
     them; running statistics and ``num_batches_tracked`` only within the same family. The
     training/eval mode of each layer is kept.
     """
-    _factory_for(kind)  # fail on an unknown kind before touching the model
+    canonical_kind(kind)  # fail on an unknown kind before touching the model
     return _swap(model, lambda m: _build(kind, m, kwargs) if _is_norm(m) else None)
 
 
@@ -176,6 +161,7 @@ def _share_state(old: nn.Module, new: nn.Module) -> nn.Module:
 def _channel_norm_args(m: nn.Module) -> dict:
     like = _tensor_like(m)
     return dict(eps=m.eps, momentum=m.momentum, affine=m.affine, track_running_stats=m.track_running_stats,
+                bias=m.bias is not None if m.affine else True,
                 channel_axis=getattr(m, "channel_axis", 1), backend=getattr(m, "backend", "auto"),
                 device=None if like is None else like.device, dtype=None if like is None else like.dtype)
 
@@ -215,7 +201,7 @@ def freeze(model: nn.Module) -> nn.Module:
     (GroupNorm, LayerNorm, InstanceNorm, ...) are left unchanged.
     """
     def convert(m):
-        if _family(m) != "channel" or isinstance(m, FrozenChannelNorm) or not _tracks_running_stats(m):
+        if _family(m) != ("channel", False) or isinstance(m, FrozenChannelNorm) or not _tracks_running_stats(m):
             return None
         like = _tensor_like(m)
         frozen = FrozenChannelNorm(_num_channels(m), eps=m.eps, channel_axis=getattr(m, "channel_axis", 1),

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .functional import _validation as _checks
-from .modules import ChannelNorm, EvoNormB0
+from .modules import module_traits
 from .ops.masked import valid_count
 
 
@@ -25,10 +25,10 @@ def _targets(model: nn.Module) -> list[tuple[nn.Module, int]]:
     """(layer, channel axis) for every layer whose running statistics are recomputed."""
     found = []
     for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
-            found.append((m, 1))
-        elif isinstance(m, (ChannelNorm, EvoNormB0)) and m.track_running_stats:
-            found.append((m, m.channel_axis))
+        traits = module_traits(m)
+        # Running statistics estimate batch statistics only where the norm uses them in training.
+        if traits is not None and traits.uses_batch_statistics and getattr(m, "track_running_stats", False):
+            found.append((m, getattr(m, "channel_axis", 1)))
     return found
 
 
@@ -147,7 +147,7 @@ def recompute_stats(model: nn.Module, batches: Iterable, num_batches: Optional[i
         for (m, _), pop in zip(targets, populations):
             if pop.n < 2:
                 continue  # no batch reached it (or a single value): nothing to estimate
-            if m.running_mean is not None:
+            if m.running_mean is not None:  # EvoNorm-B0 keeps only the variance
                 m.running_mean.copy_(pop.mean.to(m.running_mean.dtype))
             m.running_var.copy_((pop.m2 / (pop.n - 1)).to(m.running_var.dtype))
     return model

@@ -7,9 +7,6 @@ by whichever backend is asked for.
 """
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 
 from ..ops import dispatch, robust
@@ -22,16 +19,6 @@ __all__ = ["batch_renorm", "ghost_norm", "filter_response_norm", "evonorm_s0", "
 
 def reference_only(op: str, backend: str) -> None:
     dispatch.require(op, backend)
-
-
-def renorm_limits(rmax, dmax, warmup_steps) -> tuple[float, float, int]:
-    if isinstance(rmax, bool) or not isinstance(rmax, numbers.Real) or not math.isfinite(rmax) or rmax < 1:
-        raise ValueError(f"rmax must be a finite number >= 1, got {rmax!r}")
-    if isinstance(dmax, bool) or not isinstance(dmax, numbers.Real) or not math.isfinite(dmax) or dmax < 0:
-        raise ValueError(f"dmax must be a finite number >= 0, got {dmax!r}")
-    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, numbers.Integral) or warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
-    return float(rmax), float(dmax), int(warmup_steps)
 
 
 def _empty(x, weight, bias, axis):
@@ -52,7 +39,7 @@ def batch_renorm(input, running_mean, running_var, weight=None, bias=None, train
     ``ops.robust.renorm_bounds`` for the schedule).
     """
     op = "batch_renorm"
-    rmax, dmax, warmup_steps = renorm_limits(rmax, dmax, warmup_steps)
+    rmax, dmax, warmup_steps = _checks.renorm_limits(rmax, dmax, warmup_steps)
     if not training:
         return channel_norm(input, running_mean, running_var, weight, bias, False, momentum, eps, channel_axis,
                             backend, num_batches_tracked=num_batches_tracked)

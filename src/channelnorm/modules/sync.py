@@ -27,11 +27,12 @@ class SyncChannelNorm(ChannelNorm):
     The synchronized path is pure torch math; ``backend`` applies to the local path.
     """
 
-    def __init__(self, num_channels: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
-                 track_running_stats: bool = True, channel_axis: int = 1, backend: str = "auto",
-                 device=None, dtype=None, process_group=None) -> None:
+    def __init__(self, num_channels: Optional[int] = None, eps: float = 1e-5, momentum: Optional[float] = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, channel_axis: int = 1,
+                 backend: str = "auto", device=None, dtype=None, process_group=None, *, bias: bool = True,
+                 num_features: Optional[int] = None) -> None:
         super().__init__(num_channels, eps, momentum, affine, track_running_stats, channel_axis, backend,
-                         device, dtype)
+                         device, dtype, bias=bias, num_features=num_features)
         self.process_group = process_group
 
     def _needs_sync(self) -> bool:
