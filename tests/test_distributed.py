@@ -294,7 +294,7 @@ def test_falls_back_to_local_without_process_group():
 
 
 def test_merge_is_exact_for_uneven_and_empty_parts():
-    from channelnorm.distributed import _pack, local_moments, merge_moments
+    from channelnorm.ops.distributed import _pack, local_moments, merge_moments
 
     torch.manual_seed(1)
     x = torch.randn(9, C, 5, dtype=torch.float64) * 3 + 2

@@ -1,13 +1,14 @@
 """channelnorm: channel normalization and its family for PyTorch."""
-from . import convert, functional
+from . import functional
 from .modules import (
     NORM_TYPES, BatchRenorm, ChannelNorm, ChannelNormAct, EvoNormB0, EvoNormS0, FilterResponseNorm, FrozenChannelNorm,
     GhostNorm, GroupNorm, GroupNormAct, InstanceNorm, LayerNorm, NormTraits, SyncChannelNorm, WSConv2d, is_norm,
     module_traits, weight_standardization,
 )
-from .momentum import decay_from_momentum, momentum_from_decay
-from .precise import recompute_stats
 from .registry import available_norms, create_norm, get_norm_layer, norm_traits, register_norm
+from .tools import convert
+from .tools.momentum import decay_from_momentum, momentum_from_decay
+from .tools.precise import recompute_stats
 
 __version__ = "0.1.0"
 

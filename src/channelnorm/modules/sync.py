@@ -7,7 +7,8 @@ import torch
 import torch.distributed as dist
 
 from ..functional import _validation as _checks
-from ..ops.running_stats import update_running_stats
+from ..ops.distributed import sync_channel_norm
+from ..ops.moments import update_running_stats
 from .channel import ChannelNorm
 
 
@@ -20,7 +21,7 @@ class SyncChannelNorm(ChannelNorm):
 
     In training, each step costs one collective in forward (all_gather of per-channel count, mean
     and M2, merged exactly with Chan's formula) and one in backward (all_reduce of the per-channel
-    gradient sums); see ``channelnorm.distributed``. Every rank of the group must run the layer,
+    gradient sums); see ``channelnorm.ops.distributed``. Every rank of the group must run the layer,
     an empty batch included. It computes ChannelNorm's local path instead when torch.distributed
     is unavailable or not initialized, when the group has one rank, and in eval mode (as
     ``nn.SyncBatchNorm``: evaluation never communicates, with or without running statistics).
@@ -43,8 +44,6 @@ class SyncChannelNorm(ChannelNorm):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not self._needs_sync():
             return super().forward(input)
-        from ..distributed import sync_channel_norm
-
         self._check_input(input)
         axis = self.channel_axis % input.ndim
         y, n, mean, var = sync_channel_norm(input, self.weight, self.bias, axis, self.eps, self.process_group)

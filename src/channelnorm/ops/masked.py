@@ -11,7 +11,7 @@ import torch
 
 from .layout import match_layout, stats_dtype
 from .reference import affine, normalize_running
-from .running_stats import update_running_stats
+from .moments import update_running_stats
 
 
 def valid_count(mask: torch.Tensor, input_shape: torch.Size, channel_axis: int) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from .fused import ComposedActivation
 from .layout import match_layout
-from .running_stats import commit_if_finite, effective_momentum
+from .moments import commit_if_finite, effective_momentum
 
 _OPS = ("channel_norm", "instance_norm", "group_norm", "channel_norm_act", "group_norm_act")
 _HALF = (torch.float16, torch.bfloat16)

@@ -11,7 +11,7 @@ import torch
 
 from .layout import channel_shape, match_layout, stats_dtype
 from .reference import affine
-from .running_stats import commit_if_finite, effective_momentum, update_running_stats
+from .moments import commit_if_finite, effective_momentum, update_running_stats
 
 
 def _other_dims(ndim: int, *keep: int) -> list[int]:

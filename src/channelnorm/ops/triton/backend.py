@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 from ..layout import elements_per_statistic, match_layout
-from ..running_stats import effective_momentum
+from ..moments import effective_momentum
 from . import _kernels, plan
 
 _OPS = ("channel_norm", "instance_norm", "group_norm", "channel_norm_act", "group_norm_act")

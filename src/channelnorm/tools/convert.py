@@ -20,8 +20,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .modules import ChannelNorm, FrozenChannelNorm, SyncChannelNorm, module_traits
-from .registry import accepted_kwargs, canonical_kind, create_norm
+from ..modules import ChannelNorm, FrozenChannelNorm, SyncChannelNorm, module_traits
+from ..registry import accepted_kwargs, canonical_kind, create_norm
 
 __all__ = ["replace_norms", "to_sync", "from_sync", "freeze", "unfreeze", "fold"]
 

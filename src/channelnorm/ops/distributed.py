@@ -24,7 +24,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from .ops.layout import channel_shape, match_layout, stats_dtype
+from .layout import channel_shape, match_layout, stats_dtype
 
 _COUNT_SPLIT = float(2 ** 24)  # integers below 2**24 are exact in float32
 

@@ -16,9 +16,9 @@ from typing import Iterable, Optional
 import torch
 from torch import nn
 
-from .functional import _validation as _checks
-from .modules import module_traits
-from .ops.masked import valid_count
+from ..functional import _validation as _checks
+from ..modules import module_traits
+from ..ops.masked import valid_count
 
 
 def _targets(model: nn.Module) -> list[tuple[nn.Module, int]]:
