@@ -25,12 +25,9 @@ import torch
 import torch.distributed as dist
 
 from .layout import channel_shape, match_layout, stats_dtype
+from .moments import chan_merge, reduce_dims
 
 _COUNT_SPLIT = float(2 ** 24)  # integers below 2**24 are exact in float32
-
-
-def _reduce_dims(ndim: int, channel_axis: int) -> list[int]:
-    return [d for d in range(ndim) if d != channel_axis]
 
 
 def local_moments(x: torch.Tensor, channel_axis: int) -> tuple[int, torch.Tensor, torch.Tensor]:
@@ -42,7 +39,7 @@ def local_moments(x: torch.Tensor, channel_axis: int) -> tuple[int, torch.Tensor
         zeros = torch.zeros(num_channels, dtype=acc, device=x.device)
         return 0, zeros, zeros.clone()
     # torch's var_mean is a centered (Welford) reduction: stable for large means, one call.
-    var, mean = torch.var_mean(x.to(acc), _reduce_dims(x.ndim, channel_axis), correction=0)
+    var, mean = torch.var_mean(x.to(acc), reduce_dims(x.ndim, channel_axis), correction=0)
     return count, mean, var * count
 
 
@@ -60,15 +57,10 @@ def merge_moments(gathered: torch.Tensor, num_channels: int) -> tuple[torch.Tens
     # Counts are rebuilt in float64 (exact to 2**53); the moments stay in the stats dtype.
     exact = gathered[:, :2].to(torch.float64)
     counts64 = exact[:, 0] * _COUNT_SPLIT + exact[:, 1]                 # (W,)
-    n = counts64.sum()
-    acc = gathered.dtype
-    counts = counts64.to(acc).unsqueeze(1)                              # (W, 1)
-    weights = (counts64 / n.clamp_min(1)).to(acc).unsqueeze(1)          # nᵢ / n, 0 for empty ranks
     means = gathered[:, 2:2 + num_channels]                             # (W, C)
     m2s = gathered[:, 2 + num_channels:]                                # (W, C)
-    mean = (weights * means).sum(0)
-    m2 = m2s.sum(0) + (counts * (means - mean).square()).sum(0)
-    var = m2 / n.clamp_min(1).to(acc)
+    n, mean, m2 = chan_merge(counts64, means, m2s)
+    var = m2 / n.clamp_min(1).to(gathered.dtype)
     return n, mean, var
 
 
@@ -119,7 +111,7 @@ class _SyncChannelNormFunction(torch.autograd.Function):
         axis = ctx.channel_axis
         num_channels = x.shape[axis]
         shape = channel_shape(x.ndim, axis, num_channels)
-        dims = _reduce_dims(x.ndim, axis)
+        dims = reduce_dims(x.ndim, axis)
         acc = mean.dtype
         dy = grad_out.to(acc)
         xmu = x.to(acc) - mean.view(shape)

@@ -13,6 +13,7 @@ import torch
 from . import family
 from .fused import ComposedActivation
 from .layout import channel_shape, stats_dtype
+from .moments import moments
 from .scope import Scope
 
 
@@ -42,10 +43,8 @@ def normalize_batch(
     groups = scope.num_groups
     grouped = x.to(stats_dtype(x.dtype)).unflatten(channel_axis, (groups, num_channels // groups))
     dims = scope.reduce_dims(x.ndim, channel_axis)
-    mean = grouped.mean(dims, keepdim=True)
-    centered = grouped - mean
-    var = centered.square().mean(dims, keepdim=True)
-    y = (centered * torch.rsqrt(var + eps)).flatten(channel_axis, channel_axis + 1)
+    mean, var = moments(grouped, dims)
+    y = ((grouped - mean) * torch.rsqrt(var + eps)).flatten(channel_axis, channel_axis + 1)
     y = affine(y, weight, bias, channel_axis).to(x.dtype)
     stats_shape = (x.shape[0], groups) if scope.per_sample else (groups,)
     return y, mean.reshape(stats_shape), var.reshape(stats_shape)

@@ -19,6 +19,7 @@ from torch import nn
 from ..functional import _validation as _checks
 from ..modules import module_traits
 from ..ops.masked import valid_count
+from ..ops.moments import chan_merge, moments, reduce_dims
 
 
 def _targets(model: nn.Module) -> list[tuple[nn.Module, int]]:
@@ -41,30 +42,24 @@ class _Population:
     def add(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> None:
         axis = self.axis % x.ndim
         xf = x.detach().to(torch.float64)
-        dims = [d for d in range(x.ndim) if d != axis]
+        full = None
         if mask is None:
             nb = x.numel() // x.shape[axis]
-            mean = xf.mean(dims)
-            m2 = (xf - xf.mean(dims, keepdim=True)).square().sum(dims)
         else:
             full = _checks.stats_mask("recompute_stats", x, axis, mask)
             nb = int(valid_count(full, x.shape, axis))
-            if nb == 0:
-                return
-            zero = xf.new_zeros(())
-            mean_k = torch.where(full, xf, zero).sum(dims, keepdim=True) / nb
-            mean = mean_k.flatten()
-            m2 = torch.where(full, xf - mean_k, zero).square().sum(dims)
-        if nb == 0 or not (torch.isfinite(mean).all() and torch.isfinite(m2).all()):
-            return  # DESIGN §3: a batch with non-finite statistics never updates running statistics
+        if nb == 0:
+            return
+        mean, var = moments(xf, reduce_dims(x.ndim, axis), full, nb)
+        mean, m2 = mean.flatten(), var.flatten() * nb
+        if not (torch.isfinite(mean).all() and torch.isfinite(m2).all()):
+            return  # a batch with non-finite statistics never updates running statistics
         if self.n == 0:
             self.n, self.mean, self.m2 = nb, mean, m2
             return
-        n = self.n + nb
-        delta = mean - self.mean
-        self.mean = self.mean + delta * (nb / n)
-        self.m2 = self.m2 + m2 + delta.square() * (self.n * nb / n)
-        self.n = n
+        counts = torch.tensor([self.n, nb], dtype=torch.float64)
+        _, self.mean, self.m2 = chan_merge(counts, torch.stack([self.mean, mean]), torch.stack([self.m2, m2]))
+        self.n += nb
 
 
 def _hook(population: _Population):
