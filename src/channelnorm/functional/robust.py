@@ -15,7 +15,7 @@ from ..ops.reference import affine
 from . import _validation as _checks
 from .core import channel_norm
 
-__all__ = ["batch_renorm", "ghost_norm", "filter_response_norm", "evonorm_s0", "evonorm_b0"]
+__all__ = ["batch_renorm", "ghost_norm", "filter_response_norm", "evonorm_s0", "evonorm_b0", "standardize_weight"]
 
 def reference_only(op: str, backend: str) -> None:
     dispatch.require(op, backend)
@@ -149,3 +149,20 @@ def evonorm_b0(input, running_var, v, weight=None, bias=None, training=False, mo
         return _empty(input, weight, bias, axis)
     return robust.evonorm_b0(input, running_var, num_batches_tracked, v, weight, bias, bool(training), momentum, eps,
                              axis)
+
+
+def standardize_weight(weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Weight Standardization (Qiao et al. 2019): each output channel's filter (dim 0) standardized over
+    the other dims, ``(w - mean) / sqrt(var + eps)`` with the biased variance.
+
+    Args:
+        weight: a convolution weight ``(out, in / groups, *kernel)``.
+        eps: added to the variance, > 0.
+
+    Returns:
+        The standardized weight, same shape and dtype.
+    """
+    if not isinstance(weight, torch.Tensor) or not weight.is_floating_point() or weight.ndim < 2:
+        raise TypeError(f"standardize_weight: weight must be a floating tensor of rank >= 2, got "
+                        f"{type(weight).__name__} {getattr(weight, 'dtype', '')} {tuple(getattr(weight, 'shape', ()))}")
+    return robust.standardize_weight(weight, _checks.eps(eps))
