@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import channelnorm as cn
-from conftest import CPU_BACKENDS
+from backends import CPU_BACKENDS
 from layouts import memory_format_of
 
 FAMILY = {
