@@ -45,7 +45,8 @@ _NORM_LIKE = (_BatchNorm, _InstanceNorm, nn.GroupNorm, nn.LayerNorm, _NormBase, 
 _MAX_RANK = 16
 # Largest output difference the folded model may show on the example input, relative to the
 # output's largest magnitude: folding changes the rounding of each folded layer once (measured on a
-# float32 ResNet-18, 20 folds: about 1e-6 relative), a wrong fold changes outputs by percents.
+# float32 ResNet-18 of tests/test_fold.py, 20 folds: 5e-8 on outputs up to 0.14, torch 2.13 CPU),
+# a wrong fold changes outputs by percents.
 _VERIFY_RTOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}
 
 
