@@ -122,6 +122,40 @@ def test_conv_output_returned_by_the_model_is_left_unfolded():
     assert report.num_folded == 0 and "also used" in report.left[0].reason
 
 
+class _ReadsShapeThenInPlace(nn.Module):
+    """Reading the conv output's shape is not a use; modifying it in place after the norm is."""
+
+    def __init__(self, in_place_after: bool) -> None:
+        super().__init__()
+        self.conv, self.bn, self.in_place_after = nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), in_place_after
+
+    def forward(self, x):
+        out = self.conv(x)
+        if out.shape[1] != 4 or out.ndim != 4 or out.size(0) < 1:
+            raise RuntimeError("unexpected shape")
+        y = self.bn(out)
+        if self.in_place_after:
+            out.relu_()
+            y = y + out
+        return y
+
+
+@pytest.mark.parametrize("in_place_after", [False, True])
+def test_metadata_reads_do_not_block_folding_but_later_uses_do(in_place_after):
+    model = _randomize(_ReadsShapeThenInPlace(in_place_after))
+    x = torch.randn(2, 3, 4, 4)
+    expected = model(x)
+    _, report = convert.fold(model, example_input=x, return_report=True)
+    assert report.num_folded == (0 if in_place_after else 1), report
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_model_that_is_a_norm_comes_back_unchanged_with_a_reason():
+    bn = _randomize(nn.BatchNorm2d(3))
+    folded, report = convert.fold(bn, example_input=torch.randn(1, 3, 2, 2), return_report=True)
+    assert folded is bn and report.num_folded == 0 and "model itself" in report.left[0].reason
+
+
 def test_shared_conv_and_norm_called_twice_are_left():
     conv, bn = nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3)
 
@@ -308,3 +342,46 @@ def test_resnet18_float64_matches_float64_oracle():
                   * bn.weight.view(c) + bn.bias.view(c))
         # up to 3*3*128 products summed in float64: ~1e-13 relative at most
         torch.testing.assert_close(folded.get_submodule(pair.layer)(z), oracle, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------- the safety net: verification on the example undoes every fold
+
+class _ReadsNormAttribute(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)
+        self.conv2, self.bn2 = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        y = self.bn2(self.conv2(self.bn1(self.conv1(x))))
+        return y * self.bn2.running_var.mean()  # needs the norm module itself, not only its output
+
+
+def test_folded_model_that_fails_on_the_example_is_restored():
+    model = _randomize(_ReadsNormAttribute())
+    x = torch.randn(2, 3, 4, 4)
+    expected = model(x)
+    folded, report = convert.fold(model, example_input=x, return_report=True)
+    assert report.num_folded == 0 and len(report.left) == 2
+    assert all("every fold was undone" in n.reason and "AttributeError" in n.reason for n in report.left)
+    assert isinstance(folded.bn1, nn.BatchNorm2d) and isinstance(folded.bn2, nn.BatchNorm2d)
+    torch.testing.assert_close(folded(x), expected, rtol=0, atol=0)  # original parameters back, bit for bit
+
+
+def test_a_wrong_fold_is_caught_by_the_example_and_undone(monkeypatch):
+    from channelnorm import fold as fold_module
+
+    real = fold_module._fold_into
+
+    def off_by_a_bit(layer, norm):  # a bug that the structural checks cannot see
+        real(layer, norm)
+        with torch.no_grad():
+            layer.bias.add_(1e-2)
+
+    monkeypatch.setattr(fold_module, "_fold_into", off_by_a_bit)
+    model, x = _trained_resnet()
+    expected = model(x)
+    _, report = convert.fold(model, example_input=x, return_report=True)
+    assert report.num_folded == 0 and len(report.left) == 20
+    assert "differed from the original" in report.left[0].reason
+    torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
