@@ -150,6 +150,30 @@ def test_metadata_reads_do_not_block_folding_but_later_uses_do(in_place_after):
     torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
 
 
+class _BranchesOnData(nn.Module):
+    """On positive inputs the conv output also feeds a skip path: the example alone cannot prove a fold."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        out = self.conv(x)
+        if x.mean() > 0:
+            return self.bn(out) + out
+        return self.bn(out)
+
+
+def test_forward_that_branches_on_tensor_values_is_not_folded():
+    model = _randomize(_BranchesOnData())
+    negative = -torch.rand(2, 3, 4, 4) - 1  # takes the branch without the skip path
+    positive = torch.rand(2, 3, 4, 4) + 1
+    expected = model(positive)
+    _, report = convert.fold(model, example_input=negative, return_report=True)
+    assert report.num_folded == 0 and "__bool__" in report.left[0].reason
+    torch.testing.assert_close(model(positive), expected, rtol=0, atol=0)
+
+
 def test_model_that_is_a_norm_comes_back_unchanged_with_a_reason():
     bn = _randomize(nn.BatchNorm2d(3))
     folded, report = convert.fold(bn, example_input=torch.randn(1, 3, 2, 2), return_report=True)

@@ -274,6 +274,13 @@ _METADATA_FUNCS = {torch.Tensor.dim, torch.Tensor.size, torch.Tensor.numel, torc
 _METADATA_PROPERTIES = {"shape", "ndim", "dtype", "device", "layout", "requires_grad", "is_cuda"}
 
 
+# Operations that turn tensor values into Python values: a forward that does this (outside the norms)
+# may branch on the data, so the graph seen on the example need not hold for other inputs.
+_VALUE_READS = {torch.Tensor.__bool__, torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__int__,
+                torch.Tensor.__float__, torch.Tensor.__index__, torch.Tensor.numpy, torch.equal, torch.allclose,
+                torch.is_nonzero}
+
+
 def _is_metadata(func) -> bool:
     if func in _METADATA_FUNCS:
         return True
@@ -294,9 +301,12 @@ class _ReadRecorder(TorchFunctionMode):
     def __init__(self, outputs: dict[int, _Output], norm_stack: list[str]) -> None:
         super().__init__()
         self.outputs, self.norm_stack = outputs, norm_stack
+        self.value_reads: list[str] = []  # names of value-to-Python conversions outside any norm
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func in _VALUE_READS and not self.norm_stack:
+            self.value_reads.append(getattr(func, "__name__", str(func)))
         if self.outputs and not _is_metadata(func):
             reader = self.norm_stack[-1] if self.norm_stack else None
             for leaf in pytree.tree_leaves((args, kwargs)):
@@ -340,7 +350,7 @@ def _traced_edges(model: nn.Module, example_input: Any) -> tuple[dict[str, tuple
     handles += [m.register_forward_pre_hook(before_norm, with_kwargs=True) for m in norms]
     handles += [m.register_forward_hook(after_norm, always_call=True) for m in norms]
     try:
-        with _ReadRecorder(outputs, norm_stack):
+        with _ReadRecorder(outputs, norm_stack) as recorder:
             result = _call(model, example_input)
     finally:
         for h in handles:
@@ -349,7 +359,12 @@ def _traced_edges(model: nn.Module, example_input: Any) -> tuple[dict[str, tuple
     returned = {id(t) for t in pytree.tree_leaves(result) if isinstance(t, torch.Tensor)}
     edges: dict[str, tuple[str, Optional[int]]] = {}
     why_not: dict[str, str] = {}
+    branching = sorted(set(recorder.value_reads))
     for name in (names[id(m)] for m in norms):
+        if branching:
+            why_not[name] = (f"the forward turns tensor values into Python values ({', '.join(branching)}), so "
+                             f"its path, and which layer feeds which norm, may depend on the input")
+            continue
         if name not in norm_inputs:
             why_not[name] = "not called on example_input"
             continue
@@ -423,6 +438,12 @@ def fold(model: nn.Module, example_input: Any = None, *, return_report: bool = F
       ``Linear``, and ``nn.BatchNorm2d/3d`` or ``channel_axis=-(k+1)`` after ``Conv{k}d``; ``channel_axis=1``
       (or ``nn.BatchNorm1d``) needs ``example_input`` to show the input is batched / 2-D;
     * the layer's output feeds nothing but the norm, and neither module is used twice.
+
+    With ``example_input`` the model's forward must not turn tensor values into Python values
+    (``bool(t)``, ``t.item()``, ...) outside its norms: such a forward may take another path, with
+    other data edges, on another input, and nothing is folded (the reason says so). Following the
+    example run rather than a ``torch.fx`` trace works for every model fx cannot trace, and the
+    run records every operation that reads a layer's output, which is what a graph would show.
 
     Without ``example_input`` only consecutive pairs inside plain ``nn.Sequential`` containers are
     considered. With it, the model is run once on it (without autograd; buffers and the random state
