@@ -128,9 +128,12 @@ def _describe(code: float, channels: float) -> str:
     return f"{int(channels)} channels, {_CODE_DTYPES[int(code)]}"
 
 
-def _check_headers(op: str, gathered: torch.Tensor, num_channels: int, local_error: Optional[Exception]) -> None:
-    """Same decision on every rank: all inputs valid with ``num_channels`` channels and one dtype, or raise."""
-    rows = gathered[:, 1:_HEADER].tolist()  # one host read of (dtype code, channels) per rank
+def _check_headers(op: str, headers: list, num_channels: int, local_error: Optional[Exception]) -> None:
+    """Same decision on every rank: all inputs valid with ``num_channels`` channels and one dtype, or raise.
+
+    ``headers``: each rank's ``[count, dtype code, channels]`` (the gathered tensor's first columns, on the host).
+    """
+    rows = [row[1:_HEADER] for row in headers]
     bad = [r for r, (code, channels) in enumerate(rows) if code == 0 or int(channels) != num_channels]
     if bad:
         if local_error is not None:  # this rank's own input: its usual message, plus that every rank stops
@@ -241,15 +244,18 @@ def sync_channel_norm(
     with torch.no_grad():  # statistics are constants for autograd; backward has its own formula
         packed, local_error = _local_payload(x, channel_axis, num_channels, op, device)
     gathered = gather_moments(packed, group)
-    _check_headers(op, gathered, num_channels, local_error)
+    # The step's one host read: every rank's header, for the checks, the n-dependent rules and the
+    # unbiased running-variance update (counts are exact integers in float64).
+    headers = gathered[:, :_HEADER].tolist()
+    _check_headers(op, headers, num_channels, local_error)
     axis = channel_axis % x.ndim
-    n, mean, var = merge_moments(gathered, num_channels, stats_dtype(x.dtype))
-    total = int(n.item())  # one host read, needed for the n-dependent checks and the unbiased update
+    total = int(sum(row[0] for row in headers))
     if total == 0:
         # Same on every rank: no statistics anywhere, and no collective in backward either.
         return affine(x * 0, weight, bias, axis).to(x.dtype), 0, None, None
     if total == 1:
         raise ValueError(f"{op}: expected more than 1 value per channel across the process group "
                          f"when training, got {total} (local input shape {tuple(x.shape)})")
+    _, mean, var = merge_moments(gathered, num_channels, stats_dtype(x.dtype))
     y = _SyncChannelNormFunction.apply(x, weight, bias, axis, eps, group, mean, var, total)
     return y, total, mean, var
