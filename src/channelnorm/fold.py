@@ -446,7 +446,8 @@ def fold(model: nn.Module, example_input: Any = None, *, return_report: bool = F
     run records every operation that reads a layer's output, which is what a graph would show.
 
     Without ``example_input`` only consecutive pairs inside plain ``nn.Sequential`` containers are
-    considered. With it, the model is run once on it (without autograd; buffers and the random state
+    considered, on the assumption that a Sequential's children run through its own ``forward`` (not
+    also one by one from a custom ``forward``, which only an example run would show). With it, the model is run once on it (without autograd; buffers and the random state
     are restored) to find which layer's output enters which norm, including norms called from a
     custom ``forward``; afterwards the folded model is run again and must reproduce the original
     output within float rounding (relative to the output's largest magnitude: 1e-9 for float64,
