@@ -66,6 +66,19 @@ def _check_module_channel_mismatch(rank: int, world: int) -> None:
     assert int(m.num_batches_tracked) == 0
 
 
+def _check_settings_mismatch(rank: int, world: int) -> None:
+    """Same channel count, other eps / momentum / channel_axis on the last rank: ValueError naming the setting."""
+    last = rank == world - 1
+    cases = [("eps", dict(eps=1e-3 if last else 1e-5), "rank 0: 1e-05"),
+             ("momentum", dict(momentum=None if last else 0.1), f"rank {world - 1}: None"),
+             ("channel_axis", dict(channel_axis=-1 if last else 1), f"rank {world - 1}: -1")]
+    for name, kwargs, shown in cases:
+        m = cn.SyncChannelNorm(C, **kwargs, **F64)
+        x = torch.randn(4, C, C, **F64)  # C on both axes 1 and -1: only the handshake can tell
+        with pytest.raises(ValueError, match=f"disagree on {name} \\(.*{shown}"):
+            m(x)
+
+
 def _check_input_channel_mismatch(rank: int, world: int) -> None:
     """Same layer, but rank 1 feeds C + 1 channels: its usual error there, a naming error elsewhere."""
     m = cn.SyncChannelNorm(C, **F64)
@@ -120,6 +133,8 @@ def _worker(rank: int, world: int, port: int) -> None:
         _check_all_empty(rank)
         _still_in_step(rank, world)
         _check_module_channel_mismatch(rank, world)
+        _still_in_step(rank, world)
+        _check_settings_mismatch(rank, world)
         _still_in_step(rank, world)
         _check_input_channel_mismatch(rank, world)
         _still_in_step(rank, world)

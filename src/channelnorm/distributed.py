@@ -12,8 +12,8 @@ Collectives per training step, whatever the number of ranks:
   same order, so the ranks agree bit for bit.
 * backward: ONE ``all_reduce`` (sum) of the packed per-channel ``[Σ dy, Σ dy·x̂]``.
 
-Once per layer (its first synchronized step, and again if its group changes), ``agree_on_channels``
-gathers each rank's ``num_channels`` in a fixed-size tensor: the per-step payload's size depends on
+Once per layer (its first synchronized step, and again if its group changes), ``agree_on_settings``
+gathers each rank's ``num_channels``, ``channel_axis``, ``eps`` and ``momentum`` in a fixed-size tensor: the per-step payload's size depends on
 the channel count, and an ``all_gather`` of tensors whose sizes differ between ranks is undefined
 (gloo aborts one process, the other reads garbage). After that handshake the payload has the same
 size on every rank whatever its input, so a rank with a wrong channel count or another dtype is
@@ -106,18 +106,30 @@ def gather_moments(packed: torch.Tensor, group) -> torch.Tensor:
     return _all_gather(packed, group)
 
 
-def agree_on_channels(op: str, num_channels: int, device: torch.device, group=None) -> None:
-    """Check that every rank of ``group`` runs the layer with ``num_channels`` (one fixed-size all_gather).
+def agree_on_settings(op: str, settings: dict, device, group=None) -> None:
+    """Check that every rank of ``group`` built the layer with the same ``settings`` (one fixed-size all_gather).
 
-    Called once per layer before its first synchronized step; every rank must call it at the same
-    point. Raises ``ValueError`` on every rank, naming each rank's count, when they differ.
+    ``settings`` maps names to numbers (``None`` allowed), e.g. ``num_channels``, ``channel_axis``,
+    ``eps``, ``momentum``. Called once per layer before its first synchronized step; every rank must
+    call it at the same point with the same names. Raises ``ValueError`` on every rank, naming the
+    setting and each rank's value, when they differ: a different ``num_channels`` would make the
+    per-step payloads differ in size, the others would silently give the ranks different
+    normalizations or running statistics.
     """
-    counts = _all_gather(torch.tensor([float(num_channels)], dtype=_PAYLOAD_DTYPE, device=device), group)
-    counts = [int(c) for c in counts[:, 0].tolist()]
-    if len(set(counts)) > 1:
-        listed = ", ".join(f"rank {r}: {c}" for r, c in enumerate(counts))
-        raise ValueError(f"{op}: the ranks of the process group disagree on num_channels ({listed}); "
-                         f"every rank must build the layer with the same channel count")
+    values = [float("nan") if v is None else float(v) for v in settings.values()]
+    gathered = _all_gather(torch.tensor(values, dtype=_PAYLOAD_DTYPE, device=device), group).tolist()
+    for column, name in enumerate(settings):
+        seen = [row[column] for row in gathered]
+        if any(v != seen[0] and not (v != v and seen[0] != seen[0]) for v in seen):  # NaN (None) equals NaN
+            listed = ", ".join(f"rank {r}: {_setting_text(v)}" for r, v in enumerate(seen))
+            raise ValueError(f"{op}: the ranks of the process group disagree on {name} ({listed}); "
+                             f"every rank must build the layer with the same {name}")
+
+
+def _setting_text(value: float) -> str:
+    if value != value:
+        return "None"
+    return str(int(value)) if value == int(value) else repr(value)
 
 
 def _describe(code: float, channels: float) -> str:
@@ -231,7 +243,7 @@ def sync_channel_norm(
 
     Every rank of ``group`` must call this (an empty batch included), or the collective hangs, and
     every rank must pass the same ``num_channels`` (``SyncChannelNorm`` checks that once with
-    ``agree_on_channels``); ``None`` takes it from ``x``. The input is validated after the gather, so
+    ``agree_on_settings``); ``None`` takes it from ``x``. The input is validated after the gather, so
     a rank with invalid input (wrong channel count, not a floating tensor, rank < 2) or a dtype that
     differs from the other ranks' makes every rank raise (``ValueError``/``TypeError``) at the same
     point instead of leaving the others in a collective. Also raises ``ValueError`` on every rank

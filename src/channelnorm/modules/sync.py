@@ -20,9 +20,9 @@ class SyncChannelNorm(ChannelNorm):
     In training, each step costs one collective in forward (all_gather of per-channel count, mean
     and M2, merged exactly with Chan's formula) and one in backward (all_reduce of the per-channel
     gradient sums); see ``channelnorm.distributed``. The layer's first synchronized step (and the
-    first after its group changes) adds one all_gather of a single number: every rank's
-    ``num_channels``, which must agree. Every rank of the group must run the layer, an empty batch
-    included. Ranks that disagree on the channel count or the input dtype, or a rank with invalid
+    first after its group changes) adds one all_gather of four numbers: every rank's
+    ``num_channels``, ``channel_axis``, ``eps`` and ``momentum``, which must agree. Every rank of
+    the group must run the layer, an empty batch included. Ranks that disagree on the channel count or the input dtype, or a rank with invalid
     input, make every rank raise the same ``ValueError``/``TypeError`` (none is left waiting in a
     collective). When every rank's batch is empty the output is empty and the running statistics
     stay untouched; one value per channel over the whole group is a ``ValueError`` on every rank. It computes ChannelNorm's local path instead when torch.distributed
@@ -37,7 +37,7 @@ class SyncChannelNorm(ChannelNorm):
         super().__init__(num_channels, eps, momentum, affine, track_running_stats, channel_axis, backend,
                          device, dtype)
         self.process_group = process_group
-        # (group, world size) whose ranks agreed on num_channels; a plain attribute, not state.
+        # (group, world size) whose ranks agreed on the layer's settings; a plain attribute, not state.
         self._channels_agreed_with: Optional[tuple] = None
 
     def _needs_sync(self) -> bool:
@@ -48,7 +48,7 @@ class SyncChannelNorm(ChannelNorm):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not self._needs_sync():
             return super().forward(input)
-        from ..distributed import agree_on_channels, sync_channel_norm
+        from ..distributed import agree_on_settings, sync_channel_norm
 
         op = type(self).__name__
         # Decided identically on every rank (same group, same world size, same call history), so
@@ -56,7 +56,9 @@ class SyncChannelNorm(ChannelNorm):
         key = (self.process_group, dist.get_world_size(self.process_group))
         if getattr(self, "_channels_agreed_with", None) != key:
             device = input.device if isinstance(input, torch.Tensor) else "cpu"
-            agree_on_channels(op, self.num_channels, device, self.process_group)
+            settings = {"num_channels": self.num_channels, "channel_axis": self.channel_axis, "eps": self.eps,
+                        "momentum": self.momentum}
+            agree_on_settings(op, settings, device, self.process_group)
             self._channels_agreed_with = key
         # Input validation happens inside, after the gather, so that every rank raises together.
         y, n, mean, var = sync_channel_norm(input, self.weight, self.bias, self.channel_axis, self.eps,
