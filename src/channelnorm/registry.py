@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from torch import nn
 
@@ -92,7 +92,7 @@ def _checked_factory(kind: str, kwargs: dict, caller: str) -> Callable[..., nn.M
     return _FACTORIES[key]
 
 
-def create_norm(kind: str, num_channels: int, **kwargs) -> nn.Module:
+def create_norm(kind: str, num_channels: int, **kwargs: Any) -> nn.Module:
     """Build the norm named ``kind`` for ``num_channels`` channels.
 
     Args:
@@ -107,7 +107,7 @@ def create_norm(kind: str, num_channels: int, **kwargs) -> nn.Module:
     return _checked_factory(kind, kwargs, "create_norm")(num_channels, **kwargs)
 
 
-def get_norm_layer(kind: str, **kwargs) -> Callable[..., nn.Module]:
+def get_norm_layer(kind: str, **kwargs: Any) -> Callable[..., nn.Module]:
     """A class or ``functools.partial`` to pass as ``norm_layer=`` (torchvision, timm).
 
     ``get_norm_layer(kind, **kwargs)(C)`` builds what ``create_norm(kind, C, **kwargs)`` builds, so

@@ -192,7 +192,8 @@ def test_fold_conv_chains_matches_unfolded(channels_last):
         x = x.contiguous(memory_format=torch.channels_last)
     _trained(model, x)
     expected = model(x)
-    folded = convert.fold(copy.deepcopy(model))
+    # channel_axis=1 norms after a conv need the example to show the input is batched (tests/test_fold.py).
+    folded = convert.fold(copy.deepcopy(model), example_input=x)
     assert isinstance(folded[1], nn.Identity) and isinstance(folded[3][1], nn.Identity)
     assert isinstance(folded[5], nn.Identity)
     out = folded(x)
@@ -213,7 +214,7 @@ def test_fold_conv1d_conv3d_linear_float32():
         _randomize(model)
         _trained(model, x)
         expected = model(x)
-        folded = convert.fold(copy.deepcopy(model))
+        folded = convert.fold(copy.deepcopy(model), example_input=x)
         assert isinstance(folded[1], nn.Identity), model
         # float32: parameters are folded in float64 and rounded once; outputs differ by a few ulps
         # of the float32 conv accumulation.

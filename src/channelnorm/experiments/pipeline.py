@@ -13,10 +13,18 @@ from .plot import plot_error_vs_batch
 from .report import write_report
 from .results import aggregate, collect, write_results
 from .rundir import check_resume, write_json_atomic
+from .storage import locked, write_atomic
 from .sweep import run_sweep
 
 
 def run_compare(config: ExperimentConfig, command: str = "channelnorm compare", progress: bool = True) -> dict[str, Path]:
+    """The whole experiment into ``config.out``, which it holds locked: a second invocation on the
+    same run directory meanwhile is refused (RunDirectoryError) instead of mixing its runs in."""
+    with locked(Path(config.out)):
+        return _run_compare_locked(config, command, progress)
+
+
+def _run_compare_locked(config: ExperimentConfig, command: str, progress: bool) -> dict[str, Path]:
     out = Path(config.out)
     resumed = check_resume(out, config)
     # read the data before anything is written: a bad --data-dir must not leave a config.json behind
@@ -24,7 +32,7 @@ def run_compare(config: ExperimentConfig, command: str = "channelnorm compare", 
     dataset = _describe_data(config)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "config.json", config.to_dict())
+        write_json_atomic(out / "config.json", config.to_dict(), root=out)
     except OSError as error:
         raise ConfigError(f"--out {str(out)!r} cannot be used as the run directory: {error}") from error
     environment = describe_environment(config.device, config.workers)
@@ -37,13 +45,13 @@ def run_compare(config: ExperimentConfig, command: str = "channelnorm compare", 
                             "threads_per_worker": environment["torch_threads_per_worker"],
                             "git": environment["git"], **counts}
     environment["sweeps"] = _previous_sweeps(out) + [environment["sweep"]]
-    write_json_atomic(out / "environment.json", environment)
+    write_json_atomic(out / "environment.json", environment, root=out)
 
     rows = aggregate(collect(out, config))
     write_results(rows, out)
     plot_error_vs_batch(rows, config.norms, config.batch_sizes, out / "error_vs_batch.png",
                         f"{dataset} — grid: {config.grid}")
-    (out / "report.md").write_text(write_report(rows, config, environment, dataset, "error_vs_batch.png"))
+    write_atomic(out / "report.md", write_report(rows, config, environment, dataset, "error_vs_batch.png"), root=out)
     return {name: out / name for name in ("config.json", "environment.json", "results.csv", "results.json",
                                           "error_vs_batch.png", "report.md")}
 

@@ -1,6 +1,7 @@
 """``error_vs_batch.png``: error against batch size, one line per norm, in the Group Norm paper's style."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -8,6 +9,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display needed, safe in worker processes and CI
 import matplotlib.pyplot as plt  # noqa: E402
+
+from .storage import write_atomic  # noqa: E402
 
 PANELS = (("eval_error", "eval mode (running statistics)"),
           ("batch_stat_error", "train mode (statistics of test batches of that size)"))
@@ -44,5 +47,7 @@ def plot_error_vs_batch(rows: list[dict[str, Any]], norms: tuple[str, ...], batc
         axes[0].legend(title="norm", fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=110)
     plt.close(fig)
+    write_atomic(path, image.getvalue())        # never through a link in the file's place

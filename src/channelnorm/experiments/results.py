@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from .config import ExperimentConfig
-from .rundir import read_record, write_json_atomic
+from .rundir import finished_record, write_json_atomic
+from .storage import write_atomic
 from .train import RunSpec
 
 # per-run values that get a mean and a std over the seeds that did not diverge
@@ -28,12 +30,13 @@ def mean_std(values: Iterable[Optional[float]]) -> tuple[Optional[float], Option
 
 
 def collect(out: Path, config: ExperimentConfig) -> list[dict[str, Any]]:
-    """The finished records of the runs in ``config``'s grid (unfinished ones are missing)."""
+    """The finished records of the runs in ``config``'s grid (unfinished ones are missing; an invalid
+    one, or one of other settings, is a RunDirectoryError naming its file, never averaged in)."""
     records = []
     for norm in config.norms:
         for bs in config.batch_sizes:
             for seed in config.seeds:
-                record = read_record(out, RunSpec(norm, bs, seed).run_id)
+                record = finished_record(out, RunSpec(norm, bs, seed), config)
                 if record is not None:
                     records.append(record)
     return records
@@ -66,14 +69,12 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def write_results(rows: list[dict[str, Any]], out: Path) -> None:
     """``results.json`` (the rows as they are) and ``results.csv`` (same columns, seeds joined by ';')."""
-    write_json_atomic(out / "results.json", rows)
-    if not rows:
-        (out / "results.csv").write_text("")
-        return
-    columns = list(rows[0])
-    with open(out / "results.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
+    write_json_atomic(out / "results.json", rows, root=out)
+    handle = io.StringIO(newline="")
+    if rows:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         for row in rows:
             writer.writerow({k: (";".join(map(str, v)) if isinstance(v, list) else ("" if v is None else v))
                              for k, v in row.items()})
+    write_atomic(out / "results.csv", handle.getvalue(), root=out)

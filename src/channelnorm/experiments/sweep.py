@@ -14,7 +14,9 @@ import torch
 
 from .config import BATCH_STATISTIC_NORMS, ExperimentConfig
 from .data import Dataset, load_dataset
-from .rundir import read_record, record_path, run_dir, write_json_atomic
+from .lifeline import exit_with_parent
+from .rundir import finished_record, prepare_run_dir, write_record
+from .storage import RunDirectoryError
 from .train import RunSpec, train_run
 
 try:
@@ -31,10 +33,11 @@ def plan(config: ExperimentConfig) -> list[RunSpec]:
 
 
 def execute(spec: RunSpec, config: ExperimentConfig, data: Dataset, out: Path, progress=None) -> dict[str, Any]:
-    """Train one run and write its record last and atomically: a run is finished iff its record exists."""
-    record = train_run(spec, config, data, run_dir(out, spec.run_id), progress)
-    write_json_atomic(record_path(out, spec.run_id), record)
-    return record
+    """Train one run and write its record last and atomically: a run is finished iff its record exists
+    (stamped with the fingerprint of its settings, which resuming checks)."""
+    folder = prepare_run_dir(out, spec.run_id)       # inside out, no links followed
+    record = train_run(spec, config, data, folder, progress)
+    return write_record(out, spec, config, record)
 
 
 # ---- worker processes (spawned: torch's thread pools do not survive fork) ----
@@ -42,6 +45,7 @@ _worker_state: dict[str, Any] = {}
 
 
 def _worker_init(config: ExperimentConfig, out: str, messages) -> None:
+    exit_with_parent()         # a killed sweep must not leave its workers idling with their data
     torch.set_num_threads(1)   # two single-threaded runs beat one two-threaded run on small batches
     _worker_state.update(config=config, out=Path(out), data=load_dataset(config), messages=messages)
 
@@ -102,7 +106,7 @@ def run_sweep(config: ExperimentConfig, out: Path, progress: bool = True) -> dic
     """Run every unfinished run of ``config``'s grid into ``out``; returns counts of runs executed
     and skipped (already finished)."""
     specs = plan(config)
-    pending = [s for s in specs if read_record(out, s.run_id) is None]
+    pending = [s for s in specs if finished_record(out, s, config) is None]   # other settings: an error
     counts = {"executed": len(pending), "skipped": len(specs) - len(pending)}
     workers = min(config.workers, len(pending)) if pending else 0
     bars = _Bars(len(specs), counts["skipped"], max(1, workers), progress)
@@ -147,6 +151,8 @@ def _run_in_workers(pending: list[RunSpec], config: ExperimentConfig, out: Path,
                 done, remaining = wait(remaining, timeout=0, return_when=FIRST_COMPLETED)
                 for future in done:
                     error: Optional[BaseException] = future.exception()
+                    if isinstance(error, RunDirectoryError):   # already names the file and what to do
+                        raise error
                     if error is not None:
                         raise RuntimeError(f"run {futures[future].run_id} failed: {error!r}") from error
                     bars.run_finished()

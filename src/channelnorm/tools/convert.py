@@ -18,12 +18,12 @@ from typing import Callable, Optional
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
+from .. import fold as _fold
 from ..modules import ChannelNorm, FrozenChannelNorm, SyncChannelNorm, module_traits
 from ..registry import accepted_kwargs, canonical_kind, create_norm
 
-__all__ = ["replace_norms", "to_sync", "from_sync", "freeze", "unfreeze", "fold"]
+__all__ = ["replace_norms", "to_sync", "from_sync", "freeze", "unfreeze", "fold", "FoldReport"]
 
 _STAT_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -230,72 +230,6 @@ def unfreeze(model: nn.Module) -> nn.Module:
 
 # ---------------------------------------------------------------- fold
 
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-
-def _foldable_stats(norm: nn.Module):
-    """``(running_mean, running_var, weight, bias, eps, channel_axis)`` when ``norm`` is a fixed affine map."""
-    if isinstance(norm, FrozenChannelNorm):
-        pass
-    elif isinstance(norm, _BatchNorm) or type(norm) in (ChannelNorm, SyncChannelNorm):
-        if norm.training or not _tracks_running_stats(norm):
-            return None  # training, or eval with batch statistics: not a fixed map
-    else:
-        return None
-    return (norm.running_mean, norm.running_var, norm.weight, norm.bias, norm.eps,
-            getattr(norm, "channel_axis", 1))
-
-
-def _channel_axis_matches(layer: nn.Module, axis: int) -> bool:
-    if isinstance(layer, _CONVS):
-        rank = len(layer.kernel_size) + 2  # batched input (N, C, *spatial)
-        return axis % rank == 1
-    # Linear: features on the last axis; channel_axis=1 is the last axis of a 2-D (N, F) input.
-    return axis in (-1, 1)
-
-
-def _fold_pair(layer: nn.Module, norm: nn.Module) -> bool:
-    stats = _foldable_stats(norm)
-    if stats is None:
-        return False
-    mean, var, gamma, beta, eps, axis = stats
-    out = layer.out_channels if isinstance(layer, _CONVS) else layer.out_features
-    if out != _num_channels(norm) or not _channel_axis_matches(layer, axis):
-        return False
-    with torch.no_grad():
-        f64 = dict(dtype=torch.float64)
-        scale = torch.rsqrt(var.to(**f64) + eps)
-        if gamma is not None:
-            scale = scale * gamma.to(**f64)
-        shift = -mean.to(**f64) * scale
-        if beta is not None:
-            shift = shift + beta.to(**f64)
-        w = layer.weight
-        new_w = w.to(**f64) * scale.view([-1] + [1] * (w.ndim - 1))
-        old_b = layer.bias.to(**f64) if layer.bias is not None else torch.zeros_like(scale)
-        new_b = old_b * scale + shift
-        layer.weight = nn.Parameter(new_w.to(w.dtype), requires_grad=w.requires_grad)
-        layer.bias = nn.Parameter(new_b.to(w.dtype), requires_grad=w.requires_grad)
-    return True
-
-
-def fold(model: nn.Module) -> nn.Module:
-    """Fold eval-mode channel norms into the layer before them; the norm becomes ``nn.Identity``.
-
-    Folded pattern: inside any ``nn.Sequential`` (at any depth of the tree), a ``Conv1d/2d/3d`` or
-    ``Linear`` immediately followed by an eval-mode ``ChannelNorm``/``SyncChannelNorm``/``nn.BatchNorm*d``
-    with running statistics, or a ``FrozenChannelNorm``, whose channel axis is the layer's output
-    channel axis (1 for convolutions; -1, or 1 for 2-D input, after Linear). Memory format does not
-    matter (channels_last inputs give the same result). Not folded: norms in training mode or
-    without running statistics, transposed convolutions, and norms reached through a custom
-    ``forward`` (e.g. ``self.bn(self.conv(x))``) — fold has no graph, only the Sequential order.
-    The conv/linear parameters are replaced (computed in float64, stored in their dtype).
-    """
-    if isinstance(model, nn.Sequential):
-        children = list(model.named_children())
-        for (_, layer), (norm_name, norm) in zip(children, children[1:]):
-            if isinstance(layer, _CONVS + (nn.Linear,)) and _fold_pair(layer, norm):
-                setattr(model, norm_name, nn.Identity())
-    for child in model.children():
-        fold(child)
-    return model
+# fold lives in its own module (finding the real data edges is most of it); re-exported here.
+fold = _fold.fold
+FoldReport = _fold.FoldReport

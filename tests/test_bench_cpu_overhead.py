@@ -1,0 +1,65 @@
+"""The CPU overhead benchmark runs end to end in --quick mode and writes its documented JSON schema.
+
+Only the harness is checked (never a timing): the numbers depend on the machine and its load.
+"""
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+HARNESS = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_cpu_overhead.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_cpu_overhead", HARNESS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_run_writes_every_row_with_environment(bench, tmp_path):
+    path = bench.run(["--quick", "--shapes", "2,4,3,3", "--rounds", "2", "--number", "2", "--warmup", "1",
+                      "--model-norms", "channel", "--model-rounds", "1", "--model-number", "1",
+                      "--model-image-size", "8", "--model-width", "4", "--out", str(tmp_path)],
+                     log=lambda line: None)
+    assert path.parent == tmp_path and path.name.startswith("cpu_overhead_") and path.suffix == ".json"
+    data = json.loads(path.read_text())
+    assert data["schema_version"] == bench.SCHEMA_VERSION
+    assert "--quick" in data["command"]
+    env = data["environment"]
+    assert {"cpu_model", "cpu_capability", "torch", "git_hash", "torch_threads",
+            "load_average_before", "load_average_after"} <= set(env)
+    assert env["torch_threads"] == 1
+    rows = data["rows"]
+    expected = {(norm, mode) for norm in bench.NORMS for mode in bench.MODES} | {("channel", "model_train_step")}
+    assert {(r["norm"], r["mode"]) for r in rows} == expected and len(rows) == len(expected)
+    for row in rows:
+        for key in ("ours_us_median", "ours_us_best", "torch_us_median", "torch_us_best", "ratio_best",
+                    "ratio_median_of_rounds"):
+            assert math.isfinite(row[key]) and row[key] > 0, (row, key)
+        assert row["ratio_best"] == pytest.approx(row["ours_us_best"] / row["torch_us_best"])
+    assert [r["shape"] for r in rows if r["mode"] != "model_train_step"] == [[2, 4, 3, 3]] * 9
+
+
+def test_pairs_start_with_the_same_parameters(bench):
+    for norm in bench.NORMS:
+        ours, theirs = bench.make_pair(norm, 16)
+        assert ours.weight.equal(theirs.weight) and ours.bias.equal(theirs.bias)
+        assert ours.training == theirs.training
+    assert bench.groups_for(64) == 8 and bench.groups_for(12) == 6
+
+
+def test_models_share_weights_and_compute_the_same_function(bench):
+    import torch
+
+    ours, theirs = bench.build_models("channel", width=4)
+    x = torch.rand(2, 3, 8, 8)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
+
+
+def test_bad_shape_is_refused_with_its_value(bench):
+    with pytest.raises(SystemExit):
+        bench.build_parser().parse_args(["--shapes", "2,x,3"])

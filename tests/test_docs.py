@@ -1,0 +1,202 @@
+"""The documentation is part of what is tested: the strict MkDocs build (broken links and anchors,
+unknown API names, docstrings that cannot be parsed), every fenced ``python`` example in the README
+and in ``docs/``, the README's two setup commands, and the API reference's coverage of the public
+names."""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import types
+import unicodedata
+from pathlib import Path
+
+import pytest
+import torch
+
+import channelnorm as cn
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+MAIN_JOB = 'pip install torch==2.13.0 && pip install -e ".[experiments]" && channelnorm compare'
+TEST_COMMAND = 'pip install torch==2.13.0 && pip install -e ".[test]" && python -m pytest -q -n 2'
+
+# A fenced example may be preceded by one marker line:
+#   <!-- docs-test: skip REASON -->          it cannot run here (the reason is shown by pytest -ra)
+#   <!-- docs-test: requires channelnorm.X --> it runs as soon as channelnorm has X
+MARKER = re.compile(r"<!--\s*docs-test:\s*(skip|requires)\s+(.+?)\s*-->")
+
+
+def _examples():
+    """(path, line, marker, code) for every ```python block of the README and docs/."""
+    found = []
+    for path in DOC_FILES:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        i = 0
+        while i < len(lines):
+            if lines[i].strip() == "```python":
+                start = i + 1
+                end = next(j for j in range(start, len(lines)) if lines[j].strip() == "```")
+                previous = next((lines[j] for j in range(i - 1, -1, -1) if lines[j].strip()), "")
+                marker = MARKER.search(previous)
+                if marker is None and "docs-test" in previous:
+                    raise ValueError(f"{path}:{i}: malformed docs-test marker {previous!r}")
+                found.append((path, start, marker.groups() if marker else None, "\n".join(lines[start:end])))
+                i = end
+            i += 1
+    return found
+
+
+EXAMPLES = _examples()
+
+
+@pytest.mark.parametrize(
+    "path, line, marker, code", EXAMPLES,
+    ids=[f"{p.relative_to(ROOT)}:{line}" for p, line, _, _ in EXAMPLES],
+)
+def test_code_example_runs(path, line, marker, code, tmp_path, monkeypatch):
+    if marker is not None:
+        kind, what = marker
+        if kind == "skip":
+            pytest.skip(f"{path.name}:{line}: {what}")
+        if not what.startswith("channelnorm."):
+            raise ValueError(f"{path.name}:{line}: 'requires' names an attribute of channelnorm, got {what!r}")
+        if not hasattr(cn, what.split(".", 1)[1]):
+            pytest.skip(f"{path.name}:{line}: needs {what}, not in this version")
+    monkeypatch.chdir(tmp_path)  # an example that writes files writes them here
+    torch.manual_seed(0)
+    namespace = {"__name__": f"docs_example_{path.stem}_{line}"}
+    exec(compile(code, f"{path}:{line}", "exec"), namespace)
+
+
+def test_every_doc_has_examples_that_run():
+    """The collector found the examples (a broken fence would silently drop them)."""
+    names = {p.name for p, _, marker, _ in EXAMPLES if marker is None}
+    assert {"README.md", "usage.md", "conversion.md", "robust.md"} <= names
+
+
+def _api_names() -> set[str]:
+    """Fully qualified names rendered by ``::: name`` directives (and their ``members:`` lists)."""
+    names: set[str] = set()
+    for page in (ROOT / "docs" / "api").glob("*.md"):
+        current = None
+        in_members = False
+        for line in page.read_text(encoding="utf-8").splitlines():
+            directive = re.match(r":::\s+(\S+)", line)
+            if directive:
+                current = directive.group(1)
+                names.add(current)
+                in_members = False
+            elif current and line.strip() == "members:":
+                in_members = True
+            elif current and in_members and re.match(r"\s+-\s+\w+", line):
+                names.add(f"{current}.{line.split('-', 1)[1].strip()}")
+            elif line.strip() and not line.startswith(" "):
+                current, in_members = None, False
+    return names
+
+
+def test_api_reference_covers_every_public_name():
+    documented = _api_names()
+    expected = set()
+    for name in cn.__all__:
+        if not isinstance(getattr(cn, name), types.ModuleType):
+            expected.add(f"channelnorm.{name}")
+    expected |= {f"channelnorm.functional.{n}" for n in cn.functional.__all__}
+    expected |= {f"channelnorm.convert.{n}" for n in cn.convert.__all__}
+    missing = sorted(expected - documented)
+    assert not missing, f"public names without an API reference entry in docs/api/: {missing}"
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="the docs tools (test extra) need Python >= 3.11")
+def test_docs_build_strict(tmp_path):
+    # The docs tools are in the test extra: a missing one fails here, it is not skipped.
+    site = tmp_path / "site"
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(ROOT / "mkdocs.yml"),
+         "--site-dir", str(site)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
+    assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stdout}\n{result.stderr}"
+    # mkdocstrings rendered the docstrings, not just the headings.
+    modules_page = (site / "api" / "modules" / "index.html").read_text(encoding="utf-8")
+    assert "num_channels" in modules_page and "track_running_stats" in modules_page
+    functional_page = (site / "api" / "functional" / "index.html").read_text(encoding="utf-8")
+    assert "running_mean" in functional_page
+
+
+def _slug(heading: str) -> str:
+    """The anchor MkDocs gives a heading (Python-Markdown's toc slugify, ASCII form)."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading).replace("`", "")  # link text, no code marks
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    text = re.sub(r"[^\w\s-]", "", text).strip().lower()
+    return re.sub(r"[-\s]+", "-", text)
+
+
+@pytest.mark.parametrize("name", ["README.md", "CHANGELOG.md"])
+def test_relative_links_resolve(name):
+    """Links outside docs/ (which the strict build checks) point at files and anchors that exist."""
+    source = ROOT / name
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", source.read_text(encoding="utf-8")):
+        if re.match(r"[a-z]+:", target) or target.startswith("#"):
+            continue
+        file_part, _, anchor = target.partition("#")
+        path = (source.parent / file_part).resolve()
+        if not path.exists():
+            broken.append(target)
+        elif anchor:
+            headings = re.findall(r"^#+\s+(.+)$", path.read_text(encoding="utf-8"), flags=re.M)
+            if anchor not in {_slug(h) for h in headings}:
+                broken.append(target)
+    assert not broken, f"{name}: broken links {broken}"
+
+
+def test_readme_setup_commands_and_ci():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert MAIN_JOB in readme
+    assert TEST_COMMAND in readme
+    assert TEST_COMMAND in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 250, "the README is a landing page; details go to docs/"
+
+
+def test_repo_refers_only_to_itself():
+    """Documentation, benchmarks and packaging never cite a design document outside the repo."""
+    outside = ("DES" + "IGN §", "DES" + "IGN.md", "../" + "shared")
+    places = [ROOT / "README.md", ROOT / "CHANGELOG.md", ROOT / "mkdocs.yml", ROOT / "pyproject.toml",
+              *(ROOT / "docs").rglob("*.md"), *(ROOT / "benchmarks").rglob("*.py"),
+              *(ROOT / "benchmarks").rglob("*.md")]
+    hits = [f"{p.relative_to(ROOT)}: {needle}" for p in places for needle in outside
+            if needle in p.read_text(encoding="utf-8")]
+    assert not hits, hits
+
+
+def test_license_and_typing_marker_are_packaged():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11; CI runs 3.11
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert project["project"]["license"] == {"text": "BSD-3-Clause"}
+    license_text = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert "BSD 3-Clause License" in license_text and "the channelnorm authors" in license_text
+    assert "py.typed" in project["tool"]["setuptools"]["package-data"]["channelnorm"]
+    assert (ROOT / "src" / "channelnorm" / "py.typed").is_file()
+
+
+def test_experiment_guide_lists_every_cli_flag():
+    """docs/experiment.md keeps up with the command line: each option of ``channelnorm compare``."""
+    from channelnorm.experiments.cli import build_parser
+
+    guide = (ROOT / "docs" / "experiment.md").read_text(encoding="utf-8")
+    parsers, flags = [build_parser()], set()
+    while parsers:  # the parser and its subcommands' parsers
+        parser = parsers.pop()
+        for action in parser._actions:
+            flags |= {opt for opt in action.option_strings if opt.startswith("--") and opt != "--help"}
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+    assert {"--norms", "--out"} <= flags, flags  # the walk found the compare command's options
+    missing = sorted(f for f in flags if not re.search(re.escape(f) + r"(?![\w-])", guide))
+    assert not missing, f"flags of channelnorm compare not described in docs/experiment.md: {missing}"
