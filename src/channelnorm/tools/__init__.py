@@ -1,4 +1,4 @@
-"""Model-level tools: ``convert`` (replace, synchronize, freeze, fold norms), ``precise``
+"""Model-level tools: ``convert`` (replace, synchronize, freeze, fold norms; ``fold`` holds the folding), ``precise``
 (``recompute_stats``) and ``momentum`` (converters to and from Keras' ``decay``)."""
 from . import convert, momentum, precise
 

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .. import fold as _fold
+from . import fold as _fold
 from ..modules import ChannelNorm, FrozenChannelNorm, SyncChannelNorm, module_traits
 from ..registry import accepted_kwargs, canonical_kind, create_norm
 

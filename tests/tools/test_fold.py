@@ -393,7 +393,7 @@ def test_folded_model_that_fails_on_the_example_is_restored():
 
 
 def test_a_wrong_fold_is_caught_by_the_example_and_undone(monkeypatch):
-    from channelnorm import fold as fold_module
+    from channelnorm.tools import fold as fold_module
 
     real = fold_module._fold_into
 

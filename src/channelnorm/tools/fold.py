@@ -31,7 +31,7 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
-from .modules import AffineNorm, ChannelNorm, ChannelNormAct, FrozenChannelNorm, GroupNormAct, SyncChannelNorm
+from ..modules import AffineNorm, ChannelNorm, ChannelNormAct, FrozenChannelNorm, GroupNormAct, SyncChannelNorm
 
 __all__ = ["fold", "FoldReport", "FoldedPair", "LeftNorm"]
 
