@@ -131,3 +131,19 @@ def test_float64_input_into_a_float32_module_is_computed(make):
         if getattr(norm, name, None) is not None:
             assert getattr(norm, name).dtype == torch.float32
             torch.testing.assert_close(getattr(norm, name), getattr(oracle, name).float())
+
+
+@pytest.mark.parametrize("op", ["channel", "instance", "group"])
+def test_gradient_with_ambiguous_strides_on_a_size_one_axis_matches_the_reference(op):
+    # Strides (4, 1, 1, 2) on shape (3, 2, 1, 2): both contiguous and channels_last to torch's CPU
+    # kernels, whose batch_norm backward then gives input gradients off by O(1).
+    fn = {"channel": lambda t, k: F.channel_norm(t, None, None, training=True, backend=k),
+          "instance": lambda t, k: F.instance_norm(t, backend=k),
+          "group": lambda t, k: F.group_norm(t, 2, backend=k)}[op]
+    x = torch.randn(3, 2, 1, 2, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(3, 2, 1, 2, dtype=torch.float64).movedim(1, -1).contiguous(
+        memory_format=torch.channels_last).movedim(-1, 1)
+    assert g.stride() == (4, 1, 1, 2)
+    got, = torch.autograd.grad(fn(x, "auto"), x, g)
+    want, = torch.autograd.grad(fn(x, "reference"), x, g)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)

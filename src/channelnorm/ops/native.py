@@ -70,6 +70,27 @@ def inexact_reason(op: str, x: torch.Tensor, channel_axis: int,
     return None
 
 
+def _canonical_gradient(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Give torch's batch_norm backward a gradient laid out as its own output ``y``.
+
+    torch's CPU batch_norm backward computes wrong input gradients when the incoming gradient's
+    strides are ambiguous: a size-1 axis with a non-canonical stride makes it both contiguous and
+    channels_last (e.g. shape (3, 2, 1, 2) with strides (4, 1, 1, 2)). Such strides need a size-1
+    axis, so calls without one pay nothing. Under torch.compile the compiled backward runs instead
+    (and hooks that read strides cannot be traced), so nothing is registered there.
+    """
+    if y.requires_grad and 1 in x.shape and not torch.compiler.is_compiling():
+        shape, strides = y.shape, y.stride()
+
+        def relayout(grad: torch.Tensor):
+            if grad is None or grad.stride() == strides:
+                return None
+            return torch.empty_strided(shape, strides, dtype=grad.dtype, device=grad.device).copy_(grad)
+
+        y.register_hook(relayout)
+    return y
+
+
 def _run_tracked(fn, running_mean, running_var, num_batches_tracked, momentum):
     """Call ``fn(mean_buffer, var_buffer, momentum)`` on copies of the buffers; commit if finite."""
     m = effective_momentum(momentum, num_batches_tracked)
@@ -89,7 +110,7 @@ def channel_norm(x, running_mean, running_var, weight, bias, training, momentum,
         y = F.batch_norm(xm, None, None, weight, bias, True, 0.0, eps)
     else:
         y = F.batch_norm(xm, running_mean, running_var, weight, bias, False, 0.0, eps)
-    return match_layout(y.movedim(1, channel_axis), x)
+    return match_layout(_canonical_gradient(y, x).movedim(1, channel_axis), x)
 
 
 def instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps, channel_axis,
