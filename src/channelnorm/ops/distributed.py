@@ -38,7 +38,7 @@ import torch.distributed as dist
 # Input checks run after the gather so every rank raises together; they are functional's checks.
 from ..functional import _validation as _checks
 from .layout import channel_shape, match_layout, stats_dtype
-from .moments import chan_merge, reduce_dims
+from .moments import chan_merge, moments, reduce_dims
 from .reference import affine
 
 _PAYLOAD_DTYPE = torch.float64  # same size on every rank whatever the input dtype; exact counts
@@ -56,9 +56,8 @@ def local_moments(x: torch.Tensor, channel_axis: int) -> tuple[int, torch.Tensor
     if count == 0:
         zeros = torch.zeros(num_channels, dtype=acc, device=x.device)
         return 0, zeros, zeros.clone()
-    # torch's var_mean is a centered (Welford) reduction: stable for large means, one call.
-    var, mean = torch.var_mean(x.to(acc), reduce_dims(x.ndim, channel_axis), correction=0)
-    return count, mean, var * count
+    mean, var = moments(x.to(acc), reduce_dims(x.ndim, channel_axis))
+    return count, mean.reshape(-1), var.reshape(-1) * count
 
 
 def _pack(count: int, mean: torch.Tensor, m2: torch.Tensor, dtype_code: Optional[int] = None,

@@ -73,11 +73,12 @@ def ghost_running_update(running_mean, running_var, num_batches_tracked, chunks:
         acc = stats_dtype(chunks[0].dtype)
         total_sum, total_ss, n = 0.0, 0.0, 0
         for chunk in chunks:
-            c = chunk.to(acc).movedim(channel_axis, 0).flatten(1)
-            mean = c.mean(1)
-            total_sum = total_sum + c.sum(1)
-            total_ss = total_ss + (c - mean[:, None]).square().sum(1)
-            n += c.shape[1]
+            c = chunk.to(acc)
+            count = c.numel() // c.shape[channel_axis]
+            mean, var = moments(c, reduce_dims(c.ndim, channel_axis))
+            total_sum = total_sum + mean.reshape(-1) * count
+            total_ss = total_ss + var.reshape(-1) * count
+            n += count
         k = len(chunks)
         m = effective_momentum(momentum, num_batches_tracked)
         new_mean = running_mean * (1.0 - m) + (total_sum / n).to(running_mean.dtype) * m
