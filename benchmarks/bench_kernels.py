@@ -132,7 +132,7 @@ def pass_fn(forward, params, x, dy, which: str):
 
 def check_correct(ours_fn, ours_params, module, x, dy):
     """Triton's y, dx, dweight, dbias against a float64 run of torch's module: within 2x torch's own
-    error in x's dtype plus 4 ulps of the largest value (the rule of tests/_triton_support.py).
+    error in x's dtype plus 4 ulps of the largest value (the rule of tests/ops/triton/_triton_support.py).
     Returns (correct, worst error)."""
     import copy
 

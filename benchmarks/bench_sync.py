@@ -58,7 +58,7 @@ def _time_collectives(num_channels: int, iters: int, warmup: int = 3) -> float:
     """Median seconds of the step's two collectives alone, with the same payloads (communication floor)."""
     times = []
     for i in range(warmup + iters):
-        packed = torch.zeros(2 + 2 * num_channels)
+        packed = torch.zeros(3 + 2 * num_channels, dtype=torch.float64)  # header + mean + M2, float64
         parts = [torch.empty_like(packed) for _ in range(dist.get_world_size())]
         grads = torch.zeros(2 * num_channels)
         dist.barrier()

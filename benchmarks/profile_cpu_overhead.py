@@ -23,7 +23,7 @@ from torch import nn
 import channelnorm as cn
 from channelnorm import functional as F
 from channelnorm.ops import dispatch, native
-from channelnorm.ops.running_stats import commit_if_finite, effective_momentum
+from channelnorm.ops.moments import commit_if_finite, effective_momentum
 
 
 # ---- ChannelNorm ablations (cumulative: each cuts one more layer) ---------------------------------------
@@ -42,7 +42,7 @@ def cn_no_module_check(m, x):
 def cn_no_validation(m, x):
     # ... and without functional validation: resolve + backend call only
     rm, rv, t = m._running_buffers()
-    impl = dispatch.resolve(m.backend, "channel_norm", x, m.weight, m.bias, rm, rv)
+    impl = dispatch.resolve(m.backend, "channel_norm", x, 1, (m.weight, m.bias, rm, rv))
     return impl.channel_norm(x, rm, rv, m.weight, m.bias, m._uses_batch_stats(), m.momentum, m.eps, 1,
                              num_batches_tracked=t)
 
@@ -113,7 +113,7 @@ def gn_no_module_check(m, x):
 
 
 def gn_no_validation(m, x):
-    impl = dispatch.resolve(m.backend, "group_norm", x, m.weight, m.bias)
+    impl = dispatch.resolve(m.backend, "group_norm", x, 1, (m.weight, m.bias))
     return impl.group_norm(x, m.num_groups, m.weight, m.bias, m.eps, 1)
 
 
@@ -141,7 +141,7 @@ def in_no_module_check(m, x):
 
 
 def in_no_validation(m, x):
-    impl = dispatch.resolve(m.backend, "instance_norm", x, m.weight, m.bias, None, None)
+    impl = dispatch.resolve(m.backend, "instance_norm", x, 1, (m.weight, m.bias, None, None))
     return impl.instance_norm(x, None, None, m.weight, m.bias, True, m.momentum, m.eps, 1)
 
 
@@ -276,7 +276,7 @@ def ablate(title, make_ours, make_torch, variants, shape, rounds, number):
 def piece_timings(shape, rounds, number):
     """Each piece of the ChannelNorm training call path alone (µs per call)."""
     from channelnorm import _checks
-    from channelnorm.functional import _check_channel_batch, _check_tracked_call
+    from channelnorm.functional.core import _check_channel_batch, _check_tracked_call
     m = cn.ChannelNorm(shape[1])
     x = torch.randn(*shape, requires_grad=True)
     rm, rv, t = m.running_mean, m.running_var, m.num_batches_tracked
@@ -286,7 +286,7 @@ def piece_timings(shape, rounds, number):
         "functional _check_tracked_call": lambda: _check_tracked_call(
             "channel_norm", x, 1, m.weight, m.bias, rm, rv, 0.1, 1e-5, "auto", t, "training", True, False),
         "functional _check_channel_batch": lambda: _check_channel_batch("channel_norm", x, 1),
-        "dispatch.resolve (auto, CPU)": lambda: dispatch.resolve("auto", "channel_norm", x, m.weight, m.bias, rm, rv),
+        "dispatch.resolve (auto, CPU)": lambda: dispatch.resolve("auto", "channel_norm", x, 1, (m.weight, m.bias, rm, rv)),
         "x.movedim(1, 1) + y.movedim(1, 1)": lambda: x.movedim(1, 1).movedim(1, 1),
         "2 x clone of running buffers": lambda: (rm.clone(), rv.clone()),
         "commit_if_finite": lambda: commit_if_finite(nm, nv, None, nm, nv),

@@ -8,8 +8,6 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-CPU_BACKENDS = ("reference", "native")
-
 # pytest-xdist runs one worker per core; torch's own intra-op threads on top of that oversubscribe
 # the cores and make small native calls tens of times slower.
 torch.set_num_threads(1)

@@ -1,35 +1,22 @@
 """channelnorm: channel normalization and its family for PyTorch."""
 from . import functional
-from .modules import ChannelNorm, ChannelNormAct, GroupNorm, GroupNormAct, InstanceNorm, LayerNorm
-from .registry import available_norms, create_norm, register_norm
-from .modules.sync import SyncChannelNorm
-from .modules.frozen import FrozenChannelNorm
-from . import convert
+from .modules import (
+    NORM_TYPES, BatchRenorm, ChannelNorm, ChannelNormAct, EvoNormB0, EvoNormS0, FilterResponseNorm, FrozenChannelNorm,
+    GhostNorm, GroupNorm, GroupNormAct, InstanceNorm, LayerNorm, NormTraits, SyncChannelNorm, WSConv2d, is_norm,
+    module_traits, weight_standardization,
+)
+from .registry import available_norms, create_norm, get_norm_layer, norm_traits, register_norm
+from .tools import convert
+from .tools.momentum import decay_from_momentum, momentum_from_decay
+from .tools.precise import recompute_stats
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ChannelNorm",
-    "GroupNorm",
-    "LayerNorm",
-    "InstanceNorm",
-    "ChannelNormAct",
-    "GroupNormAct",
-    "create_norm",
-    "register_norm",
-    "available_norms",
-    "functional",
-    "SyncChannelNorm",
-    "FrozenChannelNorm",
-    "convert",
+    "ChannelNorm", "GroupNorm", "LayerNorm", "InstanceNorm", "ChannelNormAct", "GroupNormAct", "SyncChannelNorm",
+    "FrozenChannelNorm", "BatchRenorm", "GhostNorm", "FilterResponseNorm", "EvoNormS0", "EvoNormB0", "WSConv2d",
+    "weight_standardization",
+    "create_norm", "get_norm_layer", "register_norm", "available_norms", "norm_traits", "NormTraits",
+    "is_norm", "module_traits", "NORM_TYPES",
+    "functional", "convert", "recompute_stats", "momentum_from_decay", "decay_from_momentum",
 ]
-
-# Batch-robust variants and tools (DESIGN §5)
-from .modules import (  # noqa: E402
-    BatchRenorm, EvoNormB0, EvoNormS0, FilterResponseNorm, GhostNorm, WSConv2d, weight_standardization,
-)
-from .momentum import decay_from_momentum, momentum_from_decay  # noqa: E402
-from .precise import recompute_stats  # noqa: E402
-
-__all__ += ["BatchRenorm", "GhostNorm", "FilterResponseNorm", "EvoNormS0", "EvoNormB0", "WSConv2d",
-            "weight_standardization", "recompute_stats", "momentum_from_decay", "decay_from_momentum"]

@@ -1,39 +1,47 @@
-"""``create_norm``: a norm layer from its name, with aliases (in the manner of timm's create_norm)."""
+"""Norm layers by name: ``create_norm`` (a module) and ``get_norm_layer`` (a class or partial for
+``norm_layer=`` arguments, as timm's ``create_norm``/``get_norm_layer``), with aliases and traits.
+
+Every kind's traits come from its class (``AffineNorm.traits``); ``norm_traits(kind)`` reads them.
+"""
 from __future__ import annotations
 
+import functools
 import inspect
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, Optional
 
 from torch import nn
 
-from .modules import ChannelNorm, GroupNorm, InstanceNorm, LayerNorm
-from .modules.sync import SyncChannelNorm
-from .modules.frozen import FrozenChannelNorm
+from .modules import (
+    AffineNorm, BatchRenorm, ChannelNorm, EvoNormB0, EvoNormS0, FilterResponseNorm, FrozenChannelNorm, GhostNorm,
+    GroupNorm, InstanceNorm, LayerNorm, NormTraits, SyncChannelNorm,
+)
+
+__all__ = ["create_norm", "get_norm_layer", "register_norm", "available_norms", "canonical_kind", "norm_traits",
+           "accepted_kwargs", "aliases", "NormTraits"]
 
 _FACTORIES: dict[str, Callable[..., nn.Module]] = {}
 _ALIASES: dict[str, str] = {}
+_KIND_TRAITS: dict[str, NormTraits] = {}
+_NO_NORM = NormTraits("none", False, False)
 
 
-def register_norm(kind: str, factory: Callable[..., nn.Module], aliases: tuple[str, ...] = ()) -> None:
-    """Make ``create_norm(kind, num_channels, **kwargs)`` call ``factory(num_channels, **kwargs)``."""
+def register_norm(kind: str, factory: Callable[..., nn.Module], aliases: tuple[str, ...] = (),
+                  traits: Optional[NormTraits] = None) -> None:
+    """Make ``create_norm(kind, num_channels, **kwargs)`` call ``factory(num_channels, **kwargs)``.
+
+    Args:
+        kind: the canonical name.
+        factory: a norm class, or a callable taking the channel count first.
+        aliases: other names for ``kind``.
+        traits: the kind's :class:`NormTraits`; by default the class's own (``factory.traits()``),
+            or no statistics at all for a factory that is not one of this library's norm classes.
+    """
     _FACTORIES[kind] = factory
     for alias in aliases:
         _ALIASES[alias] = kind
-
-
-class NormTraits(NamedTuple):
-    """Facts about a norm kind that model tools and the experiment read.
-
-    Attributes:
-        scope: the axes its statistics cover: ``"channel"`` (per channel over batch and spatial
-            axes), ``"group"``, ``"layer"``, ``"instance"`` (per sample and channel) or ``"none"``.
-        uses_batch_statistics: in training, its output for one sample depends on the other samples.
-        includes_activation: it replaces norm + activation (no activation should follow it).
-    """
-
-    scope: str
-    uses_batch_statistics: bool
-    includes_activation: bool
+    if traits is None:
+        traits = factory.traits() if isinstance(factory, type) and issubclass(factory, AffineNorm) else _NO_NORM
+    _KIND_TRAITS[kind] = traits
 
 
 def canonical_kind(kind: str) -> str:
@@ -50,7 +58,7 @@ def canonical_kind(kind: str) -> str:
 
 def norm_traits(kind: str) -> NormTraits:
     """The :class:`NormTraits` of the norm named ``kind`` (aliases accepted)."""
-    return _TRAITS[canonical_kind(kind)]
+    return _KIND_TRAITS[canonical_kind(kind)]
 
 
 def available_norms() -> list[str]:
@@ -58,69 +66,85 @@ def available_norms() -> list[str]:
     return sorted(_FACTORIES)
 
 
+def aliases() -> dict[str, str]:
+    """Every alias and the canonical kind it names (``{"bn": "channel", ...}``)."""
+    return dict(_ALIASES)
+
+
+def accepted_kwargs(kind: str) -> Optional[list[str]]:
+    """Keyword arguments ``create_norm(kind, C, ...)`` takes besides the channel count; None when its
+    factory forwards ``**kwargs``."""
+    factory = _FACTORIES[canonical_kind(kind)]
+    params = inspect.signature(factory).parameters.values()
+    if any(p.kind == p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in ("num_channels", "num_features", "self")]
+
+
+def _checked_factory(kind: str, kwargs: dict, caller: str) -> Callable[..., nn.Module]:
+    key = canonical_kind(kind)
+    accepted = accepted_kwargs(key)
+    unknown = sorted(set(kwargs) - set(accepted)) if accepted is not None else []
+    if unknown:
+        raise TypeError(f"{caller}({kind!r}) got unexpected keyword argument(s) {', '.join(unknown)}; "
+                        f"it accepts: {', '.join(accepted) or 'none'}")
+    return _FACTORIES[key]
+
+
+def create_norm(kind: str, num_channels: int, **kwargs: Any) -> nn.Module:
+    """Build the norm named ``kind`` for ``num_channels`` channels.
+
+    Args:
+        kind: a name from ``available_norms()`` or an alias (``"bn"``, ``"gn"``, ...).
+        num_channels: the channel count.
+        **kwargs: the kind's constructor arguments (``num_groups=`` for ``"group"``, ...).
+
+    Returns:
+        The module. Unknown kinds are a ``ValueError`` listing the choices; keyword arguments the
+        kind does not take are a ``TypeError`` naming them and what it does take.
+    """
+    return _checked_factory(kind, kwargs, "create_norm")(num_channels, **kwargs)
+
+
+def get_norm_layer(kind: str, **kwargs: Any) -> Callable[..., nn.Module]:
+    """A class or ``functools.partial`` to pass as ``norm_layer=`` (torchvision, timm).
+
+    ``get_norm_layer(kind, **kwargs)(C)`` builds what ``create_norm(kind, C, **kwargs)`` builds, so
+    ``torchvision.models.resnet18(norm_layer=cn.get_norm_layer("group", num_groups=32))`` works.
+
+    Args:
+        kind: a name from ``available_norms()`` or an alias.
+        **kwargs: constructor arguments bound into the result (checked now, as ``create_norm`` does).
+
+    Returns:
+        The class itself when it takes the channel count first and no arguments are bound, else a
+        ``functools.partial``.
+    """
+    factory = _checked_factory(kind, kwargs, "get_norm_layer")
+    if not kwargs and isinstance(factory, type):
+        return factory
+    return functools.partial(factory, **kwargs)
+
+
 def _identity(num_channels: int) -> nn.Module:
     return nn.Identity()
 
 
 def _group(num_channels: int, num_groups: int = 32, eps: float = 1e-5, affine: bool = True, channel_axis: int = 1,
-           backend: str = "auto", device=None, dtype=None) -> nn.Module:
-    return GroupNorm(num_groups, num_channels, eps, affine, channel_axis, backend, device, dtype)
-
-
-def _accepted(factory: Callable[..., nn.Module]) -> Optional[list[str]]:
-    """Keyword arguments ``factory`` takes besides num_channels; None when it forwards ``**kwargs``."""
-    params = inspect.signature(factory).parameters.values()
-    if any(p.kind == p.VAR_KEYWORD for p in params):
-        return None
-    return [p.name for p in params
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "num_channels"]
-
-
-def create_norm(kind: str, num_channels: int, **kwargs) -> nn.Module:
-    """Build the norm named ``kind`` for ``num_channels`` channels.
-
-    Unknown kinds are a ``ValueError`` listing the choices; keyword arguments the kind does not
-    take are a ``TypeError`` naming them and what it does take.
-    """
-    key = canonical_kind(kind)
-    factory = _FACTORIES[key]
-    accepted = _accepted(factory)
-    unknown = sorted(set(kwargs) - set(accepted)) if accepted is not None else []
-    if unknown:
-        raise TypeError(f"create_norm({kind!r}) got unexpected keyword argument(s) {', '.join(unknown)}; "
-                        f"it accepts: {', '.join(accepted) or 'none'}")
-    return factory(num_channels, **kwargs)
+           backend: str = "auto", device=None, dtype=None, *, bias: bool = True) -> nn.Module:
+    return GroupNorm(num_groups, num_channels, eps, affine, channel_axis, backend, device, dtype, bias=bias)
 
 
 register_norm("channel", ChannelNorm, aliases=("batch", "batchnorm", "bn", "channelnorm", "cn"))
-register_norm("group", _group, aliases=("groupnorm", "gn"))
+register_norm("group", _group, aliases=("groupnorm", "gn"), traits=GroupNorm.traits())
 register_norm("layer", LayerNorm, aliases=("layernorm", "ln"))
 register_norm("instance", InstanceNorm, aliases=("instancenorm", "in"))
 register_norm("none", _identity, aliases=("identity",))
 register_norm("sync_channel", SyncChannelNorm, aliases=("syncbn", "sync_batch", "syncchannelnorm"))
 register_norm("frozen", FrozenChannelNorm, aliases=("frozen_channel", "frozenbn", "frozen_bn"))
-
-# Batch-robust variants (DESIGN §5)
-from .modules import BatchRenorm, EvoNormB0, EvoNormS0, FilterResponseNorm, GhostNorm  # noqa: E402
-
 register_norm("batch_renorm", BatchRenorm, aliases=("batchrenorm", "brn", "renorm"))
 register_norm("ghost", GhostNorm, aliases=("ghost_norm", "ghostnorm", "gbn", "virtual_batch_norm", "vbn"))
 register_norm("frn", FilterResponseNorm, aliases=("filter_response_norm", "filterresponsenorm"))
 register_norm("evonorm_s0", EvoNormS0, aliases=("evonorms0",))
 register_norm("evonorm_b0", EvoNormB0, aliases=("evonormb0",))
-
-# Interim table; the facts move onto the classes as class-level traits.
-_TRAITS = {
-    "channel": NormTraits("channel", True, False),
-    "sync_channel": NormTraits("channel", True, False),
-    "batch_renorm": NormTraits("channel", True, False),
-    "ghost": NormTraits("channel", True, False),
-    "frozen": NormTraits("channel", False, False),
-    "group": NormTraits("group", False, False),
-    "layer": NormTraits("layer", False, False),
-    "instance": NormTraits("instance", False, False),
-    "none": NormTraits("none", False, False),
-    "frn": NormTraits("instance", False, True),
-    "evonorm_s0": NormTraits("group", False, True),
-    "evonorm_b0": NormTraits("channel", True, True),
-}

@@ -1,4 +1,5 @@
-from .base import _NormBase
+"""Norm layers: parameters, buffers, scope and traits; each forward calls ``channelnorm.functional``."""
+from .base import NORM_TYPES, AffineNorm, NormTraits, RunningStatsNorm, is_norm, module_traits
 from .channel import ChannelNorm
 from .evonorm import EvoNormB0, EvoNormS0
 from .frn import FilterResponseNorm
@@ -12,9 +13,10 @@ from .sync import SyncChannelNorm
 from .weight_std import WeightStandardization, WSConv2d, weight_standardization
 
 __all__ = [
-    "_NormBase", "ChannelNorm", "GroupNorm", "LayerNorm", "InstanceNorm", "SyncChannelNorm", "FrozenChannelNorm",
+    "AffineNorm", "RunningStatsNorm", "NormTraits", "NORM_TYPES", "is_norm", "module_traits",
+    "ChannelNorm", "GroupNorm", "LayerNorm", "InstanceNorm", "SyncChannelNorm", "FrozenChannelNorm",
     "ChannelNormAct", "GroupNormAct",  # norm + residual add + activation
-    # batch-robust variants (DESIGN §5)
+    # batch-robust variants
     "BatchRenorm", "GhostNorm", "FilterResponseNorm", "EvoNormS0", "EvoNormB0",
     "WSConv2d", "WeightStandardization", "weight_standardization",
 ]

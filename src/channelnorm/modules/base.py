@@ -1,85 +1,165 @@
-"""``_NormBase``: parameters, buffers, running-statistics bookkeeping and repr for every norm.
+"""The two base classes of every norm, as torch splits them, and the class-level traits.
 
-Buffer and parameter names, dtypes and ``state_dict`` keys are those of ``torch.nn.BatchNorm*d``
+* ``AffineNorm``: channel count, ``eps``, channel axis, backend, and the per-channel affine
+  (``weight``, and ``bias`` unless ``bias=False``). Norms without running statistics (GroupNorm,
+  LayerNorm, FilterResponseNorm, EvoNorm-S0) derive from it.
+* ``RunningStatsNorm``: adds ``momentum``, ``track_running_stats`` and the running buffers
+  (ChannelNorm and its variants, InstanceNorm, EvoNorm-B0).
+
+Parameter and buffer names, dtypes and ``state_dict`` keys are those of ``torch.nn.BatchNorm*d``
 (``weight``, ``bias``, ``running_mean``, ``running_var``, ``num_batches_tracked``), so state dicts
-load strictly in both directions.
+load strictly in both directions, also with torch's modules built with ``bias=False``.
+
+Traits (class attributes that model tools and the experiment read instead of type tests):
+``scope`` (which elements share a statistic), ``uses_batch_statistics`` (in training, one sample's
+output depends on the others) and ``includes_activation`` (no activation should follow it).
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, ClassVar, NamedTuple, Optional
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.instancenorm import _InstanceNorm
 
-from .. import _checks
-from ..ops import dispatch
+from ..functional import _validation as _checks
 
 
-class _NormBase(nn.Module):
-    _version = 2
+class NormTraits(NamedTuple):
+    """Facts about a norm that model tools and the experiment read.
+
+    Attributes:
+        scope: the axes its statistics cover: ``"channel"`` (per channel over batch and spatial
+            axes), ``"group"``, ``"layer"``, ``"instance"`` (per sample and channel) or ``"none"``.
+        uses_batch_statistics: in training, its output for one sample depends on the other samples.
+        includes_activation: it replaces norm + activation (no activation should follow it).
+    """
+
+    scope: str
+    uses_batch_statistics: bool
+    includes_activation: bool
+
+
+def channel_count(cls_name: str, num_channels, num_features) -> int:
+    """``num_channels``, or torch's name for it, ``num_features``; exactly one of them."""
+    if num_features is not None:
+        if num_channels is not None and num_channels != num_features:
+            raise TypeError(f"{cls_name}: got num_channels={num_channels!r} and num_features={num_features!r}; "
+                            f"give one of them (num_features is torch's name for num_channels)")
+        num_channels = num_features
+    if num_channels is None:
+        raise TypeError(f"{cls_name}() needs the channel count: num_channels (or torch's num_features)")
+    return _checks.positive_int("num_channels", num_channels)
+
+
+class AffineNorm(nn.Module):
+    """Base of every norm: channel count, eps, channel axis, backend and the per-channel affine."""
+
+    scope: ClassVar[str] = "none"
+    uses_batch_statistics: ClassVar[bool] = False
+    includes_activation: ClassVar[bool] = False
+    # forward takes a residual added before the activation (fused blocks): never swapped for a plain norm.
+    takes_residual: ClassVar[bool] = False
+    # The functional op this module runs: backends that can never run it are refused at construction.
+    functional_op: ClassVar[str] = "channel_norm"
+    # weight and bias as buffers (frozen norms) instead of parameters.
+    affine_buffers: ClassVar[bool] = False
     # Constructor arguments shown by extra_repr, in order; subclasses extend or trim this.
-    _repr_fields: tuple[str, ...] = ("num_channels", "eps", "momentum", "affine", "track_running_stats",
-                                     "channel_axis", "backend")
-    _repr_positional = 1  # leading fields shown without a name, as torch shows num_features
+    _repr_fields: ClassVar[tuple[str, ...]] = ("num_channels", "eps", "affine", "channel_axis", "backend")
+    _repr_positional: ClassVar[int] = 1  # leading fields shown without a name, as torch shows num_features
 
-    def __init__(
-        self,
-        num_channels: int,
-        eps: float = 1e-5,
-        momentum: Optional[float] = 0.1,
-        affine: bool = True,
-        track_running_stats: bool = True,
-        channel_axis: int = 1,
-        backend: str = "auto",
-        device=None,
-        dtype=None,
-    ) -> None:
+    def __init__(self, num_channels: int, eps: float = 1e-5, affine: bool = True, channel_axis: int = 1,
+                 backend: str = "auto", device=None, dtype=None, *, bias: bool = True) -> None:
         super().__init__()
         self.num_channels = _checks.positive_int("num_channels", num_channels)
         self.eps = _checks.eps(eps)
-        self.momentum = _checks.momentum(momentum)
         self.affine = bool(affine)
-        self.track_running_stats = bool(track_running_stats)
         self.channel_axis = _checks.channel_axis_arg(channel_axis)
-        dispatch.check_backend_name(backend)
+        _checks.backend_for(self.functional_op, backend)
         self.backend = backend
+        _checks.parameter_dtype(type(self).__name__, dtype)
         factory = {"device": device, "dtype": dtype}
-        if self.affine:
-            self.weight = nn.Parameter(torch.empty(self.num_channels, **factory))
-            self.bias = nn.Parameter(torch.empty(self.num_channels, **factory))
+        with_bias = self.affine and bool(bias)
+        if self.affine_buffers:
+            self.register_buffer("weight", torch.ones(self.num_channels, **factory))
+            self.register_buffer("bias", torch.zeros(self.num_channels, **factory))
         else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        if self.track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(self.num_channels, **factory))
-            self.register_buffer("running_var", torch.ones(self.num_channels, **factory))
-            self.register_buffer("num_batches_tracked",
-                                 torch.tensor(0, dtype=torch.long, device=device))
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
-        self.reset_parameters()
+            self.weight = nn.Parameter(torch.empty(self.num_channels, **factory)) if self.affine else None
+            self.bias = nn.Parameter(torch.empty(self.num_channels, **factory)) if with_bias else None
+        AffineNorm.reset_parameters(self)
+
+    @classmethod
+    def traits(cls) -> NormTraits:
+        """This class's :class:`NormTraits`."""
+        return NormTraits(cls.scope, cls.uses_batch_statistics, cls.includes_activation)
 
     @property
     def num_features(self) -> int:
         """``nn.BatchNorm``'s name for ``num_channels`` (for code written against torch's norms)."""
         return self.num_channels
 
+    def reset_parameters(self) -> None:
+        if self.affine and not self.affine_buffers:
+            nn.init.ones_(self.weight)
+            if self.bias is not None:
+                nn.init.zeros_(self.bias)
+
+    def _check_input(self, input) -> None:
+        _checks.channel_count(type(self).__name__, input, self.channel_axis, self.num_channels)
+
+    def extra_repr(self) -> str:
+        shown = []
+        for i, name in enumerate(self._repr_fields):
+            value = getattr(self, name)
+            shown.append(repr(value) if i < self._repr_positional else f"{name}={value!r}")
+        if self.affine and self.bias is None:
+            shown.append("bias=False")
+        return ", ".join(shown)
+
+    def _apply(self, fn, recurse=True):
+        # module.to(torch.complex64) would cast the statistics and affine silently: refuse it up front.
+        probe = fn(torch.zeros(0))
+        if isinstance(probe, torch.Tensor) and not probe.is_floating_point():
+            raise TypeError(f"{type(self).__name__}: parameters and buffers must stay floating point, got a "
+                            f"conversion to {probe.dtype}")
+        return super()._apply(fn, recurse)
+
+
+class RunningStatsNorm(AffineNorm):
+    """Base of the norms with running statistics: ``momentum``, ``track_running_stats`` and the buffers."""
+
+    # Running buffers this norm keeps (EvoNorm-B0 keeps only the variance).
+    running_stats: ClassVar[tuple[str, ...]] = ("running_mean", "running_var")
+    _version = 2
+    _repr_fields = ("num_channels", "eps", "momentum", "affine", "track_running_stats", "channel_axis", "backend")
+
+    def __init__(self, num_channels: Optional[int] = None, eps: float = 1e-5, momentum: Optional[float] = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, channel_axis: int = 1,
+                 backend: str = "auto", device=None, dtype=None, *, bias: bool = True,
+                 num_features: Optional[int] = None) -> None:
+        num_channels = channel_count(type(self).__name__, num_channels, num_features)
+        super().__init__(num_channels, eps, affine, channel_axis, backend, device, dtype, bias=bias)
+        self.momentum = _checks.momentum(momentum)
+        self.track_running_stats = bool(track_running_stats)
+        factory = {"device": device, "dtype": dtype}
+        initial = {"running_mean": torch.zeros, "running_var": torch.ones}
+        for name, make in initial.items():
+            # A statistic the norm does not keep is None, as torch's when track_running_stats=False.
+            kept = self.track_running_stats and name in self.running_stats
+            self.register_buffer(name, make(self.num_channels, **factory) if kept else None)
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
+                             if self.track_running_stats else None)
+
     def reset_running_stats(self) -> None:
         if self.track_running_stats:
-            self.running_mean.zero_()
-            self.running_var.fill_(1)
+            for name in self.running_stats:
+                getattr(self, name).fill_(1 if name == "running_var" else 0)
             self.num_batches_tracked.zero_()
 
     def reset_parameters(self) -> None:
         self.reset_running_stats()
-        if self.affine:
-            nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
-
-    def _check_input(self, input) -> None:
-        _checks.channel_count(type(self).__name__, input, self.channel_axis, self.num_channels)
+        super().reset_parameters()
 
     def _uses_batch_stats(self) -> bool:
         return self.training or not self.track_running_stats
@@ -89,13 +169,6 @@ class _NormBase(nn.Module):
         if self.track_running_stats:
             return self.running_mean, self.running_var, self.num_batches_tracked
         return None, None, None
-
-    def extra_repr(self) -> str:
-        shown = []
-        for i, name in enumerate(self._repr_fields):
-            value = getattr(self, name)
-            shown.append(repr(value) if i < self._repr_positional else f"{name}={value!r}")
-        return ", ".join(shown)
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata, strict: bool,
                               missing_keys, unexpected_keys, error_msgs) -> None:
@@ -107,3 +180,32 @@ class _NormBase(nn.Module):
                                            device=self.num_batches_tracked.device)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
+
+
+# torch's norms with a per-channel affine, and their traits (torch's classes carry none).
+_TORCH_TRAITS: dict[type, NormTraits] = {
+    _BatchNorm: NormTraits("channel", True, False),
+    _InstanceNorm: NormTraits("instance", False, False),
+    nn.GroupNorm: NormTraits("group", False, False),
+}
+
+NORM_TYPES: tuple[type, ...] = (AffineNorm, *_TORCH_TRAITS)
+"""Every norm class with a per-channel affine: this library's (``AffineNorm`` and subclasses) and
+torch's BatchNorm, SyncBatchNorm, InstanceNorm and GroupNorm. Code that finds BatchNorm layers by
+type (weight-decay exclusion, fusers) can test ``isinstance(m, NORM_TYPES)`` instead."""
+
+
+def is_norm(module: nn.Module) -> bool:
+    """True for every norm layer of this library or of torch that has a per-channel affine
+    (``nn.LayerNorm``, whose affine is per element, is not one)."""
+    return isinstance(module, NORM_TYPES)
+
+
+def module_traits(module: nn.Module) -> Optional[NormTraits]:
+    """The :class:`NormTraits` of a norm layer (this library's or torch's), or None for other modules."""
+    if isinstance(module, AffineNorm):
+        return module.traits()
+    for cls, traits in _TORCH_TRAITS.items():
+        if isinstance(module, cls):
+            return traits
+    return None

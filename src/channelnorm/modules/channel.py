@@ -6,15 +6,18 @@ from typing import Optional
 import torch
 
 from .. import functional as F
-from .base import _NormBase
+from .base import RunningStatsNorm
 
 
-class ChannelNorm(_NormBase):
+class ChannelNorm(RunningStatsNorm):
     """Normalize each channel with its mean and biased variance over every other axis.
 
     Drop-in for ``nn.BatchNorm1d/2d/3d`` (same buffers and ``state_dict``) that takes any rank
     >= 2 and any ``channel_axis`` (``-1`` for channels-last data as in Keras).
     """
+
+    scope = "channel"
+    uses_batch_statistics = True
 
     def forward(self, input: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``mask`` (bool, True = valid) excludes padding from the statistics; see ``functional.channel_norm``."""

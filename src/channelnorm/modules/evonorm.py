@@ -6,25 +6,28 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .. import _checks
+from ..functional import _validation as _checks
 from .. import functional as F
-from .._functional_robust import reference_only
-from .base import _NormBase
+from .base import AffineNorm, RunningStatsNorm, channel_count
 
 
-class EvoNormS0(_NormBase):
+class EvoNormS0(AffineNorm):
     """``y = x·sigmoid(v·x) / sqrt(var_group(x) + eps) · γ + β``: variance per sample over groups of
     ``num_channels // num_groups`` channels and the spatial axes (as GroupNorm); replaces norm +
     activation. ``v`` is a per-channel parameter initialised to 1."""
 
+    scope = "group"
+    includes_activation = True
+    functional_op = "evonorm_s0"
     _repr_fields = ("num_channels", "num_groups", "eps", "affine", "channel_axis", "backend")
 
-    def __init__(self, num_channels: int, num_groups: int = 32, eps: float = 1e-5, affine: bool = True,
-                 channel_axis: int = 1, backend: str = "auto", device=None, dtype=None) -> None:
-        reference_only("EvoNormS0", backend)
+    def __init__(self, num_channels: Optional[int] = None, num_groups: int = 32, eps: float = 1e-5,
+                 affine: bool = True, channel_axis: int = 1, backend: str = "auto", device=None, dtype=None, *,
+                 bias: bool = True, num_features: Optional[int] = None) -> None:
+        num_channels = channel_count(type(self).__name__, num_channels, num_features)
         self.num_groups = _checks.positive_int("num_groups", num_groups)
-        _checks.groups_divide(self.num_groups, _checks.positive_int("num_channels", num_channels))
-        super().__init__(num_channels, eps, None, affine, False, channel_axis, backend, device, dtype)
+        _checks.groups_divide(self.num_groups, num_channels)
+        super().__init__(num_channels, eps, affine, channel_axis, backend, device, dtype, bias=bias)
         self.v = nn.Parameter(torch.ones(self.num_channels, device=device, dtype=dtype))
 
     def reset_parameters(self) -> None:
@@ -38,7 +41,7 @@ class EvoNormS0(_NormBase):
                             self.backend)
 
 
-class EvoNormB0(_NormBase):
+class EvoNormB0(RunningStatsNorm):
     """``y = x / max(sqrt(var_batch + eps), v·x + sqrt(var_instance + eps)) · γ + β``.
 
     ``var_batch`` is the biased variance per channel over (N, spatial) in training, the running
@@ -47,21 +50,19 @@ class EvoNormB0(_NormBase):
     ``num_batches_tracked`` only. ``v`` is a per-channel parameter initialised to 1.
     """
 
-    _repr_fields = ("num_channels", "eps", "momentum", "affine", "track_running_stats", "channel_axis", "backend")
+    scope = "channel"
+    uses_batch_statistics = True
+    includes_activation = True
+    functional_op = "evonorm_b0"
+    running_stats = ("running_var",)  # B0 only uses the variance; the state dict holds what it uses
 
-    def __init__(self, num_channels: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
-                 track_running_stats: bool = True, channel_axis: int = 1, backend: str = "auto", device=None,
-                 dtype=None) -> None:
-        reference_only("EvoNormB0", backend)
+    def __init__(self, num_channels: Optional[int] = None, eps: float = 1e-5, momentum: Optional[float] = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, channel_axis: int = 1,
+                 backend: str = "auto", device=None, dtype=None, *, bias: bool = True,
+                 num_features: Optional[int] = None) -> None:
         super().__init__(num_channels, eps, momentum, affine, track_running_stats, channel_axis, backend, device,
-                         dtype)
-        self.running_mean = None  # B0 only uses the variance; keep the state dict to what it uses
+                         dtype, bias=bias, num_features=num_features)
         self.v = nn.Parameter(torch.ones(self.num_channels, device=device, dtype=dtype))
-
-    def reset_running_stats(self) -> None:
-        if self.track_running_stats:
-            self.running_var.fill_(1)
-            self.num_batches_tracked.zero_()
 
     def reset_parameters(self) -> None:
         super().reset_parameters()

@@ -1,15 +1,16 @@
 """FilterResponseNorm: per-sample, per-channel normalization by the mean square, with a TLU."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
 from .. import functional as F
-from .._functional_robust import reference_only
-from .base import _NormBase
+from .base import AffineNorm, channel_count
 
 
-class FilterResponseNorm(_NormBase):
+class FilterResponseNorm(AffineNorm):
     """Filter Response Normalization + Thresholded Linear Unit (Singh & Krishnan 2019).
 
     ``ν² = mean(x²)`` over the spatial axes per sample and channel, ``y = γ·x/sqrt(ν² + |eps|) + β``,
@@ -19,15 +20,18 @@ class FilterResponseNorm(_NormBase):
     On (N, C) input there are no spatial axes and ``ν² = x²``, so FRN is close to ``sign(x)``.
     """
 
+    scope = "instance"
+    includes_activation = True
+    functional_op = "filter_response_norm"
     _repr_fields = ("num_channels", "eps", "affine", "tlu", "learnable_eps", "channel_axis", "backend")
 
-    def __init__(self, num_channels: int, eps: float = 1e-6, affine: bool = True, tlu: bool = True,
+    def __init__(self, num_channels: Optional[int] = None, eps: float = 1e-6, affine: bool = True, tlu: bool = True,
                  learnable_eps: bool = False, channel_axis: int = 1, backend: str = "auto", device=None,
-                 dtype=None) -> None:
-        reference_only("FilterResponseNorm", backend)
+                 dtype=None, *, bias: bool = True, num_features: Optional[int] = None) -> None:
         self.tlu = bool(tlu)
         self.learnable_eps = bool(learnable_eps)
-        super().__init__(num_channels, eps, None, affine, False, channel_axis, backend, device, dtype)
+        super().__init__(channel_count(type(self).__name__, num_channels, num_features), eps, affine, channel_axis,
+                         backend, device, dtype, bias=bias)
         factory = {"device": device, "dtype": dtype}
         self.tau = nn.Parameter(torch.zeros(self.num_channels, **factory)) if self.tlu else None
         self.eps_param = nn.Parameter(torch.tensor(self.eps, **factory)) if self.learnable_eps else None

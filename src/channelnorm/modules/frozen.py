@@ -1,17 +1,15 @@
 """FrozenChannelNorm: ChannelNorm with fixed statistics and affine, all buffers (torchvision's FrozenBatchNorm2d)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
-from torch import nn
 
-from .. import _checks
 from .. import functional as F
-from ..ops import dispatch
+from .base import AffineNorm, channel_count
 
 
-class FrozenChannelNorm(nn.Module):
+class FrozenChannelNorm(AffineNorm):
     """Normalize with ``running_mean``/``running_var`` and a fixed ``weight``/``bias``.
 
     All four are buffers: nothing is trained, nothing is updated, ``train()`` changes nothing. Its
@@ -19,30 +17,21 @@ class FrozenChannelNorm(nn.Module):
     is dropped, as torchvision does).
     """
 
-    def __init__(self, num_channels: int, eps: float = 1e-5, channel_axis: int = 1, backend: str = "auto",
-                 device=None, dtype=None) -> None:
-        super().__init__()
-        self.num_channels = _checks.positive_int("num_channels", num_channels)
-        self.eps = _checks.eps(eps)
-        self.channel_axis = _checks.channel_axis_arg(channel_axis)
-        dispatch.check_backend_name(backend)
-        self.backend = backend
+    scope = "channel"
+    affine_buffers = True
+    _repr_fields = ("num_channels", "eps", "channel_axis", "backend")
+
+    def __init__(self, num_channels: Optional[int] = None, eps: float = 1e-5, channel_axis: int = 1,
+                 backend: str = "auto", device=None, dtype=None, *, num_features: Optional[int] = None) -> None:
+        super().__init__(channel_count(type(self).__name__, num_channels, num_features), eps, True, channel_axis,
+                         backend, device, dtype)
         factory = {"device": device, "dtype": dtype}
-        self.register_buffer("weight", torch.ones(self.num_channels, **factory))
-        self.register_buffer("bias", torch.zeros(self.num_channels, **factory))
         self.register_buffer("running_mean", torch.zeros(self.num_channels, **factory))
         self.register_buffer("running_var", torch.ones(self.num_channels, **factory))
-
-    @property
-    def num_features(self) -> int:
-        return self.num_channels
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.channel_norm(input, self.running_mean, self.running_var, self.weight, self.bias, training=False,
                               eps=self.eps, channel_axis=self.channel_axis, backend=self.backend)
-
-    def extra_repr(self) -> str:
-        return f"{self.num_channels}, eps={self.eps}, channel_axis={self.channel_axis}, backend={self.backend!r}"
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata, strict: bool,
                               missing_keys, unexpected_keys, error_msgs) -> None:

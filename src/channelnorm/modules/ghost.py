@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from .. import _checks
+from ..functional import _validation as _checks
 from .. import functional as F
 from .channel import ChannelNorm
 
@@ -22,14 +22,16 @@ class GhostNorm(ChannelNorm):
     Each virtual batch runs on ``backend`` (any backend that can run ChannelNorm).
     """
 
+    functional_op = "ghost_norm"
     _repr_fields = ChannelNorm._repr_fields + ("virtual_batch_size",)
 
-    def __init__(self, num_channels: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
-                 track_running_stats: bool = True, channel_axis: int = 1, backend: str = "auto", device=None,
-                 dtype=None, *, virtual_batch_size: int = 32) -> None:
+    def __init__(self, num_channels: Optional[int] = None, eps: float = 1e-5, momentum: Optional[float] = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, channel_axis: int = 1,
+                 backend: str = "auto", device=None, dtype=None, *, virtual_batch_size: int = 32, bias: bool = True,
+                 num_features: Optional[int] = None) -> None:
         self.virtual_batch_size = _checks.positive_int("virtual_batch_size", virtual_batch_size)
         super().__init__(num_channels, eps, momentum, affine, track_running_stats, channel_axis, backend, device,
-                         dtype)
+                         dtype, bias=bias, num_features=num_features)
 
     def forward(self, input: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         self._check_input(input)

@@ -1,25 +1,31 @@
 """GroupNorm and LayerNorm: statistics per sample over groups of channels (one group: LayerNorm)."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
-from .. import _checks
+from ..functional import _validation as _checks
 from .. import functional as F
-from .base import _NormBase
+from .base import AffineNorm, channel_count
 
 
-class GroupNorm(_NormBase):
+class GroupNorm(AffineNorm):
     """``nn.GroupNorm`` with any rank >= 2 and any channel axis but 0 (the batch axis)."""
 
+    scope = "group"
+    functional_op = "group_norm"
     _repr_fields = ("num_groups", "num_channels", "eps", "affine", "channel_axis", "backend")
     _repr_positional = 2
 
-    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
-                 channel_axis: int = 1, backend: str = "auto", device=None, dtype=None) -> None:
+    def __init__(self, num_groups: int, num_channels: Optional[int] = None, eps: float = 1e-5, affine: bool = True,
+                 channel_axis: int = 1, backend: str = "auto", device=None, dtype=None, *, bias: bool = True,
+                 num_features: Optional[int] = None) -> None:
         num_groups = _checks.positive_int("num_groups", num_groups)
-        _checks.groups_divide(num_groups, _checks.positive_int("num_channels", num_channels))
+        num_channels = channel_count(type(self).__name__, num_channels, num_features)
+        _checks.groups_divide(num_groups, num_channels)
         self.num_groups = num_groups
-        super().__init__(num_channels, eps, None, affine, False, channel_axis, backend, device, dtype)
+        super().__init__(num_channels, eps, affine, channel_axis, backend, device, dtype, bias=bias)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         self._check_input(input)
@@ -34,9 +40,12 @@ class LayerNorm(GroupNorm):
     ``normalized_shape``; its state dict matches ``nn.GroupNorm(1, C)``.
     """
 
+    scope = "layer"
     _repr_fields = ("num_channels", "eps", "affine", "channel_axis", "backend")
     _repr_positional = 1
 
-    def __init__(self, num_channels: int, eps: float = 1e-5, affine: bool = True, channel_axis: int = 1,
-                 backend: str = "auto", device=None, dtype=None) -> None:
-        super().__init__(1, num_channels, eps, affine, channel_axis, backend, device, dtype)
+    def __init__(self, num_channels: Optional[int] = None, eps: float = 1e-5, affine: bool = True,
+                 channel_axis: int = 1, backend: str = "auto", device=None, dtype=None, *, bias: bool = True,
+                 num_features: Optional[int] = None) -> None:
+        super().__init__(1, num_channels, eps, affine, channel_axis, backend, device, dtype, bias=bias,
+                         num_features=num_features)

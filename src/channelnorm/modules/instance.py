@@ -6,10 +6,10 @@ from typing import Optional
 import torch
 
 from .. import functional as F
-from .base import _NormBase
+from .base import RunningStatsNorm
 
 
-class InstanceNorm(_NormBase):
+class InstanceNorm(RunningStatsNorm):
     """``nn.InstanceNorm1d/2d/3d`` for any rank >= 3 and any channel axis but 0.
 
     Unlike torch's, ``affine`` defaults to True (DESIGN §2) and ``momentum=None`` is a cumulative
@@ -17,11 +17,15 @@ class InstanceNorm(_NormBase):
     statistics over the batch, as torch does.
     """
 
-    def __init__(self, num_channels: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
-                 track_running_stats: bool = False, channel_axis: int = 1, backend: str = "auto",
-                 device=None, dtype=None) -> None:
+    scope = "instance"
+    functional_op = "instance_norm"
+
+    def __init__(self, num_channels: Optional[int] = None, eps: float = 1e-5, momentum: Optional[float] = 0.1,
+                 affine: bool = True, track_running_stats: bool = False, channel_axis: int = 1,
+                 backend: str = "auto", device=None, dtype=None, *, bias: bool = True,
+                 num_features: Optional[int] = None) -> None:
         super().__init__(num_channels, eps, momentum, affine, track_running_stats, channel_axis, backend,
-                         device, dtype)
+                         device, dtype, bias=bias, num_features=num_features)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         self._check_input(input)

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 from .. import functional as F
-from .._functional_robust import reference_only, renorm_limits
+from ..functional import _validation as _checks
 from .channel import ChannelNorm
 
 
@@ -22,18 +22,20 @@ class BatchRenorm(ChannelNorm):
     (``backend`` "auto" or "reference").
     """
 
+    functional_op = "batch_renorm"
     _repr_fields = ChannelNorm._repr_fields + ("rmax", "dmax", "warmup_steps")
 
-    def __init__(self, num_channels: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
-                 track_running_stats: bool = True, channel_axis: int = 1, backend: str = "auto", device=None,
-                 dtype=None, *, rmax: float = 3.0, dmax: float = 5.0, warmup_steps: int = 0) -> None:
+    def __init__(self, num_channels: Optional[int] = None, eps: float = 1e-5, momentum: Optional[float] = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, channel_axis: int = 1,
+                 backend: str = "auto", device=None, dtype=None, *, rmax: float = 3.0, dmax: float = 5.0,
+                 warmup_steps: int = 0, bias: bool = True, num_features: Optional[int] = None) -> None:
         if not track_running_stats:
             raise ValueError("BatchRenorm needs track_running_stats=True: r and d compare the batch with the "
                              "running statistics")
-        reference_only("BatchRenorm", backend)
-        self.rmax, self.dmax, self.warmup_steps = renorm_limits(rmax, dmax, warmup_steps)
+        _checks.backend_for(self.functional_op, backend)
+        self.rmax, self.dmax, self.warmup_steps = _checks.renorm_limits(rmax, dmax, warmup_steps)
         super().__init__(num_channels, eps, momentum, affine, track_running_stats, channel_axis, backend, device,
-                         dtype)
+                         dtype, bias=bias, num_features=num_features)
 
     def forward(self, input: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         self._check_input(input)

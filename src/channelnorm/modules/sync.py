@@ -6,8 +6,8 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from .. import _checks
-from ..ops.running_stats import update_running_stats
+from ..ops.distributed import agree_on_settings, sync_channel_norm
+from ..ops.moments import update_running_stats
 from .channel import ChannelNorm
 
 
@@ -20,19 +20,30 @@ class SyncChannelNorm(ChannelNorm):
 
     In training, each step costs one collective in forward (all_gather of per-channel count, mean
     and M2, merged exactly with Chan's formula) and one in backward (all_reduce of the per-channel
-    gradient sums); see ``channelnorm.distributed``. Every rank of the group must run the layer,
-    an empty batch included. It computes ChannelNorm's local path instead when torch.distributed
-    is unavailable or not initialized, when the group has one rank, and in eval mode (as
-    ``nn.SyncBatchNorm``: evaluation never communicates, with or without running statistics).
-    The synchronized path is pure torch math; ``backend`` applies to the local path.
+    gradient sums); see ``channelnorm.ops.distributed``. The layer's first synchronized step (and the
+    first after its group changes) adds one all_gather of four numbers: every rank's
+    ``num_channels``, ``channel_axis``, ``eps`` and ``momentum``, which must agree. Every rank of
+    the group must run the layer, an empty batch included. Ranks that disagree on those settings
+    or on the input's channel count or dtype, or a rank with invalid input, make every rank raise
+    a ``ValueError``/``TypeError`` at the same point (none is left waiting in a collective). When
+    every rank's batch is empty the output is empty and the running statistics stay untouched; one
+    value per channel over the whole group is a ``ValueError`` on every rank.
+
+    It computes ChannelNorm's local path instead when torch.distributed is unavailable or not
+    initialized, when the group has one rank, and in eval mode (as ``nn.SyncBatchNorm``: evaluation
+    never communicates, with or without running statistics). The synchronized path is pure torch
+    math; ``backend`` applies to the local path.
     """
 
-    def __init__(self, num_channels: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
-                 track_running_stats: bool = True, channel_axis: int = 1, backend: str = "auto",
-                 device=None, dtype=None, process_group=None) -> None:
+    def __init__(self, num_channels: Optional[int] = None, eps: float = 1e-5, momentum: Optional[float] = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, channel_axis: int = 1,
+                 backend: str = "auto", device=None, dtype=None, process_group=None, *, bias: bool = True,
+                 num_features: Optional[int] = None) -> None:
         super().__init__(num_channels, eps, momentum, affine, track_running_stats, channel_axis, backend,
-                         device, dtype)
+                         device, dtype, bias=bias, num_features=num_features)
         self.process_group = process_group
+        # (group, world size) whose ranks agreed on the layer's settings; a plain attribute, not state.
+        self._settings_agreed_with: Optional[tuple] = None
 
     def _needs_sync(self) -> bool:
         if not self.training or not _distributed_ready():
@@ -42,12 +53,20 @@ class SyncChannelNorm(ChannelNorm):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not self._needs_sync():
             return super().forward(input)
-        from ..distributed import sync_channel_norm
-
-        self._check_input(input)
-        axis = self.channel_axis % input.ndim
-        y, n, mean, var = sync_channel_norm(input, self.weight, self.bias, axis, self.eps, self.process_group)
-        if self.track_running_stats:
+        op = type(self).__name__
+        # Decided identically on every rank (same group, same world size, same call history), so
+        # either every rank runs the handshake here or none does.
+        key = (self.process_group, dist.get_world_size(self.process_group))
+        if getattr(self, "_settings_agreed_with", None) != key:
+            device = input.device if isinstance(input, torch.Tensor) else "cpu"
+            settings = {"num_channels": self.num_channels, "channel_axis": self.channel_axis, "eps": self.eps,
+                        "momentum": self.momentum}
+            agree_on_settings(op, settings, device, self.process_group)
+            self._settings_agreed_with = key
+        # Input validation happens inside, after the gather, so that every rank raises together.
+        y, n, mean, var = sync_channel_norm(input, self.weight, self.bias, self.channel_axis, self.eps,
+                                            self.process_group, num_channels=self.num_channels, op=op)
+        if self.track_running_stats and n > 0:
             # Every rank merged the same statistics, so the buffers stay identical across ranks.
             update_running_stats(self.running_mean, self.running_var, self.num_batches_tracked, mean, var, n,
                                  self.momentum)

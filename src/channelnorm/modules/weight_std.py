@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .. import _checks
-from ..ops.robust import standardize_weight
+from ..functional import _validation as _checks
+from .. import functional as F
 
 
 class WSConv2d(nn.Conv2d):
@@ -22,7 +22,7 @@ class WSConv2d(nn.Conv2d):
         self.eps = _checks.eps(eps)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(input, standardize_weight(self.weight, self.eps), self.bias)
+        return self._conv_forward(input, F.standardize_weight(self.weight, self.eps), self.bias)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, eps={self.eps}"
@@ -36,7 +36,7 @@ class WeightStandardization(nn.Module):
         self.eps = _checks.eps(eps)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return standardize_weight(weight, self.eps)
+        return F.standardize_weight(weight, self.eps)
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}"

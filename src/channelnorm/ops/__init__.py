@@ -1,4 +1,8 @@
-"""Compute layer: reference math, native delegation, Triton kernels, and the dispatcher.
+"""Compute layer: the dispatcher (``dispatch``), statistics primitives (``moments``), the reference
+math, torch's kernels (``native``), the Triton kernels, and the collectives of synchronized
+statistics (``distributed``).
 
-Nothing here validates user input; ``channelnorm.functional`` does that before calling in.
+``channelnorm.functional`` validates user input before calling in. The one exception is
+``distributed``: it checks each rank's input after the gather (with functional's checks), so that
+every rank raises together instead of leaving the others waiting in a collective.
 """

@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 
 from .layout import elements_per_statistic, match_layout
-from .running_stats import update_running_stats
+from .moments import update_running_stats
 from .scope import channel_scope, group_scope, instance_scope
 
 

@@ -1,8 +1,8 @@
 """Norm + residual add + activation: fused where a backend has it, composed in torch otherwise.
 
-``y = act(norm(x) + residual)``. The Triton backend provides ``channel_norm_act``/``group_norm_act``
-(one pass, the activation's backward recomputed from x); the reference and native backends get the
-same semantics from torch ops, so the fused API works on every backend.
+``y = act(norm(x) + residual)``. The Triton backend fuses ``channel_norm_act``/``group_norm_act``
+(one pass, the activation's backward recomputed from x); the reference and native backends inherit
+``ComposedActivation``, the same semantics from torch ops, so the fused API works on every backend.
 """
 from __future__ import annotations
 
@@ -30,19 +30,18 @@ def _compose(y: torch.Tensor, residual: Optional[torch.Tensor], activation: str)
     return activate(y, activation)
 
 
-def channel_norm_act(impl, x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis,
-                     activation, residual, num_batches_tracked=None) -> torch.Tensor:
-    fused = getattr(impl, "channel_norm_act", None)
-    if fused is not None:
-        return fused(x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis,
-                     activation=activation, residual=residual, num_batches_tracked=num_batches_tracked)
-    y = impl.channel_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis,
-                          num_batches_tracked=num_batches_tracked)
-    return _compose(y, residual, activation)
+class ComposedActivation:
+    """``channel_norm_act``/``group_norm_act`` composed from a backend's plain norms and torch ops.
 
+    The reference and native backends inherit these; the Triton backend fuses them instead.
+    """
 
-def group_norm_act(impl, x, num_groups, weight, bias, eps, channel_axis, activation, residual) -> torch.Tensor:
-    fused = getattr(impl, "group_norm_act", None)
-    if fused is not None:
-        return fused(x, num_groups, weight, bias, eps, channel_axis, activation=activation, residual=residual)
-    return _compose(impl.group_norm(x, num_groups, weight, bias, eps, channel_axis), residual, activation)
+    def channel_norm_act(self, x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis,
+                         activation="none", residual=None, num_batches_tracked=None) -> torch.Tensor:
+        y = self.channel_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis,
+                              num_batches_tracked=num_batches_tracked)
+        return _compose(y, residual, activation)
+
+    def group_norm_act(self, x, num_groups, weight, bias, eps, channel_axis, activation="none",
+                       residual=None) -> torch.Tensor:
+        return _compose(self.group_norm(x, num_groups, weight, bias, eps, channel_axis), residual, activation)

@@ -11,22 +11,84 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .fused import ComposedActivation
 from .layout import match_layout
-from .running_stats import commit_if_finite, effective_momentum
+from .moments import commit_if_finite, effective_momentum
 
-_OPS = ("channel_norm", "instance_norm", "group_norm")
+_OPS = ("channel_norm", "instance_norm", "group_norm", "channel_norm_act", "group_norm_act")
+_HALF = (torch.float16, torch.bfloat16)
+# torch's CPU batch_norm/instance_norm lose half-precision statistics past this many values per
+# statistic (a constant float16 channel of 1e4 over 2**20 values: running_var 162, outputs up to 1.26).
+HALF_CPU_MAX_VALUES = 2 ** 16
 
 
-def unsupported_reason(op: str, x: torch.Tensor, *params: Optional[torch.Tensor]) -> Optional[str]:
-    """Why torch's kernel cannot compute exactly this call, or None when it can."""
+def unsupported_reason(op: str, x: torch.Tensor, channel_axis: int,
+                       params: tuple[Optional[torch.Tensor], ...] = ()) -> Optional[str]:
+    """Why torch's kernel cannot run this call at all, or None. Attribute checks only (every auto call)."""
     if op not in _OPS:
         return f"no native kernel for {op}"
+    dtype = x.dtype
     for p in params:
-        if p is not None and p.dtype not in (x.dtype, torch.float32):
-            return f"parameter dtype {p.dtype} does not match input dtype {x.dtype}"
+        # torch's kernels want one dtype, except float32 parameters with half-precision input.
+        if p is not None and p.dtype != dtype and not (p.dtype == torch.float32 and dtype in _HALF):
+            return f"parameter dtype {p.dtype} does not match input dtype {dtype}"
     if op == "instance_norm" and x.ndim < 3:
         return f"torch's instance_norm needs a spatial axis, got input of rank {x.ndim}"
     return None
+
+
+def inexact_reason(op: str, x: torch.Tensor, channel_axis: int,
+                   params: tuple[Optional[torch.Tensor], ...] = ()) -> Optional[str]:
+    """Why torch's kernel would not compute what the reference does for this call, or None.
+
+    ``"auto"`` avoids these calls; ``backend="native"`` still runs them (it asks for torch's result).
+    Each rule is a torch CPU kernel defect shown by tests/ops/test_auto_vs_reference.py.
+    """
+    if x.is_cuda:
+        return None
+    if op.startswith("group_norm"):
+        if not (x.is_contiguous() if channel_axis == 1 else x.movedim(channel_axis, 1).is_contiguous()):
+            # Other layouts (channels_last) lose float32 precision at large means: mean 100 with unit
+            # variance gives errors of 4e-3 (1e-5 on the contiguous layout).
+            return "torch's CPU group_norm is imprecise on non-contiguous layouts (large means)"
+        if x.numel() == x.shape[channel_axis]:
+            # One sample without spatial extent: torch refuses it when every group is one channel.
+            return "torch's group_norm refuses a single sample of single-value groups"
+        return None
+    if x.dtype in _HALF:
+        per_statistic = x.numel() // x.shape[channel_axis]
+        if op == "instance_norm":
+            per_statistic //= x.shape[0]
+        if per_statistic > HALF_CPU_MAX_VALUES:
+            return (f"torch's CPU kernel loses {x.dtype} statistics over more than {HALF_CPU_MAX_VALUES} values "
+                    f"(got {per_statistic} per statistic)")
+    if (op == "instance_norm" and x.shape[0] == 1 and torch.is_grad_enabled()
+            and (x.requires_grad or any(p is not None and p.requires_grad for p in params))):
+        # The backward is wrong at batch 1 when the incoming gradient is channels_last-strided, and
+        # the gradient's strides are unknown when the forward runs.
+        return "torch's CPU instance_norm backward is wrong at batch 1 for channels_last-strided gradients"
+    return None
+
+
+def _canonical_gradient(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Give torch's batch_norm backward a gradient laid out as its own output ``y``.
+
+    torch's CPU batch_norm backward computes wrong input gradients when the incoming gradient's
+    strides are ambiguous: a size-1 axis with a non-canonical stride makes it both contiguous and
+    channels_last (e.g. shape (3, 2, 1, 2) with strides (4, 1, 1, 2)). Such strides need a size-1
+    axis, so calls without one pay nothing. Under torch.compile the compiled backward runs instead
+    (and hooks that read strides cannot be traced), so nothing is registered there.
+    """
+    if y.requires_grad and 1 in x.shape and not torch.compiler.is_compiling():
+        shape, strides = y.shape, y.stride()
+
+        def relayout(grad: torch.Tensor):
+            if grad is None or grad.stride() == strides:
+                return None
+            return torch.empty_strided(shape, strides, dtype=grad.dtype, device=grad.device).copy_(grad)
+
+        y.register_hook(relayout)
+    return y
 
 
 def _run_tracked(fn, running_mean, running_var, num_batches_tracked, momentum):
@@ -48,7 +110,7 @@ def channel_norm(x, running_mean, running_var, weight, bias, training, momentum,
         y = F.batch_norm(xm, None, None, weight, bias, True, 0.0, eps)
     else:
         y = F.batch_norm(xm, running_mean, running_var, weight, bias, False, 0.0, eps)
-    return match_layout(y.movedim(1, channel_axis), x)
+    return match_layout(_canonical_gradient(y, x).movedim(1, channel_axis), x)
 
 
 def instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps, channel_axis,
@@ -65,3 +127,17 @@ def instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, m
 def group_norm(x, num_groups, weight, bias, eps, channel_axis) -> torch.Tensor:
     y = F.group_norm(x.movedim(channel_axis, 1), num_groups, weight, bias, eps)
     return match_layout(y.movedim(1, channel_axis), x)
+
+
+class NativeBackend(ComposedActivation):
+    """torch's kernels as a ``dispatch.Backend``; the fused forms are composed."""
+
+    name = "native"
+    unsupported_reason = staticmethod(unsupported_reason)
+    inexact_reason = staticmethod(inexact_reason)
+    channel_norm = staticmethod(channel_norm)
+    instance_norm = staticmethod(instance_norm)
+    group_norm = staticmethod(group_norm)
+
+
+NATIVE = NativeBackend()

@@ -10,7 +10,10 @@ from typing import Optional
 
 import torch
 
+from . import family
+from .fused import ComposedActivation
 from .layout import channel_shape, stats_dtype
+from .moments import moments
 from .scope import Scope
 
 
@@ -40,10 +43,8 @@ def normalize_batch(
     groups = scope.num_groups
     grouped = x.to(stats_dtype(x.dtype)).unflatten(channel_axis, (groups, num_channels // groups))
     dims = scope.reduce_dims(x.ndim, channel_axis)
-    mean = grouped.mean(dims, keepdim=True)
-    centered = grouped - mean
-    var = centered.square().mean(dims, keepdim=True)
-    y = (centered * torch.rsqrt(var + eps)).flatten(channel_axis, channel_axis + 1)
+    mean, var = moments(grouped, dims)
+    y = ((grouped - mean) * torch.rsqrt(var + eps)).flatten(channel_axis, channel_axis + 1)
     y = affine(y, weight, bias, channel_axis).to(x.dtype)
     stats_shape = (x.shape[0], groups) if scope.per_sample else (groups,)
     return y, mean.reshape(stats_shape), var.reshape(stats_shape)
@@ -65,3 +66,33 @@ def normalize_running(
     invstd = torch.rsqrt(running_var.to(acc).view(shape) + eps)
     y = (x.to(acc) - mean) * invstd
     return affine(y, weight, bias, channel_axis).to(x.dtype)
+
+
+class ReferenceBackend(ComposedActivation):
+    """The reference math as a ``dispatch.Backend``: it computes every call (the oracle of the others)."""
+
+    name = "reference"
+    normalize_batch = staticmethod(normalize_batch)
+    normalize_running = staticmethod(normalize_running)
+
+    def unsupported_reason(self, op, x, channel_axis, params=()) -> Optional[str]:
+        return None
+
+    def inexact_reason(self, op, x, channel_axis, params=()) -> Optional[str]:
+        return None
+
+    def channel_norm(self, x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis,
+                     num_batches_tracked=None) -> torch.Tensor:
+        return family.channel_norm(self, x, running_mean, running_var, weight, bias, training, momentum, eps,
+                                   channel_axis, num_batches_tracked)
+
+    def instance_norm(self, x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps,
+                      channel_axis, num_batches_tracked=None) -> torch.Tensor:
+        return family.instance_norm(self, x, running_mean, running_var, weight, bias, use_input_stats, momentum,
+                                    eps, channel_axis, num_batches_tracked)
+
+    def group_norm(self, x, num_groups, weight, bias, eps, channel_axis) -> torch.Tensor:
+        return family.group_norm(self, x, num_groups, weight, bias, eps, channel_axis)
+
+
+REFERENCE = ReferenceBackend()

@@ -1,7 +1,7 @@
 """Reference math for the batch-robust variants (DESIGN §5): pure torch, autograd differentiates it.
 
 Statistics are accumulated in float32 (float64 for float64 input) and centered two-pass, as in
-``reference``. Validation lives in ``channelnorm._functional_robust``; nothing here checks input.
+``reference``. Validation lives in ``channelnorm.functional.robust``; nothing here checks input.
 """
 from __future__ import annotations
 
@@ -11,19 +11,7 @@ import torch
 
 from .layout import channel_shape, match_layout, stats_dtype
 from .reference import affine
-from .running_stats import commit_if_finite, effective_momentum, update_running_stats
-
-
-def _other_dims(ndim: int, *keep: int) -> list[int]:
-    return [d for d in range(ndim) if d not in keep]
-
-
-def _mean_var(x: torch.Tensor, dims: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and biased variance over ``dims`` (kept), centered two-pass; no dims: the values themselves."""
-    if not dims:
-        return x, torch.zeros_like(x)
-    mean = x.mean(dims, keepdim=True)
-    return mean, (x - mean).square().mean(dims, keepdim=True)
+from .moments import commit_if_finite, effective_momentum, moments, reduce_dims, update_running_stats
 
 
 # ---------------------------------------------------------------- Batch Renormalization
@@ -53,7 +41,7 @@ def batch_renorm(x, running_mean, running_var, num_batches_tracked, weight, bias
     """
     acc = stats_dtype(x.dtype)
     xf = x.to(acc)
-    mean, var = _mean_var(xf, _other_dims(x.ndim, channel_axis))
+    mean, var = moments(xf, reduce_dims(x.ndim, channel_axis))
     invstd = torch.rsqrt(var + eps)
     with torch.no_grad():
         shape = channel_shape(x.ndim, channel_axis, x.shape[channel_axis])
@@ -85,11 +73,12 @@ def ghost_running_update(running_mean, running_var, num_batches_tracked, chunks:
         acc = stats_dtype(chunks[0].dtype)
         total_sum, total_ss, n = 0.0, 0.0, 0
         for chunk in chunks:
-            c = chunk.to(acc).movedim(channel_axis, 0).flatten(1)
-            mean = c.mean(1)
-            total_sum = total_sum + c.sum(1)
-            total_ss = total_ss + (c - mean[:, None]).square().sum(1)
-            n += c.shape[1]
+            c = chunk.to(acc)
+            count = c.numel() // c.shape[channel_axis]
+            mean, var = moments(c, reduce_dims(c.ndim, channel_axis))
+            total_sum = total_sum + mean.reshape(-1) * count
+            total_ss = total_ss + var.reshape(-1) * count
+            n += count
         k = len(chunks)
         m = effective_momentum(momentum, num_batches_tracked)
         new_mean = running_mean * (1.0 - m) + (total_sum / n).to(running_mean.dtype) * m
@@ -106,7 +95,7 @@ def filter_response_norm(x, weight, bias, tau, eps, channel_axis) -> torch.Tenso
     ``eps`` is a float or a (learned) scalar tensor."""
     acc = stats_dtype(x.dtype)
     xf = x.to(acc)
-    dims = _other_dims(x.ndim, 0, channel_axis)
+    dims = reduce_dims(x.ndim, 0, channel_axis)
     nu2 = xf.square().mean(dims, keepdim=True) if dims else xf.square()
     eps_t = eps.to(acc).abs() if isinstance(eps, torch.Tensor) else abs(eps)
     y = affine(xf * torch.rsqrt(nu2 + eps_t), weight, bias, channel_axis)
@@ -125,7 +114,7 @@ def evonorm_s0(x, num_groups, v, weight, bias, eps, channel_axis) -> torch.Tenso
     shape = channel_shape(x.ndim, channel_axis, x.shape[channel_axis])
     xf = x.to(acc)
     grouped = xf.unflatten(channel_axis, (num_groups, x.shape[channel_axis] // num_groups))
-    _, var = _mean_var(grouped, _other_dims(grouped.ndim, 0, channel_axis))
+    _, var = moments(grouped, reduce_dims(grouped.ndim, 0, channel_axis))
     std = torch.sqrt(var + eps).expand_as(grouped).flatten(channel_axis, channel_axis + 1)
     y = xf * torch.sigmoid(v.to(acc).view(shape) * xf) / std
     return match_layout(affine(y, weight, bias, channel_axis).to(x.dtype), x)
@@ -143,13 +132,13 @@ def evonorm_b0(x, running_var, num_batches_tracked, v, weight, bias, use_batch_s
     shape = channel_shape(x.ndim, channel_axis, x.shape[channel_axis])
     xf = x.to(acc)
     if use_batch_stats:
-        _, var_b = _mean_var(xf, _other_dims(x.ndim, channel_axis))
+        _, var_b = moments(xf, reduce_dims(x.ndim, channel_axis))
         if running_var is not None:
             n = x.numel() // x.shape[channel_axis]
             update_running_var(running_var, num_batches_tracked, var_b.reshape(-1), n, momentum)
     else:
         var_b = running_var.to(acc).view(shape)
-    _, var_i = _mean_var(xf, _other_dims(x.ndim, 0, channel_axis))
+    _, var_i = moments(xf, reduce_dims(x.ndim, 0, channel_axis))
     denom = torch.maximum(torch.sqrt(var_b + eps), v.to(acc).view(shape) * xf + torch.sqrt(var_i + eps))
     return match_layout(affine(xf / denom, weight, bias, channel_axis).to(x.dtype), x)
 
@@ -167,5 +156,5 @@ def standardize_weight(weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Qiao et al. (2019): per output channel (dim 0), ``(w - mean) / sqrt(var + eps)`` over the other
     dims (in, *kernel), biased variance."""
     w = weight.to(stats_dtype(weight.dtype))
-    mean, var = _mean_var(w, list(range(1, w.ndim)))
+    mean, var = moments(w, list(range(1, w.ndim)))
     return ((w - mean) * torch.rsqrt(var + eps)).to(weight.dtype)

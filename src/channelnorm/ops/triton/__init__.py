@@ -11,7 +11,7 @@ Design (memory-bound kernels; nothing here has been timed on a GPU yet):
 * Layout. Every input is addressed as a strided ``(B, C, S)`` view, no copy: NCHW is
   ``(N, C, H*W)`` with S contiguous; NHWC and channel-last tensors collapse to ``(1, C, N*H*W)``
   (channel scope) or ``(N, C, H*W)`` (per sample) with C contiguous. Triton specializes a stride
-  of 1, so the contiguous axis is vectorized (checked in sm_90 PTX by ``tests/triton_sm90_compile.py``).
+  of 1, so the contiguous axis is vectorized (checked in sm_90 PTX by ``tests/ops/triton/triton_sm90_compile.py``).
 * Regimes (``plan.call_plan``). R1: a statistic's slice fits in registers (padded, at most
   ``plan.R1_MAX_ELEMENTS`` fp32): one program owns whole statistics; forward is one launch that
   reads x once and writes y once (2|X|), backward one launch (3|X|) plus, when several rows share a

@@ -14,10 +14,10 @@ from typing import Optional
 import torch
 
 from ..layout import elements_per_statistic, match_layout
-from ..running_stats import effective_momentum
+from ..moments import effective_momentum
 from . import _kernels, plan
 
-_OPS = ("channel_norm", "instance_norm", "group_norm")
+_OPS = ("channel_norm", "instance_norm", "group_norm", "channel_norm_act", "group_norm_act")
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -153,3 +153,24 @@ def group_norm_act(x, num_groups, weight, bias, eps, channel_axis, activation="n
 
 def group_norm(x, num_groups, weight, bias, eps, channel_axis) -> torch.Tensor:
     return group_norm_act(x, num_groups, weight, bias, eps, channel_axis)
+
+
+class TritonBackend:
+    """The Triton kernels as a ``dispatch.Backend`` (the fused forms are real fused kernels)."""
+
+    name = "triton"
+
+    def unsupported_reason(self, op, x, channel_axis, params=()) -> Optional[str]:
+        return unsupported_reason(op, x, *params)
+
+    def inexact_reason(self, op, x, channel_axis, params=()) -> Optional[str]:
+        return None  # tests/ops/triton/test_triton_*.py hold the kernels to the reference
+
+    channel_norm = staticmethod(channel_norm)
+    instance_norm = staticmethod(instance_norm)
+    group_norm = staticmethod(group_norm)
+    channel_norm_act = staticmethod(channel_norm_act)
+    group_norm_act = staticmethod(group_norm_act)
+
+
+TRITON = TritonBackend()

@@ -29,7 +29,7 @@ INT32_LIMIT = 2**31 - 1
 TILE_BYTES = 8192
 # R1: a program keeps its statistics' whole slices in registers as fp32, padded to powers of two.
 # 4096 fp32 = 16 KiB over 8 warps = 16 registers per thread per tensor (x; x, dy, g, xhat backward):
-# no spills at sm_90 (tests/triton_sm90_compile.py; 8192 spilled in the backward).
+# no spills at sm_90 (tests/ops/triton/triton_sm90_compile.py; 8192 spilled in the backward).
 R1_MAX_ELEMENTS = 4096
 # Fraction of the device's L2 the second pass can count on finding the first pass's data in.
 L2_USABLE_FRACTION = 0.5

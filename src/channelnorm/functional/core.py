@@ -5,10 +5,10 @@ from typing import Optional
 
 import torch
 
-from . import _checks
-from .ops import dispatch, fused, masked
-from .ops.layout import elements_per_statistic
-from .ops.reference import affine
+from ..ops import dispatch, fused, masked
+from ..ops.layout import elements_per_statistic
+from ..ops.reference import affine
+from . import _validation as _checks
 
 __all__ = ["channel_norm", "group_norm", "layer_norm", "instance_norm", "channel_norm_act", "group_norm_act"]
 
@@ -87,7 +87,7 @@ def channel_norm(
         _check_channel_batch(op, input, axis)
     if input.numel() == 0:
         return _empty_output(input, weight, bias, axis)
-    impl = dispatch.resolve(backend, op, input, weight, bias, running_mean, running_var)
+    impl = dispatch.resolve(backend, op, input, axis, (weight, bias, running_mean, running_var))
     return impl.channel_norm(input, running_mean, running_var, weight, bias, bool(training), momentum, eps, axis,
                              num_batches_tracked=num_batches_tracked)
 
@@ -96,9 +96,7 @@ def _masked_channel_norm(input, mask, running_mean, running_var, weight, bias, t
                          backend, num_batches_tracked):
     op = "channel_norm"
     full_mask = _checks.stats_mask(op, input, axis, mask)
-    if backend not in ("auto", "reference"):
-        raise ValueError(f"{op}: backend={backend!r} cannot compute masked statistics; only the reference math "
-                         f"does (use backend='auto' or 'reference')")
+    dispatch.require("masked_channel_norm", backend)
     count = 0
     if training and input.numel() > 0:
         count = int(masked.valid_count(full_mask, input.shape, axis))  # host read: n is needed on the host
@@ -135,7 +133,7 @@ def instance_norm(
         _checks.more_than_one_value(op, input, n, "instance (sample and channel)")
     if input.numel() == 0:
         return _empty_output(input, weight, bias, axis)
-    impl = dispatch.resolve(backend, op, input, weight, bias, running_mean, running_var)
+    impl = dispatch.resolve(backend, op, input, axis, (weight, bias, running_mean, running_var))
     return impl.instance_norm(input, running_mean, running_var, weight, bias, bool(use_input_stats), momentum, eps,
                               axis, num_batches_tracked=num_batches_tracked)
 
@@ -154,7 +152,7 @@ def group_norm(
     axis, num_groups, eps = _check_group_call(op, input, num_groups, weight, bias, eps, channel_axis, backend)
     if input.numel() == 0:
         return _empty_output(input, weight, bias, axis)
-    impl = dispatch.resolve(backend, op, input, weight, bias)
+    impl = dispatch.resolve(backend, op, input, axis, (weight, bias))
     return impl.group_norm(input, num_groups, weight, bias, eps, axis)
 
 
@@ -202,9 +200,9 @@ def channel_norm_act(
     if input.numel() == 0:
         return fused.activate(_empty_output(input, weight, bias, axis) + (0 if residual is None else residual),
                               activation)
-    impl = dispatch.resolve(backend, "channel_norm", input, weight, bias, running_mean, running_var)
-    return fused.channel_norm_act(impl, input, running_mean, running_var, weight, bias, bool(training), momentum,
-                                  eps, axis, activation, residual, num_batches_tracked=num_batches_tracked)
+    impl = dispatch.resolve(backend, op, input, axis, (weight, bias, running_mean, running_var))
+    return impl.channel_norm_act(input, running_mean, running_var, weight, bias, bool(training), momentum, eps, axis,
+                                 activation=activation, residual=residual, num_batches_tracked=num_batches_tracked)
 
 
 def group_norm_act(
@@ -226,11 +224,6 @@ def group_norm_act(
     if input.numel() == 0:
         return fused.activate(_empty_output(input, weight, bias, axis) + (0 if residual is None else residual),
                               activation)
-    impl = dispatch.resolve(backend, "group_norm", input, weight, bias)
-    return fused.group_norm_act(impl, input, num_groups, weight, bias, eps, axis, activation, residual)
+    impl = dispatch.resolve(backend, op, input, axis, (weight, bias))
+    return impl.group_norm_act(input, num_groups, weight, bias, eps, axis, activation=activation, residual=residual)
 
-
-# Batch-robust variants (DESIGN §5), kept in their own file; re-exported here as the public functional API.
-from ._functional_robust import batch_renorm, evonorm_b0, evonorm_s0, filter_response_norm, ghost_norm  # noqa: E402
-
-__all__ += ["batch_renorm", "ghost_norm", "filter_response_norm", "evonorm_s0", "evonorm_b0"]

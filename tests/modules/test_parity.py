@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 import channelnorm as cn
-from conftest import CPU_BACKENDS
+from backends import CPU_BACKENDS
 from layouts import LAYOUTS, applicable, to_layout
 
 F64 = torch.float64

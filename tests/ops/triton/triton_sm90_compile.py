@@ -14,8 +14,8 @@ and records each variant's registers per thread, shared memory and spill bytes. 
 specialized as Triton does at launch: pointers 16-byte aligned, the contiguous stride equal to 1,
 sizes that are multiples of 16 marked as such.
 
-    python tests/triton_sm90_compile.py                  # exit status 0 = every check held
-    python tests/triton_sm90_compile.py --record FILE    # also write the per-variant table as JSON
+    python tests/ops/triton/triton_sm90_compile.py                  # exit status 0 = every check held
+    python tests/ops/triton/triton_sm90_compile.py --record FILE    # also write the per-variant table as JSON
 """
 import argparse
 import datetime
@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 os.environ.pop("TRITON_INTERPRET", None)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").exists())
 sys.path.insert(0, str(ROOT / "src"))
 
 import triton  # noqa: E402
@@ -229,7 +229,7 @@ def main(argv=None) -> int:
     if args.record:
         git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
         args.record.write_text(json.dumps({
-            "command": "python tests/triton_sm90_compile.py --record " + str(args.record.name),
+            "command": "python tests/ops/triton/triton_sm90_compile.py --record " + str(args.record.name),
             "target": "sm_90a (ptxas bundled with triton, no GPU)", "triton": triton.__version__,
             "git_hash": git.strip(), "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "failures": failures, "variants": rows}, indent=1) + "\n")

@@ -7,7 +7,10 @@ from channelnorm import registry
 
 
 def test_every_kind_has_traits_and_aliases_resolve():
-    assert set(registry._TRAITS) == set(cn.available_norms())
+    for kind in cn.available_norms():
+        module = cn.create_norm(kind, 8, **({"num_groups": 4} if kind in ("group", "evonorm_s0") else {}))
+        expected = cn.module_traits(module) or registry.NormTraits("none", False, False)
+        assert registry.norm_traits(kind) == expected   # the class's own traits, one source
     assert registry.canonical_kind("BN") == "channel" and registry.canonical_kind("gn") == "group"
     with pytest.raises(ValueError, match="unknown norm kind 'bogus'.*channel"):
         registry.canonical_kind("bogus")

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import channelnorm as cn
-from conftest import CPU_BACKENDS
+from backends import CPU_BACKENDS
 from layouts import memory_format_of
 
 FAMILY = {
@@ -110,9 +110,9 @@ def test_channel_axis_last_output_strides_match_input(backend):
 def test_auto_backend_on_cpu_uses_torch_kernels_and_reference_when_they_cannot():
     from channelnorm.ops import dispatch, native
     x = torch.randn(2, 3, 4)
-    assert dispatch.resolve("auto", "channel_norm", x) is native
+    assert dispatch.resolve("auto", "channel_norm", x, 1) is native.NATIVE
     # float64 parameters with a float32 input: torch's kernel would not compute this exactly.
-    impl = dispatch.resolve("auto", "channel_norm", x, torch.ones(3, dtype=torch.float64))
-    assert impl is not native
+    impl = dispatch.resolve("auto", "channel_norm", x, 1, (torch.ones(3, dtype=torch.float64),))
+    assert impl is not native.NATIVE
     with pytest.raises(ValueError, match="native.*float64"):
-        dispatch.resolve("native", "channel_norm", x, torch.ones(3, dtype=torch.float64))
+        dispatch.resolve("native", "channel_norm", x, 1, (torch.ones(3, dtype=torch.float64),))

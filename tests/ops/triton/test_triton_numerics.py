@@ -1,7 +1,7 @@
 """Triton kernels against the float64 reference, forward and backward, over layouts x dtypes x ranks.
 
 Tolerance tied to the dtype: our error <= 2x the error of PyTorch's own kernels in the same dtype
-(backend="native": F.batch_norm / F.group_norm / F.instance_norm) plus a floor (tests/_triton_support).
+(backend="native": F.batch_norm / F.group_norm / F.instance_norm) plus a floor (tests/ops/triton/_triton_support.py).
 Without a GPU this runs under TRITON_INTERPRET=1, so shapes are tiny; a covering subset is used:
 every layout x rank in float32, a spread of them in bfloat16 and float16. Shapes this small take
 the one-pass kernels (R1); a second set forces the split kernels (R2, and R3 whose kernels are R2's

@@ -16,19 +16,20 @@ from typing import Iterable, Optional
 import torch
 from torch import nn
 
-from . import _checks
-from .modules import ChannelNorm, EvoNormB0
-from .ops.masked import valid_count
+from ..functional import _validation as _checks
+from ..modules import module_traits
+from ..ops.masked import valid_count
+from ..ops.moments import chan_merge, moments, reduce_dims
 
 
 def _targets(model: nn.Module) -> list[tuple[nn.Module, int]]:
     """(layer, channel axis) for every layer whose running statistics are recomputed."""
     found = []
     for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
-            found.append((m, 1))
-        elif isinstance(m, (ChannelNorm, EvoNormB0)) and m.track_running_stats:
-            found.append((m, m.channel_axis))
+        traits = module_traits(m)
+        # Running statistics estimate batch statistics only where the norm uses them in training.
+        if traits is not None and traits.uses_batch_statistics and getattr(m, "track_running_stats", False):
+            found.append((m, getattr(m, "channel_axis", 1)))
     return found
 
 
@@ -41,30 +42,24 @@ class _Population:
     def add(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> None:
         axis = self.axis % x.ndim
         xf = x.detach().to(torch.float64)
-        dims = [d for d in range(x.ndim) if d != axis]
+        full = None
         if mask is None:
             nb = x.numel() // x.shape[axis]
-            mean = xf.mean(dims)
-            m2 = (xf - xf.mean(dims, keepdim=True)).square().sum(dims)
         else:
             full = _checks.stats_mask("recompute_stats", x, axis, mask)
             nb = int(valid_count(full, x.shape, axis))
-            if nb == 0:
-                return
-            zero = xf.new_zeros(())
-            mean_k = torch.where(full, xf, zero).sum(dims, keepdim=True) / nb
-            mean = mean_k.flatten()
-            m2 = torch.where(full, xf - mean_k, zero).square().sum(dims)
-        if nb == 0 or not (torch.isfinite(mean).all() and torch.isfinite(m2).all()):
-            return  # DESIGN §3: a batch with non-finite statistics never updates running statistics
+        if nb == 0:
+            return
+        mean, var = moments(xf, reduce_dims(x.ndim, axis), full, nb)
+        mean, m2 = mean.flatten(), var.flatten() * nb
+        if not (torch.isfinite(mean).all() and torch.isfinite(m2).all()):
+            return  # a batch with non-finite statistics never updates running statistics
         if self.n == 0:
             self.n, self.mean, self.m2 = nb, mean, m2
             return
-        n = self.n + nb
-        delta = mean - self.mean
-        self.mean = self.mean + delta * (nb / n)
-        self.m2 = self.m2 + m2 + delta.square() * (self.n * nb / n)
-        self.n = n
+        counts = torch.tensor([self.n, nb], dtype=torch.float64)
+        _, self.mean, self.m2 = chan_merge(counts, torch.stack([self.mean, mean]), torch.stack([self.m2, m2]))
+        self.n += nb
 
 
 def _hook(population: _Population):
@@ -147,7 +142,7 @@ def recompute_stats(model: nn.Module, batches: Iterable, num_batches: Optional[i
         for (m, _), pop in zip(targets, populations):
             if pop.n < 2:
                 continue  # no batch reached it (or a single value): nothing to estimate
-            if m.running_mean is not None:
+            if m.running_mean is not None:  # EvoNorm-B0 keeps only the variance
                 m.running_mean.copy_(pop.mean.to(m.running_mean.dtype))
             m.running_var.copy_((pop.m2 / (pop.n - 1)).to(m.running_var.dtype))
     return model

@@ -7,6 +7,9 @@ from typing import Optional
 
 import torch
 
+from ..ops import dispatch
+from ..ops.fused import ACTIVATIONS
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -17,9 +20,33 @@ def positive_int(name: str, value) -> int:
 
 
 def eps(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"eps must be a finite number >= 0, got {value!r}")
+    # eps > 0: with 0 a constant channel divides 0 by 0.
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"eps must be a finite number > 0, got {value!r}")
     return float(value)
+
+
+def parameter_dtype(owner: str, dtype) -> None:
+    """Parameters and buffers of a norm are floating point: integer or complex ones would be truncated or
+    mixed into the statistics silently."""
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise TypeError(f"{owner}: dtype must be a floating dtype (float16, bfloat16, float32, float64) or None, "
+                        f"got {dtype}")
+
+
+def backend_for(op: str, backend) -> None:
+    """A known backend name that can run ``op`` (refused at module construction, not at the first call)."""
+    dispatch.require(op, backend)
+
+
+def renorm_limits(rmax, dmax, warmup_steps) -> tuple[float, float, int]:
+    if isinstance(rmax, bool) or not isinstance(rmax, numbers.Real) or not math.isfinite(rmax) or rmax < 1:
+        raise ValueError(f"rmax must be a finite number >= 1, got {rmax!r}")
+    if isinstance(dmax, bool) or not isinstance(dmax, numbers.Real) or not math.isfinite(dmax) or dmax < 0:
+        raise ValueError(f"dmax must be a finite number >= 0, got {dmax!r}")
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, numbers.Integral) or warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
+    return float(rmax), float(dmax), int(warmup_steps)
 
 
 def momentum(value, allow_none: bool = True) -> Optional[float]:
@@ -134,7 +161,6 @@ def stats_mask(op: str, x: torch.Tensor, axis: int, mask) -> torch.Tensor:
 
 
 def activation(op: str, value) -> str:
-    from .ops.fused import ACTIVATIONS
     if value is None:
         return "none"
     if not isinstance(value, str) or value not in ACTIVATIONS:

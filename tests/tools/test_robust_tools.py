@@ -26,7 +26,7 @@ def test_wsconv2d_convolves_with_standardized_weight():
     x = torch.randn(2, 3, 5, 5, dtype=F64, requires_grad=True)
     expected = F.conv2d(x, ws_oracle(conv.weight, 1e-4), conv.bias, padding=1)
     torch.testing.assert_close(conv(x), expected)
-    assert torch.autograd.gradcheck(lambda t, w: F.conv2d(t, cn.modules.weight_std.standardize_weight(w, 1e-4)),
+    assert torch.autograd.gradcheck(lambda t, w: F.conv2d(t, cn.functional.standardize_weight(w, 1e-4)),
                                     (x[:1, :, :3, :3].detach().requires_grad_(), conv.weight))
     nn.Conv2d(3, 4, 3, padding=1, dtype=F64).load_state_dict(conv.state_dict())  # plain conv state dict
 

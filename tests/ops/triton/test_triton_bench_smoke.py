@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("triton")
-HARNESS = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_kernels.py"
+HARNESS = Path(__file__).resolve().parents[3] / "benchmarks" / "bench_kernels.py"
 
 
 def test_benchmark_harness_smoke_run(tmp_path):

@@ -69,7 +69,7 @@ def test_channel_axis_checks():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"eps": -1.0}, r"eps must be a finite number >= 0, got -1.0"),
+    ({"eps": -1.0}, r"eps must be a finite number > 0, got -1.0"),
     ({"eps": float("nan")}, r"eps must be a finite number"),
     ({"momentum": 1.5}, r"momentum must be a number in \[0, 1\] or None, got 1.5"),
     ({"num_channels": 0}, r"num_channels must be a positive integer, got 0"),

@@ -7,36 +7,18 @@ by whichever backend is asked for.
 """
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 
-from . import _checks
-from .ops import dispatch, robust
-from .ops.layout import match_layout
-from .ops.reference import affine
+from ..ops import dispatch, robust
+from ..ops.layout import match_layout
+from ..ops.reference import affine
+from . import _validation as _checks
+from .core import channel_norm
 
-__all__ = ["batch_renorm", "ghost_norm", "filter_response_norm", "evonorm_s0", "evonorm_b0"]
-
-REFERENCE_ONLY = ("auto", "reference")
-
+__all__ = ["batch_renorm", "ghost_norm", "filter_response_norm", "evonorm_s0", "evonorm_b0", "standardize_weight"]
 
 def reference_only(op: str, backend: str) -> None:
-    dispatch.check_backend_name(backend)
-    if backend not in REFERENCE_ONLY:
-        raise ValueError(f"backend={backend!r} cannot run {op}: only the reference math implements it; "
-                         f"use backend='auto' or 'reference'")
-
-
-def renorm_limits(rmax, dmax, warmup_steps) -> tuple[float, float, int]:
-    if isinstance(rmax, bool) or not isinstance(rmax, numbers.Real) or not math.isfinite(rmax) or rmax < 1:
-        raise ValueError(f"rmax must be a finite number >= 1, got {rmax!r}")
-    if isinstance(dmax, bool) or not isinstance(dmax, numbers.Real) or not math.isfinite(dmax) or dmax < 0:
-        raise ValueError(f"dmax must be a finite number >= 0, got {dmax!r}")
-    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, numbers.Integral) or warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
-    return float(rmax), float(dmax), int(warmup_steps)
+    dispatch.require(op, backend)
 
 
 def _empty(x, weight, bias, axis):
@@ -57,9 +39,8 @@ def batch_renorm(input, running_mean, running_var, weight=None, bias=None, train
     ``ops.robust.renorm_bounds`` for the schedule).
     """
     op = "batch_renorm"
-    rmax, dmax, warmup_steps = renorm_limits(rmax, dmax, warmup_steps)
+    rmax, dmax, warmup_steps = _checks.renorm_limits(rmax, dmax, warmup_steps)
     if not training:
-        from .functional import channel_norm
         return channel_norm(input, running_mean, running_var, weight, bias, False, momentum, eps, channel_axis,
                             backend, num_batches_tracked=num_batches_tracked)
     reference_only(op, backend)
@@ -86,7 +67,6 @@ def ghost_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     """
     op = "ghost_norm"
     virtual_batch_size = _checks.positive_int("virtual_batch_size", virtual_batch_size)
-    from .functional import channel_norm
     if not training:
         return channel_norm(input, running_mean, running_var, weight, bias, False, momentum, eps, channel_axis,
                             backend, num_batches_tracked=num_batches_tracked)
@@ -169,3 +149,20 @@ def evonorm_b0(input, running_var, v, weight=None, bias=None, training=False, mo
         return _empty(input, weight, bias, axis)
     return robust.evonorm_b0(input, running_var, num_batches_tracked, v, weight, bias, bool(training), momentum, eps,
                              axis)
+
+
+def standardize_weight(weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Weight Standardization (Qiao et al. 2019): each output channel's filter (dim 0) standardized over
+    the other dims, ``(w - mean) / sqrt(var + eps)`` with the biased variance.
+
+    Args:
+        weight: a convolution weight ``(out, in / groups, *kernel)``.
+        eps: added to the variance, > 0.
+
+    Returns:
+        The standardized weight, same shape and dtype.
+    """
+    if not isinstance(weight, torch.Tensor) or not weight.is_floating_point() or weight.ndim < 2:
+        raise TypeError(f"standardize_weight: weight must be a floating tensor of rank >= 2, got "
+                        f"{type(weight).__name__} {getattr(weight, 'dtype', '')} {tuple(getattr(weight, 'shape', ()))}")
+    return robust.standardize_weight(weight, _checks.eps(eps))

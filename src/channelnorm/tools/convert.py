@@ -18,17 +18,13 @@ from typing import Callable, Optional
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.instancenorm import _InstanceNorm
 
-from .modules import ChannelNorm, ChannelNormAct, FrozenChannelNorm, GroupNorm, GroupNormAct, InstanceNorm, SyncChannelNorm
-from .modules.base import _NormBase
-from .registry import _accepted, create_norm
+from . import fold as _fold
+from ..modules import ChannelNorm, FrozenChannelNorm, SyncChannelNorm, module_traits
+from ..registry import accepted_kwargs, canonical_kind, create_norm
 
-__all__ = ["replace_norms", "to_sync", "from_sync", "freeze", "unfreeze", "fold"]
+__all__ = ["replace_norms", "to_sync", "from_sync", "freeze", "unfreeze", "fold", "FoldReport"]
 
-_NORM_TYPES = (_BatchNorm, _InstanceNorm, nn.GroupNorm, _NormBase, FrozenChannelNorm)
-_FUSED_BLOCKS = (ChannelNormAct, GroupNormAct)  # norm + residual + activation: never converted
 _STAT_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
@@ -47,20 +43,17 @@ def _swap(module: nn.Module, fn: Callable[[nn.Module], Optional[nn.Module]]) -> 
 
 
 def _is_norm(m: nn.Module) -> bool:
-    return isinstance(m, _NORM_TYPES) and not isinstance(m, _FUSED_BLOCKS)
+    """A norm layer that converts: fused blocks (norm + residual + activation) never do."""
+    return module_traits(m) is not None and not getattr(type(m), "takes_residual", False)
 
 
-def _family(m: nn.Module) -> Optional[str]:
-    """Which statistics scope ``m`` normalizes over (decides what running statistics mean)."""
-    if isinstance(m, _FUSED_BLOCKS):
+def _family(m: nn.Module) -> Optional[tuple[str, bool]]:
+    """Statistics scope and whether the activation is built in: running statistics carry over only
+    between norms where both agree (they then mean the same thing)."""
+    traits = module_traits(m)
+    if traits is None or not _is_norm(m):
         return None
-    if isinstance(m, (_BatchNorm, ChannelNorm, FrozenChannelNorm)):
-        return "channel"
-    if isinstance(m, (_InstanceNorm, InstanceNorm)):
-        return "instance"
-    if isinstance(m, (nn.GroupNorm, GroupNorm)):
-        return "group"
-    return None
+    return traits.scope, traits.includes_activation
 
 
 def _tensor_like(m: nn.Module) -> Optional[torch.Tensor]:
@@ -78,8 +71,8 @@ def _num_channels(m: nn.Module) -> int:
 
 
 def _tracks_running_stats(m: nn.Module) -> bool:
-    return isinstance(m, FrozenChannelNorm) or (bool(getattr(m, "track_running_stats", False))
-                                                and getattr(m, "running_mean", None) is not None)
+    # FrozenChannelNorm has running statistics and no switch for them.
+    return getattr(m, "running_mean", None) is not None and bool(getattr(m, "track_running_stats", True))
 
 
 def _config(m: nn.Module) -> dict:
@@ -90,6 +83,8 @@ def _config(m: nn.Module) -> dict:
         cfg["momentum"] = m.momentum  # only meaningful where running statistics exist
     if hasattr(m, "track_running_stats"):
         cfg["track_running_stats"] = bool(m.track_running_stats)
+    if cfg["affine"] and getattr(m, "weight", None) is not None and getattr(m, "bias", None) is None:
+        cfg["bias"] = False  # torch's bias=False: a scale without a shift
     if getattr(m, "num_groups", None) is not None:
         cfg["num_groups"] = int(m.num_groups)
     if getattr(m, "process_group", None) is not None:
@@ -116,7 +111,7 @@ def _copy_state(old: nn.Module, new: nn.Module, stats: bool) -> None:
 
 def _build(kind: str, old: nn.Module, kwargs: dict) -> nn.Module:
     cfg = _config(old)
-    accepted = _accepted(_factory_for(kind))
+    accepted = accepted_kwargs(kind)
     if accepted is None:  # a factory taking **kwargs: pass only what the caller gave
         carried = {}
     else:
@@ -137,16 +132,6 @@ def _build(kind: str, old: nn.Module, kwargs: dict) -> nn.Module:
     return new
 
 
-def _factory_for(kind: str):
-    from . import registry
-
-    key = kind.lower().replace("-", "_") if isinstance(kind, str) else kind
-    key = registry._ALIASES.get(key, key)
-    if key not in registry._FACTORIES:
-        create_norm(kind, 1)  # raises the registry's ValueError listing the choices
-    return registry._FACTORIES[key]
-
-
 def replace_norms(model: nn.Module, kind: str, **kwargs) -> nn.Module:
     """Replace every norm layer of ``model`` with ``create_norm(kind, C, **kwargs)``.
 
@@ -157,7 +142,7 @@ def replace_norms(model: nn.Module, kind: str, **kwargs) -> nn.Module:
     them; running statistics and ``num_batches_tracked`` only within the same family. The
     training/eval mode of each layer is kept.
     """
-    _factory_for(kind)  # fail on an unknown kind before touching the model
+    canonical_kind(kind)  # fail on an unknown kind before touching the model
     return _swap(model, lambda m: _build(kind, m, kwargs) if _is_norm(m) else None)
 
 
@@ -176,6 +161,7 @@ def _share_state(old: nn.Module, new: nn.Module) -> nn.Module:
 def _channel_norm_args(m: nn.Module) -> dict:
     like = _tensor_like(m)
     return dict(eps=m.eps, momentum=m.momentum, affine=m.affine, track_running_stats=m.track_running_stats,
+                bias=m.bias is not None if m.affine else True,
                 channel_axis=getattr(m, "channel_axis", 1), backend=getattr(m, "backend", "auto"),
                 device=None if like is None else like.device, dtype=None if like is None else like.dtype)
 
@@ -215,7 +201,7 @@ def freeze(model: nn.Module) -> nn.Module:
     (GroupNorm, LayerNorm, InstanceNorm, ...) are left unchanged.
     """
     def convert(m):
-        if _family(m) != "channel" or isinstance(m, FrozenChannelNorm) or not _tracks_running_stats(m):
+        if _family(m) != ("channel", False) or isinstance(m, FrozenChannelNorm) or not _tracks_running_stats(m):
             return None
         like = _tensor_like(m)
         frozen = FrozenChannelNorm(_num_channels(m), eps=m.eps, channel_axis=getattr(m, "channel_axis", 1),
@@ -244,72 +230,6 @@ def unfreeze(model: nn.Module) -> nn.Module:
 
 # ---------------------------------------------------------------- fold
 
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-
-def _foldable_stats(norm: nn.Module):
-    """``(running_mean, running_var, weight, bias, eps, channel_axis)`` when ``norm`` is a fixed affine map."""
-    if isinstance(norm, FrozenChannelNorm):
-        pass
-    elif isinstance(norm, _BatchNorm) or type(norm) in (ChannelNorm, SyncChannelNorm):
-        if norm.training or not _tracks_running_stats(norm):
-            return None  # training, or eval with batch statistics: not a fixed map
-    else:
-        return None
-    return (norm.running_mean, norm.running_var, norm.weight, norm.bias, norm.eps,
-            getattr(norm, "channel_axis", 1))
-
-
-def _channel_axis_matches(layer: nn.Module, axis: int) -> bool:
-    if isinstance(layer, _CONVS):
-        rank = len(layer.kernel_size) + 2  # batched input (N, C, *spatial)
-        return axis % rank == 1
-    # Linear: features on the last axis; channel_axis=1 is the last axis of a 2-D (N, F) input.
-    return axis in (-1, 1)
-
-
-def _fold_pair(layer: nn.Module, norm: nn.Module) -> bool:
-    stats = _foldable_stats(norm)
-    if stats is None:
-        return False
-    mean, var, gamma, beta, eps, axis = stats
-    out = layer.out_channels if isinstance(layer, _CONVS) else layer.out_features
-    if out != _num_channels(norm) or not _channel_axis_matches(layer, axis):
-        return False
-    with torch.no_grad():
-        f64 = dict(dtype=torch.float64)
-        scale = torch.rsqrt(var.to(**f64) + eps)
-        if gamma is not None:
-            scale = scale * gamma.to(**f64)
-        shift = -mean.to(**f64) * scale
-        if beta is not None:
-            shift = shift + beta.to(**f64)
-        w = layer.weight
-        new_w = w.to(**f64) * scale.view([-1] + [1] * (w.ndim - 1))
-        old_b = layer.bias.to(**f64) if layer.bias is not None else torch.zeros_like(scale)
-        new_b = old_b * scale + shift
-        layer.weight = nn.Parameter(new_w.to(w.dtype), requires_grad=w.requires_grad)
-        layer.bias = nn.Parameter(new_b.to(w.dtype), requires_grad=w.requires_grad)
-    return True
-
-
-def fold(model: nn.Module) -> nn.Module:
-    """Fold eval-mode channel norms into the layer before them; the norm becomes ``nn.Identity``.
-
-    Folded pattern: inside any ``nn.Sequential`` (at any depth of the tree), a ``Conv1d/2d/3d`` or
-    ``Linear`` immediately followed by an eval-mode ``ChannelNorm``/``SyncChannelNorm``/``nn.BatchNorm*d``
-    with running statistics, or a ``FrozenChannelNorm``, whose channel axis is the layer's output
-    channel axis (1 for convolutions; -1, or 1 for 2-D input, after Linear). Memory format does not
-    matter (channels_last inputs give the same result). Not folded: norms in training mode or
-    without running statistics, transposed convolutions, and norms reached through a custom
-    ``forward`` (e.g. ``self.bn(self.conv(x))``) — fold has no graph, only the Sequential order.
-    The conv/linear parameters are replaced (computed in float64, stored in their dtype).
-    """
-    if isinstance(model, nn.Sequential):
-        children = list(model.named_children())
-        for (_, layer), (norm_name, norm) in zip(children, children[1:]):
-            if isinstance(layer, _CONVS + (nn.Linear,)) and _fold_pair(layer, norm):
-                setattr(model, norm_name, nn.Identity())
-    for child in model.children():
-        fold(child)
-    return model
+# fold lives in its own module (finding the real data edges is most of it); re-exported here.
+fold = _fold.fold
+FoldReport = _fold.FoldReport

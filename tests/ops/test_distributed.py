@@ -155,7 +155,7 @@ def _check_ddp(rank: int, world: int) -> None:
 
 
 def _check_collectives_per_step() -> None:
-    """One training step of a SyncChannelNorm layer costs one all_gather and one all_reduce."""
+    """One training step of a SyncChannelNorm layer costs one all_gather and one all_reduce (after its first)."""
     calls = []
     originals = {name: getattr(dist, name) for name in ("all_gather", "all_reduce", "broadcast",
                                                          "all_gather_into_tensor", "reduce_scatter")}
@@ -169,6 +169,9 @@ def _check_collectives_per_step() -> None:
     try:
         m = cn.SyncChannelNorm(C, dtype=torch.float64)
         x = torch.randn(4, C, 5, dtype=torch.float64, requires_grad=True)
+        m(x)  # a layer's first step adds the one-time num_channels handshake (one more all_gather)
+        assert calls == ["all_gather", "all_gather"], calls
+        calls.clear()
         y = m(x)
         assert calls == ["all_gather"], calls
         y.sum().backward()
@@ -192,7 +195,7 @@ def _worker_two(rank: int, world: int, port: int) -> None:
         _check_ddp(rank, world)
         _check_collectives_per_step()
 
-        # Bad input is refused before any collective, with the usual message.
+        # Bad input (here on every rank) is refused with the usual message, on every rank together.
         with pytest.raises(ValueError, match=f"expected input with {C} channels"):
             cn.SyncChannelNorm(C)(torch.randn(4, C + 1, 2))
 
@@ -294,7 +297,7 @@ def test_falls_back_to_local_without_process_group():
 
 
 def test_merge_is_exact_for_uneven_and_empty_parts():
-    from channelnorm.distributed import _pack, local_moments, merge_moments
+    from channelnorm.ops.distributed import _pack, local_moments, merge_moments
 
     torch.manual_seed(1)
     x = torch.randn(9, C, 5, dtype=torch.float64) * 3 + 2

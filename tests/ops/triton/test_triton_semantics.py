@@ -284,11 +284,11 @@ def test_float64_is_refused_with_a_reason():
         F.group_norm(torch.randn(2, 4, 3, dtype=torch.float64, device=DEVICE), 2, backend="triton")
 
 
-def test_auto_picks_triton_only_for_cuda_tensors():
+def test_auto_uses_torch_kernels_until_committed_gpu_results_favour_triton():
     x = torch.randn(2, 3, 4, device=DEVICE)
-    chosen = dispatch.resolve("auto", "channel_norm", x, None, None, None, None)
-    assert chosen is (backend if DEVICE == "cuda" else native)
-    assert dispatch.resolve("triton", "group_norm", x, None, None) is backend
+    chosen = dispatch.resolve("auto", "channel_norm", x, 1, (None, None, None, None))
+    assert chosen is native.NATIVE  # no committed GPU result: torch's kernels on CUDA too
+    assert dispatch.resolve("triton", "group_norm", x, 1, (None, None)) is backend.TRITON
     assert backend.unsupported_reason("frn", x) is not None
 
 

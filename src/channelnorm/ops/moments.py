@@ -1,0 +1,95 @@
+"""Statistics primitives, written once: the axes reduced over, moments (optionally masked), the Chan
+merge of partial moments, and the running-statistics update shared by every backend.
+
+Moments are centered two-pass (the mean, then the mean of squared deviations), never
+``E[x²] − E[x]²``. A mask selects values with ``torch.where``, never a multiplication, so
+non-finite values outside it reach neither the moments nor their gradients.
+
+Running update: ``running ← (1 - m)·running + m·batch`` with the unbiased variance,
+``m = 1/num_batches_tracked`` when ``momentum`` is None, and a batch whose statistics are not
+finite never updates anything. The finiteness test is a tensor op (``torch.where``), so the update
+never synchronizes the device.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+
+def reduce_dims(ndim: int, *keep: int) -> list[int]:
+    """Every axis of a rank-``ndim`` tensor but ``keep`` (e.g. the channel axis, and 0 per sample)."""
+    return [d for d in range(ndim) if d not in keep]
+
+
+def moments(x: torch.Tensor, dims: Sequence[int], mask: Optional[torch.Tensor] = None,
+            count=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and biased variance of ``x`` over ``dims`` (kept as size-1 axes), centered two-pass.
+
+    With ``mask`` (bool, broadcastable to ``x``, True = counted) only the selected values count and
+    ``count`` is their number per statistic; values outside the mask may be anything, inf and NaN
+    included. No ``dims``: the values themselves and a zero variance.
+    """
+    if not dims:
+        return x, torch.zeros_like(x)
+    if mask is None:
+        mean = x.mean(dims, keepdim=True)
+        return mean, (x - mean).square().mean(dims, keepdim=True)
+    zero = x.new_zeros(())
+    mean = torch.where(mask, x, zero).sum(dims, keepdim=True) / count
+    centered = torch.where(mask, x - mean, zero)
+    return mean, centered.square().sum(dims, keepdim=True) / count
+
+
+def chan_merge(counts: torch.Tensor, means: torch.Tensor, m2s: torch.Tensor):
+    """Merge K partial moments exactly (Chan et al.): ``counts`` (K,), ``means`` and ``m2s`` (K, C) in a
+    fixed order → ``(n, mean, m2)`` of all the values at once. ``m2`` is the sum of squared deviations;
+    parts with count 0 contribute nothing."""
+    n = counts.sum()
+    weights = (counts / n.clamp_min(1)).to(means.dtype).unsqueeze(1)
+    mean = (weights * means).sum(0)
+    m2 = m2s.sum(0) + (counts.to(means.dtype).unsqueeze(1) * (means - mean).square()).sum(0)
+    return n, mean, m2
+
+
+def effective_momentum(momentum: Optional[float], num_batches_tracked: Optional[torch.Tensor]) -> float:
+    """PyTorch's exponential-average factor; ``None`` means a cumulative average."""
+    if momentum is not None:
+        return float(momentum)
+    # Same host read as nn.BatchNorm's `1.0 / float(num_batches_tracked)`, taken before the increment.
+    return 1.0 / (float(num_batches_tracked) + 1.0)
+
+
+def commit_if_finite(
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    num_batches_tracked: Optional[torch.Tensor],
+    new_mean: torch.Tensor,
+    new_var: torch.Tensor,
+) -> None:
+    """Write the candidate running statistics only when all of them are finite."""
+    finite = torch.isfinite(new_mean).all() & torch.isfinite(new_var).all()
+    with torch.no_grad():
+        running_mean.copy_(torch.where(finite, new_mean.to(running_mean.dtype), running_mean))
+        running_var.copy_(torch.where(finite, new_var.to(running_var.dtype), running_var))
+        if num_batches_tracked is not None:
+            num_batches_tracked.add_(finite.to(num_batches_tracked.dtype))
+
+
+def update_running_stats(
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    num_batches_tracked: Optional[torch.Tensor],
+    batch_mean: torch.Tensor,
+    batch_var: torch.Tensor,
+    n: int,
+    momentum: Optional[float],
+) -> None:
+    """Blend per-channel batch statistics (biased ``batch_var`` over ``n`` elements) into the buffers."""
+    m = effective_momentum(momentum, num_batches_tracked)
+    with torch.no_grad():
+        batch_mean = batch_mean.detach().to(running_mean.dtype)
+        unbiased = batch_var.detach().to(running_var.dtype) * (n / (n - 1))
+        new_mean = running_mean * (1.0 - m) + batch_mean * m
+        new_var = running_var * (1.0 - m) + unbiased * m
+    commit_if_finite(running_mean, running_var, num_batches_tracked, new_mean, new_var)

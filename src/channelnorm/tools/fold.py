@@ -1,0 +1,544 @@
+"""Fold eval-mode channel norms into the convolution or linear layer that feeds them.
+
+A norm with running statistics in eval mode is a per-channel affine map
+``y = (x - mean) / sqrt(var + eps) * weight + bias``; when its input is the output of a
+``Conv1d/2d/3d`` or ``Linear`` along that layer's output-feature axis, and that output goes nowhere
+else, the map can move into the layer's weight and bias and the norm becomes ``nn.Identity``.
+Everything here exists to make sure those conditions hold, so that folding never changes what the
+model computes; what cannot be shown is left alone and reported with the reason.
+
+Two ways to find the layer that feeds each norm:
+
+* without an example input, only the order inside plain ``nn.Sequential`` containers is known
+  (a consecutive pair is a real data edge there, and nothing else sees the layer's output);
+* with an example input, the model is run once while module hooks record which layer's output
+  tensor enters which norm, and a ``TorchFunctionMode`` records every other operation that reads
+  that output (a skip connection, a second norm, ...). Norms called from a custom ``forward``
+  (``self.bn1(self.conv1(x))``) are found this way. The folded model is then run on the same
+  input and must reproduce the original output within float rounding, or every fold is undone.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import warnings
+from typing import Any, Iterator, Optional
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.instancenorm import _InstanceNorm
+from torch.overrides import TorchFunctionMode
+from torch.utils import _pytree as pytree
+
+from ..modules import AffineNorm, ChannelNorm, ChannelNormAct, FrozenChannelNorm, GroupNormAct, SyncChannelNorm
+
+__all__ = ["fold", "FoldReport", "FoldedPair", "LeftNorm"]
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_PRODUCERS = _CONVS + (nn.Linear,)
+_FUSED_BLOCKS = (ChannelNormAct, GroupNormAct)
+_NORM_LIKE = (_BatchNorm, _InstanceNorm, nn.GroupNorm, nn.LayerNorm, AffineNorm)
+# Ranks considered when the producer's output rank is unknown (no example input). A fixed
+# non-negative channel axis a is wrong at rank a + 2 already, so a small bound decides every axis.
+_MAX_RANK = 16
+# Largest output difference the folded model may show on the example input, relative to the
+# output's largest magnitude: folding changes the rounding of each folded layer once (measured on a
+# float32 ResNet-18 of tests/test_fold.py, 20 folds: 5e-8 on outputs up to 0.14, torch 2.13 CPU),
+# a wrong fold changes outputs by percents.
+_VERIFY_RTOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}
+# float32 on CUDA: convolutions may run in TF32 (cuDNN's default; 10-bit mantissa, ~1e-3 per layer).
+_VERIFY_RTOL_CUDA_FLOAT32 = 1e-2
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldedPair:
+    """A norm folded into the layer before it (qualified module names inside the model)."""
+
+    layer: str
+    norm: str
+
+
+@dataclasses.dataclass(frozen=True)
+class LeftNorm:
+    """A norm layer that was not folded, and why."""
+
+    norm: str
+    reason: str
+
+
+@dataclasses.dataclass
+class FoldReport:
+    """What ``fold(..., return_report=True)`` did.
+
+    Attributes:
+        method: ``"sequential"`` (no example input: only ``nn.Sequential`` order was followed) or
+            ``"traced"`` (the model was run on the example input to find the real data edges).
+        folded: the pairs folded, in model order; each norm is now an ``nn.Identity``.
+        left: every norm layer of the model that was not folded, with the reason.
+        max_abs_diff: with an example input, the largest difference between the folded and the
+            original model's outputs on it (``None`` without one, or when nothing was folded).
+    """
+
+    method: str
+    folded: list[FoldedPair] = dataclasses.field(default_factory=list)
+    left: list[LeftNorm] = dataclasses.field(default_factory=list)
+    max_abs_diff: Optional[float] = None
+
+    @property
+    def num_folded(self) -> int:
+        return len(self.folded)
+
+    def __str__(self) -> str:
+        lines = [f"fold ({self.method}): {len(self.folded)} folded, {len(self.left)} left"]
+        lines += [f"  folded {p.norm} into {p.layer}" for p in self.folded]
+        lines += [f"  left {n.norm}: {n.reason}" for n in self.left]
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- what a pair must satisfy
+
+def _fixed_ranks(norm: nn.Module) -> Optional[set[int]]:
+    """Input ranks a torch batch norm accepts (``None``: any rank >= 2, as channelnorm's norms)."""
+    if isinstance(norm, nn.BatchNorm1d):
+        return {2, 3}
+    if isinstance(norm, nn.BatchNorm2d):
+        return {4}
+    if isinstance(norm, nn.BatchNorm3d):
+        return {5}
+    return None
+
+
+def _producer_ranks(layer: nn.Module) -> set[int]:
+    if isinstance(layer, _CONVS):
+        k = len(layer.kernel_size)
+        return {k + 1, k + 2}  # unbatched (C, *spatial) or batched (N, C, *spatial)
+    return set(range(2, _MAX_RANK + 1))
+
+
+def _feature_axis(layer: nn.Module, rank: int) -> int:
+    """The axis that holds ``layer``'s output features in an output of ``rank`` dimensions."""
+    if isinstance(layer, _CONVS):
+        return rank - len(layer.kernel_size) - 1
+    return rank - 1
+
+
+def _axis_problem(layer: nn.Module, norm: nn.Module, rank: Optional[int]) -> Optional[str]:
+    """Why the norm's channel axis may not be the layer's output-feature axis (``None``: it is)."""
+    axis = getattr(norm, "channel_axis", 1)
+    if rank is not None:
+        if axis % rank == _feature_axis(layer, rank):
+            return None
+        return (f"it normalizes axis {axis % rank} of the {rank}-D output of {type(layer).__name__}, whose "
+                f"features are on axis {_feature_axis(layer, rank)}")
+    ranks = _producer_ranks(layer)
+    fixed = _fixed_ranks(norm)
+    if fixed is not None:
+        ranks &= fixed
+    ranks = {r for r in ranks if -r <= axis < r}
+    wrong = sorted(r for r in ranks if axis % r != _feature_axis(layer, r))
+    if not wrong:
+        return None
+    return (f"channel axis {axis} is not {type(layer).__name__}'s feature axis for {wrong[0]}-D outputs, "
+            f"and without example_input the output rank is unknown")
+
+
+def _norm_problem(norm: nn.Module) -> Optional[str]:
+    """Why ``norm`` is not a fixed per-channel affine map (``None``: it is)."""
+    if isinstance(norm, _FUSED_BLOCKS):
+        return "fused norm + activation block (its activation and residual input cannot move into a layer)"
+    if not (isinstance(norm, (_BatchNorm, FrozenChannelNorm)) or type(norm) in (ChannelNorm, SyncChannelNorm)):
+        return f"{type(norm).__name__} is not a norm with running statistics that fold supports"
+    if not isinstance(norm, FrozenChannelNorm):
+        if norm.training:
+            return "in training mode (uses batch statistics)"
+        if not norm.track_running_stats or norm.running_mean is None:
+            return "no running statistics (uses batch statistics in eval mode too)"
+    stats = [norm.running_mean, norm.running_var]
+    if not all(bool(torch.isfinite(t).all()) for t in stats):
+        return "running statistics are not finite"
+    return None
+
+
+def _pair_problem(layer: nn.Module, norm: nn.Module, rank: Optional[int]) -> Optional[str]:
+    """Why folding ``norm`` into ``layer`` could change the model (``None``: it cannot)."""
+    problem = _norm_problem(norm)
+    if problem is not None:
+        return problem
+    if type(layer) not in _PRODUCERS:
+        return (f"fed by {type(layer).__name__}, not by a plain Conv1d/2d/3d or Linear "
+                f"(subclasses may transform their weight)")
+    if torch.nn.utils.parametrize.is_parametrized(layer):
+        return f"{type(layer).__name__} has a parametrized weight"
+    for module in (layer, norm):
+        if module._forward_hooks or module._forward_pre_hooks or module._backward_hooks:
+            return f"{type(module).__name__} has hooks registered (they would see different tensors)"
+    out = layer.out_channels if isinstance(layer, _CONVS) else layer.out_features
+    channels = getattr(norm, "num_features", getattr(norm, "num_channels", None))
+    if out != channels:
+        return f"{type(layer).__name__} has {out} output features, the norm {channels} channels"
+    if norm.running_mean.dtype != layer.weight.dtype or norm.running_mean.device != layer.weight.device:
+        return (f"norm statistics ({norm.running_mean.dtype}, {norm.running_mean.device}) and layer weight "
+                f"({layer.weight.dtype}, {layer.weight.device}) differ in dtype or device")
+    return _axis_problem(layer, norm, rank)
+
+
+# ---------------------------------------------------------------- folding (and undoing it)
+
+@dataclasses.dataclass
+class _Undo:
+    layer: nn.Module
+    weight: nn.Parameter
+    bias: Optional[nn.Parameter]
+    parent: nn.Module
+    attr: str
+    norm: nn.Module
+
+    def __call__(self) -> None:
+        self.layer.weight, self.layer.bias = self.weight, self.bias
+        setattr(self.parent, self.attr, self.norm)
+
+
+def _fold_into(layer: nn.Module, norm: nn.Module) -> None:
+    """Replace ``layer``'s weight and bias by those of ``norm ∘ layer`` (computed in float64)."""
+    with torch.no_grad():
+        f64 = torch.float64
+        scale = torch.rsqrt(norm.running_var.to(f64) + norm.eps)
+        if getattr(norm, "weight", None) is not None:
+            scale = scale * norm.weight.to(f64)
+        shift = -norm.running_mean.to(f64) * scale
+        if getattr(norm, "bias", None) is not None:
+            shift = shift + norm.bias.to(f64)
+        w = layer.weight
+        new_w = w.to(f64) * scale.view([-1] + [1] * (w.ndim - 1))
+        old_b = layer.bias.to(f64) if layer.bias is not None else torch.zeros_like(scale)
+        new_b = old_b * scale + shift
+        # New Parameter objects: the originals stay intact for undo (and for any optimizer holding them).
+        layer.weight = nn.Parameter(new_w.to(w.dtype).contiguous(memory_format=_memory_format(w)),
+                                    requires_grad=w.requires_grad)
+        layer.bias = nn.Parameter(new_b.to(w.dtype), requires_grad=w.requires_grad)
+
+
+def _memory_format(w: torch.Tensor) -> torch.memory_format:
+    if w.ndim == 4 and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous():
+        return torch.channels_last
+    if w.ndim == 5 and w.is_contiguous(memory_format=torch.channels_last_3d) and not w.is_contiguous():
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
+def _parent_of(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    parent_name, _, attr = name.rpartition(".")
+    return (model.get_submodule(parent_name) if parent_name else model), attr
+
+
+# ---------------------------------------------------------------- finding the pairs
+
+def _norm_names(model: nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if isinstance(m, _NORM_LIKE + _FUSED_BLOCKS) and name]
+
+
+def _shared(model: nn.Module) -> set[int]:
+    """ids of modules registered under more than one name (folding one place would change the others)."""
+    seen: dict[int, int] = {}
+    for _, m in model.named_modules(remove_duplicate=False):
+        seen[id(m)] = seen.get(id(m), 0) + 1
+    return {k for k, v in seen.items() if v > 1}
+
+
+def _sequential_edges(model: nn.Module) -> tuple[dict[str, tuple[str, Optional[int]]], dict[str, str]]:
+    """norm name → (producer name, None) for consecutive pairs inside plain ``nn.Sequential`` containers."""
+    edges: dict[str, tuple[str, Optional[int]]] = {}
+    why_not: dict[str, str] = {}
+    for name, container in model.named_modules():
+        if not isinstance(container, nn.Sequential):
+            continue
+        prefix = f"{name}." if name else ""
+        children = list(container.named_children())
+        custom = type(container).forward is not nn.Sequential.forward
+        for i, (child_name, child) in enumerate(children):
+            if not isinstance(child, _NORM_LIKE + _FUSED_BLOCKS):
+                continue
+            if custom:
+                why_not[prefix + child_name] = (f"inside {type(container).__name__}, whose custom forward may not "
+                                                f"run its children in order; pass example_input")
+            elif i == 0:
+                why_not[prefix + child_name] = "first in its nn.Sequential: its input comes from outside it; pass example_input"
+            else:
+                edges[prefix + child_name] = (prefix + children[i - 1][0], None)
+    return edges, why_not
+
+
+# Operations that read only a tensor's metadata, not its values: they do not make a use.
+_METADATA_FUNCS = {torch.Tensor.dim, torch.Tensor.size, torch.Tensor.numel, torch.Tensor.stride,
+                   torch.Tensor.is_contiguous, torch.Tensor.is_floating_point, torch.Tensor.__len__}
+_METADATA_PROPERTIES = {"shape", "ndim", "dtype", "device", "layout", "requires_grad", "is_cuda"}
+
+
+# Operations that turn tensor values into Python values: a forward that does this (outside the norms)
+# may branch on the data, so the graph seen on the example need not hold for other inputs.
+_VALUE_READS = {torch.Tensor.__bool__, torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__int__,
+                torch.Tensor.__float__, torch.Tensor.__index__, torch.Tensor.numpy, torch.equal, torch.allclose,
+                torch.is_nonzero}
+
+
+def _is_metadata(func) -> bool:
+    if func in _METADATA_FUNCS:
+        return True
+    owner = getattr(func, "__self__", None)  # a property getter arrives as <descriptor>.__get__
+    return getattr(func, "__name__", "") == "__get__" and getattr(owner, "__name__", None) in _METADATA_PROPERTIES
+
+
+@dataclasses.dataclass
+class _Output:
+    producer: str
+    tensor: torch.Tensor  # held so that its id() cannot be reused during the run
+    readers: list = dataclasses.field(default_factory=list)  # norm name, or None for "outside any norm"
+
+
+class _ReadRecorder(TorchFunctionMode):
+    """Records, for every recorded producer output, which norm call (or ``None``) reads it."""
+
+    def __init__(self, outputs: dict[int, _Output], norm_stack: list[str]) -> None:
+        super().__init__()
+        self.outputs, self.norm_stack = outputs, norm_stack
+        self.value_reads: list[str] = []  # names of value-to-Python conversions outside any norm
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _VALUE_READS and not self.norm_stack:
+            self.value_reads.append(getattr(func, "__name__", str(func)))
+        if self.outputs and not _is_metadata(func):
+            reader = self.norm_stack[-1] if self.norm_stack else None
+            for leaf in pytree.tree_leaves((args, kwargs)):
+                record = self.outputs.get(id(leaf)) if isinstance(leaf, torch.Tensor) else None
+                if record is not None and record.tensor is leaf:
+                    record.readers.append(reader)
+        return func(*args, **kwargs)
+
+
+def _call(model: nn.Module, example_input: Any):
+    return model(*example_input) if isinstance(example_input, tuple) else model(example_input)
+
+
+def _traced_edges(model: nn.Module, example_input: Any) -> tuple[dict[str, tuple[str, Optional[int]]],
+                                                                   dict[str, str], Any]:
+    """Run the model once; return (norm name → (producer name, output rank), reasons, model output)."""
+    names = {id(m): n for n, m in model.named_modules()}
+    producers = [m for m in model.modules() if isinstance(m, _PRODUCERS)]
+    norms = [m for m in model.modules() if isinstance(m, _NORM_LIKE + _FUSED_BLOCKS) and m is not model]
+    outputs: dict[int, _Output] = {}
+    calls: dict[str, int] = {}
+    norm_inputs: dict[str, tuple[Any, bool]] = {}  # norm name -> (first input, called with one tensor only)
+    norm_stack: list[str] = []
+
+    def after_producer(module, args, output):
+        name = names[id(module)]
+        calls[name] = calls.get(name, 0) + 1
+        if isinstance(output, torch.Tensor):
+            outputs[id(output)] = _Output(name, output)
+
+    def before_norm(module, args, kwargs):
+        name = names[id(module)]
+        calls[name] = calls.get(name, 0) + 1
+        norm_inputs.setdefault(name, (args[0] if args else None, len(args) == 1 and not kwargs))
+        norm_stack.append(name)
+
+    def after_norm(module, args, output):
+        norm_stack.pop()
+
+    handles = [m.register_forward_hook(after_producer) for m in producers]
+    handles += [m.register_forward_pre_hook(before_norm, with_kwargs=True) for m in norms]
+    handles += [m.register_forward_hook(after_norm, always_call=True) for m in norms]
+    try:
+        with _ReadRecorder(outputs, norm_stack) as recorder:
+            result = _call(model, example_input)
+    finally:
+        for h in handles:
+            h.remove()
+
+    returned = {id(t) for t in pytree.tree_leaves(result) if isinstance(t, torch.Tensor)}
+    edges: dict[str, tuple[str, Optional[int]]] = {}
+    why_not: dict[str, str] = {}
+    branching = sorted(set(recorder.value_reads))
+    for name in (names[id(m)] for m in norms):
+        if branching:
+            why_not[name] = (f"the forward turns tensor values into Python values ({', '.join(branching)}), so "
+                             f"its path, and which layer feeds which norm, may depend on the input")
+            continue
+        if name not in norm_inputs:
+            why_not[name] = "not called on example_input"
+            continue
+        if calls[name] > 1:
+            why_not[name] = f"called {calls[name]} times on example_input (a shared norm)"
+            continue
+        x, plain = norm_inputs[name]
+        record = outputs.get(id(x)) if isinstance(x, torch.Tensor) else None
+        if record is None or record.tensor is not x:
+            why_not[name] = "its input is not the output of a Conv1d/2d/3d or Linear"
+        elif not plain:
+            why_not[name] = "called with more than its input tensor (e.g. a mask)"
+        elif calls[record.producer] > 1:
+            why_not[name] = f"{record.producer} is called {calls[record.producer]} times on example_input"
+        elif any(r != name for r in record.readers) or id(x) in returned:
+            why_not[name] = f"the output of {record.producer} is also used outside this norm (e.g. a skip path)"
+        else:
+            edges[name] = (record.producer, x.ndim)
+    return edges, why_not, result
+
+
+# ---------------------------------------------------------------- running the model without side effects
+
+@contextlib.contextmanager
+def _no_side_effects(model: nn.Module, example_input: Any) -> Iterator[None]:
+    """Run without autograd, restore every buffer (running statistics of training-mode norms) afterwards,
+    and replay the same random numbers (dropout in training mode) on every run."""
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    devices = sorted({t.device.index or 0 for t in pytree.tree_leaves(example_input)
+                      if isinstance(t, torch.Tensor) and t.device.type == "cuda"})
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            torch.manual_seed(0)
+            yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+
+
+def _rtol(t: torch.Tensor) -> float:
+    if t.dtype == torch.float32 and t.device.type == "cuda":
+        return _VERIFY_RTOL_CUDA_FLOAT32
+    return _VERIFY_RTOL.get(t.dtype, _VERIFY_RTOL[torch.float32])
+
+
+def _max_difference(a: Any, b: Any) -> tuple[float, float, float]:
+    """(largest |a - b|, largest |b|, loosest relative tolerance) over the floating tensors of two
+    outputs of the same structure."""
+    leaves_a, leaves_b = pytree.tree_leaves(a), pytree.tree_leaves(b)
+    diff, scale, rtol = 0.0, 0.0, _VERIFY_RTOL[torch.float64]
+    for x, y in zip(leaves_a, leaves_b):
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and y.numel():
+            d = (x.double() - y.double()).abs().max().item()
+            diff = d if d != d else max(diff, d)  # keep NaN
+            scale = max(scale, y.double().abs().max().item())
+            rtol = max(rtol, _rtol(x))
+    return diff, scale, rtol
+
+
+# ---------------------------------------------------------------- public entry point
+
+def fold(model: nn.Module, example_input: Any = None, *, return_report: bool = False):
+    """Fold eval-mode channel norms into the ``Conv1d/2d/3d`` or ``Linear`` that feeds them.
+
+    A folded norm becomes ``nn.Identity`` and the layer gets new weight and bias parameters
+    (computed in float64, stored in the layer's dtype and memory format). Folding never changes what
+    the model computes: a pair is folded only when all of these hold, and every other norm is left
+    as it is, with the reason in the report:
+
+    * the norm is an eval-mode ``ChannelNorm``/``SyncChannelNorm``/``nn.BatchNorm*d``/``nn.SyncBatchNorm``
+      with running statistics, or a ``FrozenChannelNorm`` (not a fused norm + activation block);
+    * the layer is a plain ``Conv1d/2d/3d`` or ``Linear`` (no subclass, no parametrization, no hooks on
+      either module) with as many output features as the norm has channels;
+    * the norm's channel axis is the layer's output-feature axis: the last axis after ``Linear``,
+      axis 1 (batched) or 0 (unbatched) after a convolution. Without ``example_input`` the rank is
+      unknown, so it must hold for every rank both modules accept: ``channel_axis=-1`` after
+      ``Linear``, and ``nn.BatchNorm2d/3d`` or ``channel_axis=-(k+1)`` after ``Conv{k}d``; ``channel_axis=1``
+      (or ``nn.BatchNorm1d``) needs ``example_input`` to show the input is batched / 2-D;
+    * the layer's output feeds nothing but the norm, and neither module is used twice.
+
+    With ``example_input`` the model's forward must not turn tensor values into Python values
+    (``bool(t)``, ``t.item()``, ...) outside its norms: such a forward may take another path, with
+    other data edges, on another input, and nothing is folded (the reason says so). Following the
+    example run rather than a ``torch.fx`` trace works for every model fx cannot trace, and the
+    run records every operation that reads a layer's output, which is what a graph would show.
+
+    Without ``example_input`` only consecutive pairs inside plain ``nn.Sequential`` containers are
+    considered, on the assumption that a Sequential's children run through its own ``forward`` (not
+    also one by one from a custom ``forward``, which only an example run would show). With it, the model is run once on it (without autograd; buffers and the random state
+    are restored) to find which layer's output enters which norm, including norms called from a
+    custom ``forward``; afterwards the folded model is run again and must reproduce the original
+    output within float rounding (relative to the output's largest magnitude: 1e-9 for float64,
+    1e-4 for float32, 1e-2 for float32 on CUDA where convolutions may use TF32), otherwise every
+    fold is undone.
+
+    Args:
+        model: the model, changed in place (norms inside are replaced in their parents).
+        example_input: optional input to follow the real graph: a tensor, or a tuple of positional
+            arguments for ``model``. A small batch is enough (every layer's output is held during
+            the run); with norms in training mode, the norms are left and their buffers restored.
+        return_report: also return a :class:`FoldReport` of what was folded and what was left, and why.
+            Without it, a ``UserWarning`` names the eval-mode norms with running statistics that
+            were left (the ones a caller would expect folded).
+
+    Returns:
+        ``model``, or ``(model, FoldReport)`` when ``return_report`` is true. A model that is itself a
+        norm has nothing before it and comes back unchanged.
+    """
+    if example_input is None:
+        report = FoldReport("sequential")
+        edges, why_not = _sequential_edges(model)
+        reference = None
+    else:
+        report = FoldReport("traced")
+        with _no_side_effects(model, example_input):
+            edges, why_not, reference = _traced_edges(model, example_input)
+
+    if isinstance(model, _NORM_LIKE + _FUSED_BLOCKS):
+        report.left.append(LeftNorm("", "the model itself is a norm: no layer before it to fold into"))
+    shared = _shared(model)
+    undo: list[_Undo] = []
+    for norm_name in _norm_names(model):
+        norm = model.get_submodule(norm_name)
+        if norm_name not in edges:
+            reason = why_not.get(norm_name) or (
+                "called from a custom forward; its producer is unknown without example_input"
+                if example_input is None else "its producer was not found")
+            report.left.append(LeftNorm(norm_name, reason))
+            continue
+        layer_name, rank = edges[norm_name]
+        layer = model.get_submodule(layer_name)
+        problem = _pair_problem(layer, norm, rank)
+        if problem is None and (id(layer) in shared or id(norm) in shared):
+            problem = "the layer or the norm is registered under several names (shared)"
+        if problem is not None:
+            report.left.append(LeftNorm(norm_name, problem))
+            continue
+        parent, attr = _parent_of(model, norm_name)
+        undo.append(_Undo(layer, layer.weight, layer.bias, parent, attr, norm))
+        _fold_into(layer, norm)
+        setattr(parent, attr, nn.Identity())
+        report.folded.append(FoldedPair(layer_name, norm_name))
+
+    if reference is not None and undo:
+        with _no_side_effects(model, example_input):
+            try:
+                diff, scale, rtol = _max_difference(_call(model, example_input), reference)
+                failure = None
+            except Exception as error:  # a forward that relied on the norm module itself
+                failure = f"the folded model failed on example_input ({type(error).__name__}: {error})"
+        if failure is None:
+            tolerance = rtol * scale
+            report.max_abs_diff = diff
+            if not diff <= tolerance:
+                failure = (f"the folded model's output differed from the original by {diff:.3g} "
+                           f"(tolerance {tolerance:.3g}) on example_input")
+        if failure is not None:
+            for step in reversed(undo):
+                step()
+            report.left = [LeftNorm(p.norm, f"{failure}; every fold was undone") for p in report.folded] + report.left
+            report.folded = []
+            report.max_abs_diff = None
+    if not return_report:
+        _warn_if_foldable_left(model, report)
+    return (model, report) if return_report else model
+
+
+def _warn_if_foldable_left(model: nn.Module, report: FoldReport) -> None:
+    """One warning when eval-mode norms with running statistics stayed (the ones a caller expects folded)."""
+    expected = [n for n in report.left if _norm_problem(model.get_submodule(n.norm)) is None]
+    if expected:
+        first = expected[0]
+        warnings.warn(f"fold left {len(expected)} eval-mode norm(s) with running statistics unfolded "
+                      f"(first: {first.norm}: {first.reason}); fold(..., return_report=True) lists every one "
+                      f"and why", UserWarning, stacklevel=3)

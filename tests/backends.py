@@ -1,0 +1,2 @@
+"""Backends every CPU test runs on (the Triton backend has its own tests under ops/triton/)."""
+CPU_BACKENDS = ("reference", "native")
