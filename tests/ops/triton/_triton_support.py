@@ -57,7 +57,7 @@ def force_regime(monkeypatch, regime: str):
     from channelnorm.ops.triton import plan
     if regime == "R1":
         return
-    monkeypatch.setattr(plan, "R1_MAX_ELEMENTS", 0)
+    monkeypatch.setattr(plan, "R1_MAX_TILE_BYTES", 0)
     monkeypatch.setattr(plan, "TILE_BYTES", 64)
     monkeypatch.setattr(plan, "MIN_TILES_PER_PROGRAM", 1)
     l2 = 50 * 2**20 if regime == "R2" else 64

@@ -13,7 +13,7 @@ Design (memory-bound kernels; nothing here has been timed on a GPU yet):
   (channel scope) or ``(N, C, H*W)`` (per sample) with C contiguous. Triton specializes a stride
   of 1, so the contiguous axis is vectorized (checked in sm_90 PTX by ``tests/ops/triton/triton_sm90_compile.py``).
 * Regimes (``plan.call_plan``). R1: a statistic's slice fits in registers (padded, at most
-  ``plan.R1_MAX_ELEMENTS`` fp32): one program owns whole statistics; forward is one launch that
+  ``plan.R1_MAX_TILE_BYTES`` of fp32 values): one program owns whole statistics; forward is one launch that
   reads x once and writes y once (2|X|), backward one launch (3|X|) plus, when several rows share a
   channel, a fixed-order sum of the dweight/dbias partials. R2: two kernels; the statistics pass
   streams chunks through a pipelined loop (``tl.range(num_stages=...)``, cp.async) and writes

@@ -27,10 +27,11 @@ INT32_LIMIT = 2**31 - 1
 # Bytes of input per streamed tile in the R2/R3 kernels (tiles are sized in bytes: bf16 tiles hold
 # twice the elements of fp32 ones, so every load instruction moves the same 16 bytes per thread).
 TILE_BYTES = 8192
-# R1: a program keeps its statistics' whole slices in registers as fp32, padded to powers of two.
-# 4096 fp32 = 16 KiB over 8 warps = 16 registers per thread per tensor (x; x, dy, g, xhat backward):
-# no spills at sm_90 (tests/ops/triton/triton_sm90_compile.py; 8192 spilled in the backward).
-R1_MAX_ELEMENTS = 4096
+# R1 (bytes-based): a program keeps its statistics' whole slices in registers as fp32, padded to
+# powers of two. 16 KiB = 4096 fp32 over 16 warps = 8 registers per thread per tensor (x; x, dy, g,
+# xhat backward): no spills at sm_90 (tests/ops/triton/triton_sm90_compile.py; 32 KiB spilled).
+R1_MAX_TILE_BYTES = 16384
+R1_MAX_ELEMENTS = R1_MAX_TILE_BYTES // 4   # fp32 working values per tensor
 # Fraction of the device's L2 the second pass can count on finding the first pass's data in.
 L2_USABLE_FRACTION = 0.5
 # Pipeline depth of the statistics loops (cp.async stages). The tuning space a GPU run compares
@@ -393,7 +394,7 @@ def _call_plan(shape: tuple, strides: tuple, itemsize: int, channel_axis: int, n
 def call_plan(x: torch.Tensor, channel_axis: int, num_groups: int, per_sample: bool) -> Optional[CallPlan]:
     """The cached plan of a call on ``x``; None (or ``dense`` False) when its strides need a copy first."""
     return _call_plan(tuple(x.shape), x.stride(), x.element_size(), channel_axis, num_groups, per_sample,
-                      device_limits(x.device), R1_MAX_ELEMENTS, TILE_BYTES, INT32_LIMIT)
+                      device_limits(x.device), R1_MAX_TILE_BYTES // 4, TILE_BYTES, INT32_LIMIT)
 
 
 def group_view(view: CanonicalView, num_groups: int) -> Optional[CanonicalView]:
