@@ -148,7 +148,6 @@ def _batch_pickle(data_ops: bytes, labels_ops: bytes = b"]K\x01a") -> bytes:
     return b"\x80\x02}C\x04data" + data_ops + b"sC\x06labels" + labels_ops + b"s."
 
 
-@pytest.mark.xfail(strict=True, reason="RT-4")
 def test_rt4_cifar_tiny_file_with_huge_array_shape_is_a_clear_error(tmp_path):
     from channelnorm.experiments import cifar
     # numpy.ndarray((2**40, 3072), 'u1') through REDUCE: a 60-byte file asking for 3 PiB.
@@ -159,7 +158,6 @@ def test_rt4_cifar_tiny_file_with_huge_array_shape_is_a_clear_error(tmp_path):
         cifar.read_batch(path)
 
 
-@pytest.mark.xfail(strict=True, reason="RT-4")
 def test_rt4_cifar_label_too_large_for_int64_is_a_clear_error(tmp_path):
     from channelnorm.experiments import cifar
     path = tmp_path / "test_batch"
@@ -168,7 +166,6 @@ def test_rt4_cifar_label_too_large_for_int64_is_a_clear_error(tmp_path):
         cifar.read_batch(path)
 
 
-@pytest.mark.xfail(strict=True, reason="RT-4")
 def test_rt4_cifar_nested_labels_are_refused(tmp_path):
     from channelnorm.experiments import cifar
     path = tmp_path / "test_batch"
@@ -231,7 +228,6 @@ def _finished_record(out: Path):
     return rundir.finished_record(out, Spec, ExperimentConfig())
 
 
-@pytest.mark.xfail(strict=True, reason="RT-8")
 def test_rt8_record_with_invalid_utf8_is_not_a_raw_decode_error(tmp_path):
     from channelnorm.experiments.storage import RunDirectoryError
     os.makedirs(tmp_path / "runs" / "r1")
@@ -243,9 +239,17 @@ def test_rt8_record_with_invalid_utf8_is_not_a_raw_decode_error(tmp_path):
     assert result is None  # or treated as a run that never finished, as a truncated record is
 
 
-@pytest.mark.xfail(strict=True, reason="RT-8")
 def test_rt8_record_that_is_a_directory_is_a_run_directory_error(tmp_path):
     from channelnorm.experiments.storage import RunDirectoryError
     os.makedirs(tmp_path / "runs" / "r1" / "record.json")
     with pytest.raises(RunDirectoryError, match="record.json"):
+        _finished_record(tmp_path)
+
+
+@pytest.mark.timeout(20)
+def test_rt8_record_that_is_a_fifo_is_refused_without_blocking(tmp_path):
+    from channelnorm.experiments.storage import RunDirectoryError
+    os.makedirs(tmp_path / "runs" / "r1")
+    os.mkfifo(tmp_path / "runs" / "r1" / "record.json")  # opening it for reading would block forever
+    with pytest.raises(RunDirectoryError, match="not a regular file"):
         _finished_record(tmp_path)
