@@ -5,6 +5,7 @@ names."""
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import re
 import subprocess
@@ -111,7 +112,140 @@ def test_api_reference_covers_every_public_name():
     assert not missing, f"public names without an API reference entry in docs/api/: {missing}"
 
 
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="the docs tools (test extra) need Python >= 3.11")
+# ---------------------------------------------------------------- docstrings of the public API
+
+DOCS_TOOLS = pytest.mark.skipif(sys.version_info < (3, 11), reason="the docs tools (test extra) need Python >= 3.11")
+
+
+def _public_objects() -> dict[str, object]:
+    """Every public class and function, under one qualified name each: the top level, the functional
+    API, the model tools, the registry and the modules package (base classes included)."""
+    from channelnorm import modules, registry
+    from channelnorm.tools import momentum
+
+    spaces = [("channelnorm", cn), ("channelnorm.functional", cn.functional), ("channelnorm.convert", cn.convert),
+              ("channelnorm.registry", registry), ("channelnorm.modules", modules),
+              ("channelnorm.tools.momentum", momentum)]
+    found: dict[int, tuple[str, object]] = {}
+    for prefix, space in spaces:
+        for name in space.__all__:
+            obj = getattr(space, name)
+            if (inspect.isclass(obj) or inspect.isfunction(obj)) and id(obj) not in found:
+                found[id(obj)] = (f"{prefix}.{name}", obj)
+    return dict(found.values())
+
+
+def _sections(doc: str) -> dict[str, list]:
+    """The docstring's sections as mkdocstrings sees them (griffe's Google parser): ``"parameters"`` and
+    ``"attributes"`` map to the documented names, ``"returns"`` to its items, an admonition such as
+    ``Shape:`` to its text under its lower-case title."""
+    import griffe
+
+    sections: dict[str, list] = {}
+    for section in griffe.Docstring(doc, parser="google").parse(warnings=False):
+        if section.kind.value in ("parameters", "attributes", "other parameters"):
+            sections.setdefault(section.kind.value, []).extend(item.name.lstrip("*") for item in section.value)
+        elif section.kind.value == "returns":
+            sections.setdefault("returns", []).extend(section.value)
+        elif section.kind.value == "admonition":
+            sections.setdefault(section.title.lower(), []).append(section.value.contents)
+    return sections
+
+
+# Markup that the Markdown renderer shows wrongly: Sphinx roles (mkdocstrings renders them verbatim), and
+# a line opening with ">" that is not a doctest prompt (a block quote).
+ODD_MARKUP = re.compile(r":(class|func|meth|mod|attr|obj|data|exc):`|^[ \t]*>(?!>>)", re.M)
+
+
+def docstring_problems(name: str, obj, kind: str) -> list[str]:
+    """What the docstring of the public ``obj`` lacks. ``kind``: ``"module"`` (an ``nn.Module``: every
+    constructor argument under ``Args:``, and ``Shape:``), ``"functional"`` (``Args:``, ``Shape:`` and
+    ``Returns:``), ``"function"`` (``Args:``, and ``Returns:`` unless it returns None) or ``"record"`` (a
+    NamedTuple or dataclass: every field under ``Args:`` or ``Attributes:``)."""
+    doc = inspect.getdoc(obj) if not inspect.isclass(obj) else obj.__doc__
+    if not doc or not doc.strip():
+        return [f"{name}: no docstring"]
+    doc = inspect.cleandoc(doc)
+    sections = _sections(doc)
+    signature = inspect.signature(obj)
+    params = [p.name for p in signature.parameters.values() if p.name != "self"]
+    documented = sections.get("parameters", []) + sections.get("other parameters", [])
+    if kind == "record":
+        documented = documented + sections.get("attributes", [])
+    problems = [f"{name}: argument {p!r} not under Args:" for p in params if p not in documented]
+    problems += [f"{name}: Args: documents {p!r}, which is not an argument" for p in documented
+                 if p not in params and kind != "record"]
+    if kind in ("module", "functional") and not sections.get("shape"):
+        problems.append(f"{name}: no Shape: section")
+    returns_none = signature.return_annotation in (None, "None")
+    if kind in ("functional", "function") and not returns_none and not sections.get("returns"):
+        problems.append(f"{name}: no Returns: section")
+    odd = ODD_MARKUP.search(doc)
+    if odd:
+        problems.append(f"{name}: markup that renders wrongly: {odd.group(0).strip()!r}")
+    return problems
+
+
+def _kind(name: str, obj) -> str:
+    if inspect.isclass(obj):
+        return "module" if issubclass(obj, torch.nn.Module) else "record"
+    return "functional" if name.startswith("channelnorm.functional.") else "function"
+
+
+@DOCS_TOOLS
+def test_every_public_name_documents_its_arguments():
+    """Args (each argument), Shape (modules, functionals) and Returns (functions), as torch.nn documents."""
+    objects = _public_objects()
+    assert len(objects) >= 50, sorted(objects)  # the walk found the whole API
+    problems = [p for name, obj in sorted(objects.items()) for p in docstring_problems(name, obj, _kind(name, obj))]
+    assert not problems, "\n".join(problems)
+
+
+@DOCS_TOOLS
+def test_docstring_check_catches_what_is_missing():
+    """The check above fails on the faults it is there for."""
+
+    def functional(input, weight=None, eps=1e-5):
+        """Normalize.
+
+        Args:
+            input: the input.
+            eps: added to the variance.
+            channel_axis: gone from the signature.
+
+        Returns:
+            The output.
+        """
+
+    class Norm(torch.nn.Module):
+        """A norm whose weight rendering breaks: see :class:`Other`.
+
+        Args:
+            num_channels: C.
+        """
+
+        def __init__(self, num_channels, eps=1e-5):
+            super().__init__()
+
+    def tool(model):
+        """Does something to ``model``.
+
+        Args:
+            model: the model.
+        """
+
+    assert docstring_problems("f", functional, "functional") == [
+        "f: argument 'weight' not under Args:", "f: Args: documents 'channel_axis', which is not an argument",
+        "f: no Shape: section"]
+    assert docstring_problems("Norm", Norm, "module") == [
+        "Norm: argument 'eps' not under Args:", "Norm: no Shape: section",
+        "Norm: markup that renders wrongly: ':class:`'"]
+    assert docstring_problems("tool", tool, "function") == ["tool: no Returns: section"]
+    tool.__doc__ = "Does it.\n\n    >= 2 renders as a quote.\n\n    Args:\n        model: m.\n\n    Returns:\n        m."
+    assert docstring_problems("tool", tool, "function") == ["tool: markup that renders wrongly: '>'"]
+
+
+@DOCS_TOOLS
 def test_docs_build_strict(tmp_path):
     # The docs tools are in the test extra: a missing one fails here, it is not skipped.
     site = tmp_path / "site"
