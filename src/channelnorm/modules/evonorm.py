@@ -29,8 +29,9 @@ class EvoNormS0(AffineNorm):
             the batch axis. Default: 1.
         backend: ``"auto"`` or ``"reference"`` (the only implementation); ``"native"``/``"triton"``
             are a ``ValueError``. Default: ``"auto"``.
-        device: device of the parameters. Default: None (torch's default device).
-        dtype: floating dtype of the parameters. Default: None (torch's default dtype).
+        device (torch.device | str | None): device of the parameters. Default: None (torch's default
+            device).
+        dtype (torch.dtype | None): floating dtype of the parameters. Default: None (torch's default dtype).
         bias: keyword-only. False keeps the scale ``weight`` without a shift (``bias`` is None), as
             torch's ``bias=False``; no effect when ``affine=False``. Default: True.
         num_features: keyword-only; torch's name for ``num_channels`` (give one of the two).
@@ -47,7 +48,8 @@ class EvoNormS0(AffineNorm):
     _repr_fields = ("num_channels", "num_groups", "eps", "affine", "channel_axis", "backend")
 
     def __init__(self, num_channels: Optional[int] = None, num_groups: int = 32, eps: float = 1e-5,
-                 affine: bool = True, channel_axis: int = 1, backend: str = "auto", device=None, dtype=None, *,
+                 affine: bool = True, channel_axis: int = 1, backend: str = "auto", device=None, dtype=None,
+                     *,
                  bias: bool = True, num_features: Optional[int] = None) -> None:
         num_channels = channel_count(type(self).__name__, num_channels, num_features)
         self.num_groups = _checks.positive_int("num_groups", num_groups)
@@ -89,8 +91,10 @@ class EvoNormB0(RunningStatsNorm):
             the batch axis. Default: 1.
         backend: ``"auto"`` or ``"reference"`` (the only implementation); ``"native"``/``"triton"``
             are a ``ValueError``. Default: ``"auto"``.
-        device: device of the parameters and buffers. Default: None (torch's default device).
-        dtype: floating dtype of the parameters and buffers. Default: None (torch's default dtype).
+        device (torch.device | str | None): device of the parameters and buffers. Default: None (torch's
+            default device).
+        dtype (torch.dtype | None): floating dtype of the parameters and buffers. Default: None (torch's
+            default dtype).
         bias: keyword-only. False keeps the scale ``weight`` without a shift (``bias`` is None), as
             torch's ``bias=False``; no effect when ``affine=False``. Default: True.
         num_features: keyword-only; torch's name for ``num_channels`` (give one of the two).

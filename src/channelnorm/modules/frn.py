@@ -32,8 +32,9 @@ class FilterResponseNorm(AffineNorm):
             the batch axis. Default: 1.
         backend: ``"auto"`` or ``"reference"`` (the only implementation); ``"native"``/``"triton"``
             are a ``ValueError``. Default: ``"auto"``.
-        device: device of the parameters. Default: None (torch's default device).
-        dtype: floating dtype of the parameters. Default: None (torch's default dtype).
+        device (torch.device | str | None): device of the parameters. Default: None (torch's default
+            device).
+        dtype (torch.dtype | None): floating dtype of the parameters. Default: None (torch's default dtype).
         bias: keyword-only. False keeps the scale ``weight`` without a shift (``bias`` is None), as
             torch's ``bias=False``; no effect when ``affine=False``. Default: True.
         num_features: keyword-only; torch's name for ``num_channels`` (give one of the two).

@@ -26,8 +26,8 @@ class FrozenChannelNorm(AffineNorm):
         backend: ``"auto"`` (picks per call), ``"reference"`` (pure torch math), ``"native"`` (torch's
             kernels) or ``"triton"`` (fused kernels). A named backend that cannot run a call is a
             ``ValueError`` saying why, never a silent fallback. Default: ``"auto"``.
-        device: device of the buffers. Default: None (torch's default device).
-        dtype: floating dtype of the buffers. Default: None (torch's default dtype).
+        device (torch.device | str | None): device of the buffers. Default: None (torch's default device).
+        dtype (torch.dtype | None): floating dtype of the buffers. Default: None (torch's default dtype).
         num_features: keyword-only; torch's name for ``num_channels`` (give one of the two).
 
     Shape:

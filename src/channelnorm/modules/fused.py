@@ -37,10 +37,12 @@ class ChannelNormAct(ChannelNorm):
         backend: ``"auto"`` (picks per call), ``"reference"`` (pure torch math), ``"native"`` (torch's
             kernels) or ``"triton"`` (fused kernels). A named backend that cannot run a call is a
             ``ValueError`` saying why, never a silent fallback. Default: ``"auto"``.
-        device: device of the parameters and buffers. Default: None (torch's default device).
-        dtype: floating dtype of the parameters and buffers. Default: None (torch's default dtype).
-        activation: keyword-only; ``"relu"``, ``"silu"``, ``"gelu"`` (exact, not tanh) or ``"none"`` (or None).
-            Default: ``"relu"``.
+        device (torch.device | str | None): device of the parameters and buffers. Default: None (torch's
+            default device).
+        dtype (torch.dtype | None): floating dtype of the parameters and buffers. Default: None (torch's
+            default dtype).
+        activation: keyword-only; ``"relu"``, ``"silu"``, ``"gelu"`` (exact, not tanh) or ``"none"`` (or
+            None). Default: ``"relu"``.
         bias: keyword-only. False keeps the scale ``weight`` without a shift (``bias`` is None), as
             torch's ``bias=False``; no effect when ``affine=False``. Default: True.
         num_features: keyword-only; torch's name for ``num_channels`` (give one of the two).
@@ -58,7 +60,8 @@ class ChannelNormAct(ChannelNorm):
 
     def __init__(self, num_channels: Optional[int] = None, eps: float = 1e-5, momentum: Optional[float] = 0.1,
                  affine: bool = True, track_running_stats: bool = True, channel_axis: int = 1,
-                 backend: str = "auto", device=None, dtype=None, *, activation: str = "relu", bias: bool = True,
+                 backend: str = "auto", device=None, dtype=None, *, activation: str = "relu", bias: bool =
+                     True,
                  num_features: Optional[int] = None) -> None:
         super().__init__(num_channels, eps, momentum, affine, track_running_stats, channel_axis, backend, device,
                          dtype, bias=bias, num_features=num_features)
@@ -100,10 +103,11 @@ class GroupNormAct(GroupNorm):
         backend: ``"auto"`` (picks per call), ``"reference"`` (pure torch math), ``"native"`` (torch's
             kernels) or ``"triton"`` (fused kernels). A named backend that cannot run a call is a
             ``ValueError`` saying why, never a silent fallback. Default: ``"auto"``.
-        device: device of the parameters. Default: None (torch's default device).
-        dtype: floating dtype of the parameters. Default: None (torch's default dtype).
-        activation: keyword-only; ``"relu"``, ``"silu"``, ``"gelu"`` (exact, not tanh) or ``"none"`` (or None).
-            Default: ``"relu"``.
+        device (torch.device | str | None): device of the parameters. Default: None (torch's default
+            device).
+        dtype (torch.dtype | None): floating dtype of the parameters. Default: None (torch's default dtype).
+        activation: keyword-only; ``"relu"``, ``"silu"``, ``"gelu"`` (exact, not tanh) or ``"none"`` (or
+            None). Default: ``"relu"``.
         bias: keyword-only. False keeps the scale ``weight`` without a shift (``bias`` is None), as
             torch's ``bias=False``; no effect when ``affine=False``. Default: True.
         num_features: keyword-only; torch's name for ``num_channels`` (give one of the two).

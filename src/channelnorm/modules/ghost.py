@@ -35,8 +35,10 @@ class GhostNorm(ChannelNorm):
             Default: 1.
         backend: the backend each virtual batch runs on: ``"auto"``, ``"reference"``, ``"native"`` or
             ``"triton"``. Default: ``"auto"``.
-        device: device of the parameters and buffers. Default: None (torch's default device).
-        dtype: floating dtype of the parameters and buffers. Default: None (torch's default dtype).
+        device (torch.device | str | None): device of the parameters and buffers. Default: None (torch's
+            default device).
+        dtype (torch.dtype | None): floating dtype of the parameters and buffers. Default: None (torch's
+            default dtype).
         virtual_batch_size: keyword-only; samples per virtual batch in training, > 0. Every virtual
             batch, the last included, needs more than one value per channel. Default: 32.
         bias: keyword-only. False keeps the scale ``weight`` without a shift (``bias`` is None), as
@@ -54,7 +56,8 @@ class GhostNorm(ChannelNorm):
 
     def __init__(self, num_channels: Optional[int] = None, eps: float = 1e-5, momentum: Optional[float] = 0.1,
                  affine: bool = True, track_running_stats: bool = True, channel_axis: int = 1,
-                 backend: str = "auto", device=None, dtype=None, *, virtual_batch_size: int = 32, bias: bool = True,
+                 backend: str = "auto", device=None, dtype=None, *, virtual_batch_size: int = 32, bias: bool
+                     = True,
                  num_features: Optional[int] = None) -> None:
         self.virtual_batch_size = _checks.positive_int("virtual_batch_size", virtual_batch_size)
         super().__init__(num_channels, eps, momentum, affine, track_running_stats, channel_axis, backend, device,

@@ -30,8 +30,9 @@ class GroupNorm(AffineNorm):
         backend: ``"auto"`` (picks per call), ``"reference"`` (pure torch math), ``"native"`` (torch's
             kernels) or ``"triton"`` (fused kernels). A named backend that cannot run a call is a
             ``ValueError`` saying why, never a silent fallback. Default: ``"auto"``.
-        device: device of the parameters. Default: None (torch's default device).
-        dtype: floating dtype of the parameters. Default: None (torch's default dtype).
+        device (torch.device | str | None): device of the parameters. Default: None (torch's default
+            device).
+        dtype (torch.dtype | None): floating dtype of the parameters. Default: None (torch's default dtype).
         bias: keyword-only. False keeps the scale ``weight`` without a shift (``bias`` is None), as
             torch's ``bias=False``; no effect when ``affine=False``. Default: True.
         num_features: keyword-only; torch's name for ``num_channels`` (give one of the two).
@@ -48,7 +49,8 @@ class GroupNorm(AffineNorm):
     _repr_positional = 2
 
     def __init__(self, num_groups: int, num_channels: Optional[int] = None, eps: float = 1e-5, affine: bool = True,
-                 channel_axis: int = 1, backend: str = "auto", device=None, dtype=None, *, bias: bool = True,
+                 channel_axis: int = 1, backend: str = "auto", device=None, dtype=None, *, bias: bool =
+                     True,
                  num_features: Optional[int] = None) -> None:
         num_groups = _checks.positive_int("num_groups", num_groups)
         num_channels = channel_count(type(self).__name__, num_channels, num_features)
@@ -79,8 +81,9 @@ class LayerNorm(GroupNorm):
         backend: ``"auto"`` (picks per call), ``"reference"`` (pure torch math), ``"native"`` (torch's
             kernels) or ``"triton"`` (fused kernels). A named backend that cannot run a call is a
             ``ValueError`` saying why, never a silent fallback. Default: ``"auto"``.
-        device: device of the parameters. Default: None (torch's default device).
-        dtype: floating dtype of the parameters. Default: None (torch's default dtype).
+        device (torch.device | str | None): device of the parameters. Default: None (torch's default
+            device).
+        dtype (torch.dtype | None): floating dtype of the parameters. Default: None (torch's default dtype).
         bias: keyword-only. False keeps the scale ``weight`` without a shift (``bias`` is None), as
             torch's ``bias=False``; no effect when ``affine=False``. Default: True.
         num_features: keyword-only; torch's name for ``num_channels`` (give one of the two).
@@ -96,7 +99,8 @@ class LayerNorm(GroupNorm):
     _repr_positional = 1
 
     def __init__(self, num_channels: Optional[int] = None, eps: float = 1e-5, affine: bool = True,
-                 channel_axis: int = 1, backend: str = "auto", device=None, dtype=None, *, bias: bool = True,
+                 channel_axis: int = 1, backend: str = "auto", device=None, dtype=None, *, bias: bool =
+                     True,
                  num_features: Optional[int] = None) -> None:
         super().__init__(1, num_channels, eps, affine, channel_axis, backend, device, dtype, bias=bias,
                          num_features=num_features)

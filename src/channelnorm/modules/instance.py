@@ -33,8 +33,10 @@ class InstanceNorm(RunningStatsNorm):
         backend: ``"auto"`` (picks per call), ``"reference"`` (pure torch math), ``"native"`` (torch's
             kernels) or ``"triton"`` (fused kernels). A named backend that cannot run a call is a
             ``ValueError`` saying why, never a silent fallback. Default: ``"auto"``.
-        device: device of the parameters and buffers. Default: None (torch's default device).
-        dtype: floating dtype of the parameters and buffers. Default: None (torch's default dtype).
+        device (torch.device | str | None): device of the parameters and buffers. Default: None (torch's
+            default device).
+        dtype (torch.dtype | None): floating dtype of the parameters and buffers. Default: None (torch's
+            default dtype).
         bias: keyword-only. False keeps the scale ``weight`` without a shift (``bias`` is None), as
             torch's ``bias=False``; no effect when ``affine=False``. Default: True.
         num_features: keyword-only; torch's name for ``num_channels`` (give one of the two).

@@ -34,8 +34,10 @@ class BatchRenorm(ChannelNorm):
             Default: 1.
         backend: ``"auto"`` or ``"reference"`` (the only implementation of the training path);
             ``"native"``/``"triton"`` are a ``ValueError``. Default: ``"auto"``.
-        device: device of the parameters and buffers. Default: None (torch's default device).
-        dtype: floating dtype of the parameters and buffers. Default: None (torch's default dtype).
+        device (torch.device | str | None): device of the parameters and buffers. Default: None (torch's
+            default device).
+        dtype (torch.dtype | None): floating dtype of the parameters and buffers. Default: None (torch's
+            default dtype).
         rmax: keyword-only; the final bound of ``r``, >= 1 (1 with ``dmax=0`` is ChannelNorm).
             Default: 3.0.
         dmax: keyword-only; the final bound of ``d``, >= 0. Default: 5.0.

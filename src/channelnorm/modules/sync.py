@@ -48,10 +48,12 @@ class SyncChannelNorm(ChannelNorm):
             Default: 1.
         backend: the backend of the local path: ``"auto"``, ``"reference"``, ``"native"`` or
             ``"triton"``. Default: ``"auto"``.
-        device: device of the parameters and buffers. Default: None (torch's default device).
-        dtype: floating dtype of the parameters and buffers. Default: None (torch's default dtype).
-        process_group: the ``torch.distributed`` group whose ranks share the statistics; None is
-            the default (whole-world) group. Default: None.
+        device (torch.device | str | None): device of the parameters and buffers. Default: None (torch's
+            default device).
+        dtype (torch.dtype | None): floating dtype of the parameters and buffers. Default: None (torch's
+            default dtype).
+        process_group (ProcessGroup | None): the ``torch.distributed`` group whose ranks share the
+            statistics; None is the default (whole-world) group. Default: None.
         bias: keyword-only. False keeps the scale ``weight`` without a shift (``bias`` is None), as
             torch's ``bias=False``; no effect when ``affine=False``. Default: True.
         num_features: keyword-only; torch's name for ``num_channels`` (give one of the two).

@@ -21,9 +21,10 @@ class WSConv2d(nn.Conv2d):
     ``weight`` stays raw, so state dicts are plain ``nn.Conv2d`` ones.
 
     Args:
-        *args: ``nn.Conv2d``'s positional arguments (``in_channels, out_channels, kernel_size, ...``).
+        *args (Any): ``nn.Conv2d``'s positional arguments (``in_channels, out_channels, kernel_size, ...``).
         eps: keyword-only; added to the filter variance, > 0. Default: 1e-5.
-        **kwargs: ``nn.Conv2d``'s keyword arguments (``stride``, ``padding``, ``groups``, ``bias``, ...).
+        **kwargs (Any): ``nn.Conv2d``'s keyword arguments (``stride``, ``padding``, ``groups``, ``bias``,
+            ...).
 
     Shape:
         - Input: ``(N, C_in, H, W)`` or ``(C_in, H, W)``, as ``nn.Conv2d``.
