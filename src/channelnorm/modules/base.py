@@ -69,8 +69,10 @@ class AffineNorm(nn.Module):
         backend: ``"auto"``, ``"reference"``, ``"native"`` or ``"triton"``. A backend that can never
             run this norm is a ``ValueError`` here, one that cannot run a given call a ``ValueError``
             at that call. Default: ``"auto"``.
-        device: device of the parameters and buffers. Default: None (torch's default device).
-        dtype: floating dtype of the parameters and buffers. Default: None (torch's default dtype).
+        device (torch.device | str | None): device of the parameters and buffers. Default: None (torch's
+            default device).
+        dtype (torch.dtype | None): floating dtype of the parameters and buffers. Default: None (torch's
+            default dtype).
         bias: keyword-only. False keeps the scale ``weight`` without a shift (``bias`` is None), as
             torch's ``bias=False``; no effect when ``affine=False``. Default: True.
 
@@ -171,8 +173,10 @@ class RunningStatsNorm(AffineNorm):
         backend: ``"auto"``, ``"reference"``, ``"native"`` or ``"triton"``. A backend that can never
             run this norm is a ``ValueError`` here, one that cannot run a given call a ``ValueError``
             at that call. Default: ``"auto"``.
-        device: device of the parameters and buffers. Default: None (torch's default device).
-        dtype: floating dtype of the parameters and buffers. Default: None (torch's default dtype).
+        device (torch.device | str | None): device of the parameters and buffers. Default: None (torch's
+            default device).
+        dtype (torch.dtype | None): floating dtype of the parameters and buffers. Default: None (torch's
+            default dtype).
         bias: keyword-only. False keeps the scale ``weight`` without a shift (``bias`` is None), as
             torch's ``bias=False``; no effect when ``affine=False``. Default: True.
         num_features: keyword-only; torch's name for ``num_channels`` (give one of the two).
