@@ -13,7 +13,7 @@ class InstanceNorm(RunningStatsNorm):
     """Normalize each sample and channel over the spatial axes: ``nn.InstanceNorm1d/2d/3d`` for any rank.
 
     ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with one mean and biased variance per
-    (sample, channel). Unlike torch's, ``affine`` defaults to True (see the design's public surface)
+    (sample, channel). Unlike torch's, ``affine`` defaults to True (docs/design.md §2)
     and ``momentum=None`` is a cumulative average. With ``track_running_stats=True``, training
     blends the batch average of the per-instance mean and unbiased variance into ``running_mean``
     and ``running_var`` (as torch does), and eval normalizes with them.
