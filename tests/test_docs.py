@@ -353,3 +353,40 @@ def test_experiment_guide_lists_every_cli_flag():
     assert {"--norms", "--out"} <= flags, flags  # the walk found the compare command's options
     missing = sorted(f for f in flags if not re.search(re.escape(f) + r"(?![\w-])", guide))
     assert not missing, f"flags of channelnorm compare not described in docs/experiment.md: {missing}"
+
+
+def _one_hop_rows() -> list[list[str]]:
+    """The cells of the per-norm table of docs/design.md section 4.3 (norm, scope, op row, code, tests)."""
+    text = (ROOT / "docs" / "design.md").read_text(encoding="utf-8")
+    start = text.index("| norm (module) |")
+    table = text[start:text.index("\n\n", start)].splitlines()[2:]
+    return [[cell.strip() for cell in row.strip("|").split("|")] for row in table]
+
+
+def test_design_one_hop_table_matches_the_code():
+    """Each norm's row names its class's file and scope trait, a row of the op table, and files that exist."""
+    from channelnorm.ops import dispatch
+
+    rows = _one_hop_rows()
+    named = set()
+    for norm, scope, op_row, code, tests in rows:
+        classes = re.findall(r"`(\w+)`", norm.split("(`")[0])
+        for name in classes:
+            named.add(name)
+            obj = getattr(cn, name)
+            home = re.search(r"\(`(modules/\w+\.py)`\)", norm)
+            if home:
+                assert inspect.getsourcefile(obj).endswith(home.group(1)), (name, home.group(1))
+            trait = re.fullmatch(r'`"(\w+)"`', scope)
+            if trait:
+                assert obj.scope == trait.group(1), (name, obj.scope, scope)
+        op = re.match(r"`(\w+)`", op_row)
+        if op:
+            assert op.group(1) in dispatch.OP_TABLE, op_row
+            assert ("reference only" in op_row) == (dispatch.OP_TABLE[op.group(1)].backends == ("reference",)), op_row
+        for path in re.findall(r"`([\w/]+\.py|[\w]+/)`", code):
+            assert (ROOT / "src" / "channelnorm" / "ops" / path).exists(), path
+        for path in re.findall(r"`(tests/[\w/]+\.py)`", tests):
+            assert (ROOT / path).is_file(), path
+    norms = {n for n in cn.__all__ if inspect.isclass(getattr(cn, n)) and issubclass(getattr(cn, n), cn.modules.AffineNorm)}
+    assert norms <= named, f"norms without a row in the one-hop table of docs/design.md: {sorted(norms - named)}"
