@@ -50,13 +50,13 @@ def batch_renorm(input, running_mean, running_var, weight=None, bias=None, train
             required in training.
         weight (Tensor | None): optional per-channel scale γ, shape ``(C,)``. Default: None (1).
         bias (Tensor | None): optional per-channel shift β, shape ``(C,)``. Default: None (0).
-        training (bool): renormalized batch statistics (True) or the running statistics (False).
-            Default: False.
+        training (bool): renormalized batch statistics (True) or the running statistics (False). Default:
+            False.
         momentum (float | None): weight of the new statistic in the running statistics, in [0, 1]; None is a
             cumulative average (weight ``1 / num_batches_tracked``). Default: 0.1.
         eps (float): added to the variance before the square root, > 0. Default: 1e-5.
-        channel_axis (int): the input axis that holds the channels; negative counts from the end.
-            Default: 1.
+        channel_axis (int): the input axis that holds the channels; negative counts from the end. Default:
+            1.
         backend (str): ``"auto"`` or ``"reference"`` in training (the only implementation); eval runs on any
             backend `channel_norm` accepts. Default: ``"auto"``.
         num_batches_tracked (Tensor | None): keyword-only; 0-dim long tensor, the warm-up step, incremented
@@ -111,14 +111,13 @@ def ghost_norm(input, running_mean, running_var, weight=None, bias=None, trainin
             place in training; give both or neither.
         weight (Tensor | None): optional per-channel scale γ, shape ``(C,)``. Default: None (1).
         bias (Tensor | None): optional per-channel shift β, shape ``(C,)``. Default: None (0).
-        training (bool): statistics per virtual batch (True) or the running statistics (False).
-            Default: False.
+        training (bool): statistics per virtual batch (True) or the running statistics (False). Default:
+            False.
         momentum (float | None): weight of the new statistic in the running statistics, in [0, 1]; None is a
-            cumulative average (weight ``1 / num_batches_tracked``, which must then
-            be given). Default: 0.1.
+            cumulative average (weight ``1 / num_batches_tracked``, which must then be given). Default: 0.1.
         eps (float): added to the variance before the square root, > 0. Default: 1e-5.
-        channel_axis (int): the input axis that holds the channels; negative counts from the end; not 0,
-            the batch axis. Default: 1.
+        channel_axis (int): the input axis that holds the channels; negative counts from the end; not 0, the
+            batch axis. Default: 1.
         backend (str): the backend each virtual batch runs on: ``"auto"``, ``"reference"``, ``"native"`` or
             ``"triton"``. Default: ``"auto"``.
         virtual_batch_size (int): keyword-only, required; samples per virtual batch, > 0. Every virtual
@@ -177,8 +176,8 @@ def filter_response_norm(input, weight=None, bias=None, tau=None, eps=1e-6, chan
             FRN). Default: None.
         eps (float | Tensor): a float > 0, or a learned one-element tensor (its absolute value is used).
             Default: 1e-6.
-        channel_axis (int): the input axis that holds the channels; negative counts from the end; not 0,
-            the batch axis. Default: 1.
+        channel_axis (int): the input axis that holds the channels; negative counts from the end; not 0, the
+            batch axis. Default: 1.
         backend (str): ``"auto"`` or ``"reference"`` (the only implementation); ``"native"``/``"triton"``
             are a ``ValueError``. Default: ``"auto"``.
 
@@ -216,8 +215,8 @@ def evonorm_s0(input, num_groups, v, weight=None, bias=None, eps=1e-5, channel_a
         weight (Tensor | None): optional per-channel scale γ, shape ``(C,)``. Default: None (1).
         bias (Tensor | None): optional per-channel shift β, shape ``(C,)``. Default: None (0).
         eps (float): added to the variance before the square root, > 0. Default: 1e-5.
-        channel_axis (int): the input axis that holds the channels; negative counts from the end; not 0,
-            the batch axis. Default: 1.
+        channel_axis (int): the input axis that holds the channels; negative counts from the end; not 0, the
+            batch axis. Default: 1.
         backend (str): ``"auto"`` or ``"reference"`` (the only implementation); ``"native"``/``"triton"``
             are a ``ValueError``. Default: ``"auto"``.
 
@@ -258,11 +257,10 @@ def evonorm_b0(input, running_var, v, weight=None, bias=None, training=False, mo
         bias (Tensor | None): optional per-channel shift β, shape ``(C,)``. Default: None (0).
         training (bool): the batch variance (True) or ``running_var`` (False). Default: False.
         momentum (float | None): weight of the new statistic in the running statistics, in [0, 1]; None is a
-            cumulative average (weight ``1 / num_batches_tracked``, which must then
-            be given). Default: 0.1.
+            cumulative average (weight ``1 / num_batches_tracked``, which must then be given). Default: 0.1.
         eps (float): added to the variance before the square root, > 0. Default: 1e-5.
-        channel_axis (int): the input axis that holds the channels; negative counts from the end; not 0,
-            the batch axis. Default: 1.
+        channel_axis (int): the input axis that holds the channels; negative counts from the end; not 0, the
+            batch axis. Default: 1.
         backend (str): ``"auto"`` or ``"reference"`` (the only implementation); ``"native"``/``"triton"``
             are a ``ValueError``. Default: ``"auto"``.
         num_batches_tracked (Tensor | None): keyword-only; optional 0-dim long tensor counting the updates,
