@@ -1,7 +1,8 @@
 """The documentation is part of what is tested: the strict MkDocs build (broken links and anchors,
 unknown API names, docstrings that cannot be parsed), every fenced ``python`` example in the README
-and in ``docs/``, the README's two setup commands, and the API reference's coverage of the public
-names."""
+and in ``docs/``, the README's two setup commands, the API reference's coverage of the public
+names, every public docstring's Args/Shape/Returns, the design document's one-hop table against the
+code, and that nothing in the repository cites a document outside it."""
 from __future__ import annotations
 
 import argparse
