@@ -1,4 +1,4 @@
-"""Triton backend (DESIGN §4, §6).
+"""Triton backend (docs/design.md §4 and §6).
 
 Modules: ``_kernels`` (jit only, no validation), ``plan`` (canonical view, tiles, splits, index
 width: plain integers), ``forward``/``backward``/``reduce`` (host launch functions),
