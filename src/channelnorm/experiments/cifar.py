@@ -5,9 +5,9 @@ a uint8 array of shape (N, 3072) holding the red, green and blue 32x32 planes of
 ``b"labels"``, a list of N ints in 0..9.
 
 The files are pickles, and a plain ``pickle.load`` runs whatever code a crafted file names. They are
-read with :class:`CifarUnpickler`, which rebuilds only what CIFAR-10 files contain (dicts, lists,
+read with `CifarUnpickler`, which rebuilds only what CIFAR-10 files contain (dicts, lists,
 bytes, str, ints and plain numpy arrays of a non-object dtype); any other global in the file is a
-:class:`UnsafeDataError` naming the file, raised before anything of it runs.
+`UnsafeDataError` naming the file, raised before anything of it runs.
 """
 from __future__ import annotations
 
