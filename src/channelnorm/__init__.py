@@ -1,4 +1,6 @@
 """channelnorm: channel normalization and its family for PyTorch."""
+import sys
+
 from . import functional
 from .modules import (
     NORM_TYPES, BatchRenorm, ChannelNorm, ChannelNormAct, EvoNormB0, EvoNormS0, FilterResponseNorm, FrozenChannelNorm,
@@ -11,6 +13,10 @@ from .tools.momentum import decay_from_momentum, momentum_from_decay
 from .tools.precise import recompute_stats
 
 __version__ = "0.1.0"
+
+# The model tools live in tools/, but users import them as `channelnorm.convert` (also
+# `from channelnorm.convert import fold`), so that module path keeps working.
+sys.modules[__name__ + ".convert"] = convert
 
 __all__ = [
     "ChannelNorm", "GroupNorm", "LayerNorm", "InstanceNorm", "ChannelNormAct", "GroupNormAct", "SyncChannelNorm",

@@ -1,7 +1,7 @@
 """Norm layers by name: ``create_norm`` (a module) and ``get_norm_layer`` (a class or partial for
 ``norm_layer=`` arguments, as timm's ``create_norm``/``get_norm_layer``), with aliases and traits.
 
-Every kind's traits come from its class (``AffineNorm.traits``); ``norm_traits(kind)`` reads them.
+Every kind's traits come from its class (``AffineNorm.traits()``); ``norm_traits(kind)`` reads them.
 """
 from __future__ import annotations
 
@@ -29,12 +29,16 @@ def register_norm(kind: str, factory: Callable[..., nn.Module], aliases: tuple[s
                   traits: Optional[NormTraits] = None) -> None:
     """Make ``create_norm(kind, num_channels, **kwargs)`` call ``factory(num_channels, **kwargs)``.
 
+    Registering an existing kind or alias replaces it.
+
     Args:
         kind: the canonical name.
-        factory: a norm class, or a callable taking the channel count first.
-        aliases: other names for ``kind``.
-        traits: the kind's :class:`NormTraits`; by default the class's own (``factory.traits()``),
-            or no statistics at all for a factory that is not one of this library's norm classes.
+        factory: a norm class, or a callable taking the channel count first and its options as
+            keyword arguments (``create_norm`` checks them against its signature).
+        aliases: other names for ``kind``. Default: none.
+        traits: the kind's `NormTraits`; by default the class's own (``factory.traits()``), or
+            no statistics at all (scope ``"none"``) for a factory that is not one of this library's
+            norm classes. Default: None.
     """
     _FACTORIES[kind] = factory
     for alias in aliases:
@@ -45,7 +49,15 @@ def register_norm(kind: str, factory: Callable[..., nn.Module], aliases: tuple[s
 
 
 def canonical_kind(kind: str) -> str:
-    """The canonical name of ``kind`` (``"bn"`` -> ``"channel"``); unknown kinds are a ``ValueError``."""
+    """The canonical name of a kind or alias (``"bn"`` -> ``"channel"``).
+
+    Args:
+        kind: a kind or alias, any case, ``-`` or ``_``.
+
+    Returns:
+        The canonical kind. Unknown kinds are a ``ValueError`` listing the choices; a ``kind`` that is
+        not a string is a ``TypeError``.
+    """
     if not isinstance(kind, str):
         raise TypeError(f"kind must be a string, got {type(kind).__name__}")
     key = kind.lower().replace("-", "_")
@@ -57,23 +69,46 @@ def canonical_kind(kind: str) -> str:
 
 
 def norm_traits(kind: str) -> NormTraits:
-    """The :class:`NormTraits` of the norm named ``kind`` (aliases accepted)."""
+    """The traits of the norm named ``kind``.
+
+    Args:
+        kind: a kind or alias, as `create_norm` takes.
+
+    Returns:
+        The kind's `NormTraits`: its scope, whether it uses batch statistics in training and whether
+        it includes its activation.
+    """
     return _KIND_TRAITS[canonical_kind(kind)]
 
 
 def available_norms() -> list[str]:
-    """Canonical kind names accepted by ``create_norm`` (aliases not included)."""
+    """The norms ``create_norm`` builds.
+
+    Returns:
+        The canonical kind names, sorted (aliases not included; see `aliases`).
+    """
     return sorted(_FACTORIES)
 
 
 def aliases() -> dict[str, str]:
-    """Every alias and the canonical kind it names (``{"bn": "channel", ...}``)."""
+    """The registered aliases.
+
+    Returns:
+        A new dict from every alias to the canonical kind it names (``{"bn": "channel", ...}``).
+    """
     return dict(_ALIASES)
 
 
 def accepted_kwargs(kind: str) -> Optional[list[str]]:
-    """Keyword arguments ``create_norm(kind, C, ...)`` takes besides the channel count; None when its
-    factory forwards ``**kwargs``."""
+    """The keyword arguments ``create_norm(kind, C, ...)`` takes besides the channel count.
+
+    Args:
+        kind: a kind or alias.
+
+    Returns:
+        Their names in signature order (``num_channels``/``num_features`` left out), or None when the
+        kind's factory takes ``**kwargs`` (anything is passed on).
+    """
     factory = _FACTORIES[canonical_kind(kind)]
     params = inspect.signature(factory).parameters.values()
     if any(p.kind == p.VAR_KEYWORD for p in params):

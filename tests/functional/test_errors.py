@@ -1,4 +1,4 @@
-"""Every bad input of DESIGN §3 is a clear exception that names the offending values."""
+"""Every bad input of docs/design.md §3.4 is a clear exception that names the offending values."""
 import pytest
 import torch
 

@@ -1,4 +1,4 @@
-"""Numerical behaviour DESIGN §3 asks for: stable statistics, half inputs, non-finite batches, empty batches."""
+"""Numerical behaviour docs/design.md §3 asks for: stable statistics, half inputs, non-finite batches, empty batches."""
 import pytest
 import torch
 

@@ -232,3 +232,13 @@ def test_fold_skips_what_is_not_a_fixed_affine_map():
     model[1].train()
     folded = convert.fold(model)
     assert not any(isinstance(m, nn.Identity) for m in folded)
+
+
+def test_convert_is_importable_by_its_public_module_path():
+    import importlib
+
+    import channelnorm as cn
+    from channelnorm.convert import fold, replace_norms
+
+    assert importlib.import_module("channelnorm.convert") is cn.convert
+    assert fold is cn.convert.fold and replace_norms is cn.convert.replace_norms

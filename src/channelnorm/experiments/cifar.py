@@ -5,9 +5,9 @@ a uint8 array of shape (N, 3072) holding the red, green and blue 32x32 planes of
 ``b"labels"``, a list of N ints in 0..9.
 
 The files are pickles, and a plain ``pickle.load`` runs whatever code a crafted file names. They are
-read with :class:`CifarUnpickler`, which rebuilds only what CIFAR-10 files contain (dicts, lists,
+read with `CifarUnpickler`, which rebuilds only what CIFAR-10 files contain (dicts, lists,
 bytes, str, ints and plain numpy arrays of a non-object dtype); any other global in the file is a
-:class:`UnsafeDataError` naming the file, raised before anything of it runs.
+`UnsafeDataError` naming the file, raised before anything of it runs.
 """
 from __future__ import annotations
 
@@ -29,15 +29,42 @@ def _safe_dtype(spec, *args):
     return dtype
 
 
+# The largest array a batch file may ask for (the real ones hold 10000 x 3072 bytes): a 60-byte
+# pickle must not be able to make the reader allocate petabytes.
+MAX_ARRAY_BYTES = 1 << 30
+
+
+class _NdarrayClass:
+    """What the name ``numpy.ndarray`` resolves to: an argument to ``_reconstruct``, never callable,
+    so a file cannot allocate an array of its chosen shape by calling the class."""
+
+    def __new__(cls, *args, **kwargs):
+        raise pickle.UnpicklingError("calling numpy.ndarray is not allowed")
+
+
+def _checked_shape(shape, dtype: np.dtype) -> tuple[int, ...]:
+    if not isinstance(shape, tuple) or not all(type(n) is int and n >= 0 for n in shape):
+        raise pickle.UnpicklingError(f"array shape {shape!r} is not a tuple of non-negative ints")
+    size = dtype.itemsize
+    for n in shape:
+        size *= n
+    if size > MAX_ARRAY_BYTES:
+        raise pickle.UnpicklingError(f"an array of shape {shape} and dtype {dtype} is larger than "
+                                     f"{MAX_ARRAY_BYTES} bytes")
+    return shape
+
+
 def _safe_reconstruct(subtype, shape, dtype):
     # numpy's _reconstruct(subtype, shape, dtype) is ndarray.__new__; only the plain class passes
-    if subtype is not np.ndarray:
+    if subtype is not _NdarrayClass:
         raise pickle.UnpicklingError(f"array subtype {subtype!r} is not allowed")
-    return np.ndarray.__new__(np.ndarray, shape, _safe_dtype(dtype))
+    dtype = _safe_dtype(dtype)
+    return np.ndarray.__new__(np.ndarray, _checked_shape(shape, dtype), dtype)
 
 
 def _safe_frombuffer(buffer, dtype, shape, order):  # the protocol-5 form of an ndarray
-    return np.frombuffer(buffer, dtype=_safe_dtype(dtype)).reshape(shape, order=order).copy()
+    dtype = _safe_dtype(dtype)
+    return np.frombuffer(buffer, dtype=dtype).reshape(_checked_shape(shape, dtype), order=order).copy()
 
 
 def _latin1_encode(text, encoding="latin1"):
@@ -52,7 +79,7 @@ _ALLOWED_GLOBALS = {
     ("numpy._core.multiarray", "_reconstruct"): _safe_reconstruct,
     ("numpy.core.numeric", "_frombuffer"): _safe_frombuffer,
     ("numpy._core.numeric", "_frombuffer"): _safe_frombuffer,
-    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "ndarray"): _NdarrayClass,
     ("numpy", "dtype"): _safe_dtype,
     ("_codecs", "encode"): _latin1_encode,
 }
@@ -79,7 +106,8 @@ def _load_pickle(path: Path):
         except pickle.UnpicklingError as error:
             raise UnsafeDataError(f"{path} was refused: {error}; a CIFAR-10 python batch holds only "
                                   "dicts, lists, bytes, ints and uint8 numpy arrays") from None
-        except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as error:
+        except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError,
+                OverflowError, RecursionError) as error:
             raise ValueError(f"{path} is not a readable CIFAR-10 python batch: {error}") from None
 
 
@@ -94,14 +122,26 @@ def read_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise ValueError(f"{path} is not a CIFAR-10 python batch (a dict with b'data' and b'labels')")
     data = np.asarray(batch[b"data"])
-    labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    labels = _labels(path, batch[b"labels"])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
         raise ValueError(f"{path}: expected uint8 data of shape (N, 3072) and N labels, got "
                          f"{data.dtype} {data.shape} and {len(labels)} labels")
-    if len(labels) and (labels.min() < 0 or labels.max() > 9):
-        raise ValueError(f"{path}: labels must be in 0..9, got {labels.min()}..{labels.max()}")
     images = torch.from_numpy(data.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0)
     return images, torch.from_numpy(labels)
+
+
+def _labels(path: Path, labels) -> np.ndarray:
+    """The labels as int64, refusing anything but a flat sequence of ints (floats are not truncated)."""
+    if isinstance(labels, np.ndarray) and labels.ndim == 1 and labels.dtype.kind in "iu":
+        values = labels.tolist()
+    elif isinstance(labels, (list, tuple)):
+        values = labels
+    else:
+        raise ValueError(f"{path}: labels must be a list of ints, got {type(labels).__name__}")
+    bad = next((v for v in values if type(v) is not int or not 0 <= v <= 9), None)
+    if bad is not None:
+        raise ValueError(f"{path}: labels must be ints in 0..9, got {bad!r}")
+    return np.asarray(values, dtype=np.int64).reshape(len(values))
 
 
 def load_cifar10(directory: str | Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -211,6 +211,9 @@ def finished_record(out: Path, spec: Any, config: ExperimentConfig) -> Optional[
         text = read_text(path, out)
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except UnicodeDecodeError as error:
+        raise RunDirectoryError(f"{path} is not a valid run record (not UTF-8 text: {error}). It is not used: "
+                                "delete that run's folder to recompute the run (or use another --out)") from None
     try:
         record = _strict_json(text)
     except json.JSONDecodeError:

@@ -158,13 +158,19 @@ def read_text(path: Union[str, Path], root: Union[str, Path]) -> str:
     path = Path(path)
     with _directory_of(Path(root), path, create=False) as (folder, name):
         try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
+            # O_NONBLOCK: a FIFO in a file's place must not block the reader forever
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=folder)
         except OSError as error:
             if error.errno == errno.ELOOP:
                 raise RunDirectoryError(f"{path} is a symbolic link (to {os.readlink(name, dir_fd=folder)}); "
                                         "files of the run directory are never read through links. Remove "
                                         "it") from None
+            if error.errno == errno.EISDIR:
+                raise RunDirectoryError(f"{path} is a folder, not a file. Remove it") from None
             raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise RunDirectoryError(f"{path} is not a regular file (a folder, FIFO or device). Remove it")
         with open(fd, encoding="utf-8") as handle:
             return handle.read()
 

@@ -71,11 +71,38 @@ def channel_norm(
     buffers are given, updates them in place (unbiased variance; skipped for non-finite batches).
     ``training=False`` normalizes with ``running_mean``/``running_var``.
 
-    ``mask`` (bool, True = valid) excludes elements from the statistics (padding); every element
-    is still normalized. Shape: the input's without the channel axis (e.g. ``(N, L)`` for
-    ``(N, C, L)``), or the input's rank with size 1 on the channel axis; broadcastable. ``n`` of
-    the unbiased correction is the number of valid elements per channel. Only the reference math
-    computes masked statistics: ``backend="auto"`` uses it, ``"native"``/``"triton"`` raise.
+    Args:
+        input: the input, floating point, C channels on ``channel_axis``.
+        running_mean: per-channel running mean ``(C,)`` or None, updated in place in training.
+        running_var: per-channel running (unbiased) variance ``(C,)`` or None, updated in place in
+            training. Give both or neither.
+        weight: optional per-channel scale, shape ``(C,)``. Default: None (1).
+        bias: optional per-channel shift, shape ``(C,)``. Default: None (0).
+        training: normalize with the batch's statistics (and update the running ones) instead of the
+            running statistics, which are then required. Default: False.
+        momentum: weight of the new statistic in the running statistics, in [0, 1]; None is a
+            cumulative average (weight ``1 / num_batches_tracked``, which must then be given).
+            Default: 0.1.
+        eps: added to the variance before the square root, > 0. Default: 1e-5.
+        channel_axis: the input axis that holds the channels; negative counts from the end.
+            Default: 1.
+        backend: ``"auto"`` (picks per call), ``"reference"``, ``"native"`` or ``"triton"``; a named
+            backend that cannot run the call is a ``ValueError`` saying why. Default: ``"auto"``.
+        num_batches_tracked: keyword-only; optional 0-dim long tensor counting the updates,
+            incremented in place with the running statistics. Default: None.
+        mask: keyword-only; optional bool tensor, True for the elements that enter the statistics
+            (padding excluded; every element is still normalized): the input's shape without the
+            channel axis (``(N, L)`` for ``(N, C, L)``), or the input's rank with size 1 on the
+            channel axis; broadcastable. ``n`` of the unbiased correction is then the number of valid
+            elements per channel. Only the reference math computes masked statistics:
+            ``backend="auto"`` uses it, ``"native"``/``"triton"`` raise. Default: None.
+
+    Shape:
+        - Input: ``(N, C, *)``, any rank from 2 up, with the C channels on ``channel_axis``.
+        - Output: the input's shape, dtype and memory format.
+
+    Returns:
+        The normalized input.
     """
     op = "channel_norm"
     axis, eps = _check_tracked_call(op, input, channel_axis, weight, bias, running_mean, running_var, momentum, eps,
@@ -123,7 +150,41 @@ def instance_norm(
     *,
     num_batches_tracked: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Instance normalization: statistics per sample and per channel over the spatial axes."""
+    """Instance normalization: statistics per sample and per channel over the spatial axes.
+
+    With ``use_input_stats=True`` each (sample, channel) is normalized with its own mean and biased
+    variance and, when running buffers are given, their batch averages (mean, unbiased variance)
+    are blended into them in place. With False, ``running_mean``/``running_var`` are used.
+
+    Args:
+        input: the input, floating point, C channels on ``channel_axis``.
+        running_mean: per-channel running mean ``(C,)`` or None. Default: None.
+        running_var: per-channel running (unbiased) variance ``(C,)`` or None; give both or neither.
+            Default: None.
+        weight: optional per-channel scale, shape ``(C,)``. Default: None (1).
+        bias: optional per-channel shift, shape ``(C,)``. Default: None (0).
+        use_input_stats: normalize with the input's statistics instead of the running ones, which
+            are then required. Default: True.
+        momentum: weight of the new statistic in the running statistics, in [0, 1]; None is a
+            cumulative average (weight ``1 / num_batches_tracked``, which must then be given).
+            Default: 0.1.
+        eps: added to the variance before the square root, > 0. Default: 1e-5.
+        channel_axis: the input axis that holds the channels; negative counts from the end; not 0,
+            the batch axis. Default: 1.
+        backend: ``"auto"`` (picks per call), ``"reference"``, ``"native"`` or ``"triton"``; a named
+            backend that cannot run the call is a ``ValueError`` saying why. Default: ``"auto"``.
+        num_batches_tracked: keyword-only; optional 0-dim long tensor counting the updates,
+            incremented in place with the running statistics. Default: None.
+
+    Shape:
+        - Input: ``(N, C, *)``, rank 3 or more with input statistics (one value
+          per sample and channel is a ``ValueError``), with the C channels on ``channel_axis`` and the
+          batch on axis 0.
+        - Output: the input's shape, dtype and memory format.
+
+    Returns:
+        The normalized input.
+    """
     op = "instance_norm"
     axis, eps = _check_tracked_call(op, input, channel_axis, weight, bias, running_mean, running_var, momentum, eps,
                                     backend, num_batches_tracked, "use_input_stats", use_input_stats,
@@ -147,7 +208,30 @@ def group_norm(
     channel_axis: int = 1,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """Group normalization: statistics per sample over groups of channels and the spatial axes."""
+    """Group normalization: statistics per sample over groups of channels and the spatial axes.
+
+    Each (sample, group of ``C // num_groups`` consecutive channels) is normalized with its mean and
+    biased variance, then scaled and shifted per channel. No running statistics.
+
+    Args:
+        input: the input, floating point, C channels on ``channel_axis``.
+        num_groups: G, the number of groups; must divide C.
+        weight: optional per-channel scale, shape ``(C,)``. Default: None (1).
+        bias: optional per-channel shift, shape ``(C,)``. Default: None (0).
+        eps: added to the variance before the square root, > 0. Default: 1e-5.
+        channel_axis: the input axis that holds the channels; negative counts from the end; not 0,
+            the batch axis. Default: 1.
+        backend: ``"auto"`` (picks per call), ``"reference"``, ``"native"`` or ``"triton"``; a named
+            backend that cannot run the call is a ``ValueError`` saying why. Default: ``"auto"``.
+
+    Shape:
+        - Input: ``(N, C, *)``, any rank from 2 up, with the C channels on ``channel_axis`` and the
+          batch on axis 0.
+        - Output: the input's shape, dtype and memory format.
+
+    Returns:
+        The normalized input.
+    """
     op = "group_norm"
     axis, num_groups, eps = _check_group_call(op, input, num_groups, weight, bias, eps, channel_axis, backend)
     if input.numel() == 0:
@@ -164,7 +248,26 @@ def layer_norm(
     channel_axis: int = 1,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """Layer normalization over (C, spatial) per sample with a per-channel affine: ``group_norm`` with 1 group."""
+    """Layer normalization over (C, spatial) per sample with a per-channel affine: ``group_norm`` with 1 group.
+
+    Args:
+        input: the input, floating point, C channels on ``channel_axis``.
+        weight: optional per-channel scale, shape ``(C,)``. Default: None (1).
+        bias: optional per-channel shift, shape ``(C,)``. Default: None (0).
+        eps: added to the variance before the square root, > 0. Default: 1e-5.
+        channel_axis: the input axis that holds the channels; negative counts from the end; not 0,
+            the batch axis. Default: 1.
+        backend: ``"auto"`` (picks per call), ``"reference"``, ``"native"`` or ``"triton"``; a named
+            backend that cannot run the call is a ``ValueError`` saying why. Default: ``"auto"``.
+
+    Shape:
+        - Input: ``(N, C, *)``, any rank from 2 up, with the C channels on ``channel_axis`` and the
+          batch on axis 0.
+        - Output: the input's shape, dtype and memory format.
+
+    Returns:
+        The normalized input.
+    """
     return group_norm(input, 1, weight, bias, eps, channel_axis, backend)
 
 
@@ -184,11 +287,43 @@ def channel_norm_act(
     *,
     num_batches_tracked: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """``act(channel_norm(input) + residual)``; activation one of "none", "relu", "silu", "gelu" (exact).
+    """``act(channel_norm(input) + residual)``: channel norm, residual add and activation in one call.
 
-    Same arguments and running-statistics behaviour as ``channel_norm``. The Triton backend fuses
-    the norm, the residual add and the activation (forward and backward); the other backends
-    compose them from torch ops with the same result.
+    Same running-statistics behaviour as `channel_norm`. The Triton backend fuses the norm, the
+    residual add and the activation (forward and backward); the other backends compose them from
+    torch ops with the same result.
+
+    Args:
+        input: the input, floating point, C channels on ``channel_axis``.
+        running_mean: per-channel running mean ``(C,)`` or None, updated in place in training.
+        running_var: per-channel running (unbiased) variance ``(C,)`` or None, updated in place in
+            training. Give both or neither.
+        weight: optional per-channel scale, shape ``(C,)``. Default: None (1).
+        bias: optional per-channel shift, shape ``(C,)``. Default: None (0).
+        training: normalize with the batch's statistics (and update the running ones) instead of the
+            running statistics, which are then required. Default: False.
+        momentum: weight of the new statistic in the running statistics, in [0, 1]; None is a
+            cumulative average (weight ``1 / num_batches_tracked``, which must then be given).
+            Default: 0.1.
+        eps: added to the variance before the square root, > 0. Default: 1e-5.
+        channel_axis: the input axis that holds the channels; negative counts from the end.
+            Default: 1.
+        activation: ``"relu"``, ``"silu"``, ``"gelu"`` (exact, not tanh) or ``"none"`` (or None).
+            Default: ``"relu"``.
+        residual: optional tensor added after the norm, before the activation; the input's shape,
+            dtype and device. Default: None.
+        backend: ``"auto"`` (picks per call), ``"reference"``, ``"native"`` or ``"triton"``; a named
+            backend that cannot run the call is a ``ValueError`` saying why. Default: ``"auto"``.
+        num_batches_tracked: keyword-only; optional 0-dim long tensor counting the updates,
+            incremented in place with the running statistics. Default: None.
+
+    Shape:
+        - Input: ``(N, C, *)``, any rank from 2 up, with the C channels on ``channel_axis``.
+        - Residual: the input's shape.
+        - Output: the input's shape, dtype and memory format.
+
+    Returns:
+        ``act(norm(input) + residual)``.
     """
     op = "channel_norm_act"
     axis, eps = _check_tracked_call(op, input, channel_axis, weight, bias, running_mean, running_var, momentum, eps,
@@ -216,7 +351,34 @@ def group_norm_act(
     residual: Optional[torch.Tensor] = None,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """``act(group_norm(input) + residual)``; see ``channel_norm_act``."""
+    """``act(group_norm(input) + residual)``: group norm, residual add and activation in one call.
+
+    Fused on the Triton backend, composed from torch ops on the others (same result).
+
+    Args:
+        input: the input, floating point, C channels on ``channel_axis``.
+        num_groups: G, the number of groups; must divide C.
+        weight: optional per-channel scale, shape ``(C,)``. Default: None (1).
+        bias: optional per-channel shift, shape ``(C,)``. Default: None (0).
+        eps: added to the variance before the square root, > 0. Default: 1e-5.
+        channel_axis: the input axis that holds the channels; negative counts from the end; not 0,
+            the batch axis. Default: 1.
+        activation: ``"relu"``, ``"silu"``, ``"gelu"`` (exact, not tanh) or ``"none"`` (or None).
+            Default: ``"relu"``.
+        residual: optional tensor added after the norm, before the activation; the input's shape,
+            dtype and device. Default: None.
+        backend: ``"auto"`` (picks per call), ``"reference"``, ``"native"`` or ``"triton"``; a named
+            backend that cannot run the call is a ``ValueError`` saying why. Default: ``"auto"``.
+
+    Shape:
+        - Input: ``(N, C, *)``, any rank from 2 up, with the C channels on ``channel_axis`` and the
+          batch on axis 0.
+        - Residual: the input's shape.
+        - Output: the input's shape, dtype and memory format.
+
+    Returns:
+        ``act(norm(input) + residual)``.
+    """
     op = "group_norm_act"
     axis, num_groups, eps = _check_group_call(op, input, num_groups, weight, bias, eps, channel_axis, backend)
     activation = _checks.activation(op, activation)

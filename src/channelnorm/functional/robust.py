@@ -33,10 +33,45 @@ def _per_channel_values(op, x, axis):
 def batch_renorm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
                  eps=1e-5, channel_axis=1, backend="auto", *, num_batches_tracked=None, rmax=3.0, dmax=5.0,
                  warmup_steps=0) -> torch.Tensor:
-    """Batch Renormalization (Ioffe 2017); eval (``training=False``) is ChannelNorm's eval.
+    """Batch Renormalization (Ioffe 2017); eval (``training=False``) is `channel_norm`'s eval.
 
-    Training needs the running statistics and ``num_batches_tracked`` (the warm-up step; see
-    ``ops.robust.renorm_bounds`` for the schedule).
+    Training: ``y = ((x - μ_B)/σ_B · r + d)·γ + β`` with ``r = clip(σ_B/σ, 1/rmax_t, rmax_t)`` and
+    ``d = clip((μ_B - μ)/σ, -dmax_t, dmax_t)`` (no gradient through r and d), ``μ``,
+    ``σ = sqrt(running_var + eps)`` the running statistics before this batch, and bounds ramped
+    linearly from 1 and 0 at step 0 to ``rmax`` and ``dmax`` at ``warmup_steps``. The running
+    statistics are then updated as `channel_norm`'s (unbiased variance). Training runs on the
+    reference math only.
+
+    Args:
+        input (Tensor): the input, floating point, C channels on ``channel_axis``.
+        running_mean (Tensor | None): per-channel running mean ``(C,)``, updated in place; required in
+            training.
+        running_var (Tensor | None): per-channel running (unbiased) variance ``(C,)``, updated in place;
+            required in training.
+        weight (Tensor | None): optional per-channel scale γ, shape ``(C,)``. Default: None (1).
+        bias (Tensor | None): optional per-channel shift β, shape ``(C,)``. Default: None (0).
+        training (bool): renormalized batch statistics (True) or the running statistics (False). Default:
+            False.
+        momentum (float | None): weight of the new statistic in the running statistics, in [0, 1]; None is a
+            cumulative average (weight ``1 / num_batches_tracked``). Default: 0.1.
+        eps (float): added to the variance before the square root, > 0. Default: 1e-5.
+        channel_axis (int): the input axis that holds the channels; negative counts from the end. Default:
+            1.
+        backend (str): ``"auto"`` or ``"reference"`` in training (the only implementation); eval runs on any
+            backend `channel_norm` accepts. Default: ``"auto"``.
+        num_batches_tracked (Tensor | None): keyword-only; 0-dim long tensor, the warm-up step, incremented
+            in place; required in training. Default: None.
+        rmax (float): keyword-only; the final bound of ``r``, >= 1. Default: 3.0.
+        dmax (float): keyword-only; the final bound of ``d``, >= 0. Default: 5.0.
+        warmup_steps (int): keyword-only; steps of the linear ramp of the bounds, >= 0 (0: no ramp).
+            Default: 0.
+
+    Shape:
+        - Input: ``(N, C, *)``, any rank from 2 up, with the C channels on ``channel_axis``.
+        - Output: the input's shape, dtype and memory format.
+
+    Returns:
+        The normalized input.
     """
     op = "batch_renorm"
     rmax, dmax, warmup_steps = _checks.renorm_limits(rmax, dmax, warmup_steps)
@@ -60,10 +95,43 @@ def batch_renorm(input, running_mean, running_var, weight=None, bias=None, train
 
 def ghost_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5,
                channel_axis=1, backend="auto", *, virtual_batch_size, num_batches_tracked=None) -> torch.Tensor:
-    """Ghost (virtual) batch normalization: in training, each run of ``virtual_batch_size`` samples
-    along the batch axis (axis 0) is normalized with its own statistics; the last virtual batch has
-    the remaining ``N mod virtual_batch_size`` samples when the batch does not divide evenly.
-    Running statistics: ``ops.robust.ghost_running_update``. Eval is ChannelNorm's eval.
+    """Ghost (virtual) batch normalization: channel norm per virtual batch in training.
+
+    In training, each run of ``virtual_batch_size`` samples along the batch axis (axis 0) is
+    normalized with its own mean and biased variance; the last virtual batch has the remaining
+    ``N mod virtual_batch_size`` samples when the batch does not divide evenly. Running statistics get
+    one update per call: the whole batch's mean and the pooled within-virtual-batch unbiased variance
+    ``Σ_k SS_k / (n - K)``. Eval is `channel_norm`'s eval.
+
+    Args:
+        input (Tensor): the input, floating point, C channels on ``channel_axis``.
+        running_mean (Tensor | None): per-channel running mean ``(C,)`` or None, updated in place in
+            training.
+        running_var (Tensor | None): per-channel running (unbiased) variance ``(C,)`` or None, updated in
+            place in training; give both or neither.
+        weight (Tensor | None): optional per-channel scale γ, shape ``(C,)``. Default: None (1).
+        bias (Tensor | None): optional per-channel shift β, shape ``(C,)``. Default: None (0).
+        training (bool): statistics per virtual batch (True) or the running statistics (False). Default:
+            False.
+        momentum (float | None): weight of the new statistic in the running statistics, in [0, 1]; None is a
+            cumulative average (weight ``1 / num_batches_tracked``, which must then be given). Default: 0.1.
+        eps (float): added to the variance before the square root, > 0. Default: 1e-5.
+        channel_axis (int): the input axis that holds the channels; negative counts from the end; not 0, the
+            batch axis. Default: 1.
+        backend (str): the backend each virtual batch runs on: ``"auto"``, ``"reference"``, ``"native"`` or
+            ``"triton"``. Default: ``"auto"``.
+        virtual_batch_size (int): keyword-only, required; samples per virtual batch, > 0. Every virtual
+            batch needs more than one value per channel.
+        num_batches_tracked (Tensor | None): keyword-only; optional 0-dim long tensor counting the updates,
+            incremented in place. Default: None.
+
+    Shape:
+        - Input: ``(N, C, *)``, any rank from 2 up, with the C channels on ``channel_axis`` and the
+          batch on axis 0.
+        - Output: the input's shape, dtype and memory format.
+
+    Returns:
+        The normalized input.
     """
     op = "ghost_norm"
     virtual_batch_size = _checks.positive_int("virtual_batch_size", virtual_batch_size)
@@ -95,8 +163,32 @@ def ghost_norm(input, running_mean, running_var, weight=None, bias=None, trainin
 
 def filter_response_norm(input, weight=None, bias=None, tau=None, eps=1e-6, channel_axis=1,
                          backend="auto") -> torch.Tensor:
-    """Filter Response Normalization with TLU (Singh & Krishnan 2019); ``tau=None`` skips the TLU.
-    ``eps`` is a float >= 0 or a learned scalar tensor (its absolute value is used)."""
+    """Filter Response Normalization with TLU (Singh & Krishnan 2019).
+
+    ``ν² = mean(x²)`` over the spatial axes per sample and channel, ``y = γ·x/sqrt(ν² + |eps|) + β``,
+    ``z = max(y, τ)``. No mean subtraction, no batch statistics.
+
+    Args:
+        input (Tensor): the input, floating point, C channels on ``channel_axis``.
+        weight (Tensor | None): optional per-channel scale γ, shape ``(C,)``. Default: None (1).
+        bias (Tensor | None): optional per-channel shift β, shape ``(C,)``. Default: None (0).
+        tau (Tensor | None): optional per-channel TLU threshold τ, shape ``(C,)``; None skips the TLU (plain
+            FRN). Default: None.
+        eps (float | Tensor): a float > 0, or a learned one-element tensor (its absolute value is used).
+            Default: 1e-6.
+        channel_axis (int): the input axis that holds the channels; negative counts from the end; not 0, the
+            batch axis. Default: 1.
+        backend (str): ``"auto"`` or ``"reference"`` (the only implementation); ``"native"``/``"triton"``
+            are a ``ValueError``. Default: ``"auto"``.
+
+    Shape:
+        - Input: ``(N, C, *)``, any rank from 2 up, with the C channels on ``channel_axis`` and the
+          batch on axis 0.
+        - Output: the input's shape, dtype and memory format.
+
+    Returns:
+        The normalized input, after the TLU when ``tau`` is given.
+    """
     op = "filter_response_norm"
     reference_only(op, backend)
     axis = _checks.input_tensor(input, channel_axis, op, batch_axis_needed=True)
@@ -111,7 +203,31 @@ def filter_response_norm(input, weight=None, bias=None, tau=None, eps=1e-6, chan
 
 def evonorm_s0(input, num_groups, v, weight=None, bias=None, eps=1e-5, channel_axis=1,
                backend="auto") -> torch.Tensor:
-    """EvoNorm-S0 (Liu et al. 2020): ``x·sigmoid(v·x) / group_std(x) · γ + β``; batch-independent."""
+    """EvoNorm-S0 (Liu et al. 2020): ``x·sigmoid(v·x) / group_std(x) · γ + β``; batch-independent.
+
+    ``group_std = sqrt(var + eps)`` with the biased variance per sample over groups of
+    ``C // num_groups`` channels and the spatial axes.
+
+    Args:
+        input (Tensor): the input, floating point, C channels on ``channel_axis``.
+        num_groups (int): G, the number of groups of the variance; must divide C.
+        v (Tensor): the per-channel sigmoid scale, shape ``(C,)``; required.
+        weight (Tensor | None): optional per-channel scale γ, shape ``(C,)``. Default: None (1).
+        bias (Tensor | None): optional per-channel shift β, shape ``(C,)``. Default: None (0).
+        eps (float): added to the variance before the square root, > 0. Default: 1e-5.
+        channel_axis (int): the input axis that holds the channels; negative counts from the end; not 0, the
+            batch axis. Default: 1.
+        backend (str): ``"auto"`` or ``"reference"`` (the only implementation); ``"native"``/``"triton"``
+            are a ``ValueError``. Default: ``"auto"``.
+
+    Shape:
+        - Input: ``(N, C, *)``, any rank from 2 up, with the C channels on ``channel_axis`` and the
+          batch on axis 0.
+        - Output: the input's shape, dtype and memory format.
+
+    Returns:
+        The normalized input.
+    """
     op = "evonorm_s0"
     reference_only(op, backend)
     axis = _checks.input_tensor(input, channel_axis, op, batch_axis_needed=True)
@@ -128,8 +244,35 @@ def evonorm_b0(input, running_var, v, weight=None, bias=None, training=False, mo
                channel_axis=1, backend="auto", *, num_batches_tracked=None) -> torch.Tensor:
     """EvoNorm-B0 (Liu et al. 2020): ``x / max(sqrt(var_batch + eps), v·x + instance_std(x)) · γ + β``.
 
-    ``training=True`` uses the batch variance and updates ``running_var`` (if given, unbiased, as
-    ChannelNorm); ``training=False`` uses ``running_var``.
+    ``training=True`` uses the batch's biased variance per channel and updates ``running_var`` (if
+    given, unbiased, as `channel_norm`); ``training=False`` uses ``running_var``.
+    ``instance_std = sqrt(var + eps)`` with the biased variance per sample and channel.
+
+    Args:
+        input (Tensor): the input, floating point, C channels on ``channel_axis``.
+        running_var (Tensor | None): per-channel running (unbiased) variance ``(C,)`` or None, updated in
+            place in training; required when ``training=False``.
+        v (Tensor): the per-channel scale of the instance term, shape ``(C,)``; required.
+        weight (Tensor | None): optional per-channel scale γ, shape ``(C,)``. Default: None (1).
+        bias (Tensor | None): optional per-channel shift β, shape ``(C,)``. Default: None (0).
+        training (bool): the batch variance (True) or ``running_var`` (False). Default: False.
+        momentum (float | None): weight of the new statistic in the running statistics, in [0, 1]; None is a
+            cumulative average (weight ``1 / num_batches_tracked``, which must then be given). Default: 0.1.
+        eps (float): added to the variance before the square root, > 0. Default: 1e-5.
+        channel_axis (int): the input axis that holds the channels; negative counts from the end; not 0, the
+            batch axis. Default: 1.
+        backend (str): ``"auto"`` or ``"reference"`` (the only implementation); ``"native"``/``"triton"``
+            are a ``ValueError``. Default: ``"auto"``.
+        num_batches_tracked (Tensor | None): keyword-only; optional 0-dim long tensor counting the updates,
+            incremented in place. Default: None.
+
+    Shape:
+        - Input: ``(N, C, *)``, any rank from 2 up, with the C channels on ``channel_axis`` and the
+          batch on axis 0.
+        - Output: the input's shape, dtype and memory format.
+
+    Returns:
+        The normalized input.
     """
     op = "evonorm_b0"
     reference_only(op, backend)
@@ -156,8 +299,12 @@ def standardize_weight(weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     the other dims, ``(w - mean) / sqrt(var + eps)`` with the biased variance.
 
     Args:
-        weight: a convolution weight ``(out, in / groups, *kernel)``.
-        eps: added to the variance, > 0.
+        weight: a floating convolution weight ``(out, in / groups, *kernel)``, rank 2 or more.
+        eps: added to the variance, > 0. Default: 1e-5.
+
+    Shape:
+        - Weight: ``(C_out, *)``, rank 2 or more; statistics per index of dim 0.
+        - Output: the weight's shape.
 
     Returns:
         The standardized weight, same shape and dtype.

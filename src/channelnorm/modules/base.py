@@ -54,7 +54,32 @@ def channel_count(cls_name: str, num_channels, num_features) -> int:
 
 
 class AffineNorm(nn.Module):
-    """Base of every norm: channel count, eps, channel axis, backend and the per-channel affine."""
+    """Base of every norm: channel count, eps, channel axis, backend and the per-channel affine.
+
+    Subclasses set the traits (``scope``, ``uses_batch_statistics``, ``includes_activation``) as class
+    attributes and define ``forward``; norms without running statistics derive from it directly.
+
+    Args:
+        num_channels: C, the number of channels (the size of the input's ``channel_axis``).
+        eps: added to the variance before the square root, > 0. Default: 1e-5.
+        affine: learn a per-channel scale ``weight`` (initialised to 1) and shift ``bias``
+            (initialised to 0). Default: True.
+        channel_axis: the input axis that holds the channels; negative counts from the end.
+            Default: 1.
+        backend: ``"auto"``, ``"reference"``, ``"native"`` or ``"triton"``. A backend that can never
+            run this norm is a ``ValueError`` here, one that cannot run a given call a ``ValueError``
+            at that call. Default: ``"auto"``.
+        device (torch.device | str | None): device of the parameters and buffers. Default: None (torch's
+            default device).
+        dtype (torch.dtype | None): floating dtype of the parameters and buffers. Default: None (torch's
+            default dtype).
+        bias: keyword-only. False keeps the scale ``weight`` without a shift (``bias`` is None), as
+            torch's ``bias=False``; no effect when ``affine=False``. Default: True.
+
+    Shape:
+        - Input: ``(N, C, *)``, the C channels on ``channel_axis``, as the subclass accepts.
+        - Output: the input's shape.
+    """
 
     scope: ClassVar[str] = "none"
     uses_batch_statistics: ClassVar[bool] = False
@@ -91,7 +116,7 @@ class AffineNorm(nn.Module):
 
     @classmethod
     def traits(cls) -> NormTraits:
-        """This class's :class:`NormTraits`."""
+        """This class's `NormTraits` (its ``scope``, ``uses_batch_statistics`` and ``includes_activation``)."""
         return NormTraits(cls.scope, cls.uses_batch_statistics, cls.includes_activation)
 
     @property
@@ -100,6 +125,7 @@ class AffineNorm(nn.Module):
         return self.num_channels
 
     def reset_parameters(self) -> None:
+        """Set ``weight`` to 1 and ``bias`` to 0 (parameters only; a frozen norm's buffers stay)."""
         if self.affine and not self.affine_buffers:
             nn.init.ones_(self.weight)
             if self.bias is not None:
@@ -127,7 +153,38 @@ class AffineNorm(nn.Module):
 
 
 class RunningStatsNorm(AffineNorm):
-    """Base of the norms with running statistics: ``momentum``, ``track_running_stats`` and the buffers."""
+    """Base of the norms with running statistics: ``momentum``, ``track_running_stats`` and the buffers.
+
+    The buffers are ``running_mean`` (initialised to 0), ``running_var`` (to 1) and
+    ``num_batches_tracked`` (to 0), with ``nn.BatchNorm*d``'s names, dtypes and ``state_dict`` keys;
+    a subclass keeps only the statistics in its ``running_stats`` class attribute.
+
+    Args:
+        num_channels: C, the number of channels (the size of the input's ``channel_axis``).
+        eps: added to the variance before the square root, > 0. Default: 1e-5.
+        momentum: weight of the new batch statistic in the running statistics, in [0, 1];
+            None is a cumulative average (weight ``1 / num_batches_tracked``). Default: 0.1.
+        affine: learn a per-channel scale ``weight`` (initialised to 1) and shift ``bias``
+            (initialised to 0). Default: True.
+        track_running_stats: keep the running buffers, updated in training and used in eval;
+            with False they are None and eval uses the input's own statistics too. Default: True.
+        channel_axis: the input axis that holds the channels; negative counts from the end.
+            Default: 1.
+        backend: ``"auto"``, ``"reference"``, ``"native"`` or ``"triton"``. A backend that can never
+            run this norm is a ``ValueError`` here, one that cannot run a given call a ``ValueError``
+            at that call. Default: ``"auto"``.
+        device (torch.device | str | None): device of the parameters and buffers. Default: None (torch's
+            default device).
+        dtype (torch.dtype | None): floating dtype of the parameters and buffers. Default: None (torch's
+            default dtype).
+        bias: keyword-only. False keeps the scale ``weight`` without a shift (``bias`` is None), as
+            torch's ``bias=False``; no effect when ``affine=False``. Default: True.
+        num_features: keyword-only; torch's name for ``num_channels`` (give one of the two).
+
+    Shape:
+        - Input: ``(N, C, *)``, the C channels on ``channel_axis``, as the subclass accepts.
+        - Output: the input's shape.
+    """
 
     # Running buffers this norm keeps (EvoNorm-B0 keeps only the variance).
     running_stats: ClassVar[tuple[str, ...]] = ("running_mean", "running_var")
@@ -152,12 +209,14 @@ class RunningStatsNorm(AffineNorm):
                              if self.track_running_stats else None)
 
     def reset_running_stats(self) -> None:
+        """Running mean 0, running variance 1, ``num_batches_tracked`` 0 (nothing without running statistics)."""
         if self.track_running_stats:
             for name in self.running_stats:
                 getattr(self, name).fill_(1 if name == "running_var" else 0)
             self.num_batches_tracked.zero_()
 
     def reset_parameters(self) -> None:
+        """Reset the running statistics, then ``weight`` to 1 and ``bias`` to 0."""
         self.reset_running_stats()
         super().reset_parameters()
 
@@ -196,13 +255,31 @@ type (weight-decay exclusion, fusers) can test ``isinstance(m, NORM_TYPES)`` ins
 
 
 def is_norm(module: nn.Module) -> bool:
-    """True for every norm layer of this library or of torch that has a per-channel affine
-    (``nn.LayerNorm``, whose affine is per element, is not one)."""
+    """Whether ``module`` is a norm layer with a per-channel affine: ``isinstance(module, NORM_TYPES)``.
+
+    For code that finds ``nn.BatchNorm*d`` layers by type (weight-decay exclusion, fusers).
+
+    Args:
+        module: any module.
+
+    Returns:
+        True for every norm of this library and for torch's BatchNorm, SyncBatchNorm, InstanceNorm and
+        GroupNorm; False otherwise (``nn.LayerNorm``, whose affine is per element, is not one).
+    """
     return isinstance(module, NORM_TYPES)
 
 
 def module_traits(module: nn.Module) -> Optional[NormTraits]:
-    """The :class:`NormTraits` of a norm layer (this library's or torch's), or None for other modules."""
+    """The traits of a norm layer, this library's or torch's.
+
+    Args:
+        module: any module.
+
+    Returns:
+        The layer's `NormTraits` (its class's for this library's norms; channel scope with batch
+        statistics for torch's BatchNorm, instance scope for InstanceNorm, group scope for GroupNorm),
+        or None for a module that is not one of `NORM_TYPES`.
+    """
     if isinstance(module, AffineNorm):
         return module.traits()
     for cls, traits in _TORCH_TRAITS.items():

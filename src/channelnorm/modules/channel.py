@@ -12,15 +12,62 @@ from .base import RunningStatsNorm
 class ChannelNorm(RunningStatsNorm):
     """Normalize each channel with its mean and biased variance over every other axis.
 
-    Drop-in for ``nn.BatchNorm1d/2d/3d`` (same buffers and ``state_dict``) that takes any rank
-    >= 2 and any ``channel_axis`` (``-1`` for channels-last data as in Keras).
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias``, one ``mean`` and ``var`` per channel over the
+    batch and spatial axes. A drop-in for ``nn.BatchNorm1d/2d/3d`` (same buffers and ``state_dict``
+    keys, loadable strictly both ways) that takes input of any rank from 2 up and any
+    ``channel_axis`` (``-1`` for channels-last data, as in Keras).
+
+    In training, and whenever ``track_running_stats=False``, the statistics are the batch's, with the
+    biased variance. Training with running statistics also updates ``running_mean`` and
+    ``running_var`` (the unbiased variance, ``var * n / (n - 1)`` over the ``n`` values per channel)
+    and adds 1 to ``num_batches_tracked``; a batch whose statistics are not finite updates nothing.
+    Eval with running statistics normalizes with them.
+
+    Args:
+        num_channels: C, the number of channels (the size of the input's ``channel_axis``).
+        eps: added to the variance before the square root, > 0. Default: 1e-5.
+        momentum: weight of the new batch statistic in the running statistics, in [0, 1]:
+            ``running = (1 - momentum) * running + momentum * batch``; None is a cumulative average
+            (weight ``1 / num_batches_tracked``). Default: 0.1.
+        affine: learn a per-channel scale ``weight`` (initialised to 1) and shift ``bias``
+            (initialised to 0). Default: True.
+        track_running_stats: keep ``running_mean``, ``running_var`` and ``num_batches_tracked``;
+            with False they are None and eval uses the batch's statistics too. Default: True.
+        channel_axis: the input axis that holds the channels; negative counts from the end.
+            Default: 1.
+        backend: ``"auto"`` (picks per call), ``"reference"`` (pure torch math), ``"native"`` (torch's
+            kernels) or ``"triton"`` (fused kernels). A named backend that cannot run a call is a
+            ``ValueError`` saying why, never a silent fallback. Default: ``"auto"``.
+        device (torch.device | str | None): device of the parameters and buffers. Default: None (torch's
+            default device).
+        dtype (torch.dtype | None): floating dtype of the parameters and buffers. Default: None (torch's
+            default dtype).
+        bias: keyword-only. False keeps the scale ``weight`` without a shift (``bias`` is None), as
+            torch's ``bias=False``; no effect when ``affine=False``. Default: True.
+        num_features: keyword-only; torch's name for ``num_channels`` (give one of the two).
+
+    Shape:
+        - Input: ``(N, C, *)``, any rank from 2 up, with the C channels on ``channel_axis``
+          (``(N, *, C)`` with ``channel_axis=-1``).
+        - Output: the input's shape, dtype and memory format.
     """
 
     scope = "channel"
     uses_batch_statistics = True
 
     def forward(self, input: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``mask`` (bool, True = valid) excludes padding from the statistics; see ``functional.channel_norm``."""
+        """Normalize ``input``.
+
+        Args:
+            input: the input, C channels on ``channel_axis``.
+            mask: optional bool tensor, True for the elements that enter the statistics (padding
+                excluded; every element is still normalized): the input's shape without the channel
+                axis, or the input's rank with size 1 on the channel axis, broadcastable. Only the
+                reference math computes masked statistics; see `channelnorm.functional.channel_norm`.
+
+        Returns:
+            The normalized input, same shape, dtype and memory format.
+        """
         self._check_input(input)
         running_mean, running_var, tracked = self._running_buffers()
         return F.channel_norm(input, running_mean, running_var, self.weight, self.bias,

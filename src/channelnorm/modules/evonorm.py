@@ -12,9 +12,35 @@ from .base import AffineNorm, RunningStatsNorm, channel_count
 
 
 class EvoNormS0(AffineNorm):
-    """``y = x·sigmoid(v·x) / sqrt(var_group(x) + eps) · γ + β``: variance per sample over groups of
-    ``num_channels // num_groups`` channels and the spatial axes (as GroupNorm); replaces norm +
-    activation. ``v`` is a per-channel parameter initialised to 1."""
+    """EvoNorm-S0: ``y = x·sigmoid(v·x) / sqrt(var_group(x) + eps) · γ + β``, batch-independent.
+
+    ``var_group`` is the biased variance per sample over groups of ``num_channels // num_groups``
+    channels and the spatial axes (as GroupNorm); it replaces norm + activation. ``v`` is a
+    per-channel parameter initialised to 1. Only the reference math implements it.
+
+    Args:
+        num_channels: C, the number of channels (the size of the input's ``channel_axis``).
+        num_groups: G, the number of groups of the variance; must divide ``num_channels``.
+            Default: 32.
+        eps: added to the variance before the square root, > 0. Default: 1e-5.
+        affine: learn a per-channel scale ``weight`` (γ, initialised to 1) and shift ``bias``
+            (β, initialised to 0). Default: True.
+        channel_axis: the input axis that holds the channels; negative counts from the end; not 0,
+            the batch axis. Default: 1.
+        backend: ``"auto"`` or ``"reference"`` (the only implementation); ``"native"``/``"triton"``
+            are a ``ValueError``. Default: ``"auto"``.
+        device (torch.device | str | None): device of the parameters. Default: None (torch's default
+            device).
+        dtype (torch.dtype | None): floating dtype of the parameters. Default: None (torch's default dtype).
+        bias: keyword-only. False keeps the scale ``weight`` without a shift (``bias`` is None), as
+            torch's ``bias=False``; no effect when ``affine=False``. Default: True.
+        num_features: keyword-only; torch's name for ``num_channels`` (give one of the two).
+
+    Shape:
+        - Input: ``(N, C, *)``, any rank from 2 up, with the C channels on ``channel_axis`` and the
+          batch on axis 0.
+        - Output: the input's shape, dtype and memory format.
+    """
 
     scope = "group"
     includes_activation = True
@@ -22,7 +48,8 @@ class EvoNormS0(AffineNorm):
     _repr_fields = ("num_channels", "num_groups", "eps", "affine", "channel_axis", "backend")
 
     def __init__(self, num_channels: Optional[int] = None, num_groups: int = 32, eps: float = 1e-5,
-                 affine: bool = True, channel_axis: int = 1, backend: str = "auto", device=None, dtype=None, *,
+                 affine: bool = True, channel_axis: int = 1, backend: str = "auto", device=None, dtype=None,
+                     *,
                  bias: bool = True, num_features: Optional[int] = None) -> None:
         num_channels = channel_count(type(self).__name__, num_channels, num_features)
         self.num_groups = _checks.positive_int("num_groups", num_groups)
@@ -47,7 +74,35 @@ class EvoNormB0(RunningStatsNorm):
     ``var_batch`` is the biased variance per channel over (N, spatial) in training, the running
     variance in eval; ``running_var`` is updated as ChannelNorm's (unbiased, ``momentum``; None is a
     cumulative average). There is no running mean: the buffers are ``running_var`` and
-    ``num_batches_tracked`` only. ``v`` is a per-channel parameter initialised to 1.
+    ``num_batches_tracked`` only. ``v`` is a per-channel parameter initialised to 1; ``var_instance``
+    is the biased variance per sample and channel over the spatial axes. Only the reference math
+    implements it.
+
+    Args:
+        num_channels: C, the number of channels (the size of the input's ``channel_axis``).
+        eps: added to both variances before the square root, > 0. Default: 1e-5.
+        momentum: weight of the new batch variance in ``running_var``, in [0, 1]; None is a
+            cumulative average (weight ``1 / num_batches_tracked``). Default: 0.1.
+        affine: learn a per-channel scale ``weight`` (γ, initialised to 1) and shift ``bias``
+            (β, initialised to 0). Default: True.
+        track_running_stats: keep ``running_var`` and ``num_batches_tracked`` and use them in eval;
+            with False they are None and eval uses the batch variance too. Default: True.
+        channel_axis: the input axis that holds the channels; negative counts from the end; not 0,
+            the batch axis. Default: 1.
+        backend: ``"auto"`` or ``"reference"`` (the only implementation); ``"native"``/``"triton"``
+            are a ``ValueError``. Default: ``"auto"``.
+        device (torch.device | str | None): device of the parameters and buffers. Default: None (torch's
+            default device).
+        dtype (torch.dtype | None): floating dtype of the parameters and buffers. Default: None (torch's
+            default dtype).
+        bias: keyword-only. False keeps the scale ``weight`` without a shift (``bias`` is None), as
+            torch's ``bias=False``; no effect when ``affine=False``. Default: True.
+        num_features: keyword-only; torch's name for ``num_channels`` (give one of the two).
+
+    Shape:
+        - Input: ``(N, C, *)``, any rank from 2 up, with the C channels on ``channel_axis`` and the
+          batch on axis 0.
+        - Output: the input's shape, dtype and memory format.
     """
 
     scope = "channel"

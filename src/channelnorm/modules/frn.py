@@ -18,6 +18,31 @@ class FilterResponseNorm(AffineNorm):
     both the norm and the activation. ``tlu=False`` drops τ (plain FRN); ``learnable_eps=True``
     makes eps a scalar parameter ``eps_param`` (initialised to ``eps``; its absolute value is used).
     On (N, C) input there are no spatial axes and ``ν² = x²``, so FRN is close to ``sign(x)``.
+    Only the reference math implements it.
+
+    Args:
+        num_channels: C, the number of channels (the size of the input's ``channel_axis``).
+        eps: added to ``ν²``, > 0 (with ``learnable_eps``, the initial value). Default: 1e-6.
+        affine: learn a per-channel scale ``weight`` (γ, initialised to 1) and shift ``bias``
+            (β, initialised to 0). Default: True.
+        tlu: learn the per-channel threshold ``tau`` (τ, initialised to 0) of the TLU; False
+            drops it (no activation). Default: True.
+        learnable_eps: make eps a learned scalar parameter ``eps_param``. Default: False.
+        channel_axis: the input axis that holds the channels; negative counts from the end; not 0,
+            the batch axis. Default: 1.
+        backend: ``"auto"`` or ``"reference"`` (the only implementation); ``"native"``/``"triton"``
+            are a ``ValueError``. Default: ``"auto"``.
+        device (torch.device | str | None): device of the parameters. Default: None (torch's default
+            device).
+        dtype (torch.dtype | None): floating dtype of the parameters. Default: None (torch's default dtype).
+        bias: keyword-only. False keeps the scale ``weight`` without a shift (``bias`` is None), as
+            torch's ``bias=False``; no effect when ``affine=False``. Default: True.
+        num_features: keyword-only; torch's name for ``num_channels`` (give one of the two).
+
+    Shape:
+        - Input: ``(N, C, *)``, any rank from 2 up, with the C channels on ``channel_axis`` and the
+          batch on axis 0.
+        - Output: the input's shape, dtype and memory format.
     """
 
     scope = "instance"

@@ -12,9 +12,27 @@ from .base import AffineNorm, channel_count
 class FrozenChannelNorm(AffineNorm):
     """Normalize with ``running_mean``/``running_var`` and a fixed ``weight``/``bias``.
 
-    All four are buffers: nothing is trained, nothing is updated, ``train()`` changes nothing. Its
-    state dict loads from a ``ChannelNorm``/``nn.BatchNorm*d`` state dict (``num_batches_tracked``
-    is dropped, as torchvision does).
+    ``y = (x - running_mean) / sqrt(running_var + eps) * weight + bias``. All four are buffers
+    (initialised to 0, 1, 1 and 0): nothing is trained, nothing is updated, ``train()`` changes
+    nothing. Its state dict loads from a ``ChannelNorm``/``nn.BatchNorm*d`` state dict
+    (``num_batches_tracked`` is dropped, as torchvision does). ``cn.convert.freeze`` builds these from
+    a trained model.
+
+    Args:
+        num_channels: C, the number of channels (the size of the input's ``channel_axis``).
+        eps: added to ``running_var`` before the square root, > 0. Default: 1e-5.
+        channel_axis: the input axis that holds the channels; negative counts from the end.
+            Default: 1.
+        backend: ``"auto"`` (picks per call), ``"reference"`` (pure torch math), ``"native"`` (torch's
+            kernels) or ``"triton"`` (fused kernels). A named backend that cannot run a call is a
+            ``ValueError`` saying why, never a silent fallback. Default: ``"auto"``.
+        device (torch.device | str | None): device of the buffers. Default: None (torch's default device).
+        dtype (torch.dtype | None): floating dtype of the buffers. Default: None (torch's default dtype).
+        num_features: keyword-only; torch's name for ``num_channels`` (give one of the two).
+
+    Shape:
+        - Input: ``(N, C, *)``, any rank from 2 up, with the C channels on ``channel_axis``.
+        - Output: the input's shape, dtype and memory format.
     """
 
     scope = "channel"

@@ -10,11 +10,42 @@ from .base import RunningStatsNorm
 
 
 class InstanceNorm(RunningStatsNorm):
-    """``nn.InstanceNorm1d/2d/3d`` for any rank >= 3 and any channel axis but 0.
+    """Normalize each sample and channel over the spatial axes: ``nn.InstanceNorm1d/2d/3d`` for any rank.
 
-    Unlike torch's, ``affine`` defaults to True (DESIGN §2) and ``momentum=None`` is a cumulative
-    average here too; running statistics (``track_running_stats=True``) average the per-instance
-    statistics over the batch, as torch does.
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with one mean and biased variance per
+    (sample, channel). Unlike torch's, ``affine`` defaults to True (docs/design.md §2)
+    and ``momentum=None`` is a cumulative average. With ``track_running_stats=True``, training
+    blends the batch average of the per-instance mean and unbiased variance into ``running_mean``
+    and ``running_var`` (as torch does), and eval normalizes with them.
+
+    Args:
+        num_channels: C, the number of channels (the size of the input's ``channel_axis``).
+        eps: added to the variance before the square root, > 0. Default: 1e-5.
+        momentum: weight of the new statistic in the running statistics, in [0, 1]; None is a
+            cumulative average (weight ``1 / num_batches_tracked``). Default: 0.1.
+        affine: learn a per-channel scale ``weight`` (initialised to 1) and shift ``bias``
+            (initialised to 0). Default: True.
+        track_running_stats: keep ``running_mean``, ``running_var`` and ``num_batches_tracked`` and
+            use them in eval; with False (the default, as torch) eval uses the input's own
+            statistics. Default: False.
+        channel_axis: the input axis that holds the channels; negative counts from the end; not 0,
+            the batch axis. Default: 1.
+        backend: ``"auto"`` (picks per call), ``"reference"`` (pure torch math), ``"native"`` (torch's
+            kernels) or ``"triton"`` (fused kernels). A named backend that cannot run a call is a
+            ``ValueError`` saying why, never a silent fallback. Default: ``"auto"``.
+        device (torch.device | str | None): device of the parameters and buffers. Default: None (torch's
+            default device).
+        dtype (torch.dtype | None): floating dtype of the parameters and buffers. Default: None (torch's
+            default dtype).
+        bias: keyword-only. False keeps the scale ``weight`` without a shift (``bias`` is None), as
+            torch's ``bias=False``; no effect when ``affine=False``. Default: True.
+        num_features: keyword-only; torch's name for ``num_channels`` (give one of the two).
+
+    Shape:
+        - Input: ``(N, C, *)`` with the C channels on ``channel_axis`` and the batch on axis 0;
+          statistics from the input need more than one value per (sample, channel), so rank 3 or
+          more (rank 2 only in eval with running statistics).
+        - Output: the input's shape, dtype and memory format.
     """
 
     scope = "instance"

@@ -20,6 +20,35 @@ class BatchRenorm(ChannelNorm):
     plain ChannelNorm at step 0 to the targets at ``warmup_steps``. Running statistics, buffers,
     ``state_dict`` and eval are exactly ChannelNorm's. Training runs on the reference math only
     (``backend`` "auto" or "reference").
+
+    Args:
+        num_channels: C, the number of channels (the size of the input's ``channel_axis``).
+        eps: added to the variance before the square root, > 0. Default: 1e-5.
+        momentum: weight of the new batch statistic in the running statistics, in [0, 1]; None is a
+            cumulative average (weight ``1 / num_batches_tracked``). Default: 0.1.
+        affine: learn a per-channel scale ``weight`` (initialised to 1) and shift ``bias``
+            (initialised to 0). Default: True.
+        track_running_stats: must be True (r and d compare the batch with the running statistics);
+            False is a ``ValueError``. Default: True.
+        channel_axis: the input axis that holds the channels; negative counts from the end.
+            Default: 1.
+        backend: ``"auto"`` or ``"reference"`` (the only implementation of the training path);
+            ``"native"``/``"triton"`` are a ``ValueError``. Default: ``"auto"``.
+        device (torch.device | str | None): device of the parameters and buffers. Default: None (torch's
+            default device).
+        dtype (torch.dtype | None): floating dtype of the parameters and buffers. Default: None (torch's
+            default dtype).
+        rmax: keyword-only; the final bound of ``r``, >= 1 (1 with ``dmax=0`` is ChannelNorm).
+            Default: 3.0.
+        dmax: keyword-only; the final bound of ``d``, >= 0. Default: 5.0.
+        warmup_steps: keyword-only; steps of the linear ramp of the bounds, >= 0. Default: 0.
+        bias: keyword-only. False keeps the scale ``weight`` without a shift (``bias`` is None), as
+            torch's ``bias=False``; no effect when ``affine=False``. Default: True.
+        num_features: keyword-only; torch's name for ``num_channels`` (give one of the two).
+
+    Shape:
+        - Input: ``(N, C, *)``, any rank from 2 up, with the C channels on ``channel_axis``.
+        - Output: the input's shape, dtype and memory format.
     """
 
     functional_op = "batch_renorm"
@@ -38,6 +67,16 @@ class BatchRenorm(ChannelNorm):
                          dtype, bias=bias, num_features=num_features)
 
     def forward(self, input: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Normalize ``input``; a ``mask`` is accepted in eval only (it is ChannelNorm's eval then).
+
+        Args:
+            input: the input, C channels on ``channel_axis``.
+            mask: optional bool statistics mask (True = valid), as `ChannelNorm.forward`; in
+                training it is a ``ValueError`` (this norm's training statistics take no mask).
+
+        Returns:
+            The normalized input, same shape, dtype and memory format.
+        """
         self._check_input(input)
         if mask is not None:
             return self._forward_eval_with_mask(input, mask)

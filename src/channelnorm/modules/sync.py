@@ -33,6 +33,34 @@ class SyncChannelNorm(ChannelNorm):
     initialized, when the group has one rank, and in eval mode (as ``nn.SyncBatchNorm``: evaluation
     never communicates, with or without running statistics). The synchronized path is pure torch
     math; ``backend`` applies to the local path.
+
+    Args:
+        num_channels: C, the number of channels (the size of the input's ``channel_axis``).
+        eps: added to the variance before the square root, > 0. Default: 1e-5.
+        momentum: weight of the new batch statistic in the running statistics, in [0, 1]; None is a
+            cumulative average (weight ``1 / num_batches_tracked``). Default: 0.1.
+        affine: learn a per-channel scale ``weight`` (initialised to 1) and shift ``bias``
+            (initialised to 0). Default: True.
+        track_running_stats: keep ``running_mean``, ``running_var`` (unbiased) and
+            ``num_batches_tracked``; with False they are None and eval uses the batch's statistics
+            too. Default: True.
+        channel_axis: the input axis that holds the channels; negative counts from the end.
+            Default: 1.
+        backend: the backend of the local path: ``"auto"``, ``"reference"``, ``"native"`` or
+            ``"triton"``. Default: ``"auto"``.
+        device (torch.device | str | None): device of the parameters and buffers. Default: None (torch's
+            default device).
+        dtype (torch.dtype | None): floating dtype of the parameters and buffers. Default: None (torch's
+            default dtype).
+        process_group (ProcessGroup | None): the ``torch.distributed`` group whose ranks share the
+            statistics; None is the default (whole-world) group. Default: None.
+        bias: keyword-only. False keeps the scale ``weight`` without a shift (``bias`` is None), as
+            torch's ``bias=False``; no effect when ``affine=False``. Default: True.
+        num_features: keyword-only; torch's name for ``num_channels`` (give one of the two).
+
+    Shape:
+        - Input: ``(N, C, *)``, any rank from 2 up, with the C channels on ``channel_axis``.
+        - Output: the input's shape, dtype and memory format.
     """
 
     def __init__(self, num_channels: Optional[int] = None, eps: float = 1e-5, momentum: Optional[float] = 0.1,

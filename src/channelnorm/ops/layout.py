@@ -28,7 +28,7 @@ def match_layout(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def elements_per_statistic(shape: torch.Size, num_groups: int, per_sample: bool) -> int:
-    """Number of elements that share one mean/variance (``n`` of DESIGN §3)."""
+    """Number of elements that share one mean/variance (``n`` of docs/design.md §3.1)."""
     n = math.prod(shape) // num_groups
     if per_sample and shape[0] > 0:
         n //= shape[0]

@@ -1,8 +1,8 @@
 """Delegation to torch's own kernels (``F.batch_norm``, ``F.instance_norm``, ``F.group_norm``).
 
 Those kernels want the channel on axis 1, so the channel axis is moved there as a view. The one
-semantic we add is DESIGN §3's non-finite rule: torch updates running statistics in place, so it
-updates copies, which are committed only when finite.
+semantic we add is the non-finite rule of docs/design.md §3.3: torch updates running statistics in
+place, so it updates copies, which are committed only when finite.
 """
 from __future__ import annotations
 

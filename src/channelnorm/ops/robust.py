@@ -1,4 +1,4 @@
-"""Reference math for the batch-robust variants (DESIGN §5): pure torch, autograd differentiates it.
+"""Reference math for the batch-robust variants (docs/design.md §5): pure torch, autograd differentiates it.
 
 Statistics are accumulated in float32 (float64 for float64 input) and centered two-pass, as in
 ``reference``. Validation lives in ``channelnorm.functional.robust``; nothing here checks input.

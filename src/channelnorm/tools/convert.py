@@ -141,6 +141,15 @@ def replace_norms(model: nn.Module, kind: str, **kwargs) -> nn.Module:
     only between norms of the same family. ``weight``/``bias`` are copied when both layers have
     them; running statistics and ``num_batches_tracked`` only within the same family. The
     training/eval mode of each layer is kept.
+
+    Args:
+        model: the model, changed in place (layers are replaced in their parents).
+        kind: the new norm's name (``available_norms()`` or an alias); unknown is a ``ValueError``
+            before anything changes.
+        **kwargs (Any): constructor arguments of the new kind, overriding the carried ones.
+
+    Returns:
+        ``model``, or the new layer when ``model`` is itself one of the layers replaced.
     """
     canonical_kind(kind)  # fail on an unknown kind before touching the model
     return _swap(model, lambda m: _build(kind, m, kwargs) if _is_norm(m) else None)
@@ -172,6 +181,14 @@ def to_sync(model: nn.Module, process_group=None) -> nn.Module:
     The new layers share the old ones' parameter and buffer tensors (as
     ``nn.SyncBatchNorm.convert_sync_batchnorm``), so call it before building the optimizer or after,
     either works. ChannelNorm subclasses with other semantics (and ``nn.SyncBatchNorm``) are left as they are.
+
+    Args:
+        model: the model, changed in place (layers are replaced in their parents).
+        process_group (ProcessGroup | None): the ``torch.distributed`` group the new layers synchronize
+            over; None is the default (whole-world) group. Default: None.
+
+    Returns:
+        ``model``, or the new layer when ``model`` is itself one of the layers replaced.
     """
     def convert(m):
         if type(m) is ChannelNorm or type(m) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
@@ -182,7 +199,14 @@ def to_sync(model: nn.Module, process_group=None) -> nn.Module:
 
 
 def from_sync(model: nn.Module) -> nn.Module:
-    """Turn every ``SyncChannelNorm`` back into a ``ChannelNorm`` (sharing its tensors)."""
+    """Turn every ``SyncChannelNorm`` back into a ``ChannelNorm`` (sharing its tensors).
+
+    Args:
+        model: the model, changed in place (layers are replaced in their parents).
+
+    Returns:
+        ``model``, or the new layer when ``model`` is itself one of the layers replaced.
+    """
     def convert(m):
         if isinstance(m, SyncChannelNorm):
             return _share_state(m, ChannelNorm(m.num_channels, **_channel_norm_args(m)))
@@ -199,6 +223,12 @@ def freeze(model: nn.Module) -> nn.Module:
     with ``track_running_stats=True``. They then normalize with the running statistics in train and
     eval mode, never update them, and have no parameters. Norms without running statistics
     (GroupNorm, LayerNorm, InstanceNorm, ...) are left unchanged.
+
+    Args:
+        model: the model, changed in place (layers are replaced in their parents).
+
+    Returns:
+        ``model``, or the new layer when ``model`` is itself one of the layers replaced.
     """
     def convert(m):
         if _family(m) != ("channel", False) or isinstance(m, FrozenChannelNorm) or not _tracks_running_stats(m):
@@ -216,6 +246,12 @@ def unfreeze(model: nn.Module) -> nn.Module:
     """Replace every ``FrozenChannelNorm`` by a trainable ``ChannelNorm`` holding the same values.
 
     ``num_batches_tracked`` starts at 0 (a frozen layer does not keep it).
+
+    Args:
+        model: the model, changed in place (layers are replaced in their parents).
+
+    Returns:
+        ``model``, or the new layer when ``model`` is itself one of the layers replaced.
     """
     def convert(m):
         if not isinstance(m, FrozenChannelNorm):

@@ -87,6 +87,7 @@ class FoldReport:
 
     @property
     def num_folded(self) -> int:
+        """How many norms were folded (``len(folded)``)."""
         return len(self.folded)
 
     def __str__(self) -> str:
@@ -466,10 +467,10 @@ def fold(model: nn.Module, example_input: Any = None, *, return_report: bool = F
         model: the model, changed in place (norms inside are replaced in their parents).
         example_input: optional input to follow the real graph: a tensor, or a tuple of positional
             arguments for ``model``. A small batch is enough (every layer's output is held during
-            the run); with norms in training mode, the norms are left and their buffers restored.
-        return_report: also return a :class:`FoldReport` of what was folded and what was left, and why.
-            Without it, a ``UserWarning`` names the eval-mode norms with running statistics that
-            were left (the ones a caller would expect folded).
+            the run); with norms in training mode, the norms are left and their buffers restored. Default: None.
+        return_report: keyword-only; also return a `FoldReport` of what was folded and what was
+            left, and why. Without it, a ``UserWarning`` names the eval-mode norms with running
+            statistics that were left (the ones a caller would expect folded). Default: False.
 
     Returns:
         ``model``, or ``(model, FoldReport)`` when ``return_report`` is true. A model that is itself a

@@ -21,14 +21,25 @@ def _unit_interval(name: str, value, hint: str = "") -> float:
 def momentum_from_decay(decay: float) -> float:
     """PyTorch ``momentum`` for a Keras/Flax ``momentum`` or TF1 ``decay`` (weight of the old value).
 
-    Returns ``1 - decay``."""
+    Args:
+        decay: the weight of the old running value, in [0, 1] (Keras' default is 0.99).
+
+    Returns:
+        ``1 - decay``, the weight of the new batch statistic, as torch's ``momentum``.
+    """
     return 1.0 - _unit_interval("decay", decay)
 
 
 def decay_from_momentum(momentum: float) -> float:
     """Keras/Flax ``momentum`` / TF1 ``decay`` for a PyTorch ``momentum`` (weight of the new value).
 
-    Returns ``1 - momentum``."""
+    Args:
+        momentum: torch's momentum, in [0, 1]. None (torch's cumulative average) has no fixed
+            decay and is a ``ValueError``.
+
+    Returns:
+        ``1 - momentum``, the weight of the old running value.
+    """
     if momentum is None:
         raise ValueError("momentum=None is PyTorch's cumulative average (m = 1/num_batches_tracked); "
                          "it has no fixed decay")

@@ -102,6 +102,17 @@ def recompute_stats(model: nn.Module, batches: Iterable, num_batches: Optional[i
     BatchRenorm's warm-up step; InstanceNorm's running statistics; ...) are restored, and on an
     error the recomputed statistics too. A layer no batch reached is unchanged.
     Statistics are those of this process (no all-reduce across a process group).
+
+    Args:
+        model: the model, changed in place: every layer whose traits say it uses batch statistics
+            and that tracks running statistics (ChannelNorm and its variants, ``nn.BatchNorm*d``).
+        batches: an iterable of batches: tensors, or lists/tuples whose first element is the input.
+        num_batches: use the first ``num_batches`` batches (> 0; fewer is a ``ValueError``); None
+            uses them all. Default: None.
+        progress: show a tqdm progress bar (a warning, no bar, when tqdm is missing). Default: True.
+
+    Returns:
+        ``model`` itself.
     """
     if num_batches is not None:
         num_batches = _checks.positive_int("num_batches", num_batches)

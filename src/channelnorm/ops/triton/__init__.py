@@ -1,4 +1,5 @@
-"""Triton backend: fused normalization kernels for the family, NCHW and NHWC, fp32/bf16/fp16.
+"""Triton backend (docs/design.md §4 and §6): fused normalization kernels for the family, NCHW and
+NHWC, fp32/bf16/fp16.
 
 Modules: ``_kernels`` (jit only, no validation), ``plan`` (canonical view, regime, tiles, splits,
 index width and the traffic model; plain integers, cached per call signature), ``forward`` and

@@ -107,8 +107,9 @@ torch.library.register_autograd("channelnorm::triton_norm_fwd", _backward, setup
                          mutates_args=("running_mean", "running_var", "num_batches_tracked"))
 def running_stats_update(running_mean: Tensor, running_var: Tensor, num_batches_tracked: Optional[Tensor],
                          pivot: Tensor, mean_shift: Tensor, var: Tensor, unbias: float, momentum: float) -> None:
-    """The running-statistics update in one launch: blend (pivot + mean_shift, var * unbias) into the buffers, only
-    if every new value is finite, and then count the batch (ops.moments has the same rule in torch)."""
+    """The running-statistics update of docs/design.md §3.1 in one launch: blend (pivot + mean_shift,
+    var * unbias) into the buffers, only if every new value is finite, and then count the batch
+    (ops.moments has the same rule in torch)."""
     block = min(1024, 1 << max(0, (running_mean.numel() - 1).bit_length()))
     # The kernel addresses the buffers as ptr + c: a strided buffer is updated through a dense copy.
     rm, rv = _dense(running_mean), _dense(running_var)
