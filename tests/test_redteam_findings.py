@@ -179,7 +179,6 @@ def test_rt4_cifar_nested_labels_are_refused(tmp_path):
 
 # ---------------------------------------------------------------- RT-5: eps that is zero in the parameter dtype
 
-@pytest.mark.xfail(strict=True, reason="RT-5")
 @pytest.mark.parametrize("eps, backend", [(1e-46, "reference"), (1e-320, "auto")])
 def test_rt5_eps_that_rounds_to_zero_in_float32_is_refused_or_keeps_constant_channels_finite(eps, backend):
     # Both are > 0 as Python floats and 0.0 in float32 (auto gives 0 for 1e-46, reference NaN).
