@@ -192,16 +192,25 @@ def test_rt5_eps_that_rounds_to_zero_in_float32_is_refused_or_keeps_constant_cha
 
 # ---------------------------------------------------------------- RT-6: complex parameters through load_state_dict
 
-@pytest.mark.xfail(strict=True, reason="RT-6")
-def test_rt6_load_state_dict_assign_refuses_complex_tensors():
+@pytest.mark.parametrize("assign", [True, False])
+def test_rt6_load_state_dict_assign_refuses_complex_tensors(assign):
     norm = cn.ChannelNorm(4)
     state = {k: v.clone() for k, v in norm.state_dict().items()}
     state["weight"] = torch.ones(4, dtype=torch.complex64)
     state["bias"] = torch.zeros(4, dtype=torch.complex64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises((TypeError, RuntimeError)):
-            norm.load_state_dict(state, assign=True)
+        with pytest.raises(TypeError, match=r"state_dict\['weight'\] has dtype torch.complex64"):
+            norm.load_state_dict(state, assign=assign)
+    assert norm.weight.dtype == torch.float32 and norm.bias.dtype == torch.float32
+
+
+def test_rt6_nested_norm_names_the_prefixed_key():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), cn.GroupNorm(2, 4))
+    state = dict(model.state_dict())
+    state["1.bias"] = torch.zeros(4, dtype=torch.int64)
+    with pytest.raises(TypeError, match=r"state_dict\['1.bias'\] has dtype torch.int64"):
+        model.load_state_dict(state, assign=True)
 
 
 # ---------------------------------------------------------------- RT-7: get_norm_layer call styles
