@@ -215,17 +215,36 @@ def test_rt6_nested_norm_names_the_prefixed_key():
 
 # ---------------------------------------------------------------- RT-7: get_norm_layer call styles
 
-@pytest.mark.xfail(strict=True, reason="RT-7")
 def test_rt7_get_norm_layer_group_accepts_num_features_like_the_classes():
     # cn.GroupNorm(32, num_features=64) and get_norm_layer("channel")(num_features=64) both work.
     layer = cn.get_norm_layer("group", num_groups=32)(num_features=64)
     assert layer.num_channels == 64
 
 
-@pytest.mark.xfail(strict=True, reason="RT-7")
+@pytest.mark.parametrize("kind, kwargs", [("channel", {}), ("group", {"num_groups": 4}), ("layer", {}),
+                                          ("instance", {}), ("evonorm_s0", {"num_groups": 4}), ("none", {}),
+                                          ("frozen", {}), ("ghost", {"virtual_batch_size": 2})])
+def test_rt7_every_get_norm_layer_result_takes_the_channel_count_three_ways(kind, kwargs):
+    factory = cn.get_norm_layer(kind, **kwargs)
+    built = [factory(8), factory(num_channels=8), factory(num_features=8)]
+    for layer in built:
+        assert type(layer) is type(built[0])
+        assert getattr(layer, "num_channels", 8) == 8
+    with pytest.raises(TypeError):  # two different counts are an error, not a silent choice
+        if kind != "none":
+            factory(8, num_features=16)
+        else:
+            factory(8, num_groups=2)  # a keyword no norm_layer caller passes is still refused
+
+
 def test_rt7_get_norm_layer_none_takes_the_keywords_timm_passes():
     layer = cn.get_norm_layer("none")(64, eps=1e-6)  # timm: norm_layer(C, eps=...)
     assert isinstance(layer, nn.Identity)
+    layer = cn.get_norm_layer("none")(num_features=64, eps=1e-3, momentum=0.01, affine=True,
+                                      track_running_stats=True, device="cpu", dtype=torch.float32)
+    assert isinstance(layer, nn.Identity)
+    with pytest.raises(TypeError, match="num_groups"):
+        cn.create_norm("none", 64, num_groups=2)
 
 
 # ---------------------------------------------------------------- RT-8: damaged run records
