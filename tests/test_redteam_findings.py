@@ -115,7 +115,6 @@ def _padded(pad_value: float):
     return x.requires_grad_(True), mask
 
 
-@pytest.mark.xfail(strict=True, reason="RT-3")
 @pytest.mark.parametrize("pad_value", [float("inf"), float("nan")])
 def test_rt3_masked_eval_keeps_nonfinite_padding_out_of_the_weight_gradient(pad_value):
     x, mask = _padded(pad_value)
@@ -128,7 +127,6 @@ def test_rt3_masked_eval_keeps_nonfinite_padding_out_of_the_weight_gradient(pad_
     assert torch.isfinite(x.grad[valid]).all()
 
 
-@pytest.mark.xfail(strict=True, reason="RT-3")
 def test_rt3_masked_training_with_finfo_max_padding_keeps_weight_gradient_finite():
     x, mask = _padded(torch.finfo(torch.float32).max)  # masked_fill(~mask, finfo.max) style padding
     weight = torch.rand(3, requires_grad=True)

@@ -72,7 +72,9 @@ def channel_norm(
     ``training=False`` normalizes with ``running_mean``/``running_var``.
 
     ``mask`` (bool, True = valid) excludes elements from the statistics (padding); every element
-    is still normalized. Shape: the input's without the channel axis (e.g. ``(N, L)`` for
+    is still normalized, but padding reaches no gradient, in training and eval: padded outputs pass
+    none to the weight, bias, statistics or valid inputs, so any padding value (inf, NaN,
+    ``finfo.max``) leaves them finite. Shape: the input's without the channel axis (e.g. ``(N, L)`` for
     ``(N, C, L)``), or the input's rank with size 1 on the channel axis; broadcastable. ``n`` of
     the unbiased correction is the number of valid elements per channel. Only the reference math
     computes masked statistics: ``backend="auto"`` uses it, ``"native"``/``"triton"`` raise.
