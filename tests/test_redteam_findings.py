@@ -89,7 +89,6 @@ def test_rt1_fold_keeps_conv_output_stashed_on_the_module():
 
 # ---------------------------------------------------------------- RT-2: auto vs reference in half precision
 
-@pytest.mark.xfail(strict=True, reason="RT-2")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_rt2_auto_half_training_with_large_mean_is_as_accurate_as_reference(dtype):
     gen = torch.Generator().manual_seed(0)
@@ -102,6 +101,34 @@ def test_rt2_auto_half_training_with_large_mean_is_as_accurate_as_reference(dtyp
     # (measured: reference 9.5e-4 / 7.5e-3, auto 5.7e-2 / 5.1e-1 for float16 / bfloat16).
     ulp = torch.finfo(dtype).eps
     assert errors["auto"] <= 4 * errors["reference"] + ulp, errors
+
+
+_HALF_CALLS = {
+    "channel_train": lambda x, b: F.channel_norm(x, None, None, training=True, backend=b),
+    "channel_eval": lambda x, b: F.channel_norm(x, torch.full((4,), 1e4, dtype=_stats(x)),
+                                                torch.full((4,), 2500.0, dtype=_stats(x)), backend=b),
+    "instance_train": lambda x, b: F.instance_norm(x, backend=b),
+    "instance_eval": lambda x, b: F.instance_norm(x, torch.full((4,), 1e4, dtype=_stats(x)),
+                                                  torch.full((4,), 2500.0, dtype=_stats(x)),
+                                                  use_input_stats=False, backend=b),
+    "group": lambda x, b: F.group_norm(x, 2, backend=b),
+}
+
+
+def _stats(x):
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+@pytest.mark.parametrize("call", sorted(_HALF_CALLS))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(3, 4, 3, 4), (8, 4, 16, 16)])
+def test_rt2_auto_half_is_as_accurate_as_reference_for_every_norm_and_mode(call, dtype, shape):
+    gen = torch.Generator().manual_seed(1)
+    x = (torch.randn(shape, generator=gen, dtype=torch.float64) * 50 + 1e4).to(dtype)
+    fn = _HALF_CALLS[call]
+    oracle = fn(x.double(), "reference")
+    errors = {backend: (fn(x, backend).double() - oracle).abs().max() for backend in ("auto", "reference")}
+    assert errors["auto"] <= 4 * errors["reference"] + torch.finfo(dtype).eps, errors
 
 
 # ---------------------------------------------------------------- RT-3: masked statistics and padding
