@@ -66,22 +66,22 @@ def _nontrivial_bn(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-@pytest.mark.xfail(strict=True, reason="RT-1")
 def test_rt1_fold_keeps_conv_output_returned_inside_a_dataclass():
     model = _nontrivial_bn(_ReturnsDataclass())
     original = copy.deepcopy(model)
     x = torch.randn(2, 3, 8, 8)
-    cn.convert.fold(model, x, return_report=True)
+    _, report = cn.convert.fold(model, x, return_report=True)
     # The returned conv output must not change (or the pair must be left, as for a tuple output).
     torch.testing.assert_close(model(x).features, original(x).features)
+    assert report.num_folded == 0 and "also used" in report.left[0].reason
 
 
-@pytest.mark.xfail(strict=True, reason="RT-1")
 def test_rt1_fold_keeps_conv_output_stashed_on_the_module():
     model = _nontrivial_bn(_StashesFeatures())
     original = copy.deepcopy(model)
     x = torch.randn(2, 3, 8, 8)
-    cn.convert.fold(model, x, return_report=True)
+    _, report = cn.convert.fold(model, x, return_report=True)
+    assert report.num_folded == 0 and "still referenced" in report.left[0].reason
     model(x)
     original(x)
     torch.testing.assert_close(model.features[-1], original.features[-1])
@@ -89,7 +89,6 @@ def test_rt1_fold_keeps_conv_output_stashed_on_the_module():
 
 # ---------------------------------------------------------------- RT-2: auto vs reference in half precision
 
-@pytest.mark.xfail(strict=True, reason="RT-2")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_rt2_auto_half_training_with_large_mean_is_as_accurate_as_reference(dtype):
     gen = torch.Generator().manual_seed(0)
@@ -104,6 +103,34 @@ def test_rt2_auto_half_training_with_large_mean_is_as_accurate_as_reference(dtyp
     assert errors["auto"] <= 4 * errors["reference"] + ulp, errors
 
 
+_HALF_CALLS = {
+    "channel_train": lambda x, b: F.channel_norm(x, None, None, training=True, backend=b),
+    "channel_eval": lambda x, b: F.channel_norm(x, torch.full((4,), 1e4, dtype=_stats(x)),
+                                                torch.full((4,), 2500.0, dtype=_stats(x)), backend=b),
+    "instance_train": lambda x, b: F.instance_norm(x, backend=b),
+    "instance_eval": lambda x, b: F.instance_norm(x, torch.full((4,), 1e4, dtype=_stats(x)),
+                                                  torch.full((4,), 2500.0, dtype=_stats(x)),
+                                                  use_input_stats=False, backend=b),
+    "group": lambda x, b: F.group_norm(x, 2, backend=b),
+}
+
+
+def _stats(x):
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+@pytest.mark.parametrize("call", sorted(_HALF_CALLS))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(3, 4, 3, 4), (8, 4, 16, 16)])
+def test_rt2_auto_half_is_as_accurate_as_reference_for_every_norm_and_mode(call, dtype, shape):
+    gen = torch.Generator().manual_seed(1)
+    x = (torch.randn(shape, generator=gen, dtype=torch.float64) * 50 + 1e4).to(dtype)
+    fn = _HALF_CALLS[call]
+    oracle = fn(x.double(), "reference")
+    errors = {backend: (fn(x, backend).double() - oracle).abs().max() for backend in ("auto", "reference")}
+    assert errors["auto"] <= 4 * errors["reference"] + torch.finfo(dtype).eps, errors
+
+
 # ---------------------------------------------------------------- RT-3: masked statistics and padding
 
 def _padded(pad_value: float):
@@ -115,7 +142,6 @@ def _padded(pad_value: float):
     return x.requires_grad_(True), mask
 
 
-@pytest.mark.xfail(strict=True, reason="RT-3")
 @pytest.mark.parametrize("pad_value", [float("inf"), float("nan")])
 def test_rt3_masked_eval_keeps_nonfinite_padding_out_of_the_weight_gradient(pad_value):
     x, mask = _padded(pad_value)
@@ -128,7 +154,6 @@ def test_rt3_masked_eval_keeps_nonfinite_padding_out_of_the_weight_gradient(pad_
     assert torch.isfinite(x.grad[valid]).all()
 
 
-@pytest.mark.xfail(strict=True, reason="RT-3")
 def test_rt3_masked_training_with_finfo_max_padding_keeps_weight_gradient_finite():
     x, mask = _padded(torch.finfo(torch.float32).max)  # masked_fill(~mask, finfo.max) style padding
     weight = torch.rand(3, requires_grad=True)
@@ -176,7 +201,6 @@ def test_rt4_cifar_nested_labels_are_refused(tmp_path):
 
 # ---------------------------------------------------------------- RT-5: eps that is zero in the parameter dtype
 
-@pytest.mark.xfail(strict=True, reason="RT-5")
 @pytest.mark.parametrize("eps, backend", [(1e-46, "reference"), (1e-320, "auto")])
 def test_rt5_eps_that_rounds_to_zero_in_float32_is_refused_or_keeps_constant_channels_finite(eps, backend):
     # Both are > 0 as Python floats and 0.0 in float32 (auto gives 0 for 1e-46, reference NaN).
@@ -190,31 +214,59 @@ def test_rt5_eps_that_rounds_to_zero_in_float32_is_refused_or_keeps_constant_cha
 
 # ---------------------------------------------------------------- RT-6: complex parameters through load_state_dict
 
-@pytest.mark.xfail(strict=True, reason="RT-6")
-def test_rt6_load_state_dict_assign_refuses_complex_tensors():
+@pytest.mark.parametrize("assign", [True, False])
+def test_rt6_load_state_dict_assign_refuses_complex_tensors(assign):
     norm = cn.ChannelNorm(4)
     state = {k: v.clone() for k, v in norm.state_dict().items()}
     state["weight"] = torch.ones(4, dtype=torch.complex64)
     state["bias"] = torch.zeros(4, dtype=torch.complex64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises((TypeError, RuntimeError)):
-            norm.load_state_dict(state, assign=True)
+        with pytest.raises(TypeError, match=r"state_dict\['weight'\] has dtype torch.complex64"):
+            norm.load_state_dict(state, assign=assign)
+    assert norm.weight.dtype == torch.float32 and norm.bias.dtype == torch.float32
+
+
+def test_rt6_nested_norm_names_the_prefixed_key():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), cn.GroupNorm(2, 4))
+    state = dict(model.state_dict())
+    state["1.bias"] = torch.zeros(4, dtype=torch.int64)
+    with pytest.raises(TypeError, match=r"state_dict\['1.bias'\] has dtype torch.int64"):
+        model.load_state_dict(state, assign=True)
 
 
 # ---------------------------------------------------------------- RT-7: get_norm_layer call styles
 
-@pytest.mark.xfail(strict=True, reason="RT-7")
 def test_rt7_get_norm_layer_group_accepts_num_features_like_the_classes():
     # cn.GroupNorm(32, num_features=64) and get_norm_layer("channel")(num_features=64) both work.
     layer = cn.get_norm_layer("group", num_groups=32)(num_features=64)
     assert layer.num_channels == 64
 
 
-@pytest.mark.xfail(strict=True, reason="RT-7")
+@pytest.mark.parametrize("kind, kwargs", [("channel", {}), ("group", {"num_groups": 4}), ("layer", {}),
+                                          ("instance", {}), ("evonorm_s0", {"num_groups": 4}), ("none", {}),
+                                          ("frozen", {}), ("ghost", {"virtual_batch_size": 2})])
+def test_rt7_every_get_norm_layer_result_takes_the_channel_count_three_ways(kind, kwargs):
+    factory = cn.get_norm_layer(kind, **kwargs)
+    built = [factory(8), factory(num_channels=8), factory(num_features=8)]
+    for layer in built:
+        assert type(layer) is type(built[0])
+        assert getattr(layer, "num_channels", 8) == 8
+    with pytest.raises(TypeError):  # two different counts are an error, not a silent choice
+        if kind != "none":
+            factory(8, num_features=16)
+        else:
+            factory(8, num_groups=2)  # a keyword no norm_layer caller passes is still refused
+
+
 def test_rt7_get_norm_layer_none_takes_the_keywords_timm_passes():
     layer = cn.get_norm_layer("none")(64, eps=1e-6)  # timm: norm_layer(C, eps=...)
     assert isinstance(layer, nn.Identity)
+    layer = cn.get_norm_layer("none")(num_features=64, eps=1e-3, momentum=0.01, affine=True,
+                                      track_running_stats=True, device="cpu", dtype=torch.float32)
+    assert isinstance(layer, nn.Identity)
+    with pytest.raises(TypeError, match="num_groups"):
+        cn.create_norm("none", 64, num_groups=2)
 
 
 # ---------------------------------------------------------------- RT-8: damaged run records

@@ -146,7 +146,10 @@ def get_norm_layer(kind: str, **kwargs: Any) -> Callable[..., nn.Module]:
     """A class or ``functools.partial`` to pass as ``norm_layer=`` (torchvision, timm).
 
     ``get_norm_layer(kind, **kwargs)(C)`` builds what ``create_norm(kind, C, **kwargs)`` builds, so
-    ``torchvision.models.resnet18(norm_layer=cn.get_norm_layer("group", num_groups=32))`` works.
+    ``torchvision.models.resnet18(norm_layer=cn.get_norm_layer("group", num_groups=32))`` works. The
+    result takes the channel count as the classes do: positionally, or as ``num_channels=`` or
+    ``num_features=``. ``"none"`` gives a factory of ``nn.Identity`` that accepts and ignores the norm
+    keywords torchvision and timm pass (``norm_layer(C, eps=1e-6)``).
 
     Args:
         kind: a name from ``available_norms()`` or an alias.
@@ -162,13 +165,21 @@ def get_norm_layer(kind: str, **kwargs: Any) -> Callable[..., nn.Module]:
     return functools.partial(factory, **kwargs)
 
 
-def _identity(num_channels: int) -> nn.Module:
+def _identity(num_channels: Optional[int] = None, eps: Any = None, momentum: Any = None, affine: Any = None,
+              track_running_stats: Any = None, channel_axis: Any = None, backend: Any = None, device: Any = None,
+              dtype: Any = None, *, bias: Any = None, num_features: Optional[int] = None) -> nn.Module:
+    """No normalization: an ``nn.Identity``. It takes, and ignores, the channel count and the norm keywords
+    that torchvision and timm pass to a ``norm_layer`` (``eps=``, ``momentum=``, ``affine=``, ...), so
+    ``"none"`` can stand in for any norm; other keywords are still a ``TypeError``."""
     return nn.Identity()
 
 
-def _group(num_channels: int, num_groups: int = 32, eps: float = 1e-5, affine: bool = True, channel_axis: int = 1,
-           backend: str = "auto", device=None, dtype=None, *, bias: bool = True) -> nn.Module:
-    return GroupNorm(num_groups, num_channels, eps, affine, channel_axis, backend, device, dtype, bias=bias)
+def _group(num_channels: Optional[int] = None, num_groups: int = 32, eps: float = 1e-5, affine: bool = True,
+           channel_axis: int = 1, backend: str = "auto", device=None, dtype=None, *, bias: bool = True,
+           num_features: Optional[int] = None) -> nn.Module:
+    # The channel count positionally, or as num_channels= / num_features= (as GroupNorm itself takes it).
+    return GroupNorm(num_groups, num_channels, eps, affine, channel_axis, backend, device, dtype, bias=bias,
+                     num_features=num_features)
 
 
 register_norm("channel", ChannelNorm, aliases=("batch", "batchnorm", "bn", "channelnorm", "cn"))

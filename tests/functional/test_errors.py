@@ -71,6 +71,9 @@ def test_channel_axis_checks():
 @pytest.mark.parametrize("kwargs,match", [
     ({"eps": -1.0}, r"eps must be a finite number > 0, got -1.0"),
     ({"eps": float("nan")}, r"eps must be a finite number"),
+    # > 0 as Python floats, but 0 (or a flushed subnormal) in float32, where statistics are computed
+    ({"eps": 1e-46}, r"eps=1e-46 is below float32's smallest normal number"),
+    ({"eps": 1e-40}, r"eps=1e-40 is below float32's smallest normal number"),
     ({"momentum": 1.5}, r"momentum must be a number in \[0, 1\] or None, got 1.5"),
     ({"num_channels": 0}, r"num_channels must be a positive integer, got 0"),
     ({"num_channels": 2.5}, r"num_channels must be a positive integer, got 2.5"),
@@ -79,6 +82,16 @@ def test_constructor_arguments(kwargs, match):
     args = {"num_channels": 4, **kwargs}
     with pytest.raises(ValueError, match=match):
         cn.ChannelNorm(**args)
+
+
+@pytest.mark.parametrize("eps", [1e-46, 1e-320])
+def test_functional_eps_that_is_zero_in_float32_is_refused(eps):
+    x = torch.randn(2, 4, 3, dtype=torch.float64)  # refused for float64 input too: one rule for every dtype
+    for call in (lambda: F.channel_norm(x, None, None, training=True, eps=eps),
+                 lambda: F.group_norm(x, 2, eps=eps),
+                 lambda: F.instance_norm(x, eps=eps)):
+        with pytest.raises(ValueError, match=rf"eps={eps!r} is below float32's smallest normal"):
+            call()
 
 
 def test_functional_argument_checks():

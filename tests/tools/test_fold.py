@@ -409,3 +409,76 @@ def test_a_wrong_fold_is_caught_by_the_example_and_undone(monkeypatch):
     assert report.num_folded == 0 and len(report.left) == 20
     assert "differed from the original" in report.left[0].reason
     torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- outputs fold cannot see through pytree
+
+class _Stash:
+    """A user object a forward hands back (no dataclass, no pytree registration)."""
+
+    def __init__(self, **values) -> None:
+        self.__dict__.update(values)
+
+
+class _Slotted:
+    __slots__ = ("value",)
+
+    def __init__(self, value) -> None:
+        self.value = value
+
+
+_ESCAPES = {
+    # how the unnormalized conv output f escapes: fold must leave the pair, whatever the container
+    "attribute": lambda self, f, y: (setattr(self, "last", f), y)[1],
+    "global_list": lambda self, f, y: (_KEPT.append(f), y)[1],
+    "object": lambda self, f, y: _Stash(features={"f": [f]}, logits=y),
+    "dict_key_object": lambda self, f, y: {"out": y, "extra": _Stash(inner=_Stash(f=f))},
+}
+_KEPT: list = []
+
+
+class _Escapes(nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.conv, self.bn, self.how = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), how
+
+    def forward(self, x):
+        f = self.conv(x)
+        return _ESCAPES[self.how](self, f, self.bn(f))
+
+
+@pytest.mark.parametrize("how", sorted(_ESCAPES))
+def test_conv_output_that_escapes_into_any_container_is_left_unfolded(how):
+    model = _randomize(_Escapes(how))
+    _, report = convert.fold(model, example_input=torch.randn(2, 3, 6, 6), return_report=True)
+    _KEPT.clear()
+    assert report.num_folded == 0
+    assert "also used outside this norm" in report.left[0].reason, report
+
+
+class _ReturnsWrapped(nn.Module):
+    """Only normalized values leave the forward, wrapped in a user object: folding is verified through it."""
+
+    def __init__(self, slotted: bool = False) -> None:
+        super().__init__()
+        self.conv, self.bn, self.slotted = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), slotted
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        return _Slotted(y) if self.slotted else _Stash(out={"y": (y, y.shape, "tag")})
+
+
+def test_output_inside_a_plain_object_is_verified_and_folded():
+    model = _randomize(_ReturnsWrapped())
+    x = torch.randn(2, 3, 6, 6)
+    expected = model(x).out["y"][0]
+    _, report = convert.fold(model, example_input=x, return_report=True)
+    assert report.num_folded == 1 and report.max_abs_diff is not None
+    torch.testing.assert_close(model(x).out["y"][0], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_output_fold_cannot_compare_folds_nothing():
+    model = _randomize(_ReturnsWrapped(slotted=True))  # no __dict__: fold cannot reach the value
+    _, report = convert.fold(model, example_input=torch.randn(2, 3, 6, 6), return_report=True)
+    assert report.num_folded == 0 and "cannot compare" in report.left[0].reason
+    assert "_Slotted" in report.left[0].reason

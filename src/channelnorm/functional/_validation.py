@@ -19,10 +19,19 @@ def positive_int(name: str, value) -> int:
     return int(value)
 
 
+# Statistics are float32 at least: a smaller eps rounds to 0 there (1e-46), or is subnormal and flushed
+# to 0 by kernels that flush denormals, and a constant channel then divides 0 by 0.
+_EPS_MIN = torch.finfo(torch.float32).tiny
+
+
 def eps(value) -> float:
     # eps > 0: with 0 a constant channel divides 0 by 0.
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"eps must be a finite number > 0, got {value!r}")
+    if value < _EPS_MIN:
+        raise ValueError(f"eps={value!r} is below float32's smallest normal number {_EPS_MIN!r}: statistics are "
+                         f"computed in float32 (or float64), where it is 0 or subnormal (flushed to 0), so a "
+                         f"constant channel would divide 0 by 0")
     return float(value)
 
 

@@ -91,10 +91,12 @@ def channel_norm(
         num_batches_tracked: keyword-only; optional 0-dim long tensor counting the updates,
             incremented in place with the running statistics. Default: None.
         mask: keyword-only; optional bool tensor, True for the elements that enter the statistics
-            (padding excluded; every element is still normalized): the input's shape without the
-            channel axis (``(N, L)`` for ``(N, C, L)``), or the input's rank with size 1 on the
-            channel axis; broadcastable. ``n`` of the unbiased correction is then the number of valid
-            elements per channel. Only the reference math computes masked statistics:
+            (padding excluded; every element is still normalized, but padding reaches no gradient,
+            in training and eval: padded outputs pass none to the weight, bias, statistics or valid
+            inputs, so any padding value (inf, NaN, ``finfo.max``) leaves them finite): the input's
+            shape without the channel axis (``(N, L)`` for ``(N, C, L)``), or the input's rank with
+            size 1 on the channel axis; broadcastable. ``n`` of the unbiased correction is then the
+            number of valid elements per channel. Only the reference math computes masked statistics:
             ``backend="auto"`` uses it, ``"native"``/``"triton"`` raise. Default: None.
 
     Shape:

@@ -143,6 +143,18 @@ class AffineNorm(nn.Module):
             shown.append("bias=False")
         return ", ".join(shown)
 
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata, strict: bool,
+                              missing_keys, unexpected_keys, error_msgs) -> None:
+        # load_state_dict(..., assign=True) installs the given tensors themselves, and a plain load casts
+        # complex values to real: refuse non-floating affine and statistics as construction and .to() do.
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            value = state_dict.get(prefix + name)
+            if isinstance(value, torch.Tensor) and not value.is_floating_point():
+                raise TypeError(f"{type(self).__name__}: state_dict[{prefix + name!r}] has dtype {value.dtype}; "
+                                f"parameters and buffers of a norm must be floating point")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
     def _apply(self, fn, recurse=True):
         # module.to(torch.complex64) would cast the statistics and affine silently: refuse it up front.
         probe = fn(torch.zeros(0))

@@ -14,14 +14,18 @@ Two ways to find the layer that feeds each norm:
 * with an example input, the model is run once while module hooks record which layer's output
   tensor enters which norm, and a ``TorchFunctionMode`` records every other operation that reads
   that output (a skip connection, a second norm, ...). Norms called from a custom ``forward``
-  (``self.bn1(self.conv1(x))``) are found this way. The folded model is then run on the same
-  input and must reproduce the original output within float rounding, or every fold is undone.
+  (``self.bn1(self.conv1(x))``) are found this way. A layer output the model still holds after
+  the forward returned (stored on a module, in a list, in an object it returns) is used elsewhere
+  too. The folded model is then run on the same input and must reproduce the original output,
+  compared through every tensor reachable from it, within float rounding, or every fold is undone.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import warnings
+import weakref
 from typing import Any, Iterator, Optional
 
 import torch
@@ -318,6 +322,47 @@ class _ReadRecorder(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+# Python values an output may hold besides tensors; compared with ==.
+_PLAIN = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device, torch.Size, type(Ellipsis))
+
+
+def _output_leaves(output: Any) -> tuple[list, Optional[str]]:
+    """Every tensor and plain value reachable from a model output, in a fixed order, walking tuples
+    (named ones too), lists, dicts, dataclasses and other objects' attributes; and the first value
+    that cannot be walked (a module, an object without attributes), or None. The verification compares
+    these leaves, so nothing a caller can reach from the output goes unchecked."""
+    leaves: list = []
+    seen: set[int] = set()
+
+    def walk(obj: Any) -> Optional[str]:
+        if isinstance(obj, torch.Tensor) or isinstance(obj, _PLAIN):
+            leaves.append(obj)
+            return None
+        if id(obj) in seen:  # a shared or cyclic reference: its leaves are already listed once
+            return None
+        seen.add(id(obj))
+        if isinstance(obj, nn.Module):
+            return f"a {type(obj).__name__} module"
+        if isinstance(obj, (list, tuple)):
+            children = list(obj)
+        elif isinstance(obj, dict):
+            children = [v for kv in obj.items() for v in kv]
+        elif dataclasses.is_dataclass(obj):
+            children = [getattr(obj, f.name) for f in dataclasses.fields(obj)]
+        elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+            children = [v for kv in vars(obj).items() for v in kv]
+        else:
+            return f"a {type(obj).__name__}"
+        leaves.append(type(obj))  # the structure is compared too
+        for child in children:
+            problem = walk(child)
+            if problem is not None:
+                return problem
+        return None
+
+    return leaves, walk(output)
+
+
 def _call(model: nn.Module, example_input: Any):
     return model(*example_input) if isinstance(example_input, tuple) else model(example_input)
 
@@ -358,7 +403,7 @@ def _traced_edges(model: nn.Module, example_input: Any) -> tuple[dict[str, tuple
         for h in handles:
             h.remove()
 
-    returned = {id(t) for t in pytree.tree_leaves(result) if isinstance(t, torch.Tensor)}
+    returned = {id(t) for t in _output_leaves(result)[0] if isinstance(t, torch.Tensor)}
     edges: dict[str, tuple[str, Optional[int]]] = {}
     why_not: dict[str, str] = {}
     branching = sorted(set(recorder.value_reads))
@@ -385,7 +430,29 @@ def _traced_edges(model: nn.Module, example_input: Any) -> tuple[dict[str, tuple
             why_not[name] = f"the output of {record.producer} is also used outside this norm (e.g. a skip path)"
         else:
             edges[name] = (record.producer, x.ndim)
-    return edges, why_not, result
+    x = record = None
+    return _drop_escaped(edges, why_not, outputs, norm_inputs), why_not, result
+
+
+def _drop_escaped(edges: dict[str, tuple[str, Optional[int]]], why_not: dict[str, str],
+                  outputs: dict[int, _Output], norm_inputs: dict) -> dict[str, tuple[str, Optional[int]]]:
+    """Leave every pair whose layer output is still alive once the forward has returned and fold's own
+    references are dropped: the model kept it somewhere (a list, a module attribute, an object in its
+    output), where it would see the unnormalized values change after folding. No operation reads it
+    there, so only its lifetime shows the use."""
+    producers = {record.producer: weakref.ref(record.tensor) for record in outputs.values()}
+    outputs.clear()
+    norm_inputs.clear()
+    gc.collect()  # reference cycles left by the forward are not a use
+    kept = {}
+    for name, (producer, rank) in edges.items():
+        if producers[producer]() is not None:
+            why_not[name] = (f"the output of {producer} is also used outside this norm: it is still referenced "
+                             f"after the forward returned (stored on a module, in a list, or in an object of the "
+                             f"output)")
+        else:
+            kept[name] = (producer, rank)
+    return kept
 
 
 # ---------------------------------------------------------------- running the model without side effects
@@ -414,12 +481,20 @@ def _rtol(t: torch.Tensor) -> float:
 
 
 def _max_difference(a: Any, b: Any) -> tuple[float, float, float]:
-    """(largest |a - b|, largest |b|, loosest relative tolerance) over the floating tensors of two
-    outputs of the same structure."""
-    leaves_a, leaves_b = pytree.tree_leaves(a), pytree.tree_leaves(b)
+    """(largest |a - b|, largest |b|, loosest relative tolerance) over every tensor reachable from two
+    outputs (``_output_leaves``); a different structure, value or non-floating tensor counts as NaN."""
+    (leaves_a, opaque_a), (leaves_b, opaque_b) = _output_leaves(a), _output_leaves(b)
+    if opaque_a or opaque_b or len(leaves_a) != len(leaves_b):
+        return float("nan"), 0.0, 0.0
     diff, scale, rtol = 0.0, 0.0, _VERIFY_RTOL[torch.float64]
     for x, y in zip(leaves_a, leaves_b):
-        if isinstance(x, torch.Tensor) and x.is_floating_point() and y.numel():
+        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+            if type(x) is not type(y) or not x == y:
+                return float("nan"), 0.0, 0.0
+        elif x.shape != y.shape or x.dtype != y.dtype or not x.is_floating_point():
+            if x.shape != y.shape or x.dtype != y.dtype or not torch.equal(x, y):
+                return float("nan"), 0.0, 0.0
+        elif y.numel():
             d = (x.double() - y.double()).abs().max().item()
             diff = d if d != d else max(diff, d)  # keep NaN
             scale = max(scale, y.double().abs().max().item())
@@ -446,7 +521,9 @@ def fold(model: nn.Module, example_input: Any = None, *, return_report: bool = F
       unknown, so it must hold for every rank both modules accept: ``channel_axis=-1`` after
       ``Linear``, and ``nn.BatchNorm2d/3d`` or ``channel_axis=-(k+1)`` after ``Conv{k}d``; ``channel_axis=1``
       (or ``nn.BatchNorm1d``) needs ``example_input`` to show the input is batched / 2-D;
-    * the layer's output feeds nothing but the norm, and neither module is used twice.
+    * the layer's output feeds nothing but the norm, and neither module is used twice; with
+      ``example_input``, the model does not keep that output either (on a module, in a list, in an
+      object of its output: still alive once the forward has returned).
 
     With ``example_input`` the model's forward must not turn tensor values into Python values
     (``bool(t)``, ``t.item()``, ...) outside its norms: such a forward may take another path, with
@@ -459,7 +536,9 @@ def fold(model: nn.Module, example_input: Any = None, *, return_report: bool = F
     also one by one from a custom ``forward``, which only an example run would show). With it, the model is run once on it (without autograd; buffers and the random state
     are restored) to find which layer's output enters which norm, including norms called from a
     custom ``forward``; afterwards the folded model is run again and must reproduce the original
-    output within float rounding (relative to the output's largest magnitude: 1e-9 for float64,
+    output, every tensor reachable from it (through tuples, named tuples, lists, dicts, dataclasses
+    and objects' attributes; an output holding anything else, such as a module or an object without
+    ``__dict__``, folds nothing), within float rounding (relative to the output's largest magnitude: 1e-9 for float64,
     1e-4 for float32, 1e-2 for float32 on CUDA where convolutions may use TF32), otherwise every
     fold is undone.
 
@@ -484,6 +563,13 @@ def fold(model: nn.Module, example_input: Any = None, *, return_report: bool = F
         report = FoldReport("traced")
         with _no_side_effects(model, example_input):
             edges, why_not, reference = _traced_edges(model, example_input)
+        opaque = _output_leaves(reference)[1]
+        if opaque is not None:
+            # The verification could not compare what the output holds there: fold nothing.
+            for name in edges:
+                why_not[name] = (f"the model's output holds {opaque}, which the final check cannot compare, so "
+                                 f"no fold can be verified")
+            edges = {}
 
     if isinstance(model, _NORM_LIKE + _FUSED_BLOCKS):
         report.left.append(LeftNorm("", "the model itself is a norm: no layer before it to fold into"))
