@@ -83,10 +83,16 @@ def input_tensor(x, channel_axis: int, op: str, batch_axis_needed: bool = False)
         raise ValueError(f"{op}: channel_axis {channel_axis} is out of range for input of rank {x.ndim} "
                          f"(shape {tuple(x.shape)})")
     axis %= x.ndim
-    if batch_axis_needed and axis == 0:
-        raise ValueError(f"{op}: statistics are per sample along axis 0, so channel_axis cannot be 0 "
-                         f"(got channel_axis={channel_axis} for shape {tuple(x.shape)})")
+    if batch_axis_needed:
+        not_batch_axis(op, x, axis, channel_axis)
     return axis
+
+
+def not_batch_axis(op: str, x: torch.Tensor, axis: int, given: int) -> None:
+    """Per-sample statistics (group, instance) need axis 0 as the batch axis (``given``: the axis as passed)."""
+    if axis == 0:
+        raise ValueError(f"{op}: statistics are per sample along axis 0, so channel_axis cannot be 0 "
+                         f"(got channel_axis={given} for shape {tuple(x.shape)})")
 
 
 def per_channel(op: str, x: torch.Tensor, axis: int, **tensors) -> int:
@@ -105,12 +111,13 @@ def per_channel(op: str, x: torch.Tensor, axis: int, **tensors) -> int:
     return got
 
 
-def channel_count(op: str, x, channel_axis: int, expected: int) -> None:
+def channel_count(op: str, x, channel_axis: int, expected: int) -> int:
     """A module knows its channel count even without affine parameters or running buffers."""
     axis = input_tensor(x, channel_axis, op)
     if x.shape[axis] != expected:
         raise ValueError(f"{op}: expected input with {expected} channels on axis {axis}, got "
                          f"{x.shape[axis]} channels (input shape {tuple(x.shape)})")
+    return axis
 
 
 def more_than_one_value(op: str, x: torch.Tensor, n: int, what: str) -> None:
