@@ -64,17 +64,18 @@ def test_in_place_guard_matches_the_reference_rule_batch_after_batch(kind, dtype
     assert int(fast.num_batches_tracked) == 3
 
 
-def test_finite_buffers_whose_sum_overflows_still_commit():
-    # The cheap test sums each buffer; a sum that overflows is settled element-wise, not rejected.
-    c, a = 4, (torch.finfo(torch.float32).max / 2) ** 0.5
-    x = (torch.tensor([-a, a]).repeat(32) * torch.ones(c, 1)).T.reshape(64, c)
+def test_finite_buffers_whose_test_overflows_still_commit():
+    # The cheap test reduces the buffers (sum of mean * var); a reduction that overflows is settled
+    # element-wise, not rejected. Mean 1e13 and variance 1e36 per channel: finite, product 1e49.
+    c, a, mu = 4, 1e18, 1e13
+    x = (mu + torch.tensor([-a, a]).repeat(32)).unsqueeze(1).repeat(1, c)
     norm = cn.ChannelNorm(c, momentum=1.0)
     norm(x)
     assert int(norm.num_batches_tracked) == 1
-    assert torch.isfinite(norm.running_var).all()
-    assert not torch.isfinite(norm.running_var.sum())
-    expected = x.double().var(0)  # unbiased, as the running variance
-    torch.testing.assert_close(norm.running_var.double(), expected, rtol=1e-5, atol=0)
+    assert torch.isfinite(norm.running_mean).all() and torch.isfinite(norm.running_var).all()
+    assert not torch.isfinite(torch.dot(norm.running_mean, norm.running_var))
+    torch.testing.assert_close(norm.running_mean.double(), x.double().mean(0), rtol=1e-5, atol=0)
+    torch.testing.assert_close(norm.running_var.double(), x.double().var(0), rtol=1e-5, atol=0)
 
 
 def test_undo_if_not_finite_restores_both_buffers_and_returns_the_result():

@@ -88,21 +88,26 @@ def undo_if_not_finite(
     """Call ``update()``, which updates both buffers in place, and restore them unless both came out finite.
 
     Returns what ``update`` returns. Same rule as ``commit_if_finite`` (``num_batches_tracked`` counts
-    only committed batches), with host reads, so for CPU buffers: a finite sum means every element is
-    finite; a non-finite sum (a NaN or inf, or finite values whose sum overflows) is settled
-    element-wise.
+    only committed batches), with a host read, so for CPU buffers. One reduction tests both buffers:
+    ``sum(mean * var)`` is finite only if every element is (an inf times 0 is NaN, and an inf or NaN
+    term makes the sum inf or NaN); a non-finite result (also finite values whose products overflow)
+    is settled element-wise. Buffers never require grad, so no ``no_grad`` block is needed (one costs
+    more than the test itself).
     """
-    with torch.no_grad():
-        saved = torch.cat((running_mean, running_var))
+    saved = torch.cat((running_mean, running_var))
     out = update()
-    with torch.no_grad():
-        finite = math.isfinite(float(running_mean.sum()) + float(running_var.sum()))
-        if not finite:
-            finite = bool(torch.isfinite(running_mean).all()) and bool(torch.isfinite(running_var).all())
-        if finite:
-            if num_batches_tracked is not None:
-                num_batches_tracked.add_(1)
-        else:
+    if running_mean.dtype == running_var.dtype:
+        probe = torch.dot(running_mean, running_var)
+    else:
+        probe = running_mean.sum() + running_var.sum()
+    finite = math.isfinite(float(probe))
+    if not finite:
+        finite = bool(torch.isfinite(running_mean).all()) and bool(torch.isfinite(running_var).all())
+    if finite:
+        if num_batches_tracked is not None:
+            num_batches_tracked.add_(1)
+    else:
+        with torch.no_grad():
             running_mean.copy_(saved[:running_mean.numel()])
             running_var.copy_(saved[running_mean.numel():])
     return out
