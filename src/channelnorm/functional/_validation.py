@@ -21,7 +21,10 @@ def positive_int(name: str, value) -> int:
 
 def eps(value) -> float:
     # eps > 0: with 0 a constant channel divides 0 by 0.
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+    # `type(...) is float` first: the numbers.Real ABC check costs ~0.5 us on every functional call.
+    if type(value) is not float and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+        raise ValueError(f"eps must be a finite number > 0, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
         raise ValueError(f"eps must be a finite number > 0, got {value!r}")
     return float(value)
 
@@ -52,12 +55,15 @@ def renorm_limits(rmax, dmax, warmup_steps) -> tuple[float, float, int]:
 def momentum(value, allow_none: bool = True) -> Optional[float]:
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
+    if ((type(value) is not float and (isinstance(value, bool) or not isinstance(value, numbers.Real)))
+            or not 0.0 <= value <= 1.0):
         raise ValueError(f"momentum must be a number in [0, 1]{' or None' if allow_none else ''}, got {value!r}")
     return float(value)
 
 
 def channel_axis_arg(value) -> int:
+    if type(value) is int:
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"channel_axis must be an int, got {type(value).__name__} {value!r}")
     return int(value)
