@@ -63,3 +63,24 @@ def test_models_share_weights_and_compute_the_same_function(bench):
 def test_bad_shape_is_refused_with_its_value(bench):
     with pytest.raises(SystemExit):
         bench.build_parser().parse_args(["--shapes", "2,x,3"])
+
+
+def test_compare_table_shows_the_median_over_runs(tmp_path):
+    spec = importlib.util.spec_from_file_location("compare_cpu_overhead", HARNESS.with_name("compare_cpu_overhead.py"))
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    env = {"git_hash": "0" * 40, "load_average_before": [1.0], "load_average_after": [2.0]}
+
+    def write(name, ratios):
+        rows = [{"norm": "channel", "mode": "train_fwd", "shape": [2, 4], "ratio_median_of_rounds": r,
+                 "ratio_best": r - 0.5, "ours_us_median": 10 * r, "ours_us_best": 1, "torch_us_median": 10.0,
+                 "torch_us_best": 1} for r in ratios]
+        path = tmp_path / name
+        path.write_text(json.dumps({"started_utc": "t", "environment": env, "rows": rows}))
+        return path
+
+    before, _ = compare.load([write("b1.json", [3.0]), write("b2.json", [5.0])])
+    after, envs = compare.load([write("a1.json", [1.0]), write("a2.json", [1.2]), write("a3.json", [9.0])])
+    row = compare.table(before, after).splitlines()[2]
+    assert row == "| channel | train_fwd | 2,4 | 4.00 | 1.20 | 0.70 | 12.0 / 10.0 |"
+    assert [e["file"] for e in envs] == ["a1.json", "a2.json", "a3.json"]

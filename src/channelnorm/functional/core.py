@@ -112,6 +112,16 @@ def channel_norm(
     if mask is not None:
         return _masked_channel_norm(input, mask, running_mean, running_var, weight, bias, training, momentum, eps,
                                     axis, backend, num_batches_tracked)
+    return channel_norm_validated(input, axis, running_mean, running_var, weight, bias, training, momentum, eps,
+                                  backend, num_batches_tracked)
+
+
+def channel_norm_validated(input, axis, running_mean, running_var, weight, bias, training, momentum, eps, backend,
+                           num_batches_tracked):
+    """``channel_norm`` for a caller that validated its settings already (a module, at construction) and
+    the input's type, rank and channel count (``axis``: the non-negative channel axis); no mask.
+    What depends on the input's size is checked here."""
+    op = "channel_norm"
     if training:
         _check_channel_batch(op, input, axis)
     if input.numel() == 0:
@@ -191,6 +201,15 @@ def instance_norm(
     axis, eps = _check_tracked_call(op, input, channel_axis, weight, bias, running_mean, running_var, momentum, eps,
                                     backend, num_batches_tracked, "use_input_stats", use_input_stats,
                                     batch_axis_needed=True)
+    return instance_norm_validated(input, axis, running_mean, running_var, weight, bias, use_input_stats, momentum,
+                                   eps, backend, num_batches_tracked)
+
+
+def instance_norm_validated(input, axis, running_mean, running_var, weight, bias, use_input_stats, momentum, eps,
+                            backend, num_batches_tracked):
+    """``instance_norm`` for a caller that validated its settings and the input (see ``channel_norm_validated``)."""
+    op = "instance_norm"
+    _checks.not_batch_axis(op, input, axis, axis)
     if use_input_stats and input.shape[axis]:
         n = elements_per_statistic(input.shape, input.shape[axis], per_sample=True)
         _checks.more_than_one_value(op, input, n, "instance (sample and channel)")
@@ -236,9 +255,15 @@ def group_norm(
     """
     op = "group_norm"
     axis, num_groups, eps = _check_group_call(op, input, num_groups, weight, bias, eps, channel_axis, backend)
+    return group_norm_validated(input, axis, num_groups, weight, bias, eps, backend)
+
+
+def group_norm_validated(input, axis, num_groups, weight, bias, eps, backend):
+    """``group_norm`` for a caller that validated its settings and the input (see ``channel_norm_validated``)."""
+    _checks.not_batch_axis("group_norm", input, axis, axis)
     if input.numel() == 0:
         return _empty_output(input, weight, bias, axis)
-    impl = dispatch.resolve(backend, op, input, axis, (weight, bias))
+    impl = dispatch.resolve(backend, "group_norm", input, axis, (weight, bias))
     return impl.group_norm(input, num_groups, weight, bias, eps, axis)
 
 

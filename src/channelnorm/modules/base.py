@@ -131,8 +131,9 @@ class AffineNorm(nn.Module):
             if self.bias is not None:
                 nn.init.zeros_(self.bias)
 
-    def _check_input(self, input) -> None:
-        _checks.channel_count(type(self).__name__, input, self.channel_axis, self.num_channels)
+    def _check_input(self, input) -> int:
+        # The settings were checked at construction; per call only the input (returns its channel axis, >= 0).
+        return _checks.channel_count(type(self).__name__, input, self.channel_axis, self.num_channels)
 
     def extra_repr(self) -> str:
         shown = []

@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 
 from .. import functional as F
+from ..functional.core import channel_norm_validated
 from .base import RunningStatsNorm
 
 
@@ -68,8 +69,11 @@ class ChannelNorm(RunningStatsNorm):
         Returns:
             The normalized input, same shape, dtype and memory format.
         """
-        self._check_input(input)
+        axis = self._check_input(input)
         running_mean, running_var, tracked = self._running_buffers()
+        if mask is None:
+            return channel_norm_validated(input, axis, running_mean, running_var, self.weight, self.bias,
+                                          self._uses_batch_stats(), self.momentum, self.eps, self.backend, tracked)
         return F.channel_norm(input, running_mean, running_var, self.weight, self.bias,
                               training=self._uses_batch_stats(), momentum=self.momentum, eps=self.eps,
                               channel_axis=self.channel_axis, backend=self.backend,

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 from ..functional import _validation as _checks
-from .. import functional as F
+from ..functional.core import group_norm_validated
 from .base import AffineNorm, channel_count
 
 
@@ -59,9 +59,8 @@ class GroupNorm(AffineNorm):
         super().__init__(num_channels, eps, affine, channel_axis, backend, device, dtype, bias=bias)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        self._check_input(input)
-        return F.group_norm(input, self.num_groups, self.weight, self.bias, eps=self.eps,
-                            channel_axis=self.channel_axis, backend=self.backend)
+        axis = self._check_input(input)
+        return group_norm_validated(input, axis, self.num_groups, self.weight, self.bias, self.eps, self.backend)
 
 
 class LayerNorm(GroupNorm):

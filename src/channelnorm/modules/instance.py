@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from .. import functional as F
+from ..functional.core import instance_norm_validated
 from .base import RunningStatsNorm
 
 
@@ -59,9 +59,7 @@ class InstanceNorm(RunningStatsNorm):
                          device, dtype, bias=bias, num_features=num_features)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        self._check_input(input)
+        axis = self._check_input(input)
         running_mean, running_var, tracked = self._running_buffers()
-        return F.instance_norm(input, running_mean, running_var, self.weight, self.bias,
-                               use_input_stats=self._uses_batch_stats(), momentum=self.momentum, eps=self.eps,
-                               channel_axis=self.channel_axis, backend=self.backend,
-                               num_batches_tracked=tracked)
+        return instance_norm_validated(input, axis, running_mean, running_var, self.weight, self.bias,
+                                       self._uses_batch_stats(), self.momentum, self.eps, self.backend, tracked)

@@ -176,6 +176,8 @@ def _named(backend: str, op: str, x: torch.Tensor, channel_axis: int, params) ->
     if backend == "native":
         impl, reason = NATIVE, None
     else:
+        # Modules check their backend at construction only: a name assigned later is checked here.
+        check_backend_name(backend)
         impl, reason = _triton()
     if reason is None:
         reason = impl.unsupported_reason(op, x, channel_axis, params)

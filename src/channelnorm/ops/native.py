@@ -1,19 +1,18 @@
-"""Delegation to torch's own kernels (``F.batch_norm``, ``F.instance_norm``, ``F.group_norm``).
+"""Delegation to torch's own kernels (``torch.batch_norm``, ``torch.instance_norm``, ``torch.group_norm``).
 
 Those kernels want the channel on axis 1, so the channel axis is moved there as a view. The one
 semantic we add is the non-finite rule of docs/design.md §3.3: torch updates running statistics in
-place, so it updates copies, which are committed only when finite.
+place, so ``_run_tracked`` undoes or withholds an update whose statistics are not finite.
 """
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from .fused import ComposedActivation
 from .layout import match_layout
-from .moments import commit_if_finite, effective_momentum
+from .moments import commit_if_finite, effective_momentum, undo_if_not_finite
 
 _OPS = ("channel_norm", "instance_norm", "group_norm", "channel_norm_act", "group_norm_act")
 _HALF = (torch.float16, torch.bfloat16)
@@ -89,40 +88,57 @@ def _canonical_gradient(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def _run_tracked(fn, running_mean, running_var, num_batches_tracked, momentum):
-    """Call ``fn(mean_buffer, var_buffer, momentum)`` on copies of the buffers; commit if finite."""
+    """Call ``fn(mean_buffer, var_buffer, momentum)``, whose kernel updates the buffers in place, keeping
+    the rule of docs/design.md: a batch whose statistics are not finite leaves the buffers untouched.
+
+    CPU buffers are updated in place and restored on failure (host check; nothing to synchronize).
+    Elsewhere, and while torch.compile traces, the kernel updates copies that a tensor-op ``where``
+    commits, so the device never waits for the host.
+    """
     m = effective_momentum(momentum, num_batches_tracked)
+    if running_mean.is_cpu and not torch.compiler.is_compiling():
+        return undo_if_not_finite(lambda: fn(running_mean, running_var, m), running_mean, running_var,
+                                  num_batches_tracked)
     new_mean, new_var = running_mean.clone(), running_var.clone()
     y = fn(new_mean, new_var, m)
     commit_if_finite(running_mean, running_var, num_batches_tracked, new_mean, new_var)
     return y
 
 
+# torch.batch_norm / torch.instance_norm / torch.group_norm directly: the arguments are validated
+# already, and torch.nn.functional's wrappers would check them again on every call. Channel axis 1
+# (the common case) needs no move: two identity permutes would add two autograd nodes per call.
+
 def channel_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis,
                  num_batches_tracked: Optional[torch.Tensor] = None) -> torch.Tensor:
-    xm = x.movedim(channel_axis, 1)
+    xm = x if channel_axis == 1 else x.movedim(channel_axis, 1)
+    cudnn = torch.backends.cudnn.enabled
     if training and running_mean is not None:
-        y = _run_tracked(lambda rm, rv, m: F.batch_norm(xm, rm, rv, weight, bias, True, m, eps),
+        y = _run_tracked(lambda rm, rv, m: torch.batch_norm(xm, weight, bias, rm, rv, True, m, eps, cudnn),
                          running_mean, running_var, num_batches_tracked, momentum)
-    elif training:
-        y = F.batch_norm(xm, None, None, weight, bias, True, 0.0, eps)
     else:
-        y = F.batch_norm(xm, running_mean, running_var, weight, bias, False, 0.0, eps)
-    return match_layout(_canonical_gradient(y, x).movedim(1, channel_axis), x)
+        y = torch.batch_norm(xm, weight, bias, running_mean, running_var, bool(training), 0.0, eps, cudnn)
+    y = _canonical_gradient(y, x)
+    return match_layout(y if channel_axis == 1 else y.movedim(1, channel_axis), x)
 
 
 def instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps, channel_axis,
                   num_batches_tracked: Optional[torch.Tensor] = None) -> torch.Tensor:
-    xm = x.movedim(channel_axis, 1)
+    xm = x if channel_axis == 1 else x.movedim(channel_axis, 1)
+    cudnn = torch.backends.cudnn.enabled
     if use_input_stats and running_mean is not None:
-        y = _run_tracked(lambda rm, rv, m: F.instance_norm(xm, rm, rv, weight, bias, True, m, eps),
+        y = _run_tracked(lambda rm, rv, m: torch.instance_norm(xm, weight, bias, rm, rv, True, m, eps, cudnn),
                          running_mean, running_var, num_batches_tracked, momentum)
     else:
-        y = F.instance_norm(xm, running_mean, running_var, weight, bias, use_input_stats, 0.0, eps)
-    return match_layout(y.movedim(1, channel_axis), x)
+        y = torch.instance_norm(xm, weight, bias, running_mean, running_var, bool(use_input_stats), 0.0, eps,
+                                cudnn)
+    return match_layout(y if channel_axis == 1 else y.movedim(1, channel_axis), x)
 
 
 def group_norm(x, num_groups, weight, bias, eps, channel_axis) -> torch.Tensor:
-    y = F.group_norm(x.movedim(channel_axis, 1), num_groups, weight, bias, eps)
+    if channel_axis == 1:
+        return match_layout(torch.group_norm(x, num_groups, weight, bias, eps, torch.backends.cudnn.enabled), x)
+    y = torch.group_norm(x.movedim(channel_axis, 1), num_groups, weight, bias, eps, torch.backends.cudnn.enabled)
     return match_layout(y.movedim(1, channel_axis), x)
 
 

@@ -1,0 +1,120 @@
+"""The CPU fast paths of the native backend keep the semantics of the slower forms they replace.
+
+* The running-statistics guard updates CPU buffers in place and undoes a batch whose statistics are
+  not finite (``moments.undo_if_not_finite``); the reference backend's tensor-op rule
+  (``moments.commit_if_finite``) is the oracle, batch after batch.
+* Channel axis 1 runs torch's kernel without moving the axis; the output and the input gradient
+  keep the input's strides (channels_last included).
+* Modules check their settings at construction only; a backend name assigned later is still refused.
+"""
+import pytest
+import torch
+
+import channelnorm as cn
+from channelnorm.ops import moments
+
+CPU_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _batches(dtype: torch.dtype, overflow: bool):
+    """(name, input of shape (2, 3, 2), finite statistics?) in the order the modules see them.
+
+    Every bad batch spoils one channel with a pair [-v, v] along the last axis (so inside one
+    instance too): NaN, inf, +-max (the biased variance overflows), and, with ``overflow``, a pair
+    whose biased variance a**2 = 0.8 max is finite but whose unbiased one, a**2 n/(n-1) with n = 2
+    (instance) or 4 (channel), is not.
+    """
+    good = lambda seed: torch.randn(2, 3, 2, generator=torch.Generator().manual_seed(seed)).to(dtype)
+    pair = lambda v: torch.tensor([-v, v], dtype=torch.float64).to(dtype)
+    nan, inf, huge, big = good(1), good(2), good(3), good(4)
+    nan[1, 0, 1] = float("nan")
+    inf[0, 2, 0] = float("-inf")
+    huge[:, 1] = pair(torch.finfo(dtype).max)
+    big[:, 2] = pair((torch.finfo(dtype).max * 0.8) ** 0.5)
+    batches = [("good", good(0), True), ("nan", nan, False), ("good", good(5), True), ("inf", inf, False),
+               ("huge", huge, False)]
+    if overflow:
+        batches.append(("overflow", big, False))
+    return batches + [("good", good(6), True)]
+
+
+@pytest.mark.parametrize("momentum", [1.0, None])
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+@pytest.mark.parametrize("kind", ["channel", "instance"])
+def test_in_place_guard_matches_the_reference_rule_batch_after_batch(kind, dtype, momentum):
+    make = {"channel": cn.ChannelNorm, "instance": cn.InstanceNorm}[kind]
+    fast = make(3, momentum=momentum, track_running_stats=True, dtype=dtype)
+    oracle = make(3, momentum=momentum, track_running_stats=True, dtype=dtype, backend="reference")
+    # momentum 1 makes the buffers the unbiased batch statistics, so the n/(n-1) overflow reaches them
+    # in every dtype (with a smaller momentum torch blends in float32 before rounding to a half buffer).
+    for name, x, finite in _batches(dtype, overflow=momentum == 1.0):
+        before = {k: v.clone() for k, v in fast.state_dict().items()}
+        fast(x)
+        oracle(x)
+        if not finite:
+            for k, v in fast.state_dict().items():
+                assert torch.equal(v, before[k]), (name, k)
+        else:
+            assert int(fast.num_batches_tracked) == int(before["num_batches_tracked"]) + 1, name
+        assert int(fast.num_batches_tracked) == int(oracle.num_batches_tracked), name
+        # Both blend the same batch statistics; they differ by the kernels' rounding in `dtype`.
+        tol = 4 * torch.finfo(dtype).eps
+        torch.testing.assert_close(fast.running_mean, oracle.running_mean, rtol=tol, atol=tol)
+        torch.testing.assert_close(fast.running_var, oracle.running_var, rtol=tol, atol=tol)
+    assert int(fast.num_batches_tracked) == 3
+
+
+def test_finite_buffers_whose_test_overflows_still_commit():
+    # The cheap test reduces the buffers (sum of mean * var); a reduction that overflows is settled
+    # element-wise, not rejected. Mean 1e13 and variance 1e36 per channel: finite, product 1e49.
+    c, a, mu = 4, 1e18, 1e13
+    x = (mu + torch.tensor([-a, a]).repeat(32)).unsqueeze(1).repeat(1, c)
+    norm = cn.ChannelNorm(c, momentum=1.0)
+    norm(x)
+    assert int(norm.num_batches_tracked) == 1
+    assert torch.isfinite(norm.running_mean).all() and torch.isfinite(norm.running_var).all()
+    assert not torch.isfinite(torch.dot(norm.running_mean, norm.running_var))
+    torch.testing.assert_close(norm.running_mean.double(), x.double().mean(0), rtol=1e-5, atol=0)
+    torch.testing.assert_close(norm.running_var.double(), x.double().var(0), rtol=1e-5, atol=0)
+
+
+def test_undo_if_not_finite_restores_both_buffers_and_returns_the_result():
+    mean, var, tracked = torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0]), torch.tensor(5)
+
+    def update():
+        mean.copy_(torch.tensor([7.0, float("nan")]))
+        var.mul_(10)
+        return "out"
+
+    assert moments.undo_if_not_finite(update, mean, var, tracked) == "out"
+    assert torch.equal(mean, torch.tensor([1.0, 2.0])) and torch.equal(var, torch.tensor([3.0, 4.0]))
+    assert int(tracked) == 5
+    assert moments.undo_if_not_finite(lambda: var.add_(1), mean, var, tracked) is var
+    assert torch.equal(var, torch.tensor([4.0, 5.0])) and int(tracked) == 6
+
+
+@pytest.mark.parametrize("kind", ["channel", "group", "instance"])
+@pytest.mark.parametrize("fmt,shape", [(torch.channels_last, (2, 4, 3, 5)), (torch.contiguous_format, (2, 4, 3, 5)),
+                                       (torch.channels_last_3d, (2, 4, 2, 3, 3))])
+def test_channel_axis_one_keeps_strides_of_output_and_input_gradient(kind, fmt, shape):
+    make = {"channel": lambda: cn.ChannelNorm(4), "group": lambda: cn.GroupNorm(2, 4),
+            "instance": lambda: cn.InstanceNorm(4)}[kind]
+    norm, oracle = make(), make()
+    oracle.backend = "reference"
+    x = torch.randn(shape).contiguous(memory_format=fmt).requires_grad_()
+    xr = x.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+    y, yr = norm(x), oracle(xr)
+    assert y.stride() == x.stride()
+    torch.testing.assert_close(y, yr, rtol=1e-5, atol=1e-5)
+    grad = torch.randn(shape).contiguous(memory_format=fmt)
+    y.backward(grad)
+    yr.backward(grad)
+    assert x.grad.stride() == x.stride()
+    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_backend_name_assigned_after_construction_is_refused_by_name():
+    norm = cn.ChannelNorm(3)
+    norm.backend = "cuda-fast"
+    with pytest.raises(ValueError, match="unknown backend 'cuda-fast'"):
+        norm(torch.randn(2, 3, 4))
