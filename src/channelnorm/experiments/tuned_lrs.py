@@ -1,0 +1,24 @@
+"""Peak learning rates (at the SGD batch of the tuning sweep) chosen by ``channelnorm tune``.
+
+Generated from the committed tuning results (``docs/results/tuning/tuning.json``) by
+``tune.render_defaults``; a test checks that this file and those results agree. Never edit by hand.
+"""
+from __future__ import annotations
+
+TUNED: dict[str, float] = {}
+TUNED_AT_BATCH = 32
+FALLBACK_LR = 0.1   # for a norm the sweep did not cover; the report flags it as untuned
+
+
+def peak_lr(norm: str, config) -> float:
+    """The peak learning rate of ``norm`` at ``config.sgd_batch``: ``config.lrs`` when it names the
+    norm, else the tuned value (scaled linearly when the SGD batch differs from the tuning batch),
+    else ``FALLBACK_LR``."""
+    given = dict(config.lrs)
+    if norm in given:
+        return given[norm]
+    return TUNED.get(norm, FALLBACK_LR) * config.sgd_batch / TUNED_AT_BATCH
+
+
+def is_tuned(norm: str, config) -> bool:
+    return norm in dict(config.lrs) or norm in TUNED
