@@ -181,6 +181,8 @@ def _tune(args: argparse.Namespace, config: ExperimentConfig, command: str) -> i
         config = config.with_(grid="tune")
     if any(lr <= 0 for lr in lr_grid):
         raise ConfigError(f"learning rates must be > 0, got {list(lr_grid)}")
+    from .pipeline import _load, resolve_sizes
+    config = resolve_sizes(config, _load(config))
     environment = describe_environment(config.device, config.workers)
     environment["command"] = command
     tuning = run_tuning(config, lr_grid)

@@ -25,9 +25,10 @@ OUTPUTS = ("config.json", "environment.json", "results.csv", "results.json", "an
 def run_compare(config: ExperimentConfig, command: str = "channelnorm compare", progress: bool = True,
                 reproduction_dir: Optional[Path] = None) -> dict[str, Path]:
     out = Path(config.out)
-    resumed = check_resume(out, config)
     # read the data before anything is written: a bad --data-dir must not leave a config.json behind
     dataset = _load(config)
+    config = resolve_sizes(config, dataset)
+    resumed = check_resume(out, config)
     repro_rows = _read_reproduction(reproduction_dir) if reproduction_dir is not None else None
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -65,6 +66,17 @@ def write_outputs(config: ExperimentConfig, out: Path, environment: dict[str, An
     plot_batch_panels(rows, config.sgd_batch, out / "error_vs_batch.png", title)
     plot_curves(rows, config.sgd_batch, out / "curves.png", config.target_error)
     (out / "report.md").write_text(render(rows, analysis, mechanism, config, environment, dataset.describe(), repro))
+
+
+def resolve_sizes(config: ExperimentConfig, dataset) -> ExperimentConfig:
+    """``train_size``/``test_size`` None ('all' of a CIFAR-10 folder) become the counts read, so
+    that the number of steps follows the data actually there."""
+    changes = {}
+    if config.train_size is None:
+        changes["train_size"] = len(dataset.train_y)
+    if config.test_size is None:
+        changes["test_size"] = len(dataset.test_y)
+    return config.with_(**changes) if changes else config
 
 
 def _load(config: ExperimentConfig):

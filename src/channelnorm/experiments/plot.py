@@ -98,8 +98,10 @@ def plot_curves(rows: list[dict[str, Any]], sgd_batch: int, path: Path, target: 
     for r in rows:
         if r["protocol"] != "decoupled" or r["eval"] != "ema" or r["norm_batch"] != sgd_batch or not r["curve"]:
             continue
-        curves = [c for c in r["curve"] if c]
-        steps = [s for s, _ in curves[0]]
+        curves = [c for c in r["curve"] if c]        # a seed that diverged early has none
+        if not curves:
+            continue
+        steps = [s for s, _ in max(curves, key=len)]
         means = [sum(c[i][1] for c in curves if len(c) > i) / sum(1 for c in curves if len(c) > i)
                  for i in range(len(steps))]
         ax.plot(steps, means, marker=".", label=f"{r['norm']} (LR {r['peak_lr']:.3g})")
