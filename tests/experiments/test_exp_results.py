@@ -162,3 +162,15 @@ def test_the_three_evaluations_match_a_single_model_evaluated_by_hand():
         precise.eval()
         wrong = (precise(test_x).argmax(1) != test_y).double().mean() * 100
         assert got["precise"][k] == pytest.approx(float(wrong), abs=1e-9)
+
+
+def test_steps_to_target_comparison_needs_every_seed_to_reach_the_target():
+    from channelnorm.experiments.analysis import convergence_comparisons
+    speed = [{"norm": "channel", "steps_to_target": [100, 110, 120], "reached": 3, "seeds": 3},
+             {"norm": "group", "steps_to_target": [300, 310, 330], "reached": 3, "seeds": 3},
+             {"norm": "layer", "steps_to_target": [100, None, 120], "reached": 2, "seeds": 3},
+             {"norm": "instance", "steps_to_target": [90, 130, 110], "reached": 3, "seeds": 3}]
+    by_norm = {c["norm"]: c for c in convergence_comparisons(speed)}
+    assert by_norm["group"]["verdict"] == "channel faster" and by_norm["group"]["delta"] == pytest.approx(200)
+    assert by_norm["layer"]["verdict"] == "not reached by every seed" and by_norm["layer"]["delta"] is None
+    assert by_norm["instance"]["verdict"] == NO_DIFFERENCE

@@ -156,17 +156,40 @@ def convergence_speed(rows: Rows, sgd_batch: int) -> list[dict[str, Any]]:
     return out
 
 
+def convergence_comparisons(speed: list[dict[str, Any]], reference: str = "channel") -> list[dict[str, Any]]:
+    """Steps to the target error: every other norm minus ``reference`` (positive: the reference was
+    faster), Welch interval over the seeds that reached the target; 'not reached' when a seed of
+    either norm never reached it within the run."""
+    ref = next((c for c in speed if c["norm"] == reference), None)
+    out = []
+    if ref is None:
+        return out
+    for c in speed:
+        if c["norm"] == reference:
+            continue
+        if ref["reached"] < ref["seeds"] or c["reached"] < c["seeds"]:
+            out.append({"norm": c["norm"], "delta": None, "ci95": None, "verdict": "not reached by every seed"})
+            continue
+        delta, ci = diff_ci([s for s in ref["steps_to_target"]], [s for s in c["steps_to_target"]])
+        verdict = NO_DIFFERENCE if not excludes_zero(ci) else (f"{reference} faster" if delta > 0
+                                                               else f"{reference} slower")
+        out.append({"norm": c["norm"], "delta": delta, "ci95": None if ci is None else list(ci), "verdict": verdict})
+    return out
+
+
 def analyse(rows_list: list[dict[str, Any]], sgd_batch: int) -> dict[str, Any]:
     """Everything the report states, as plain data (``results.json``-style rows in)."""
     rows = Rows(rows_list)
     coupled_comparisons = coupled(rows)
+    speed = convergence_speed(rows, sgd_batch)
     return {
         "robustness": {e: [c.to_dict() for c in cs] for e, cs in robustness(rows, sgd_batch).items()},
         "coupled": {n: c.to_dict() for n, c in coupled_comparisons.items()},
         "replication": replication_status(coupled_comparisons),
         "precise_recovery": precise_recovery(rows, sgd_batch) + precise_recovery(rows, sgd_batch, protocol="coupled"),
         "scope_ranking": scope_ranking(rows, sgd_batch),
-        "convergence_speed": convergence_speed(rows, sgd_batch),
+        "convergence_speed": speed,
+        "convergence_vs_channel": convergence_comparisons(speed),
         "not_converged": sorted({label(r).rsplit(" (", 1)[0] for r in rows_list if not r["converged"]}),
     }
 
@@ -180,6 +203,8 @@ def verdicts(analysis: dict[str, Any]) -> dict[str, str]:
     for norm, c in analysis["coupled"].items():
         out[f"coupled {norm}: {c['b']} vs {c['a']}"] = c["verdict"]
     out["coupled replication"] = analysis["replication"]
+    for c in analysis["convergence_vs_channel"]:
+        out[f"steps to target: {c['norm']} vs channel"] = c["verdict"]
     for entry in analysis["scope_ranking"]:
         if entry["vs_best"] is not None:
             out[f"scope: {entry['norm']} vs best"] = entry["vs_best"]["verdict"]

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from ..registry import available_norms, canonical_kind, norm_traits
+from ..registry import canonical_kind, norm_traits
 
 CORE_NORMS = ("channel", "group", "layer", "instance", "none")
 # ghost is how channel norm's decoupled cells get their normalization batch, so it is no extra norm

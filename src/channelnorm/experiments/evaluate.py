@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from ..precise import recompute_stats
-from .train import TrainPlan, build_cell_model, uses_batch_statistics
+from .config import uses_batch_statistics
+from .train import TrainPlan, build_cell_model
 
 EVALS = ("ema", "precise", "batch")
 EVAL_CHUNK = 500      # test images per forward (eval mode; memory only, no effect on the result)

@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import torch
 
-from .config import ExperimentConfig, uses_batch_statistics
+from .config import ExperimentConfig
 from .data import Dataset, load_dataset
 from .evaluate import curve_evaluator, evaluate_members
 from .rundir import read_record, record_path, run_dir, write_json_atomic
@@ -258,6 +258,3 @@ def _drain(messages, bars: _Bars, timeout: float) -> None:
             return
         bars.run_progress(pid, cell_id, done, total)
 
-
-def batch_independent(norm: str) -> bool:
-    return not uses_batch_statistics(norm)

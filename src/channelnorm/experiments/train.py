@@ -17,7 +17,6 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from ..registry import norm_traits
 from .models import ResidualCNN, build_model
 
 ProgressCallback = Callable[[int, int], None]   # (steps done, steps total)
@@ -213,6 +212,3 @@ def silence_member(model: nn.Module, optimizer: MemberSGD, index: int, members: 
         if b.ndim and b.is_floating_point():
             b.chunk(members)[index].fill_(1.0 if name.endswith("running_var") else 0.0)
 
-
-def uses_batch_statistics(norm: str) -> bool:
-    return norm_traits(norm).uses_batch_statistics

@@ -91,7 +91,11 @@ def write_tuning(tuning: dict[str, Any], config: ExperimentConfig, environment: 
             text = f"{p['mean']:.2f} %" + (f" (loss ≤ {loss:.3f})" if loss is not None else "")
             cells.append(text + (f", {p['diverged']} diverged" if p["diverged"] else ""))
         lines.append(f"| {norm} | " + " | ".join(cells) + f" | **{result['chosen_lr']:g}** |")
-    lines += ["", "Cells: mean validation error over the tuning seeds (the largest final training loss).", ""]
+    edge = [n for n, r in tuning["norms"].items() if r["chosen_lr"] in (min(tuning["lr_grid"]), max(tuning["lr_grid"]))]
+    lines += ["", "Cells: mean validation error over the tuning seeds (the largest final training loss)."]
+    if edge:
+        lines.append(f"Chosen at the edge of the grid (a better rate may lie beyond it): {', '.join(edge)}.")
+    lines.append("")
     (out / "report.md").write_text("\n".join(lines))
 
 
