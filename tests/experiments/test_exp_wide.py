@@ -39,8 +39,10 @@ def test_build_model_with_seeds_starts_where_single_runs_start():
             assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("norm,norm_batch", [("channel", 8), ("channel", 2), ("group", 8), ("layer", 8)])
-def test_training_k_members_equals_k_separate_runs(norm, norm_batch):
+@pytest.mark.parametrize("norm,norm_batch,channels_last", [("channel", 8, False), ("channel", 2, False),
+                                                           ("group", 8, False), ("layer", 8, False),
+                                                           ("channel", 2, True), ("instance", 8, True)])
+def test_training_k_members_equals_k_separate_runs(norm, norm_batch, channels_last):
     """Twelve SGD steps (momentum, weight decay, warm-up + cosine) of a 3-member cell and of three
     1-member cells with the same seeds: same losses and parameters. float32 with grouped vs plain
     convolutions: the sums are ordered differently, so agreement is to ~1e-4 relative after 12
@@ -49,7 +51,7 @@ def test_training_k_members_equals_k_separate_runs(norm, norm_batch):
     x, y = torch.randn(64, 3, 10, 10, generator=g), torch.randint(0, 10, (64,), generator=g)
     members = (Member(0, 0.05), Member(1, 0.1), Member(2, 0.2))
     common = dict(norm=norm, norm_batch=norm_batch, sgd_batch=8, steps=12, width=4, max_groups=2, log_points=12,
-                  channels_last=False)
+                  channels_last=channels_last)
     wide, wide_logs, _ = train_members(TrainPlan(members=members, **common), x, y)
     for k, member in enumerate(members):
         single, logs, _ = train_members(TrainPlan(members=(member,), **common), x, y)
