@@ -61,7 +61,13 @@ def _protocol(config: ExperimentConfig, rows: Rows) -> list[str]:
         + (f"; **untuned** (fallback): {', '.join(untuned)}" if untuned else "") + ".",
         f"- **Converged**: a run converged iff its final training loss (mean over the last "
         f"{100 // config.log_points} % of the steps) is below {config.converged_loss}; a cell converged iff all "
-        "its seeds did. Cells that did not are marked ⚠ and draw no conclusion.",
+        "its seeds did. Cells that did not are marked ⚠ and draw no conclusion. The loss is the one training "
+        "sees (train mode), so at small normalization batches it includes the noise of their statistics. Largest "
+        "final training loss per cell: " + "; ".join(
+            f"{r['norm']} {r['protocol']} {r['norm_batch']}/{r['sgd_batch']} "
+            f"{max(v for v in r['final_train_loss'] if v is not None):.3f}"
+            for r in rows.rows if r["eval"] == "ema" and r.get("runs_shared_with") is None
+            and any(v is not None for v in r["final_train_loss"])) + ".",
         f"- **Seeds** {list(config.seeds)}, trained side by side as one wide grouped network (tested equal to "
         "separate runs). Intervals: 95 % Student-t over seeds; differences: Welch t interval; a difference is "
         "claimed only when its interval excludes zero.",
