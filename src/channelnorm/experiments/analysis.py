@@ -183,7 +183,9 @@ def analyse(rows_list: list[dict[str, Any]], sgd_batch: int) -> dict[str, Any]:
     coupled_comparisons = coupled(rows)
     speed = convergence_speed(rows, sgd_batch)
     return {
-        "robustness": {e: [c.to_dict() for c in cs] for e, cs in robustness(rows, sgd_batch).items()},
+        "robustness": {e: [{**c.to_dict(), "norm_batch": nb} for c, nb in
+                           zip(cs, [b for b in rows.norm_batches("channel") if b != sgd_batch])]
+                       for e, cs in robustness(rows, sgd_batch).items()},
         "coupled": {n: c.to_dict() for n, c in coupled_comparisons.items()},
         "replication": replication_status(coupled_comparisons),
         "precise_recovery": precise_recovery(rows, sgd_batch) + precise_recovery(rows, sgd_batch, protocol="coupled"),

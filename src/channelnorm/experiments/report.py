@@ -112,18 +112,19 @@ def render(rows_list: list[dict[str, Any]], analysis: dict[str, Any], mechanism:
     lines += [_table(["norm / evaluation"] + [f"norm batch {nb}" for nb in batches], body), ""]
     for e, comparisons in analysis["robustness"].items():
         for c in comparisons:
-            nb = c["b"].split("norm-batch ")[1].split(" ")[0]
-            lines.append(f"- {e}: normalization batch {nb} vs {sb}: {_comparison(c)}")
-    smallest = next((c for c in analysis["robustness"]["ema"] if f"norm-batch {min(batches)} " in c["b"]), None)
-    if smallest is not None:
+            lines.append(f"- {e}: normalization batch {c['norm_batch']} vs {sb}: {_comparison(c)}")
+    smallest = min(analysis["robustness"]["ema"], key=lambda c: c["norm_batch"], default=None)
+    if smallest is not None and smallest["delta"] is None:
+        lines += ["", f"Seed's claim *robust to batch size*: no verdict ({smallest['verdict']})."]
+    elif smallest is not None:
         reading = {
-            WORSE: f"**Not robust here**: normalizing over {min(batches)} images instead of {sb} raises channel "
+            WORSE: f"**Not robust here**: normalizing over {smallest['norm_batch']} images instead of {sb} raises channel "
                    f"norm's test error by {smallest['delta']:+.2f} points (95 % CI {_ci(smallest['ci95'])}) with "
                    "everything else held fixed.",
-            BETTER: f"Normalizing over {min(batches)} images *lowers* the error ({smallest['delta']:+.2f} points, "
+            BETTER: f"Normalizing over {smallest['norm_batch']} images *lowers* the error ({smallest['delta']:+.2f} points, "
                     f"95 % CI {_ci(smallest['ci95'])}): the noise of small-batch statistics acts as a regularizer here.",
             NO_DIFFERENCE: f"**Robust within this experiment's resolution**: from normalization batch {sb} to "
-                           f"{min(batches)} the change is {smallest['delta']:+.2f} points and its 95 % interval "
+                           f"{smallest['norm_batch']} the change is {smallest['delta']:+.2f} points and its 95 % interval "
                            f"{_ci(smallest['ci95'])} includes zero; effects outside that interval are ruled out.",
         }.get(smallest["verdict"], "No verdict: " + smallest["verdict"] + ".")
         lines += ["", "Seed's claim *robust to batch size* (running statistics, the way a model is deployed): "
