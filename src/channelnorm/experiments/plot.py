@@ -58,20 +58,25 @@ def plot_batch_panels(rows: list[dict[str, Any]], sgd_batch: int, path: Path, ti
     others = [r for r in rows if r["protocol"] == "decoupled" and r["eval"] == "ema" and r["norm"] != "channel"
               and r["norm_batch"] == sgd_batch]
     batches = [r["norm_batch"] for rs in channel.values() for r in rs] or [sgd_batch]
+    colours = iter(["tab:red", "tab:purple", "tab:brown", "tab:gray", "tab:olive", "tab:cyan", "tab:pink"])
     for r in others:
+        if not r["converged"]:
+            off_scale.append(f"{r['norm']} {r['mean']:.1f} % (not converged)")
+            continue
         if r["mean"] > high + 3 * span or r["mean"] < low - 3 * span:
             off_scale.append(f"{r['norm']} {r['mean']:.1f} %")
             continue
-        line = left.axhline(r["mean"], linestyle="--", linewidth=1, label=f"{r['norm']} (batch-independent)")
+        colour = next(colours, "black")
+        left.axhline(r["mean"], linestyle="--", linewidth=1, color=colour, label=f"{r['norm']} (trained once, EMA)")
         if r["ci95"] is not None:
-            left.axhspan(max(0.0, r["ci95"][0]), min(100.0, r["ci95"][1]), color=line.get_color(), alpha=0.12)
+            left.axhspan(max(0.0, r["ci95"][0]), min(100.0, r["ci95"][1]), color=colour, alpha=0.10)
     _batch_axis(left, batches)
     left.set_xlabel(f"normalization batch (SGD batch {sgd_batch})")
     left.set_ylabel("test error (%), bars: 95 % CI")
     left.set_title("decoupled: only the normalization batch changes", fontsize=10)
     if off_scale:
-        left.text(0.02, 0.02, "off scale, not drawn: " + ", ".join(off_scale), transform=left.transAxes, fontsize=8)
-    left.legend(fontsize=7)
+        left.text(0.02, 0.98, "not drawn: " + ", ".join(off_scale), transform=left.transAxes, fontsize=7, va="top")
+    left.legend(fontsize=7, loc="lower right")
 
     coupled_norms = list(dict.fromkeys(r["norm"] for r in rows if r["protocol"] == "coupled"))
     for norm in coupled_norms:
