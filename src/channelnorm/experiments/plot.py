@@ -76,7 +76,8 @@ def plot_batch_panels(rows: list[dict[str, Any]], sgd_batch: int, path: Path, ti
     left.set_title("decoupled: only the normalization batch changes", fontsize=10)
     if off_scale:
         left.text(0.02, 0.98, "not drawn: " + ", ".join(off_scale), transform=left.transAxes, fontsize=7, va="top")
-    left.legend(fontsize=7, loc="lower right")
+    if left.get_legend_handles_labels()[0]:     # nothing to label when no cell is drawn
+        left.legend(fontsize=7, loc="lower right")
 
     coupled_norms = list(dict.fromkeys(r["norm"] for r in rows if r["protocol"] == "coupled"))
     for norm in coupled_norms:
