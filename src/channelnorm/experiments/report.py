@@ -234,8 +234,8 @@ def render(rows_list: list[dict[str, Any]], analysis: dict[str, Any], mechanism:
     if reproduction is None:
         lines += ["No rerun on a second CPU code path is attached to this run.", ""]
     else:
-        lines += [f"Rerun of the same command with `ATEN_CPU_CAPABILITY={reproduction['capability']}` (CPU code path "
-                  f"{reproduction['capability']}) in `{reproduction['path']}`: "
+        lines += [f"The same grid run on CPU code path {reproduction['capability']} (here: "
+                  f"{environment.get('cpu_capability')}), results in `{reproduction['path']}`: "
                   + ("**every verdict holds**." if not reproduction["differ"] else
                      f"**{len(reproduction['differ'])} of {reproduction['total']} verdicts differ**:"), ""]
         lines += [f"- {key}: {a} here, {b} there" for key, a, b in reproduction["differ"]]
