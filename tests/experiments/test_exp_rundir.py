@@ -448,3 +448,28 @@ def test_a_run_directory_error_in_a_worker_reaches_the_user_unwrapped(tmp_path):
     with pytest.raises(RunDirectoryError, match=f"{out / 'runs' / rid(2, 0)} is a symbolic link"):
         sweep_module._run_in_workers(plan(config), config, out, _QuietBars(), workers=1)
     assert list(victim.iterdir()) == []
+
+
+# ---- the tuning's outputs get the same care ----
+
+def test_tuning_outputs_replace_links_and_tune_refuses_a_locked_out(tmp_path, capsys):
+    from channelnorm.experiments.tune import write_tuning
+    out, victim = tmp_path / "tuning", tmp_path / "victim"
+    out.mkdir()
+    victim.mkdir()
+    for name in ("tuning.json", "report.md"):
+        (victim / name).write_text("precious")
+        (out / name).symlink_to(victim / name)
+    tuning = {"sgd_batch": 4, "lr_grid": [0.1], "seeds": [100], "selection": "lowest mean validation error",
+              "norms": {"channel": {"per_lr": [{"mean": 3.0, "final_train_loss": [0.01], "diverged": 0}],
+                                    "chosen_lr": 0.1}}}
+    write_tuning(tuning, tiny(out), {"command": "channelnorm tune"}, out)
+    assert all((victim / name).read_text() == "precious" for name in ("tuning.json", "report.md"))
+    assert json.loads((out / "tuning.json").read_text())["norms"]["channel"]["chosen_lr"] == 0.1
+    assert "| channel | 3.00 %" in (out / "report.md").read_text() and not (out / "report.md").is_symlink()
+
+    with locked(out):
+        with pytest.raises(SystemExit) as stopped:
+            cli.main(["tune", "--quick", "--norms", "none", "--out", str(out), "--no-progress"])
+    assert stopped.value.code == 2
+    assert f"{out} is in use by another channelnorm compare" in capsys.readouterr().err
