@@ -1,4 +1,4 @@
-"""``channelnorm compare``: the command line of the experiment (DESIGN §7)."""
+"""``channelnorm compare`` and ``channelnorm tune``: the command line of the experiment."""
 from __future__ import annotations
 
 import argparse
@@ -20,12 +20,33 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
 def _norm_list(text: str) -> tuple[str, ...]:
     names: list[str] = []
     for part in (p.strip() for p in text.split(",")):
         if part:
             names.extend(NORM_GROUPS.get(part.lower(), (part,)))
     return tuple(names)
+
+
+def _lr_map(text: str) -> tuple[tuple[str, float], ...]:
+    """'0.1' (every norm) is not accepted: learning rates are per norm, e.g. channel=0.1,group=0.05."""
+    pairs = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, sep, value = part.partition("=")
+        try:
+            pairs.append((name.strip(), float(value)))
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected norm=lr pairs such as channel=0.1,group=0.05, got {text!r}")
+    return tuple(pairs)
 
 
 def _size(text: str) -> Optional[int]:
@@ -37,61 +58,87 @@ def _size(text: str) -> Optional[int]:
         raise argparse.ArgumentTypeError(f"expected an integer or 'all', got {text!r}") from None
 
 
+OVERRIDES = ("norms", "norm_batches", "coupled_batches", "seeds", "epochs", "train_size", "test_size", "data_dir",
+             "lrs", "width", "colour_variation", "contrast_variation")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    unset = argparse.SUPPRESS   # flags that override the preset stay absent unless given
+    p.add_argument("--norms", type=_norm_list, default=unset,
+                   help=f"comma-separated create_norm kinds, or core/robust/all (default: {','.join(CORE_NORMS)})")
+    p.add_argument("--seeds", type=_int_list, default=unset, help="comma-separated training seeds")
+    p.add_argument("--epochs", type=float, default=unset, help="passes over the training set (the same in every cell)")
+    p.add_argument("--train-size", type=_size, default=unset, help="training images ('all' for CIFAR-10's 50k)")
+    p.add_argument("--test-size", type=_size, default=unset, help="test images ('all' for CIFAR-10's 10k)")
+    p.add_argument("--data-dir", default=unset, help="CIFAR-10 python-format folder instead of the synthetic set")
+    p.add_argument("--width", type=int, default=unset, help="channels of the first stage")
+    p.add_argument("--colour-variation", type=float, default=unset, help="synthetic: per-image colour variation in [0, 1]")
+    p.add_argument("--contrast-variation", type=float, default=unset, help="synthetic: per-image contrast variation in [0, 1)")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default cpu")
+    p.add_argument("--workers", type=int, help="parallel processes, 1 torch thread each (default 2 on cpu, 1 on cuda)")
+    p.add_argument("--out", help="output directory")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="channelnorm", description="Experiments on channel normalization and its family.")
-    # flags that override the preset stay absent from the namespace unless given (--train-size all is None)
-    unset = argparse.SUPPRESS
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
     compare = commands.add_parser(
-        "compare", help="train a small residual CNN with each norm at each batch size and write a report",
-        description="Train a small residual CNN with every norm at every batch size (several seeds), then write "
-                    "results.csv/json, error_vs_batch.png and report.md into --out. Rerunning with the same --out "
-                    "resumes: finished runs are skipped.")
+        "compare", help="train a small residual CNN with each norm and write a report (protocol v2)",
+        description="Decoupled (SGD batch fixed, channel norm's normalization batch varied through ghost batches) "
+                    "and coupled (SGD batch = normalization batch) comparisons, several seeds trained as one wide "
+                    "network, three evaluations; writes results.json/csv, analysis.json, plots and report.md into "
+                    "--out. Rerunning with the same --out resumes: finished cells are skipped.")
     preset = compare.add_mutually_exclusive_group()
     preset.add_argument("--quick", action="store_true", help="a seconds-long smoke run (tiny data and grid)")
     preset.add_argument("--full", action="store_true",
-                        help="the full grid: core and batch-robust norms, batch sizes 2..32, 3 seeds")
-    compare.add_argument("--norms", type=_norm_list, default=unset, help="comma-separated create_norm kinds, or core/robust/all "
-                         f"(default: {','.join(ExperimentConfig.norms)})")
-    compare.add_argument("--batch-sizes", type=_int_list, default=unset, help="comma-separated, e.g. 2,4,8,16,32")
-    compare.add_argument("--seeds", type=_int_list, default=unset, help="comma-separated training seeds, e.g. 0,1,2")
-    compare.add_argument("--epochs", type=float, default=unset, help="passes over the training set (same samples for every batch size)")
-    compare.add_argument("--train-size", type=_size, default=unset, help="training images (synthetic count, or a CIFAR-10 subset; 'all')")
-    compare.add_argument("--test-size", type=_size, default=unset, help="held-out images ('all' for CIFAR-10's 10k)")
-    compare.add_argument("--data-dir", default=unset, help="CIFAR-10 python-format folder (data_batch_1..5, test_batch) "
-                         "instead of the built-in synthetic set")
-    compare.add_argument("--lr", type=float, dest="base_lr", default=unset, help="learning rate at batch 32 (scaled linearly)")
-    compare.add_argument("--width", type=int, default=unset, help="channels of the first stage")
-    compare.add_argument("--device", choices=("cpu", "cuda"), help="default cpu")
-    compare.add_argument("--workers", type=int, help="parallel runs (processes, 1 thread each); default 2 on cpu, 1 on cuda")
-    compare.add_argument("--out", help="run directory (default runs/compare, runs/compare-quick, runs/compare-full)")
-    compare.add_argument("--no-progress", action="store_true", help="no progress bars")
+                        help="core and batch-robust norms, normalization batches 2..32, same protocol")
+    unset = argparse.SUPPRESS
+    compare.add_argument("--norm-batches", type=_int_list, default=unset,
+                         help="channel norm's normalization batches in the decoupled part, e.g. 2,4,8,16,32")
+    compare.add_argument("--coupled-batches", type=_int_list, default=unset, help="coupled part's batches, e.g. 2,32")
+    compare.add_argument("--lr", type=_lr_map, dest="lrs", default=unset,
+                         help="peak learning rates per norm at the SGD batch, e.g. channel=0.1,group=0.05 "
+                              "(default: the committed tuning results)")
+    compare.add_argument("--reproduction", type=Path, help="a finished run of the same grid on another CPU code "
+                         "path: the report says whether every verdict holds on both")
+    _add_common(compare)
+
+    tune = commands.add_parser(
+        "tune", help="choose each norm's learning rate on a validation split held out of the training set",
+        description="Train every norm at every learning rate of --lrs (tuning seeds 100, 101) with compare's "
+                    "schedule on the training set minus --val-size images, score on those held-out images (never "
+                    "the test set), and write tuning.json and report.md into --out.")
+    tune.add_argument("--lrs", type=_float_list, dest="lr_grid", help="learning-rate grid (default 0.025..0.8)")
+    tune.add_argument("--val-size", type=int, help="held-out training images (default 2000)")
+    tune.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
+    tune.add_argument("--write-defaults", action="store_true",
+                      help="also rewrite the package's tuned_lrs.py with the chosen rates (for committing)")
+    _add_common(tune)
     return parser
 
 
-OVERRIDES = ("norms", "batch_sizes", "seeds", "epochs", "train_size", "test_size", "data_dir", "base_lr", "width")
-
-
-def config_from_args(args: argparse.Namespace, given: set[str]) -> ExperimentConfig:
+def config_from_args(args: argparse.Namespace, given: set[str], default_out: str) -> ExperimentConfig:
     """The preset (default, --quick or --full) with the flags the user gave on top."""
     changes: dict[str, Any] = {name: getattr(args, name) for name in OVERRIDES if name in given}
     if changes.get("data_dir") is not None:
-        # one spelling per folder ('cifar/', './cifar', '/abs/cifar'), so that resuming compares folders, not text
+        # one spelling per folder, so that resuming compares folders, not text
         changes["data_dir"] = os.path.abspath(changes["data_dir"])
         changes.setdefault("train_size", None)   # real data: all of it unless --train-size says otherwise
         changes.setdefault("test_size", None)
-    if any(name in changes for name in OVERRIDES):
+    if changes:
         changes["grid"] = "custom"
     device = args.device or "cpu"
     changes["device"] = device
     changes["workers"] = args.workers if args.workers is not None else (1 if device == "cuda" else 2)
+    if getattr(args, "val_size", None) is not None:
+        changes["val_size"] = args.val_size
+    suffix = "-quick" if args.quick else "-full" if getattr(args, "full", False) else ""
+    changes["out"] = args.out or default_out + suffix
     if args.quick:
-        changes.setdefault("out", args.out or "runs/compare-quick")
         return quick_config(**changes)
-    if args.full:
-        changes.setdefault("out", args.out or "runs/compare-full")
+    if getattr(args, "full", False):
         return full_config(**changes)
-    changes["out"] = args.out or "runs/compare"
     return ExperimentConfig(**changes)
 
 
@@ -101,22 +148,55 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     given = {name for name in OVERRIDES if hasattr(args, name)}
     try:
-        config = config_from_args(args, given)
+        config = config_from_args(args, given, "runs/compare" if args.command == "compare" else "runs/tune")
         _check_device(config.device)
     except (ConfigError, TypeError) as error:
         parser.error(str(error))
-    from .pipeline import run_compare   # heavy imports (matplotlib) only once the flags are valid
-
+    command = "channelnorm " + shlex.join(argv)
     try:
-        outputs = run_compare(config, command="channelnorm " + shlex.join(argv), progress=not args.no_progress)
+        if args.command == "tune":
+            return _tune(args, config, command)
+        from .pipeline import run_compare   # heavy imports (matplotlib) only once the flags are valid
+        outputs = run_compare(config, command=command, progress=not args.no_progress,
+                              reproduction_dir=args.reproduction)
     except ConfigError as error:
         parser.error(str(error))
     except KeyboardInterrupt:
-        print(f"\ninterrupted; finished runs are kept in {config.out}. Run the same command again to resume.",
+        print(f"\ninterrupted; finished cells are kept in {config.out}. Run the same command again to resume.",
               file=sys.stderr)
         return 130
     for name, path in outputs.items():
         print(f"{name}: {path}")
+    return 0
+
+
+def _tune(args: argparse.Namespace, config: ExperimentConfig, command: str) -> int:
+    from .environment import describe_environment
+    from .storage import locked, write_atomic
+    from .tune import LR_GRID, render_defaults, run_tuning, write_tuning
+
+    if config.grid == "quick":
+        lr_grid = args.lr_grid or (0.05, 0.2)
+    else:
+        lr_grid = args.lr_grid or LR_GRID
+        config = config.with_(grid="tune")
+    if any(lr <= 0 for lr in lr_grid):
+        raise ConfigError(f"learning rates must be > 0, got {list(lr_grid)}")
+    from .pipeline import _load, resolve_sizes
+    config = resolve_sizes(config, _load(config))
+    environment = describe_environment(config.device, config.workers)
+    environment["command"] = command
+    out = Path(config.out)
+    with locked(out):           # one invocation per --out at a time, as compare
+        tuning = run_tuning(config, lr_grid)
+        write_tuning(tuning, config, environment, out)
+    print(f"tuning: {out / 'tuning.json'}")
+    for norm, result in tuning["norms"].items():
+        print(f"  {norm}: chosen LR {result['chosen_lr']:g}")
+    if args.write_defaults:
+        path = Path(__file__).with_name("tuned_lrs.py")
+        write_atomic(path, render_defaults(tuning), root=path.parent)
+        print(f"defaults: {path}")
     return 0
 
 

@@ -1,4 +1,12 @@
-"""The experiment's configuration: one frozen dataclass, checked once, written to ``config.json``."""
+"""The experiment's configuration: one frozen dataclass, checked once, written to ``config.json``.
+
+Protocol (v2): every cell trains the same number of samples with the same warm-up + cosine
+schedule. *Decoupled* cells keep the SGD batch at ``sgd_batch`` and set channel norm's
+normalization batch through ghost batches (``norm_batches``); batch-independent norms train once
+at ``sgd_batch``. *Coupled* cells (``coupled_norms`` at ``coupled_batches``) set SGD batch =
+normalization batch, with the learning rate scaled linearly (as the Group Norm paper). The peak
+learning rate per norm comes from the committed tuning sweep (``tuned_lrs``).
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -6,19 +14,14 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from ..registry import _ALIASES, available_norms
-
-# Norms whose training statistics are taken over the batch: a batch of one sample leaves them
-# with instance statistics (or nothing to normalize), so batch size 1 is refused for them.
-BATCH_STATISTIC_NORMS = frozenset({"channel", "sync_channel", "batch_renorm", "ghost", "evonorm_b0"})
+from ..registry import canonical_kind, norm_traits
 
 CORE_NORMS = ("channel", "group", "layer", "instance", "none")
-ROBUST_NORMS = ("batch_renorm", "ghost", "frn", "evonorm_s0", "evonorm_b0")
+# ghost is how channel norm's decoupled cells get their normalization batch, so it is no extra norm
+ROBUST_NORMS = ("batch_renorm", "frn", "evonorm_s0", "evonorm_b0")
 
-# Fields that decide what one run computes. Resuming into a run directory requires them to match;
-# the grid (norms, batch sizes, seeds), the worker count and the output path may change.
-GRID_FIELDS = ("norms", "batch_sizes", "seeds", "grid", "workers", "out")
-
+# Fields that may differ between invocations on one run directory: the grid and where/how it runs.
+GRID_FIELDS = ("norms", "norm_batches", "coupled_norms", "coupled_batches", "seeds", "grid", "workers", "out")
 
 MAX_SEED = 2**64 - 1
 
@@ -29,38 +32,47 @@ class ConfigError(ValueError):
 
 def canonical_norm(kind: str) -> str:
     """The registry's canonical name for ``kind`` (aliases resolved), or a ConfigError listing the choices."""
-    key = str(kind).lower().replace("-", "_")
-    key = _ALIASES.get(key, key)
-    if key not in available_norms():
-        raise ConfigError(f"unknown norm {kind!r}; choose from {', '.join(available_norms())} "
-                          f"(aliases: {', '.join(sorted(_ALIASES))})")
-    return key
+    try:
+        return canonical_kind(str(kind))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def uses_batch_statistics(kind: str) -> bool:
+    return norm_traits(kind).uses_batch_statistics
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
     norms: tuple[str, ...] = CORE_NORMS
-    batch_sizes: tuple[int, ...] = (2, 4, 8, 16, 32)
-    seeds: tuple[int, ...] = (0, 1, 2)
-    epochs: float = 1.5                 # passes over the training set; the same for every batch size
-    train_size: Optional[int] = 8000    # synthetic set size, or a CIFAR-10 subset (None: all 50k)
-    test_size: Optional[int] = 2048   # divisible by every batch size of the grid
+    norm_batches: tuple[int, ...] = (2, 8, 32)   # channel norm's normalization batches (decoupled)
+    sgd_batch: int = 32
+    coupled_norms: tuple[str, ...] = ("channel", "group")
+    coupled_batches: tuple[int, ...] = (2, 32)
+    seeds: tuple[int, ...] = (0, 1, 2, 3)
+    epochs: float = 8.0                 # passes over the training set, the same in every cell
+    train_size: Optional[int] = 6000    # synthetic set size, or a CIFAR-10 subset (None: all 50k)
+    test_size: Optional[int] = 10000    # held-out test images (never used to choose anything)
+    val_size: int = 2000                # tuning only: held out of the training set for validation
+    precise_size: int = 2048            # training images whose population statistics 'precise' uses
+    curve_size: int = 2000              # test images for the error-vs-steps curve
     image_size: int = 16                # synthetic images only; CIFAR-10 is 32x32
-    noise: float = 0.1                  # synthetic pixel noise (std, images in [0, 1])
+    noise: float = 0.05                 # synthetic pixel noise (std, images in [0, 1])
+    colour_variation: float = 0.5       # synthetic: how much colours vary per image (see synthetic.py)
+    contrast_variation: float = 0.3     # synthetic: per-image contrast factor in [1 - c, 1]
     data_seed: int = 0                  # the data set is the same for every training seed
     data_dir: Optional[str] = None      # CIFAR-10 python pickle directory instead of the synthetic set
     width: int = 16                     # channels of the first stage (then 2x, 4x)
-    base_lr: float = 0.2                # learning rate at reference_batch, scaled linearly with batch
-    reference_batch: int = 32
-    warmup_fraction: float = 0.1        # linear warm-up over this share of the samples, then cosine
+    lrs: tuple[tuple[str, float], ...] = ()   # peak LR per norm at sgd_batch; empty: the tuned defaults
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    warmup_fraction: float = 0.1
     max_groups: int = 8                 # group/evonorm_s0: the largest divisor of C not above this
-    ghost_batch: int = 8                # ghost: virtual batch size (min with the batch size)
-    renorm_warmup_fraction: float = 0.25  # batch_renorm: r/d limits open over this share of steps
-    target_loss: float = 1.5            # convergence: samples until the training loss is below this
-    log_points: int = 40                # training-loss windows per run
-    eval_points: int = 4                # held-out evaluations per run (the last is the final one)
+    converged_loss: float = 0.1         # a run converged iff its final training loss is below this (see report)
+    target_error: float = 5.0           # convergence speed: steps until the test error (%) is at most this
+    log_points: int = 20
+    curve_points: int = 10
+    channels_last: bool = True
     device: str = "cpu"
     workers: int = 2
     out: str = "runs/compare"
@@ -68,78 +80,94 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norms", tuple(canonical_norm(k) for k in self.norms))
-        object.__setattr__(self, "batch_sizes", tuple(self.batch_sizes))
-        object.__setattr__(self, "seeds", tuple(self.seeds))
+        object.__setattr__(self, "coupled_norms", tuple(canonical_norm(k) for k in self.coupled_norms))
+        for name in ("norm_batches", "coupled_batches", "seeds"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        lrs = tuple(sorted((canonical_norm(k), v) for k, v in dict(self.lrs).items()))
+        object.__setattr__(self, "lrs", lrs)
         self._validate()
 
     def _validate(self) -> None:
-        def positive_int(name: str, value: Any, minimum: int = 1) -> None:
+        def integer(name: str, value: Any, minimum: int = 1) -> None:
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
-        def positive_float(name: str, value: Any, allow_zero: bool = False) -> None:
+        def number(name: str, value: Any, low: float = 0.0, high: float = math.inf, open_low: bool = True,
+                   open_high: bool = False) -> None:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            if not ok or value < 0 or (value == 0 and not allow_zero):
-                raise ConfigError(f"{name} must be a finite number {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+            if not ok or value < low or (open_low and value == low) or value > high or (open_high and value == high):
+                raise ConfigError(f"{name} must be a finite number in {'(' if open_low else '['}{low}, "
+                                  f"{high}{')' if open_high else ']'}, got {value!r}")
 
-        for name in ("norms", "batch_sizes", "seeds"):
+        for name in ("norms", "norm_batches", "seeds"):
             values = getattr(self, name)
             if not values:
                 raise ConfigError(f"{name} must not be empty")
+        for name in ("norms", "norm_batches", "coupled_norms", "coupled_batches", "seeds"):
+            values = getattr(self, name)
             if len(set(values)) != len(values):
                 raise ConfigError(f"{name} has duplicates: {list(values)}")
-        for bs in self.batch_sizes:
-            positive_int("batch size", bs)
+        integer("sgd_batch", self.sgd_batch, 2)
+        for bs in self.norm_batches:
+            integer("normalization batch", bs, 2)
+            if bs > self.sgd_batch:
+                raise ConfigError(f"normalization batch {bs} is larger than the SGD batch {self.sgd_batch}")
+        for bs in self.coupled_batches:
+            integer("coupled batch", bs, 2)
         for seed in self.seeds:
-            positive_int("seed", seed, minimum=0)
-            if seed > MAX_SEED:      # torch.manual_seed takes at most 64 bits
+            integer("seed", seed, 0)
+            if seed > MAX_SEED:
                 raise ConfigError(f"seed must be at most 2**64 - 1, got {seed!r}")
-        needs_batch = sorted(set(self.norms) & BATCH_STATISTIC_NORMS)
-        if 1 in self.batch_sizes and needs_batch:
-            raise ConfigError(f"batch size 1 is meaningless for {', '.join(needs_batch)}: their training "
-                              "statistics are over the batch, and one sample leaves only its own (instance) "
-                              "statistics; use batch sizes >= 2 or drop those norms")
-        positive_float("epochs", self.epochs)
-        if not math.isfinite(self.epochs * (self.train_size or 50_000)):
-            raise ConfigError(f"epochs {self.epochs!r} is too large: the number of training samples overflows")
+        for name, lr in self.lrs:
+            number(f"learning rate of {name}", lr)
+        number("epochs", self.epochs)
         for name in ("train_size", "test_size"):
             if getattr(self, name) is not None:
-                positive_int(name, getattr(self, name), minimum=10)
-        if self.train_size is not None and max(self.batch_sizes) > self.train_size:
-            raise ConfigError(f"batch size {max(self.batch_sizes)} is larger than train_size {self.train_size}")
-        if self.train_size is not None and int(self.epochs * self.train_size) < max(self.batch_sizes):
+                integer(name, getattr(self, name), 10)
+        for name in ("val_size", "precise_size", "curve_size"):
+            integer(name, getattr(self, name), 2)
+        largest = max(self.sgd_batch, *self.coupled_batches) if self.coupled_batches else self.sgd_batch
+        if self.train_size is not None and largest > self.train_size:
+            raise ConfigError(f"batch {largest} is larger than train_size {self.train_size}")
+        if self.steps(self.sgd_batch) < 1:
             raise ConfigError(f"epochs {self.epochs} x train_size {self.train_size} is less than one batch of "
-                              f"{max(self.batch_sizes)}")
-        positive_int("image_size", self.image_size, minimum=8)
-        positive_float("noise", self.noise, allow_zero=True)
-        positive_int("data_seed", self.data_seed, minimum=0)
-        positive_int("width", self.width)
-        positive_float("base_lr", self.base_lr)
-        positive_int("reference_batch", self.reference_batch)
-        for name in ("warmup_fraction", "renorm_warmup_fraction"):
-            value = getattr(self, name)
-            positive_float(name, value, allow_zero=True)
-            if value >= 1:
-                raise ConfigError(f"{name} must be in [0, 1), got {value!r}")
-        positive_float("momentum", self.momentum, allow_zero=True)
-        positive_float("weight_decay", self.weight_decay, allow_zero=True)
-        positive_int("max_groups", self.max_groups)
-        positive_int("ghost_batch", self.ghost_batch)
-        positive_float("target_loss", self.target_loss)
-        positive_int("log_points", self.log_points)
-        positive_int("eval_points", self.eval_points)
-        positive_int("workers", self.workers)
+                              f"{self.sgd_batch}")
+        integer("image_size", self.image_size, 8)
+        number("noise", self.noise, open_low=False)
+        number("colour_variation", self.colour_variation, 0.0, 1.0, open_low=False)
+        number("contrast_variation", self.contrast_variation, 0.0, 1.0, open_low=False, open_high=True)
+        integer("data_seed", self.data_seed, 0)
+        integer("width", self.width)
+        number("momentum", self.momentum, 0.0, 1.0, open_low=False, open_high=True)
+        number("weight_decay", self.weight_decay, open_low=False)
+        number("warmup_fraction", self.warmup_fraction, 0.0, 1.0, open_low=False, open_high=True)
+        integer("max_groups", self.max_groups)
+        number("converged_loss", self.converged_loss)
+        number("target_error", self.target_error, 0.0, 100.0)
+        for name in ("log_points", "curve_points", "workers"):
+            integer(name, getattr(self, name))
         if self.device not in ("cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise ConfigError(f"device must be 'cpu' or 'cuda' (or 'cuda:N'), got {self.device!r}")
-        if self.grid not in ("default", "full", "quick", "custom"):
-            raise ConfigError(f"grid label must be default, full, quick or custom, got {self.grid!r}")
+        if self.grid not in ("default", "full", "quick", "custom", "tune"):
+            raise ConfigError(f"grid label must be default, full, quick, tune or custom, got {self.grid!r}")
+
+    def samples(self) -> int:
+        """Training samples every cell sees (whole SGD batches of the largest batch in the grid)."""
+        n = self.train_size if self.train_size is not None else 50_000
+        return int(self.epochs * n)
+
+    def steps(self, sgd_batch: int) -> int:
+        return self.samples() // sgd_batch
 
     def with_(self, **changes: Any) -> "ExperimentConfig":
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
-                for f in dataclasses.fields(self)}
+        data: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            data[f.name] = dict(value) if f.name == "lrs" else (list(value) if isinstance(value, tuple) else value)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ExperimentConfig":
@@ -147,7 +175,10 @@ class ExperimentConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown config field(s) {', '.join(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        if isinstance(values.get("lrs"), dict):
+            values["lrs"] = tuple(values["lrs"].items())
+        return cls(**values)
 
     def run_identity(self) -> dict[str, Any]:
         """The settings every run of this sweep shares (what must match to resume)."""
@@ -155,18 +186,18 @@ class ExperimentConfig:
 
 
 def quick_config(**changes: Any) -> ExperimentConfig:
-    """A seconds-long sweep over the core norms (used by the tests and for a smoke check)."""
-    settings = dict(norms=CORE_NORMS, batch_sizes=(2, 8), seeds=(0, 1), epochs=1.0, train_size=400,
-                    test_size=200, image_size=12, width=4, log_points=8, eval_points=2, grid="quick",
-                    target_loss=2.0)
+    """A seconds-long sweep (used by the tests and as a smoke check): tiny data, short runs."""
+    settings = dict(norms=("channel", "group", "layer"), norm_batches=(4, 16), sgd_batch=16,
+                    coupled_norms=("channel", "group"), coupled_batches=(4, 16), seeds=(0, 1, 2), epochs=2.0,
+                    train_size=400, test_size=400, val_size=100, precise_size=256, curve_size=200, image_size=12,
+                    width=4, log_points=5, curve_points=3, grid="quick", converged_loss=2.0, target_error=80.0)
     settings.update(changes)
     return ExperimentConfig(**settings)
 
 
 def full_config(**changes: Any) -> ExperimentConfig:
-    """Every norm in the family the comparison is about (core + batch-robust) on the full grid."""
-    settings = dict(norms=CORE_NORMS + ROBUST_NORMS, batch_sizes=(2, 4, 8, 16, 32), seeds=(0, 1, 2), grid="full")
+    """Core and batch-robust norms, every normalization batch from 2 to 32, under the same protocol."""
+    settings = dict(norms=CORE_NORMS + ROBUST_NORMS, norm_batches=(2, 4, 8, 16, 32),
+                    coupled_norms=("channel", "group", "batch_renorm", "evonorm_b0"), grid="full")
     settings.update(changes)
     return ExperimentConfig(**settings)
-
-

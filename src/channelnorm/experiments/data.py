@@ -35,11 +35,15 @@ def _standardize(train_x: torch.Tensor, test_x: torch.Tensor) -> tuple[torch.Ten
 
 def load_dataset(config: ExperimentConfig) -> Dataset:
     if config.data_dir is None:
+        settings = dict(noise=config.noise, colour_variation=config.colour_variation,
+                        contrast_variation=config.contrast_variation)
         train_x, train_y = synthetic.make_images(config.train_size or 8000, config.image_size, config.data_seed,
-                                                 config.noise)
-        test_x, test_y = synthetic.make_images(config.test_size or 2048, config.image_size,
-                                               config.data_seed + _TEST_SEED_OFFSET, config.noise)
-        name, classes = f"synthetic shapes (data seed {config.data_seed}, noise {config.noise})", synthetic.CLASSES
+                                                 **settings)
+        test_x, test_y = synthetic.make_images(config.test_size or 10000, config.image_size,
+                                               config.data_seed + _TEST_SEED_OFFSET, **settings)
+        name = (f"synthetic shapes (data seed {config.data_seed}, noise {config.noise}, colour variation "
+                f"{config.colour_variation}, contrast variation {config.contrast_variation})")
+        classes = synthetic.CLASSES
     else:
         train_x, train_y, test_x, test_y = cifar.load_cifar10(config.data_dir)
         # a fixed subset (the first images) when asked: the files are already in random order
@@ -48,3 +52,15 @@ def load_dataset(config: ExperimentConfig) -> Dataset:
         name, classes = f"CIFAR-10 from {config.data_dir}", cifar.CLASSES
     train_x, test_x = _standardize(train_x, test_x)
     return Dataset(name, tuple(classes), train_x.contiguous(), train_y, test_x.contiguous(), test_y)
+
+
+def validation_split(data: Dataset, val_size: int) -> Dataset:
+    """The training set split in two: the first images train, the last ``val_size`` are the held-out
+    set (in the ``test_*`` fields). The test set is dropped, so whatever runs on the result (the
+    learning-rate tuning) cannot see it."""
+    n = len(data.train_y)
+    if not 0 < val_size < n:
+        raise ValueError(f"val_size must be in [1, {n - 1}] for {n} training images, got {val_size}")
+    cut = n - val_size
+    return Dataset(f"{data.name}, validation split: {cut} training / {val_size} held-out training images",
+                   data.classes, data.train_x[:cut], data.train_y[:cut], data.train_x[cut:], data.train_y[cut:])

@@ -36,6 +36,18 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def cpu_model() -> Optional[str]:
+    """The CPU's model name from /proc/cpuinfo (Linux), else platform.processor(), else None."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def describe_environment(device: str, workers: int) -> dict[str, Any]:
     from .. import __version__
 
@@ -43,8 +55,11 @@ def describe_environment(device: str, workers: int) -> dict[str, Any]:
         "channelnorm": __version__, "git": git_revision(), "torch": torch.__version__,
         "python": sys.version.split()[0], "platform": platform.platform(), "machine": platform.machine(),
         "processor": platform.processor() or None, "cpu_count": os.cpu_count(), "device": device,
-        # worker processes run single-threaded (sweep._worker_init); one in-process run keeps torch's default
-        "torch_threads_per_worker": 1 if workers > 1 else torch.get_num_threads(),
+        "cpu_model": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "aten_cpu_capability_env": os.environ.get("ATEN_CPU_CAPABILITY"),
+        # every cell computes with one torch thread, in a worker process or in the main one (sweep.py)
+        "torch_threads_per_worker": 1, "workers": workers,
+        "torch_default_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         info["cuda_device"] = torch.cuda.get_device_name(torch.device(device))

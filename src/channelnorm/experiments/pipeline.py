@@ -1,35 +1,47 @@
-"""The whole experiment, end to end: resume check, sweep, aggregation, plot, report."""
+"""The whole experiment, end to end: resume check, sweep, rows, analysis, plots, report.
+
+``run_compare`` holds ``--out`` locked for the whole invocation, and every file it writes goes
+through ``storage.write_atomic`` inside ``--out`` (atomic, never through a link)."""
 from __future__ import annotations
 
 import json
 import pickle
 import time
 from pathlib import Path
+from typing import Any, Optional
 
+from .analysis import analyse, reproduction
 from .config import ConfigError, ExperimentConfig
 from .data import load_dataset
 from .environment import describe_environment, load_average, utc_now
-from .plot import plot_error_vs_batch
-from .report import write_report
-from .results import aggregate, collect, write_results
+from .mechanism import measure
+from .plot import plot_batch_panels, plot_curves
+from .report import render
+from .results import build_rows, collect, write_results
 from .rundir import check_resume, write_json_atomic
-from .storage import locked, write_atomic
+from .storage import RunDirectoryError, locked, read_text, write_atomic
 from .sweep import run_sweep
 
+OUTPUTS = ("config.json", "environment.json", "results.csv", "results.json", "analysis.json",
+           "error_vs_batch.png", "curves.png", "report.md")
 
-def run_compare(config: ExperimentConfig, command: str = "channelnorm compare", progress: bool = True) -> dict[str, Path]:
+
+def run_compare(config: ExperimentConfig, command: str = "channelnorm compare", progress: bool = True,
+                reproduction_dir: Optional[Path] = None) -> dict[str, Path]:
     """The whole experiment into ``config.out``, which it holds locked: a second invocation on the
     same run directory meanwhile is refused (RunDirectoryError) instead of mixing its runs in."""
     with locked(Path(config.out)):
-        return _run_compare_locked(config, command, progress)
+        return _run_compare_locked(config, command, progress, reproduction_dir)
 
 
-def _run_compare_locked(config: ExperimentConfig, command: str, progress: bool) -> dict[str, Path]:
+def _run_compare_locked(config: ExperimentConfig, command: str, progress: bool,
+                        reproduction_dir: Optional[Path]) -> dict[str, Path]:
     out = Path(config.out)
-    resumed = check_resume(out, config)
     # read the data before anything is written: a bad --data-dir must not leave a config.json behind
-    # (it would make the corrected command look like a resume with other settings)
-    dataset = _describe_data(config)
+    dataset = _load(config)
+    config = resolve_sizes(config, dataset)
+    resumed = check_resume(out, config)
+    repro_rows = _read_reproduction(reproduction_dir) if reproduction_dir is not None else None
     try:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "config.json", config.to_dict(), root=out)
@@ -42,34 +54,66 @@ def _run_compare_locked(config: ExperimentConfig, command: str, progress: bool) 
     environment["sweep"] = {"started": start_time, "finished": utc_now(),
                             "wall_seconds": round(time.perf_counter() - started, 1), "resumed": resumed,
                             "load_start": start_load, "load_end": load_average(), "workers": config.workers,
-                            "threads_per_worker": environment["torch_threads_per_worker"],
-                            "git": environment["git"], **counts}
+                            "cpu_capability": environment["cpu_capability"], "git": environment["git"], **counts}
     environment["sweeps"] = _previous_sweeps(out) + [environment["sweep"]]
     write_json_atomic(out / "environment.json", environment, root=out)
+    write_outputs(config, out, environment, dataset, repro_rows, reproduction_dir)
+    return {name: out / name for name in OUTPUTS}
 
-    rows = aggregate(collect(out, config))
+
+def write_outputs(config: ExperimentConfig, out: Path, environment: dict[str, Any], dataset,
+                  repro_rows: Optional[tuple[list, dict]] = None, reproduction_dir: Optional[Path] = None) -> None:
+    """Rows, analysis, plots and report from the finished runs in ``out``."""
+    rows = build_rows(collect(out, config), config)
     write_results(rows, out)
-    plot_error_vs_batch(rows, config.norms, config.batch_sizes, out / "error_vs_batch.png",
-                        f"{dataset} — grid: {config.grid}")
-    write_atomic(out / "report.md", write_report(rows, config, environment, dataset, "error_vs_batch.png"), root=out)
-    return {name: out / name for name in ("config.json", "environment.json", "results.csv", "results.json",
-                                          "error_vs_batch.png", "report.md")}
+    analysis = analyse(rows, config.sgd_batch)
+    mechanism = measure(dataset.test_x[:1000], config.width, config.max_groups)
+    repro = None
+    if repro_rows is not None:
+        there_rows, there_env = repro_rows
+        repro = {**reproduction(rows, there_rows, config.sgd_batch), "path": str(reproduction_dir),
+                 "capability": there_env.get("cpu_capability")}
+    write_json_atomic(out / "analysis.json", {**analysis, "mechanism": mechanism, "reproduction": repro}, root=out)
+    title = f"{dataset.describe()} — grid: {config.grid}"
+    plot_batch_panels(rows, config.sgd_batch, out / "error_vs_batch.png", title)
+    plot_curves(rows, config.sgd_batch, out / "curves.png", config.target_error)
+    write_atomic(out / "report.md", render(rows, analysis, mechanism, config, environment, dataset.describe(), repro),
+                 root=out)
 
 
-def _describe_data(config: ExperimentConfig) -> str:
-    """The data set's one-line description; an unreadable --data-dir is a ConfigError naming it."""
+def resolve_sizes(config: ExperimentConfig, dataset) -> ExperimentConfig:
+    """``train_size``/``test_size`` None ('all' of a CIFAR-10 folder) become the counts read, so
+    that the number of steps follows the data actually there."""
+    changes = {}
+    if config.train_size is None:
+        changes["train_size"] = len(dataset.train_y)
+    if config.test_size is None:
+        changes["test_size"] = len(dataset.test_y)
+    return config.with_(**changes) if changes else config
+
+
+def _load(config: ExperimentConfig):
+    """The data set; an unreadable --data-dir is a ConfigError naming it."""
     if config.data_dir is None:
-        return load_dataset(config).describe()
+        return load_dataset(config)
     try:
-        return load_dataset(config).describe()
+        return load_dataset(config)
     except (OSError, ValueError, EOFError, pickle.UnpicklingError) as error:
         raise ConfigError(f"--data-dir {config.data_dir!r} cannot be read as CIFAR-10: {error}") from error
+
+
+def _read_reproduction(path: Path) -> tuple[list, dict]:
+    try:
+        return (json.loads((path / "results.json").read_text()), json.loads((path / "environment.json").read_text()))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError(f"--reproduction {str(path)!r} holds no finished compare run: {error}") from error
 
 
 def _previous_sweeps(out: Path) -> list[dict]:
     """Timing of earlier invocations on this run directory (a resumed sweep keeps their history)."""
     try:
-        with open(out / "environment.json") as handle:
-            return list(json.load(handle).get("sweeps", []))
-    except (FileNotFoundError, json.JSONDecodeError, AttributeError):
+        return list(json.loads(read_text(out / "environment.json", out)).get("sweeps", []))
+    # a link, folder or FIFO in its place holds no history of ours (the new file replaces it)
+    except (RunDirectoryError, FileNotFoundError, NotADirectoryError, UnicodeDecodeError, json.JSONDecodeError,
+            AttributeError):
         return []

@@ -1,80 +1,86 @@
-"""Aggregation over seeds: one row per (norm, batch size), mean and sample standard deviation."""
+"""``results.json``: one row per (norm, protocol, normalization batch, SGD batch, evaluation) with
+the per-seed test errors, their mean and 95 % t interval, and whether every seed converged."""
 from __future__ import annotations
 
 import csv
 import io
-import math
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any
 
 from .config import ExperimentConfig
+from .evaluate import EVALS
 from .rundir import finished_record, write_json_atomic
 from .storage import write_atomic
-from .train import RunSpec
-
-# per-run values that get a mean and a std over the seeds that did not diverge
-AVERAGED = ("eval_error", "batch_stat_error", "train_eval_gap", "loss_at_quarter", "final_train_loss", "seconds")
+from .stats import mean_ci
+from .sweep import Cell, plan
 
 
-def mean_std(values: Iterable[Optional[float]]) -> tuple[Optional[float], Optional[float], int]:
-    """Mean, sample standard deviation (ddof=1; None for fewer than two values) and count of the
-    finite values; (None, None, 0) when there are none."""
-    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
-    if not finite:
-        return None, None, 0
-    mean = sum(finite) / len(finite)
-    if len(finite) < 2:
-        return mean, None, len(finite)
-    variance = sum((v - mean) ** 2 for v in finite) / (len(finite) - 1)
-    return mean, math.sqrt(variance), len(finite)
+def collect(out: Path, config: ExperimentConfig) -> dict[str, list[dict[str, Any]]]:
+    """{cell_id: finished seed records} for the cells of ``config``'s grid (unfinished seeds missing;
+    an invalid record, or one of other settings, is a RunDirectoryError naming its file, never used)."""
+    found = {}
+    for cell in plan(config):
+        records = [r for r in (finished_record(out, cell.key(s), config) for s in config.seeds) if r is not None]
+        if records:
+            found[cell.cell_id] = records
+    return found
 
 
-def collect(out: Path, config: ExperimentConfig) -> list[dict[str, Any]]:
-    """The finished records of the runs in ``config``'s grid (unfinished ones are missing; an invalid
-    one, or one of other settings, is a RunDirectoryError naming its file, never averaged in)."""
-    records = []
-    for norm in config.norms:
-        for bs in config.batch_sizes:
-            for seed in config.seeds:
-                record = finished_record(out, RunSpec(norm, bs, seed), config)
-                if record is not None:
-                    records.append(record)
-    return records
+def coupled_views(config: ExperimentConfig) -> list[tuple[Cell, Cell]]:
+    """(coupled cell as reported, cell whose runs it is): a coupled cell at the SGD batch is the
+    decoupled cell (SGD batch = normalization batch), so its runs are shared."""
+    views = []
+    for norm in config.coupled_norms:
+        for bs in config.coupled_batches:
+            shown = Cell(norm, "coupled", bs, bs)
+            source = Cell(norm, "decoupled", bs, bs) if bs == config.sgd_batch and norm in config.norms else shown
+            views.append((shown, source))
+    return views
 
 
-def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (norm, batch size), in the order the records first name them. Diverged runs are
-    counted (``diverged``) and left out of the means: their error is not a property of the norm's
-    accuracy but of its failure, which the report lists separately."""
-    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    for record in records:
-        groups.setdefault((record["norm"], int(record["batch_size"])), []).append(record)
+def _row(cell: Cell, records: list[dict[str, Any]], evaluation: str, shared: bool) -> dict[str, Any]:
+    records = sorted(records, key=lambda r: r["seed"])
+    errors = [float(r["errors"][evaluation]) for r in records]
+    m, ci = mean_ci(errors)
+    return {
+        "norm": cell.norm, "protocol": cell.protocol, "norm_batch": cell.norm_batch, "sgd_batch": cell.sgd_batch,
+        "eval": evaluation, "seeds": [r["seed"] for r in records], "errors": errors, "mean": m,
+        "ci95": None if ci is None else [ci[0], ci[1]],
+        "converged": all(r["converged"] for r in records),
+        "final_train_loss": [r["final_train_loss"] for r in records],
+        "diverged": sum(bool(r["diverged"]) for r in records),
+        "peak_lr": records[0]["peak_lr"], "steps": records[0]["steps"], "samples": records[0]["samples"],
+        "steps_to_target": [r["steps_to_target"] for r in records],
+        "curve": [r["curve"] for r in records],
+        "runs_shared_with": "decoupled" if shared else None,
+    }
+
+
+def build_rows(found: dict[str, list[dict[str, Any]]], config: ExperimentConfig) -> list[dict[str, Any]]:
+    """The rows of ``results.json`` (decoupled cells in grid order, then the coupled views)."""
     rows = []
-    for (norm, bs), runs in groups.items():
-        healthy = [r for r in runs if not r["diverged"]]
-        row: dict[str, Any] = {"norm": norm, "batch_size": bs, "runs": len(runs),
-                               "diverged": len(runs) - len(healthy),
-                               "seeds": sorted(int(r["seed"]) for r in runs)}
-        for key in AVERAGED:
-            mean, std, _ = mean_std(r.get(key) for r in healthy)
-            row[f"{key}_mean"], row[f"{key}_std"] = mean, std
-        reached = [r["samples_to_target"] for r in healthy if r.get("samples_to_target") is not None]
-        row["reached_target"] = len(reached)
-        row["samples_to_target_mean"] = mean_std(reached)[0]
-        row["steps_to_target_mean"] = None if not reached else row["samples_to_target_mean"] / bs
-        row["samples"] = max(int(r["planned_samples"]) for r in runs)
-        rows.append(row)
+    for cell in sorted(plan(config), key=lambda c: (c.protocol != "decoupled", config.norms.index(c.norm)
+                                                      if c.norm in config.norms else 99, -c.norm_batch)):
+        if cell.protocol == "decoupled" and cell.cell_id in found:
+            rows += [_row(cell, found[cell.cell_id], e, False) for e in EVALS]
+    for shown, source in coupled_views(config):
+        if source.cell_id in found:
+            rows += [_row(shown, found[source.cell_id], e, source != shown) for e in EVALS]
     return rows
 
 
+CSV_COLUMNS = ("norm", "protocol", "norm_batch", "sgd_batch", "eval", "seeds", "errors", "mean", "ci95",
+               "converged", "final_train_loss", "diverged", "peak_lr", "steps", "runs_shared_with")
+
+
 def write_results(rows: list[dict[str, Any]], out: Path) -> None:
-    """``results.json`` (the rows as they are) and ``results.csv`` (same columns, seeds joined by ';')."""
+    """``results.json`` (the rows) and ``results.csv`` (the main columns, lists joined by ';')."""
     write_json_atomic(out / "results.json", rows, root=out)
     handle = io.StringIO(newline="")
-    if rows:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (";".join(map(str, v)) if isinstance(v, list) else ("" if v is None else v))
-                             for k, v in row.items()})
+    writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (";".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row[k])
+                             if isinstance(row[k], list) else ("" if row[k] is None else row[k]))
+                         for k in CSV_COLUMNS})
     write_atomic(out / "results.csv", handle.getvalue(), root=out)

@@ -22,12 +22,35 @@ import torch
 from .config import ConfigError, ExperimentConfig
 from .storage import (RunDirectoryError, is_temporary_name, read_text, remove_file, safe_directory, write_atomic,
                       write_json)
+from .tuned_lrs import cell_lr
 
-RECORD_KEYS = ("run_id", "norm", "batch_size", "seed", "eval_error", "batch_stat_error", "diverged")
+RECORD_KEYS = ("run_id", "norm", "protocol", "norm_batch", "sgd_batch", "seed", "errors", "converged")
+
+PROTOCOLS = ("decoupled", "coupled")
+EVALS = ("ema", "precise", "batch")     # the three evaluations (``evaluate.EVALS``)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunKey:
+    """What names one run (one seed of one cell) and decides its folder: ``runs/<run_id>/``."""
+    norm: str
+    protocol: str        # "decoupled" or "coupled"
+    norm_batch: int
+    sgd_batch: int
+    seed: int
+
+    @property
+    def cell_id(self) -> str:
+        return f"{self.protocol}-{self.norm}-nb{self.norm_batch}-sgd{self.sgd_batch}"
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.cell_id}-seed{self.seed}"
+
 
 # Part of every fingerprint. Bump it when a change of the training code changes what a run
 # computes under the same settings (the protocol), so that older records are refused on resume.
-FINGERPRINT_VERSION = 1
+FINGERPRINT_VERSION = 2      # 2: protocol v2 (cells, wide grouped training, three evaluations)
 
 
 def write_json_atomic(path: Path, data: Any, root: Optional[Path] = None) -> None:
@@ -58,14 +81,18 @@ def prepare_run_dir(out: Path, run_id: str) -> Path:
 
 # ---- the record's fingerprint ----
 
-def run_settings(config: ExperimentConfig, spec: Any) -> dict[str, Any]:
+def run_settings(config: ExperimentConfig, spec: RunKey) -> dict[str, Any]:
     """What decides a run's numbers: the sweep's settings that change what a run computes
     (``config.run_identity()``: everything but the grid, worker count and output path), the run's
-    own fields (norm, batch size, seed) and the fingerprint version. Library versions, thread
-    counts and the CPU are left out on purpose: they change rounding, not the experiment, and a
-    resume across them stays possible (they are kept in the record's ``provenance``)."""
+    own fields (norm, protocol, normalization batch, SGD batch, seed), the peak learning rate it
+    trains with (``config.lrs`` or the committed tuned defaults) and the fingerprint version.
+    Library versions, thread counts and the CPU are left out on purpose: they change rounding, not
+    the experiment, and a resume across them stays possible (they are kept in ``provenance``)."""
     settings = dict(config.run_identity())
-    settings.update(dataclasses.asdict(spec))
+    # the run's own fields under one key: the cell's SGD batch is not the config's (coupled cells)
+    settings["run"] = dataclasses.asdict(spec)
+    # the learning rate it trains with, which the committed tuning (``tuned_lrs``) decides too
+    settings["peak_lr"] = cell_lr(spec.norm, spec.sgd_batch, config)
     settings["fingerprint_version"] = FINGERPRINT_VERSION
     return settings
 
@@ -118,25 +145,47 @@ def _of_type(kind: type, label: str) -> Callable[[Any], Optional[str]]:
 
 _ANY_FINITE = _number(-math.inf, math.inf)
 _NON_NEGATIVE = _number(0.0, math.inf)
-_FRACTION = _number(0.0, 1.0)         # errors are shares of the test set (0.25 = 25 %)
+_PERCENT = _number(0.0, 100.0)        # errors are percentages of the test set (25.0 = 25 %)
+
+
+def _one_of(*choices: str) -> Callable[[Any], Optional[str]]:
+    return lambda value: None if value in choices else f"one of {', '.join(choices)}"
+
+
+def _errors(value: Any) -> Optional[str]:
+    wanted = f"an object with exactly the evaluations {', '.join(EVALS)}, each in [0, 100] %"
+    if not isinstance(value, dict) or set(value) != set(EVALS):
+        return wanted
+    return None if all(_PERCENT(value[name]) is None for name in EVALS) else wanted
+
+
+def _curve(value: Any) -> Optional[str]:
+    wanted = "a list of [step >= 0, error in [0, 100] %] pairs"
+    if not isinstance(value, (list, tuple)):
+        return wanted
+    for point in value:
+        if not (isinstance(point, (list, tuple)) and len(point) == 2 and _count(0)(point[0]) is None
+                and _PERCENT(point[1]) is None):
+            return wanted
+    return None
+
 
 # Every field a record must have, with what its value must be.
 RECORD_SCHEMA: dict[str, Callable[[Any], Optional[str]]] = {
-    "run_id": _of_type(str, "a string"), "norm": _of_type(str, "a string"),
-    "batch_size": _count(1), "seed": _count(0),
-    "steps": _count(0), "samples": _count(0), "planned_samples": _count(1),
-    "peak_lr": _number(0.0, math.inf),
-    "diverged": _of_type(bool, "true or false"), "diverged_at_samples": _optional(_count(1)),
-    "eval_error": _FRACTION, "batch_stat_error": _FRACTION, "train_eval_gap": _number(-1.0, 1.0),
-    "final_train_loss": _optional(_NON_NEGATIVE), "loss_at_quarter": _optional(_NON_NEGATIVE),
-    "samples_to_target": _optional(_count(1)),
-    "train_seconds": _NON_NEGATIVE, "seconds": _NON_NEGATIVE,
-    "norm_kwargs": _of_type(dict, "an object"),
+    "run_id": _of_type(str, "a string"), "cell_id": _of_type(str, "a string"), "norm": _of_type(str, "a string"),
+    "protocol": _one_of(*PROTOCOLS), "norm_batch": _count(1), "sgd_batch": _count(1), "batch_size": _count(1),
+    "seed": _count(0), "peak_lr": _number(0.0, math.inf), "steps": _count(0), "samples": _count(0),
+    "diverged": _of_type(bool, "true or false"), "diverged_at_step": _optional(_count(1)),
+    "final_train_loss": _optional(_NON_NEGATIVE), "converged": _of_type(bool, "true or false"),
+    "errors": _errors, "eval_error": _PERCENT, "batch_stat_error": _PERCENT,
+    "curve": _curve, "steps_to_target": _optional(_count(0)),
+    "cell_train_seconds": _NON_NEGATIVE, "cell_eval_seconds": _NON_NEGATIVE,
+    "members_in_cell": _count(1), "torch_threads": _count(1),
     "settings": _of_type(dict, "an object"), "fingerprint": _of_type(str, "a string"),
 }
 
 
-def _problems(record: Any, spec: Any, expected: dict[str, Any]) -> list[str]:
+def _problems(record: Any, spec: RunKey, expected: dict[str, Any]) -> list[str]:
     if not isinstance(record, dict):
         return [f"it holds a JSON {type(record).__name__}, not an object"]
     missing = [key for key in RECORD_SCHEMA if key not in record]
@@ -148,16 +197,20 @@ def _problems(record: Any, spec: Any, expected: dict[str, Any]) -> list[str]:
                 if (wanted := check(record[key])) is not None]
     if problems:
         return problems
-    own = {"run_id": spec.run_id, **dataclasses.asdict(spec)}
+    own = {"run_id": spec.run_id, "cell_id": spec.cell_id, **dataclasses.asdict(spec)}
     problems += [f"{key} is {record.get(key)!r} but the run's folder is {spec.run_id} ({key} {value!r})"
                  for key, value in own.items() if record.get(key) != value]
-    if record["samples"] > record["planned_samples"]:
-        problems.append(f"samples {record['samples']} exceed planned_samples {record['planned_samples']}")
-    if record["samples"] != record["steps"] * record["batch_size"]:
-        problems.append(f"samples {record['samples']} are not steps {record['steps']} x batch size")
-    if record["diverged"] != (record["diverged_at_samples"] is not None):
-        problems.append(f"diverged {record['diverged']} disagrees with diverged_at_samples "
-                        f"{record['diverged_at_samples']!r}")
+    if record["batch_size"] != record["norm_batch"]:
+        problems.append(f"batch_size {record['batch_size']} is not norm_batch {record['norm_batch']}")
+    if record["samples"] != record["steps"] * record["sgd_batch"]:
+        problems.append(f"samples {record['samples']} are not steps {record['steps']} x SGD batch")
+    if record["diverged"] != (record["diverged_at_step"] is not None):
+        problems.append(f"diverged {record['diverged']} disagrees with diverged_at_step "
+                        f"{record['diverged_at_step']!r}")
+    if record["converged"] and (record["diverged"] or record["final_train_loss"] is None):
+        problems.append("converged is true for a run that diverged or has no final training loss")
+    if record["eval_error"] != record["errors"]["ema"] or record["batch_stat_error"] != record["errors"]["batch"]:
+        problems.append("eval_error/batch_stat_error disagree with errors['ema']/errors['batch']")
     if problems:
         return problems
     stored = record["settings"]
@@ -171,7 +224,7 @@ def _problems(record: Any, spec: Any, expected: dict[str, Any]) -> list[str]:
     return []
 
 
-def validate_record(record: Any, spec: Any, config: ExperimentConfig, path: Path) -> dict[str, Any]:
+def validate_record(record: Any, spec: RunKey, config: ExperimentConfig, path: Path) -> dict[str, Any]:
     """``record`` when it is a valid record of run ``spec`` under ``config``; else a
     RunDirectoryError naming ``path`` and every problem found."""
     problems = _problems(record, spec, run_settings(config, spec))
@@ -201,7 +254,7 @@ def read_record(out: Path, run_id: str) -> Optional[dict[str, Any]]:
     return record
 
 
-def finished_record(out: Path, spec: Any, config: ExperimentConfig) -> Optional[dict[str, Any]]:
+def finished_record(out: Path, spec: RunKey, config: ExperimentConfig) -> Optional[dict[str, Any]]:
     """The record of run ``spec`` when it finished under ``config``'s settings; None when it never
     finished (no record, or one cut short: records are written atomically, so only damage from
     outside truncates one, and redoing the run is the repair); a RunDirectoryError naming the file
@@ -224,7 +277,7 @@ def finished_record(out: Path, spec: Any, config: ExperimentConfig) -> Optional[
     return validate_record(record, spec, config, path)
 
 
-def write_record(out: Path, spec: Any, config: ExperimentConfig, record: dict[str, Any]) -> dict[str, Any]:
+def write_record(out: Path, spec: RunKey, config: ExperimentConfig, record: dict[str, Any]) -> dict[str, Any]:
     """Stamp ``record`` with its settings, fingerprint and provenance, check it as a resume will,
     and write it atomically inside ``out`` (strict JSON). Returns the stamped record."""
     settings = run_settings(config, spec)

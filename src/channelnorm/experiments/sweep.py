@@ -1,23 +1,34 @@
-"""Runs the grid: plans the runs, skips finished ones, spreads the rest over worker processes,
-and shows progress (one bar for the sweep, one per worker for its current run)."""
+"""Runs the grid: plans the cells, skips finished ones, spreads the rest over worker processes,
+and shows progress (one bar for the sweep, one per worker for its current cell).
+
+A cell is one norm at one (normalization batch, SGD batch) with all its seeds, trained as one wide
+network (``train.train_members``). Each seed is still a run of its own on disk: its
+``metrics.jsonl`` and ``record.json`` under ``runs/<run_id>/``; a cell is finished iff every seed's
+record passes ``rundir.finished_record`` (a damaged record, or one of other settings, stops the
+sweep with a RunDirectoryError naming it). Workers exit when the main process dies.
+"""
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import queue
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-from .config import BATCH_STATISTIC_NORMS, ExperimentConfig
+from .config import ExperimentConfig
 from .data import Dataset, load_dataset
+from .evaluate import curve_evaluator, evaluate_members
 from .lifeline import exit_with_parent
-from .rundir import finished_record, prepare_run_dir, write_record
-from .storage import RunDirectoryError
-from .train import RunSpec, train_run
+from .rundir import RunKey, finished_record, prepare_run_dir, write_record
+from .storage import RunDirectoryError, write_atomic
+from .train import Member, TrainPlan, train_members
+from .tuned_lrs import cell_lr
 
 try:
     from tqdm.auto import tqdm
@@ -25,19 +36,105 @@ except ImportError:  # the experiments extra brings tqdm; without it, no bars
     tqdm = None
 
 
-def plan(config: ExperimentConfig) -> list[RunSpec]:
-    """Every run of the grid, costliest first (small batches take the most steps; robust variants
-    run on the slower reference math), so that the last runs to start are short ones."""
-    specs = [RunSpec(norm, bs, seed) for norm in config.norms for bs in config.batch_sizes for seed in config.seeds]
-    return sorted(specs, key=lambda s: (s.batch_size, s.norm in BATCH_STATISTIC_NORMS, s.seed))
+@dataclass(frozen=True)
+class Cell:
+    norm: str
+    protocol: str        # "decoupled" (SGD batch fixed) or "coupled" (SGD batch = normalization batch)
+    norm_batch: int
+    sgd_batch: int
+
+    @property
+    def cell_id(self) -> str:
+        return f"{self.protocol}-{self.norm}-nb{self.norm_batch}-sgd{self.sgd_batch}"
+
+    def key(self, seed: int) -> RunKey:
+        return RunKey(self.norm, self.protocol, self.norm_batch, self.sgd_batch, seed)
+
+    def run_id(self, seed: int) -> str:
+        return self.key(seed).run_id
 
 
-def execute(spec: RunSpec, config: ExperimentConfig, data: Dataset, out: Path, progress=None) -> dict[str, Any]:
-    """Train one run and write its record last and atomically: a run is finished iff its record exists
-    (stamped with the fingerprint of its settings, which resuming checks)."""
-    folder = prepare_run_dir(out, spec.run_id)       # inside out, no links followed
-    record = train_run(spec, config, data, folder, progress)
-    return write_record(out, spec, config, record)
+def plan(config: ExperimentConfig) -> list[Cell]:
+    """Every cell of the grid, costliest first (so that the last cells to start are short ones).
+
+    Decoupled: channel norm at each normalization batch (ghost batches below the SGD batch); every
+    other norm once at the SGD batch (batch-independent norms compute the same function at any
+    batch). Coupled: SGD batch = normalization batch; a coupled cell at the SGD batch is the
+    decoupled cell itself, so it is not trained twice (``coupled_rows`` reuses it)."""
+    cells = []
+    for norm in config.norms:
+        batches = config.norm_batches if norm in ("channel", "ghost") else (config.sgd_batch,)
+        cells += [Cell(norm, "decoupled", nb, config.sgd_batch) for nb in batches]
+    for norm in config.coupled_norms:
+        for bs in config.coupled_batches:
+            if bs == config.sgd_batch and norm in config.norms:
+                continue
+            cells.append(Cell(norm, "coupled", bs, bs))
+    return sorted(cells, key=lambda c: -estimated_cost(c, config))
+
+
+def estimated_cost(cell: Cell, config: ExperimentConfig) -> float:
+    """Relative cost: steps x (per-step overhead + per-sample work + per-ghost-batch overhead)."""
+    ghosts = cell.sgd_batch // cell.norm_batch if cell.norm_batch < cell.sgd_batch else 0
+    return config.steps(cell.sgd_batch) * (8 + cell.sgd_batch + 2 * ghosts)
+
+
+def cell_finished(out: Path, cell: Cell, config: ExperimentConfig) -> bool:
+    return all(finished_record(out, cell.key(seed), config) is not None for seed in config.seeds)
+
+
+def train_plan(cell: Cell, config: ExperimentConfig) -> TrainPlan:
+    lr = cell_lr(cell.norm, cell.sgd_batch, config)   # linear scaling rule
+    return TrainPlan(norm=cell.norm, norm_batch=cell.norm_batch, sgd_batch=cell.sgd_batch,
+                     steps=config.steps(cell.sgd_batch), members=tuple(Member(s, lr) for s in config.seeds),
+                     width=config.width, max_groups=config.max_groups, momentum=config.momentum,
+                     weight_decay=config.weight_decay, warmup_fraction=config.warmup_fraction,
+                     log_points=config.log_points, curve_points=config.curve_points,
+                     channels_last=config.channels_last)
+
+
+def steps_to_target(curve: list[tuple[int, float]], target: float) -> Optional[int]:
+    """The first logged step whose error is at most ``target`` (None when none is)."""
+    return next((step for step, error in curve if error <= target), None)
+
+
+def execute(cell: Cell, config: ExperimentConfig, data: Dataset, out: Path, progress=None) -> list[dict[str, Any]]:
+    """Train and evaluate one cell; write each seed's metrics and, last and atomically, its record."""
+    tplan = train_plan(cell, config)
+    k = len(tplan.members)
+    for member in tplan.members:     # inside ``out`` without links, no stale metrics or temporary files
+        prepare_run_dir(out, cell.run_id(member.seed))
+    curve = curve_evaluator(data.test_x[:config.curve_size], data.test_y[:config.curve_size], k, tplan.channels_last)
+    model, logs, train_seconds = train_members(tplan, data.train_x, data.train_y, curve, progress)
+    started = time.perf_counter()
+    precise_n = min(config.precise_size, len(data.train_y)) // cell.norm_batch * cell.norm_batch
+    errors = evaluate_members(model, tplan, data.test_x, data.test_y, data.train_x[:precise_n])
+    eval_seconds = time.perf_counter() - started
+    records = []
+    for j, (member, log) in enumerate(zip(tplan.members, logs)):
+        run_id = cell.run_id(member.seed)
+        member_errors = {name: values[j] for name, values in errors.items()}
+        entries = log.entries + [{"kind": "final", **{f"{n}_error": e for n, e in member_errors.items()}}]
+        write_atomic(out / "runs" / run_id / "metrics.jsonl", "".join(json.dumps(entry) + "\n" for entry in entries),
+                     root=out)
+        curve_points = [(e["step"], e["ema_error"]) for e in log.entries if e["kind"] == "curve"]
+        diverged = log.diverged_at is not None
+        record = {
+            "run_id": run_id, "cell_id": cell.cell_id, "norm": cell.norm, "protocol": cell.protocol,
+            "norm_batch": cell.norm_batch, "sgd_batch": cell.sgd_batch, "batch_size": cell.norm_batch,
+            "seed": member.seed, "peak_lr": member.peak_lr, "steps": tplan.steps,
+            "samples": tplan.steps * cell.sgd_batch, "diverged": diverged, "diverged_at_step": log.diverged_at,
+            "final_train_loss": log.final_train_loss,
+            "converged": (not diverged and log.final_train_loss is not None
+                          and log.final_train_loss < config.converged_loss),
+            "errors": member_errors,                        # test error %, per evaluation
+            "eval_error": member_errors["ema"], "batch_stat_error": member_errors["batch"],
+            "curve": curve_points, "steps_to_target": steps_to_target(curve_points, config.target_error),
+            "cell_train_seconds": round(train_seconds, 2), "cell_eval_seconds": round(eval_seconds, 2),
+            "members_in_cell": k, "torch_threads": torch.get_num_threads(),
+        }
+        records.append(write_record(out, cell.key(member.seed), config, record))
+    return records
 
 
 # ---- worker processes (spawned: torch's thread pools do not survive fork) ----
@@ -45,20 +142,20 @@ _worker_state: dict[str, Any] = {}
 
 
 def _worker_init(config: ExperimentConfig, out: str, messages) -> None:
-    exit_with_parent()         # a killed sweep must not leave its workers idling with their data
-    torch.set_num_threads(1)   # two single-threaded runs beat one two-threaded run on small batches
+    exit_with_parent()         # first: a worker must not outlive a killed sweep
+    torch.set_num_threads(1)   # two single-threaded cells beat one two-threaded cell at these sizes
     _worker_state.update(config=config, out=Path(out), data=load_dataset(config), messages=messages)
 
 
-def _worker_run(spec: RunSpec) -> dict[str, Any]:
+def _worker_run(cell: Cell) -> list[dict[str, Any]]:
     state = _worker_state
     pid = os.getpid()
 
     def progress(done: int, total: int) -> None:
-        state["messages"].put((pid, spec.run_id, done, total))
+        state["messages"].put((pid, cell.cell_id, done, total))
 
-    state["messages"].put((pid, spec.run_id, 0, 1))
-    return execute(spec, state["config"], state["data"], state["out"], progress)
+    state["messages"].put((pid, cell.cell_id, 0, 1))
+    return execute(cell, state["config"], state["data"], state["out"], progress)
 
 
 class _Bars:
@@ -66,28 +163,28 @@ class _Bars:
 
     def __init__(self, total: int, initial: int, slots: int, enabled: bool) -> None:
         self.enabled = enabled and tqdm is not None
-        self.sweep = tqdm(total=total, initial=initial, desc="sweep", unit="run", position=0,
+        self.sweep = tqdm(total=total, initial=initial, desc="sweep", unit="cell", position=0,
                           dynamic_ncols=True) if self.enabled else None
         self.slots: dict[int, Any] = {}
-        self.current: dict[int, str] = {}     # slot -> the run its bar shows
+        self.current: dict[int, str] = {}
         self.max_slots = slots
 
-    def run_progress(self, slot_key: int, run_id: str, done: int, total: int) -> None:
+    def run_progress(self, slot_key: int, cell_id: str, done: int, total: int) -> None:
         if not self.enabled:
             return
         bar = self.slots.get(slot_key)
         if bar is None:
             if len(self.slots) >= self.max_slots:
                 return
-            bar = tqdm(total=total, desc=run_id, unit="img", unit_scale=True, position=len(self.slots) + 1,
-                       leave=False, dynamic_ncols=True, mininterval=0.5)
+            bar = tqdm(total=total, desc=cell_id, unit="step", position=len(self.slots) + 1, leave=False,
+                       dynamic_ncols=True, mininterval=0.5)
             self.slots[slot_key] = bar
-            self.current[slot_key] = run_id
-        if self.current.get(slot_key) != run_id:
-            self.current[slot_key] = run_id
+            self.current[slot_key] = cell_id
+        if self.current.get(slot_key) != cell_id:
+            self.current[slot_key] = cell_id
             bar.reset(total=total)
-            bar.set_description(run_id, refresh=False)
-        elif bar.total != total:        # the run's first message only says that it started
+            bar.set_description(cell_id, refresh=False)
+        elif bar.total != total:
             bar.total = total
         bar.update(done - bar.n)
 
@@ -103,13 +200,13 @@ class _Bars:
 
 
 def run_sweep(config: ExperimentConfig, out: Path, progress: bool = True) -> dict[str, int]:
-    """Run every unfinished run of ``config``'s grid into ``out``; returns counts of runs executed
+    """Run every unfinished cell of ``config``'s grid into ``out``; returns counts of cells executed
     and skipped (already finished)."""
-    specs = plan(config)
-    pending = [s for s in specs if finished_record(out, s, config) is None]   # other settings: an error
-    counts = {"executed": len(pending), "skipped": len(specs) - len(pending)}
+    cells = plan(config)
+    pending = [c for c in cells if not cell_finished(out, c, config)]
+    counts = {"executed": len(pending), "skipped": len(cells) - len(pending)}
     workers = min(config.workers, len(pending)) if pending else 0
-    bars = _Bars(len(specs), counts["skipped"], max(1, workers), progress)
+    bars = _Bars(len(cells), counts["skipped"], max(1, workers), progress)
     try:
         if workers <= 1:
             _run_here(pending, config, out, bars)
@@ -120,30 +217,29 @@ def run_sweep(config: ExperimentConfig, out: Path, progress: bool = True) -> dic
     return counts
 
 
-def _run_here(pending: list[RunSpec], config: ExperimentConfig, out: Path, bars: _Bars) -> None:
+def _run_here(pending: list[Cell], config: ExperimentConfig, out: Path, bars: _Bars) -> None:
     if not pending:
         return
     data = load_dataset(config)
-    # with workers > 1 every run is meant to be computed single-threaded (as in _worker_init); a
-    # resume that leaves one run pending lands here and must not compute it with other threads
-    # (CPU reductions then round differently, so the run's numbers would depend on how the sweep was split)
+    # every cell computes with one torch thread, in a worker or here: CPU reductions round
+    # differently with other thread counts, so a cell's numbers must not depend on --workers
     threads = torch.get_num_threads()
-    if config.workers > 1:
-        torch.set_num_threads(1)
+    torch.set_num_threads(1)
     try:
-        for spec in pending:
-            execute(spec, config, data, out, lambda done, total, rid=spec.run_id: bars.run_progress(0, rid, done, total))
+        for cell in pending:
+            execute(cell, config, data, out,
+                    lambda done, total, cid=cell.cell_id: bars.run_progress(0, cid, done, total))
             bars.run_finished()
     finally:
         torch.set_num_threads(threads)
 
 
-def _run_in_workers(pending: list[RunSpec], config: ExperimentConfig, out: Path, bars: _Bars, workers: int) -> None:
+def _run_in_workers(pending: list[Cell], config: ExperimentConfig, out: Path, bars: _Bars, workers: int) -> None:
     context = multiprocessing.get_context("spawn")
     messages = context.Queue()
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
                              initargs=(config, str(out), messages)) as pool:
-        futures: dict[Future, RunSpec] = {pool.submit(_worker_run, spec): spec for spec in pending}
+        futures: dict[Future, Cell] = {pool.submit(_worker_run, cell): cell for cell in pending}
         remaining = set(futures)
         try:
             while remaining:
@@ -151,13 +247,12 @@ def _run_in_workers(pending: list[RunSpec], config: ExperimentConfig, out: Path,
                 done, remaining = wait(remaining, timeout=0, return_when=FIRST_COMPLETED)
                 for future in done:
                     error: Optional[BaseException] = future.exception()
-                    if isinstance(error, RunDirectoryError):   # already names the file and what to do
-                        raise error
+                    if isinstance(error, RunDirectoryError):
+                        raise error        # names the file and what to do: no wrapping
                     if error is not None:
-                        raise RuntimeError(f"run {futures[future].run_id} failed: {error!r}") from error
+                        raise RuntimeError(f"cell {futures[future].cell_id} failed: {error!r}") from error
                     bars.run_finished()
         except BaseException:
-            # finished runs are on disk; drop the queued ones instead of waiting for them
             pool.shutdown(wait=False, cancel_futures=True)
             raise
 
@@ -166,7 +261,8 @@ def _drain(messages, bars: _Bars, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            pid, run_id, done, total = messages.get(timeout=max(0.0, deadline - time.monotonic()))
+            pid, cell_id, done, total = messages.get(timeout=max(0.0, deadline - time.monotonic()))
         except queue.Empty:
             return
-        bars.run_progress(pid, run_id, done, total)
+        bars.run_progress(pid, cell_id, done, total)
+

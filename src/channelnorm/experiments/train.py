@@ -1,202 +1,214 @@
-"""One training run: a norm, a batch size, a seed. Writes ``metrics.jsonl`` and returns a summary record."""
+"""Training of one cell: K members (seed, learning rate) of one norm at one (normalization batch,
+SGD batch) trained side by side as one wide network (``models.ResidualCNN(models=K)``).
+
+Member k sees exactly what a single run with its seed would see: its own initialization
+(``build_model(seeds=...)``), its own data order (a generator seeded with its seed), its own loss
+(the sum of the members' mean losses has, for each member's parameters, that member's gradient),
+and its own optimizer state (``MemberSGD`` is torch's SGD applied slice by slice). A member whose
+loss turns non-finite is stopped (learning rate 0) and marked diverged; the others go on.
+"""
 from __future__ import annotations
 
-import copy
-import json
 import math
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import nn
 
-from ..registry import create_norm
-from .config import ExperimentConfig
-from .data import Dataset
-from .models import SELF_ACTIVATED_NORMS, ResidualCNN
+from .models import ResidualCNN, build_model
 
-ProgressCallback = Callable[[int, int], None]   # (samples done, samples total)
+ProgressCallback = Callable[[int, int], None]   # (steps done, steps total)
 
 
 @dataclass(frozen=True)
-class RunSpec:
-    norm: str
-    batch_size: int
+class Member:
     seed: int
-
-    @property
-    def run_id(self) -> str:
-        return f"{self.norm}-bs{self.batch_size}-seed{self.seed}"
+    peak_lr: float
 
 
-def largest_divisor_at_most(n: int, limit: int) -> int:
-    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+@dataclass(frozen=True)
+class TrainPlan:
+    """What one cell trains: the norm, its normalization batch, the SGD batch and the schedule."""
+    norm: str
+    norm_batch: int
+    sgd_batch: int
+    steps: int
+    members: tuple[Member, ...]
+    width: int
+    max_groups: int = 8
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_fraction: float = 0.1
+    log_points: int = 20
+    curve_points: int = 10
+    channels_last: bool = True
 
 
-def norm_kwargs(kind: str, num_channels: int, batch_size: int, total_steps: int,
-                config: ExperimentConfig) -> dict[str, Any]:
-    """The per-kind settings the comparison uses (everything else is the registry's default)."""
-    if kind in ("group", "evonorm_s0"):
-        return {"num_groups": largest_divisor_at_most(num_channels, config.max_groups)}
-    if kind == "ghost":
-        return {"virtual_batch_size": min(config.ghost_batch, batch_size)}
+def norm_settings(norm: str, norm_batch: int, sgd_batch: int) -> tuple[str, dict[str, Any]]:
+    """The library norm that realises ``norm`` at this normalization batch: channel norm below the
+    SGD batch is a ghost norm whose virtual batch is the normalization batch (at the SGD batch it is
+    the plain channel norm); every other kind is itself (its function does not depend on the batch)."""
+    if norm == "channel" and norm_batch < sgd_batch:
+        return "ghost", {"virtual_batch_size": norm_batch}
+    return norm, {}
+
+
+def build_cell_model(plan: TrainPlan, seeds: Optional[Sequence[int]] = None, norm_batch: Optional[int] = None,
+                     sgd_batch: Optional[int] = None) -> ResidualCNN:
+    kind, kwargs = norm_settings(plan.norm, norm_batch or plan.norm_batch, sgd_batch or plan.sgd_batch)
     if kind == "batch_renorm":
-        return {"rmax": 3.0, "dmax": 5.0, "warmup_steps": max(1, round(config.renorm_warmup_fraction * total_steps))}
-    return {}
+        kwargs = {"rmax": 3.0, "dmax": 5.0, "warmup_steps": max(1, plan.steps // 4)}
+    model = build_model(kind, plan.width, len(plan.members), plan.max_groups,
+                        seeds=tuple(m.seed for m in plan.members) if seeds is None else seeds, **kwargs)
+    return model.to(memory_format=torch.channels_last) if plan.channels_last else model
 
 
-def build_model(spec: RunSpec, config: ExperimentConfig, total_steps: int) -> nn.Module:
-    def make_norm(channels: int) -> nn.Module:
-        return create_norm(spec.norm, channels, **norm_kwargs(spec.norm, channels, spec.batch_size, total_steps,
-                                                               config))
-    return ResidualCNN(make_norm, width=config.width, norm_is_activated=spec.norm in SELF_ACTIVATED_NORMS)
+def schedule(step: int, steps: int, warmup_fraction: float) -> float:
+    """Factor of the peak learning rate at 0-based ``step``: linear warm-up over the first
+    ``warmup_fraction`` of the steps (reaching 1 at its last step), then cosine decay to 0."""
+    warmup = int(round(warmup_fraction * steps))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def learning_rate(config: ExperimentConfig, batch_size: int, samples_seen: int, total_samples: int) -> float:
-    """Peak LR scaled linearly with the batch (Goyal et al.; the Group Norm paper), linear warm-up
-    over the first ``warmup_fraction`` of the samples, then cosine decay to zero."""
-    peak = config.base_lr * batch_size / config.reference_batch
-    warmup = config.warmup_fraction * total_samples
-    if samples_seen < warmup:
-        # The step ending past the warm-up (when it does not divide by the batch) gets the peak, not more.
-        return peak * min(1.0, (samples_seen + batch_size) / warmup)
-    progress = (samples_seen - warmup) / max(1.0, total_samples - warmup)
-    return peak * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+class MemberSGD:
+    """SGD with momentum and weight decay (torch.optim.SGD's update, dampening 0, no Nesterov)
+    with one learning rate per member. Every parameter of the wide network is laid out member by
+    member along dim 0, so member k's slice gets ``lrs[k]``."""
+
+    def __init__(self, params: Sequence[nn.Parameter], members: int, momentum: float, weight_decay: float) -> None:
+        self.params = [p for p in params if p.requires_grad]
+        self.members, self.momentum, self.weight_decay = members, momentum, weight_decay
+        self.buffers: list[Optional[torch.Tensor]] = [None] * len(self.params)
+
+    def _per_slice(self, values: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        return values.repeat_interleave(p.shape[0] // self.members).view(-1, *([1] * (p.ndim - 1)))
+
+    @torch.no_grad()
+    def step(self, lrs: torch.Tensor) -> None:
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                continue
+            d = p.grad.add(p, alpha=self.weight_decay) if self.weight_decay else p.grad
+            buf = self.buffers[i]
+            if buf is None:
+                buf = self.buffers[i] = d.clone()
+            else:
+                buf.mul_(self.momentum).add_(d)
+            p.sub_(self._per_slice(lrs, p) * buf)
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+
+@dataclass
+class MemberLog:
+    """What one member's training wrote: the metrics lines and the summary numbers."""
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    diverged_at: Optional[int] = None
+    final_train_loss: Optional[float] = None
+
+
+def batch_indices(seed: int, n: int, batch: int, steps: int) -> torch.Tensor:
+    """(steps, batch) training indices of the member with ``seed``: epochs of a seeded permutation,
+    a new permutation when the rest of one does not fill a batch."""
+    order = torch.Generator().manual_seed(seed)
+    rows, cursor, permutation = [], n, None
+    for _ in range(steps):
+        if cursor + batch > n:
+            permutation, cursor = torch.randperm(n, generator=order), 0
+        rows.append(permutation[cursor:cursor + batch])
+        cursor += batch
+    return torch.stack(rows) if rows else torch.empty(0, batch, dtype=torch.long)
+
+
+def wide_input(x: torch.Tensor, indices: Sequence[torch.Tensor], channels_last: bool) -> torch.Tensor:
+    """Member k's images side by side on the channel axis: (B, K*3, H, W)."""
+    batch = torch.cat([x[i] for i in indices], dim=1)
+    return batch.contiguous(memory_format=torch.channels_last) if channels_last else batch
+
+
+def train_members(plan: TrainPlan, train_x: torch.Tensor, train_y: torch.Tensor,
+                  curve: Optional[Callable[[nn.Module], list[float]]] = None,
+                  progress: Optional[ProgressCallback] = None,
+                  model: Optional[ResidualCNN] = None) -> tuple[ResidualCNN, list[MemberLog], float]:
+    """Train the cell's K members; returns the wide model, each member's log and the seconds taken.
+
+    ``curve(model)`` is called at ``curve_points`` evenly spaced steps (and after the last) and
+    returns each member's error then; it lands in the logs as ``kind: "curve"`` entries."""
+    k = len(plan.members)
+    model = model if model is not None else build_cell_model(plan)
+    optimizer = MemberSGD(list(model.parameters()), k, plan.momentum, plan.weight_decay)
+    peaks = torch.tensor([m.peak_lr for m in plan.members], dtype=torch.float32)
+    alive = torch.ones(k, dtype=torch.bool)
+    orders = [batch_indices(m.seed, len(train_y), plan.sgd_batch, plan.steps) for m in plan.members]
+    logs = [MemberLog() for _ in plan.members]
+    log_every = max(1, plan.steps // plan.log_points)
+    curve_steps = {max(1, round(plan.steps * (i + 1) / plan.curve_points)) for i in range(plan.curve_points)}
+    window = torch.zeros(k, dtype=torch.float64)
+    window_steps = 0
+    start = time.perf_counter()
+    model.train()
+    for step in range(plan.steps):
+        indices = [order[step] for order in orders]
+        x = wide_input(train_x, indices, plan.channels_last)
+        y = torch.stack([train_y[i] for i in indices], dim=1)           # (B, K)
+        logits = model(x) if k > 1 else model(x).unsqueeze(1)           # (B, K, classes)
+        losses = nn.functional.cross_entropy(logits.permute(0, 2, 1), y, reduction="none").mean(dim=0)
+        values = losses.detach().double()
+        newly_dead = alive & ~torch.isfinite(values)
+        for j in torch.nonzero(newly_dead).flatten().tolist():
+            logs[j].diverged_at = step + 1
+            logs[j].entries.append({"kind": "diverged", "step": step + 1, "loss": float(values[j])})
+        alive &= ~newly_dead
+        if not alive.any():
+            break
+        optimizer.zero_grad()
+        losses[alive].sum().backward()
+        lrs = peaks * schedule(step, plan.steps, plan.warmup_fraction) * alive
+        optimizer.step(lrs)
+        for j in torch.nonzero(newly_dead).flatten().tolist():
+            silence_member(model, optimizer, j, k)     # after the step: autograd still held its weights
+        window += torch.where(alive, values, torch.zeros_like(values))
+        window_steps += 1
+        done = step + 1
+        if done % log_every == 0 or done == plan.steps:
+            for j, log in enumerate(logs):
+                if alive[j]:
+                    loss = float(window[j]) / window_steps
+                    log.entries.append({"kind": "train", "step": done, "samples": done * plan.sgd_batch,
+                                        "lr": float(lrs[j]), "loss": loss})
+                    log.final_train_loss = loss
+            window.zero_()
+            window_steps = 0
+            if progress is not None:
+                progress(done, plan.steps)
+        if curve is not None and done in curve_steps:
+            errors = curve(model)
+            model.train()
+            for j, log in enumerate(logs):
+                if alive[j]:
+                    log.entries.append({"kind": "curve", "step": done, "samples": done * plan.sgd_batch,
+                                        "ema_error": errors[j]})
+    return model, logs, time.perf_counter() - start
 
 
 @torch.no_grad()
-def correct_predictions(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: str,
-                        batch_statistics: bool) -> torch.Tensor:
-    """Bool per test image: classified right. ``batch_statistics``: the norms normalize each batch of
-    ``batch_size`` test images with its own statistics (train mode, on a copy so that no running
-    statistic moves), over whole batches only (a smaller remainder would change the statistics'
-    noise; the result then covers the first images); otherwise eval mode with the running
-    statistics. Non-finite logits count as wrong."""
-    if batch_statistics:
-        model = copy.deepcopy(model).train()
-        usable = len(y) - len(y) % batch_size
-        if usable:      # a test set smaller than one batch is one (smaller) batch
-            x, y = x[:usable], y[:usable]
-    else:
-        model.eval()
-    right = []
-    for start in range(0, len(y), batch_size):
-        logits = model(x[start:start + batch_size].to(device))
-        target = y[start:start + batch_size].to(device)
-        right.append(((logits.argmax(dim=1) == target) & torch.isfinite(logits).all(dim=1)).cpu())
-    return torch.cat(right)
+def silence_member(model: nn.Module, optimizer: MemberSGD, index: int, members: int) -> None:
+    """Zero a diverged member's parameters, momentum and running statistics (variance 1), so that its
+    slice computes finite zeros: a non-finite statistic anywhere in a layer would otherwise stop the
+    running-statistics update of the whole layer, i.e. of every other member too."""
+    for p in model.parameters():
+        p.chunk(members)[index].zero_()
+    for buf in optimizer.buffers:
+        if buf is not None:
+            buf.chunk(members)[index].zero_()
+    for name, b in model.named_buffers():
+        if b.ndim and b.is_floating_point():
+            b.chunk(members)[index].fill_(1.0 if name.endswith("running_var") else 0.0)
 
-
-def error_rate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: str,
-               batch_statistics: bool) -> float:
-    """Share of misclassified images (see ``correct_predictions``)."""
-    return 1.0 - float(correct_predictions(model, x, y, batch_size, device, batch_statistics).float().mean())
-
-
-def train_run(spec: RunSpec, config: ExperimentConfig, data: Dataset, run_dir: Path,
-              progress: Optional[ProgressCallback] = None) -> dict[str, Any]:
-    """Train one model, logging to ``run_dir/metrics.jsonl``; return the run's summary record."""
-    torch.manual_seed(spec.seed)
-    device = config.device
-    n_train = len(data.train_y)
-    steps = int(config.epochs * n_train) // spec.batch_size
-    total = steps * spec.batch_size       # the same for every batch size that divides epochs * n_train
-    model = build_model(spec, config, steps).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
-    order = torch.Generator().manual_seed(spec.seed)
-    log_every = max(1, steps // config.log_points)
-    eval_steps = {max(1, round(steps * (i + 1) / config.eval_points)) for i in range(config.eval_points)}
-    eval_batch = 500
-    run_dir.mkdir(parents=True, exist_ok=True)
-    metrics = open(run_dir / "metrics.jsonl", "w")
-
-    def log(**entry: Any) -> None:
-        metrics.write(json.dumps(entry) + "\n")
-
-    start = time.perf_counter()
-    permutation, cursor = torch.randperm(n_train, generator=order), 0
-    window_loss, window_steps = 0.0, 0
-    samples_to_target: Optional[int] = None
-    diverged_at: Optional[int] = None
-    model.train()
-    for step in range(1, steps + 1):
-        if cursor + spec.batch_size > n_train:
-            permutation, cursor = torch.randperm(n_train, generator=order), 0
-        index = permutation[cursor:cursor + spec.batch_size]
-        cursor += spec.batch_size
-        lr = learning_rate(config, spec.batch_size, (step - 1) * spec.batch_size, total)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss = nn.functional.cross_entropy(model(data.train_x[index].to(device)), data.train_y[index].to(device))
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            diverged_at = step * spec.batch_size
-            log(kind="diverged", step=step, samples=diverged_at, loss=value)
-            break
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        window_loss, window_steps = window_loss + value, window_steps + 1
-        if step % log_every == 0 or step == steps:
-            mean_loss = window_loss / window_steps
-            log(kind="train", step=step, samples=step * spec.batch_size, lr=lr, loss=mean_loss)
-            if samples_to_target is None and mean_loss <= config.target_loss:
-                samples_to_target = step * spec.batch_size
-            window_loss, window_steps = 0.0, 0
-            if progress is not None:
-                progress(step * spec.batch_size, total)
-        if step in eval_steps and step != steps:
-            log(kind="eval", step=step, samples=step * spec.batch_size,
-                eval_error=error_rate(model, data.test_x, data.test_y, eval_batch, device, False))
-            model.train()
-    train_seconds = time.perf_counter() - start
-
-    eval_right = correct_predictions(model, data.test_x, data.test_y, eval_batch, device, batch_statistics=False)
-    batch_right = correct_predictions(model, data.test_x, data.test_y, spec.batch_size, device, batch_statistics=True)
-    eval_error = 1.0 - float(eval_right.float().mean())
-    batch_stat_error = 1.0 - float(batch_right.float().mean())
-    # the gap compares the two modes on the same images (batch statistics may leave out a remainder)
-    gap = float(eval_right[:len(batch_right)].float().mean() - batch_right.float().mean())
-    steps_done = step if diverged_at is None else step - 1
-    record = {
-        "run_id": spec.run_id, "norm": spec.norm, "batch_size": spec.batch_size, "seed": spec.seed,
-        "steps": steps_done, "samples": steps_done * spec.batch_size, "planned_samples": total,
-        "peak_lr": config.base_lr * spec.batch_size / config.reference_batch,
-        "diverged": diverged_at is not None, "diverged_at_samples": diverged_at,
-        "eval_error": eval_error,                       # eval mode: running statistics
-        "batch_stat_error": batch_stat_error,           # train mode: statistics of test batches of this size
-        "train_eval_gap": gap,
-        "final_train_loss": _last_train_loss(run_dir, metrics),
-        "loss_at_quarter": None, "samples_to_target": samples_to_target,
-        "train_seconds": train_seconds, "seconds": time.perf_counter() - start,
-        "norm_kwargs": {str(c): norm_kwargs(spec.norm, c, spec.batch_size, steps, config)
-                        for c in (config.width, 2 * config.width, 4 * config.width)},
-    }
-    log(kind="final", eval_error=eval_error, batch_stat_error=batch_stat_error,
-        train_eval_gap=record["train_eval_gap"], diverged=record["diverged"])
-    metrics.close()
-    record["loss_at_quarter"] = loss_at_fraction(run_dir / "metrics.jsonl", total, 0.25)
-    return record
-
-
-def _last_train_loss(run_dir: Path, metrics) -> Optional[float]:
-    metrics.flush()
-    losses = [e["loss"] for e in read_metrics(run_dir / "metrics.jsonl") if e["kind"] == "train"]
-    return losses[-1] if losses else None
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    with open(path) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
-
-
-def loss_at_fraction(path: Path, total_samples: int, fraction: float) -> Optional[float]:
-    """Mean training loss of the logging window that ends at ``fraction`` of the samples (or the
-    first one after it); None when the run stopped before."""
-    for entry in read_metrics(path):
-        if entry["kind"] == "train" and entry["samples"] >= fraction * total_samples:
-            return entry["loss"]
-    return None

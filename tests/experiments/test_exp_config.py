@@ -8,18 +8,25 @@ import channelnorm as cn
 from channelnorm.experiments import cli
 from channelnorm.experiments.config import ConfigError, ExperimentConfig, full_config, quick_config
 from channelnorm.experiments.rundir import check_resume, write_json_atomic
-from channelnorm.experiments.train import RunSpec, build_model, norm_kwargs
+from channelnorm.experiments.models import build_model
+from channelnorm.experiments.sweep import Cell, plan
 
 
 def test_defaults_are_valid_frozen_and_round_trip():
     config = ExperimentConfig()
     assert config.norms == ("channel", "group", "layer", "instance", "none")
-    assert config.batch_sizes == (2, 4, 8, 16, 32) and config.seeds == (0, 1, 2)
+    assert config.sgd_batch == 32 and 32 in config.norm_batches and 2 in config.norm_batches
+    assert config.coupled_norms == ("channel", "group") and config.coupled_batches == (2, 32)
+    assert len(config.seeds) >= 3 and config.test_size >= 10_000
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.epochs = 3
     assert ExperimentConfig.from_dict(config.to_dict()) == config
-    assert set(full_config().norms) == {"channel", "group", "layer", "instance", "none", "batch_renorm", "ghost",
+    with_lrs = config.with_(lrs=(("bn", 0.1), ("group", 0.05)))
+    assert with_lrs.lrs == (("channel", 0.1), ("group", 0.05))
+    assert ExperimentConfig.from_dict(with_lrs.to_dict()) == with_lrs
+    assert set(full_config().norms) == {"channel", "group", "layer", "instance", "none", "batch_renorm",
                                         "frn", "evonorm_s0", "evonorm_b0"}
+    assert full_config().norm_batches == (2, 4, 8, 16, 32)
 
 
 def test_aliases_resolve_to_canonical_kinds():
@@ -27,22 +34,23 @@ def test_aliases_resolve_to_canonical_kinds():
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"norms": ("channel", "bogus")}, "unknown norm 'bogus'; choose from"),
+    ({"norms": ("channel", "bogus")}, "unknown norm kind 'bogus'; choose one of"),
     ({"norms": ()}, "norms must not be empty"),
     ({"norms": ("bn", "channel")}, "duplicates"),
-    ({"batch_sizes": (0, 2)}, "batch size must be an integer >= 1, got 0"),
-    ({"batch_sizes": (2, -4)}, "got -4"),
-    ({"batch_sizes": (2.5,)}, "got 2.5"),
-    ({"batch_sizes": (1, 2)}, "batch size 1 is meaningless for channel"),
+    ({"norm_batches": (1, 2)}, "normalization batch must be an integer >= 2, got 1"),
+    ({"norm_batches": (2, 64)}, "normalization batch 64 is larger than the SGD batch 32"),
+    ({"norm_batches": (2.5,)}, "got 2.5"),
+    ({"coupled_batches": (1,)}, "coupled batch must be an integer >= 2, got 1"),
     ({"seeds": (-1,)}, "seed must be an integer >= 0, got -1"),
     ({"seeds": (0, 2**64)}, f"seed must be at most 2\\*\\*64 - 1, got {2**64}"),
-    ({"epochs": 0}, "epochs must be a finite number > 0, got 0"),
+    ({"epochs": 0}, "epochs must be a finite number in (0.0, inf], got 0"),
     ({"epochs": float("nan")}, "epochs"),
-    ({"epochs": 1e308}, "is too large: the number of training samples overflows"),
-    ({"epochs": 1e308, "train_size": None}, "is too large: the number of training samples overflows"),
     ({"train_size": 5}, "train_size must be an integer >= 10, got 5"),
-    ({"batch_sizes": (64,), "train_size": 40}, "batch size 64 is larger than train_size 40"),
-    ({"warmup_fraction": 1.0}, "warmup_fraction must be in [0, 1), got 1.0"),
+    ({"sgd_batch": 64, "norm_batches": (2,), "train_size": 40}, "batch 64 is larger than train_size 40"),
+    ({"warmup_fraction": 1.0}, "warmup_fraction must be a finite number in [0.0, 1.0), got 1.0"),
+    ({"colour_variation": 1.5}, "colour_variation"),
+    ({"contrast_variation": 1.0}, "contrast_variation"),
+    ({"lrs": (("channel", -0.1),)}, "learning rate of channel"),
     ({"device": "tpu"}, "device must be 'cpu' or 'cuda'"),
     ({"workers": 0}, "workers must be an integer >= 1, got 0"),
     ({"width": 0}, "width"),
@@ -52,28 +60,26 @@ def test_invalid_values_are_named(changes, message):
         ExperimentConfig(**changes)
 
 
-def test_batch_size_one_is_fine_for_batch_independent_norms():
-    assert ExperimentConfig(norms=("group", "layer", "none"), batch_sizes=(1, 2)).batch_sizes == (1, 2)
-
-
 @pytest.mark.parametrize("kind", cn.available_norms())
 def test_every_registered_kind_builds_and_trains_in_the_network(kind):
-    config = quick_config(norms=(kind,), batch_sizes=(2,))
-    model = build_model(RunSpec(kind, 2, 0), config, total_steps=10)
-    out = model(torch.randn(2, 3, 12, 12))
+    model = build_model(kind, 4, 2, max_groups=2)
+    out = model(torch.randn(2, 6, 12, 12))
     out.sum().backward()
-    assert out.shape == (2, 10) and torch.isfinite(out).all()
+    assert out.shape == (2, 2, 10) and torch.isfinite(out).all()
 
 
-def test_per_kind_settings_fit_the_channels_and_batch():
-    config = ExperimentConfig(max_groups=8, ghost_batch=8)
-    assert norm_kwargs("group", 24, 2, 100, config) == {"num_groups": 8}
-    assert norm_kwargs("group", 12, 2, 100, config) == {"num_groups": 6}
-    assert norm_kwargs("evonorm_s0", 5, 2, 100, config) == {"num_groups": 5}
-    assert norm_kwargs("ghost", 16, 32, 100, config) == {"virtual_batch_size": 8}
-    assert norm_kwargs("ghost", 16, 4, 100, config) == {"virtual_batch_size": 4}
-    assert norm_kwargs("batch_renorm", 16, 4, 100, config)["warmup_steps"] == 25
-    assert norm_kwargs("channel", 16, 4, 100, config) == {}
+def test_the_grid_is_decoupled_for_channel_norm_and_shares_the_coupled_cell_at_the_sgd_batch():
+    config = ExperimentConfig()
+    cells = plan(config)
+    assert {c for c in cells if c.norm == "channel" and c.protocol == "decoupled"} == {
+        Cell("channel", "decoupled", nb, 32) for nb in config.norm_batches}
+    for norm in ("group", "layer", "instance", "none"):          # batch-independent: trained once
+        assert [c for c in cells if c.norm == norm and c.protocol == "decoupled"] == [Cell(norm, "decoupled", 32, 32)]
+    assert {c for c in cells if c.protocol == "coupled"} == {Cell("channel", "coupled", 2, 2),
+                                                             Cell("group", "coupled", 2, 2)}
+    assert len(set(cells)) == len(cells)
+    # every decoupled cell runs the same steps; coupled cells the same samples
+    assert {config.steps(c.sgd_batch) * c.sgd_batch for c in cells} == {config.samples()}
 
 
 def run_cli(argv, capsys):
@@ -83,13 +89,14 @@ def run_cli(argv, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["compare", "--norms", "channel,bogus"], "unknown norm 'bogus'"),
-    (["compare", "--batch-sizes", "2,x"], "expected comma-separated integers, got '2,x'"),
-    (["compare", "--batch-sizes", "0"], "got 0"),
+    (["compare", "--norms", "channel,bogus"], "unknown norm kind 'bogus'"),
+    (["compare", "--norm-batches", "2,x"], "expected comma-separated integers, got '2,x'"),
+    (["compare", "--norm-batches", "0"], "got 0"),
+    (["compare", "--lr", "0.1"], "expected norm=lr pairs"),
     (["compare", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     (["compare", "--quick", "--full"], "not allowed with argument"),
     (["compare", "--device", "tpu"], "invalid choice: 'tpu'"),
-    (["compare", "--epochs", "-1"], "epochs must be a finite number > 0, got -1.0"),
+    (["compare", "--epochs", "-1"], "epochs must be a finite number in (0.0, inf], got -1.0"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
 ])
 def test_cli_errors_are_clear(argv, message, capsys):
@@ -102,13 +109,14 @@ def test_cli_presets_and_overrides():
 
     def config(*argv):
         args = parser.parse_args(["compare", *argv])
-        return cli.config_from_args(args, {n for n in cli.OVERRIDES if hasattr(args, n)})
+        return cli.config_from_args(args, {n for n in cli.OVERRIDES if hasattr(args, n)}, "runs/compare")
 
     assert config() == ExperimentConfig(out="runs/compare")
-    assert config("--quick").grid == "quick"
+    assert config("--quick").grid == "quick" and config("--quick").out == "runs/compare-quick"
     assert config("--full").norms == full_config().norms
+    assert config("--lr", "bn=0.3").lrs == (("channel", 0.3),)
     custom = config("--norms", "robust,bn", "--seeds", "0,1", "--train-size", "all", "--workers", "1")
-    assert custom.norms == ("batch_renorm", "ghost", "frn", "evonorm_s0", "evonorm_b0", "channel")
+    assert custom.norms == ("batch_renorm", "frn", "evonorm_s0", "evonorm_b0", "channel")
     assert custom.seeds == (0, 1) and custom.train_size is None and custom.workers == 1
     assert custom.grid == "custom"
     assert config("--data-dir", "somewhere").train_size is None
@@ -120,8 +128,8 @@ def test_resume_refuses_a_directory_with_other_settings(tmp_path):
     write_json_atomic(tmp_path / "config.json", config.to_dict())
     assert check_resume(tmp_path, config) is True
     assert check_resume(tmp_path, config.with_(seeds=(0, 1, 2), workers=1)) is True   # the grid may grow
-    with pytest.raises(ConfigError, match=r"epochs: 1.0 there, 2.0 now"):
-        check_resume(tmp_path, config.with_(epochs=2.0))
+    with pytest.raises(ConfigError, match=r"epochs: 2.0 there, 3.0 now"):
+        check_resume(tmp_path, config.with_(epochs=3.0))
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ConfigError, match="cannot be read"):
         check_resume(tmp_path, config)
@@ -129,9 +137,8 @@ def test_resume_refuses_a_directory_with_other_settings(tmp_path):
 
 def test_self_activated_norms_replace_norm_plus_relu():
     from torch import nn
-    config = quick_config()
-    plain = build_model(RunSpec("channel", 2, 0), config, total_steps=10)
-    activated = build_model(RunSpec("evonorm_b0", 2, 0), config, total_steps=10)
+    plain = build_model("channel", 4)
+    activated = build_model("evonorm_b0", 4)
     assert isinstance(plain.stem[2], nn.ReLU) and isinstance(plain.blocks[0].act1, nn.ReLU)
     assert isinstance(activated.stem[2], nn.Identity) and isinstance(activated.blocks[0].act1, nn.Identity)
     assert isinstance(activated.blocks[0].relu, nn.ReLU)      # the ReLU after the residual addition stays
@@ -167,7 +174,7 @@ def test_resume_accepts_another_spelling_of_the_same_data_dir(tmp_path, monkeypa
 
     def config(*argv):
         args = parser.parse_args(["compare", "--quick", "--out", str(tmp_path / "run"), *argv])
-        return cli.config_from_args(args, {n for n in cli.OVERRIDES if hasattr(args, n)})
+        return cli.config_from_args(args, {n for n in cli.OVERRIDES if hasattr(args, n)}, "runs/compare")
     first = config("--data-dir", "cifar/")
     write_json_atomic(tmp_path / "run" / "config.json", first.to_dict())
     for spelling in ("cifar", "./cifar", str(tmp_path / "cifar")):

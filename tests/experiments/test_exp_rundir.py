@@ -20,44 +20,52 @@ from channelnorm.experiments.config import quick_config
 from channelnorm.experiments.lifeline import watch_parent
 from channelnorm.experiments.pipeline import run_compare
 from channelnorm.experiments.results import collect
-from channelnorm.experiments.rundir import finished_record, record_path, run_dir
+from channelnorm.experiments.rundir import RunKey, finished_record, record_path, run_dir
 from channelnorm.experiments.storage import RunDirectoryError, locked, write_atomic
 from channelnorm.experiments.sweep import plan, run_sweep
+from channelnorm.experiments.train import MemberLog
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REAL_WRITE_ALL = storage._write_all
 
 
 def tiny(out, **changes):
-    settings = dict(norms=("channel",), batch_sizes=(2, 4), seeds=(0, 1), train_size=40, test_size=20,
-                    image_size=8, width=2, workers=1, out=str(out))
+    settings = dict(norms=("channel",), norm_batches=(2, 4), sgd_batch=4, coupled_norms=(), coupled_batches=(),
+                    seeds=(0, 1), train_size=40, test_size=20, precise_size=8, curve_size=8, image_size=8, width=2,
+                    workers=1, out=str(out), epochs=1.0)
     settings.update(changes)
     return quick_config(**settings)
 
 
-def fake_train_run(spec, config, data, run_dir, progress=None):
-    """A run's record without the training (these tests are about files, not numbers): the fields
-    and sample counts of train.train_run, and its metrics file opened the way train_run opens it."""
-    with open(run_dir / "metrics.jsonl", "w") as metrics:
-        metrics.write(json.dumps({"kind": "final"}) + "\n")
-    steps = int(config.epochs * config.train_size) // spec.batch_size
-    return {"run_id": spec.run_id, "norm": spec.norm, "batch_size": spec.batch_size, "seed": spec.seed,
-            "steps": steps, "samples": steps * spec.batch_size, "planned_samples": steps * spec.batch_size,
-            "peak_lr": config.base_lr * spec.batch_size / config.reference_batch, "diverged": False,
-            "diverged_at_samples": None, "eval_error": 0.25 + 0.01 * spec.seed, "batch_stat_error": 0.5,
-            "train_eval_gap": 0.25, "final_train_loss": 1.0, "loss_at_quarter": 2.0, "samples_to_target": None,
-            "train_seconds": 0.1, "seconds": 0.1, "norm_kwargs": {}}
+def rid(norm_batch, seed, norm="channel", sgd_batch=4, protocol="decoupled"):
+    return f"{protocol}-{norm}-nb{norm_batch}-sgd{sgd_batch}-seed{seed}"
+
+
+def fake_train_members(plan, train_x, train_y, curve=None, progress=None):
+    """The wide network's training replaced (these tests are about files, not numbers): one log per
+    member with the fields train.train_members fills, no model."""
+    logs = [MemberLog(entries=[{"kind": "train", "step": plan.steps, "samples": plan.steps * plan.sgd_batch,
+                                "lr": 0.0, "loss": 0.01},
+                               {"kind": "curve", "step": plan.steps, "ema_error": 25.0}], final_train_loss=0.01)
+            for _ in plan.members]
+    return None, logs, 0.1
+
+
+def fake_evaluate_members(model, plan, test_x, test_y, precise_x):
+    seeds = [m.seed for m in plan.members]
+    return {"ema": [25.0 + s for s in seeds], "precise": [24.0 + s for s in seeds], "batch": [50.0 for _ in seeds]}
 
 
 @pytest.fixture
 def trained(monkeypatch):
-    """Replaces training by fake_train_run; lists the run ids trained."""
+    """Replaces training and evaluation by fakes; lists the run ids trained."""
     ids = []
 
-    def train(spec, *args, **kwargs):
-        ids.append(spec.run_id)
-        return fake_train_run(spec, *args, **kwargs)
-    monkeypatch.setattr(sweep_module, "train_run", train)
+    def train(plan, *args, **kwargs):
+        ids.extend(rid(plan.norm_batch, m.seed, plan.norm, plan.sgd_batch) for m in plan.members)
+        return fake_train_members(plan, *args, **kwargs)
+    monkeypatch.setattr(sweep_module, "train_members", train)
+    monkeypatch.setattr(sweep_module, "evaluate_members", fake_evaluate_members)
     return ids
 
 
@@ -68,32 +76,51 @@ def outside_files(tmp_path):
 # ---- fingerprints ----
 
 def test_records_carry_the_fingerprint_of_the_settings_that_computed_them(tmp_path, trained):
-    config = tiny(tmp_path)
+    config = tiny(tmp_path, lrs=(("channel", 0.3),))
     run_sweep(config, tmp_path, progress=False)
-    record = json.loads(record_path(tmp_path, "channel-bs4-seed1").read_text())
+    record = json.loads(record_path(tmp_path, rid(4, 1)).read_text())
     settings = record["settings"]
     # what changes a run's numbers is in; the grid, worker count and output path are not
-    assert settings["epochs"] == 1.0 and settings["train_size"] == 40 and settings["base_lr"] == 0.2
-    assert (settings["norm"], settings["batch_size"], settings["seed"]) == ("channel", 4, 1)
-    assert not {"seeds", "batch_sizes", "norms", "workers", "out", "grid"} & set(settings)
-    canonical = json.dumps({k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in settings.items()},
-                           sort_keys=True, separators=(",", ":")).encode()
-    assert record["fingerprint"] == hashlib.sha256(canonical).hexdigest()
-    other = json.loads(record_path(tmp_path, "channel-bs4-seed0").read_text())
+    assert settings["epochs"] == 1.0 and settings["train_size"] == 40 and settings["sgd_batch"] == 4
+    assert settings["run"] == {"norm": "channel", "protocol": "decoupled", "norm_batch": 4, "sgd_batch": 4, "seed": 1}
+    assert settings["peak_lr"] == 0.3 == record["peak_lr"]
+    assert not {"seeds", "norm_batches", "norms", "coupled_norms", "coupled_batches", "workers", "out",
+                "grid"} & set(settings)
+
+    def canonical(value):      # integral floats as integers, at any depth
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, dict):
+            return {k: canonical(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [canonical(v) for v in value]
+        return value
+    text = json.dumps(canonical(settings), sort_keys=True, separators=(",", ":")).encode()
+    assert record["fingerprint"] == hashlib.sha256(text).hexdigest()
+    other = json.loads(record_path(tmp_path, rid(4, 0)).read_text())
     assert other["fingerprint"] != record["fingerprint"]          # the seed is part of it
     assert record["provenance"]["torch"]
 
 
+def test_the_tuned_learning_rate_is_part_of_the_fingerprint(tmp_path, trained, monkeypatch):
+    from channelnorm.experiments import tuned_lrs
+    config = tiny(tmp_path)
+    run_sweep(config, tmp_path, progress=False)
+    monkeypatch.setitem(tuned_lrs.TUNED, "channel", tuned_lrs.TUNED["channel"] * 2)   # tuning rerun since
+    with pytest.raises(RunDirectoryError, match="peak_lr: "):
+        run_sweep(config, tmp_path, progress=False)
+
+
 def test_the_same_number_written_as_int_or_float_is_the_same_setting(tmp_path, trained):
     run_sweep(tiny(tmp_path, epochs=2), tmp_path, progress=False)
-    assert run_sweep(tiny(tmp_path, epochs=2.0), tmp_path, progress=False) == {"executed": 0, "skipped": 4}
+    assert run_sweep(tiny(tmp_path, epochs=2.0), tmp_path, progress=False) == {"executed": 0, "skipped": 2}
 
 
 def test_without_config_json_records_of_other_settings_are_refused_not_reused(tmp_path, trained):
     run_compare(tiny(tmp_path, epochs=1.0), progress=False)
     results = (tmp_path / "results.json").read_text()
     (tmp_path / "config.json").unlink()
-    with pytest.raises(RunDirectoryError, match=r"channel-bs2-seed0/record\.json.*epochs: 1\.0 there, 2\.0 now"):
+    with pytest.raises(RunDirectoryError, match=rf"{rid(2, 0)}/record\.json.*epochs: 1\.0 there, 2\.0 now"):
         run_compare(tiny(tmp_path, epochs=2.0), progress=False)
     assert len(trained) == 4                                       # nothing recomputed, nothing mixed
     assert (tmp_path / "results.json").read_text() == results     # no report with wrong sample counts
@@ -101,22 +128,23 @@ def test_without_config_json_records_of_other_settings_are_refused_not_reused(tm
     # the grid, the worker count and the output path are free to change on resume
     (tmp_path / "config.json").unlink()
     run_compare(tiny(tmp_path, seeds=(0, 1, 2), workers=1), progress=False)
-    assert trained[4:] == ["channel-bs2-seed2", "channel-bs4-seed2"]
+    # a cell trains its seeds as one network: the cells missing seed 2 are trained again, all seeds
+    assert trained[4:] == [rid(2, 0), rid(2, 1), rid(2, 2), rid(4, 0), rid(4, 1), rid(4, 2)]
     rows = json.loads((tmp_path / "results.json").read_text())
-    assert [r["samples"] for r in rows] == [40, 40] and [r["runs"] for r in rows] == [3, 3]
+    assert [r["samples"] for r in rows] == [40] * 6 and [r["seeds"] for r in rows] == [[0, 1, 2]] * 6
 
 
 def test_the_cli_reports_a_record_of_other_settings_naming_the_file(tmp_path, trained, capsys):
     out = tmp_path / "run"
-    assert cli.main(["compare", "--quick", "--norms", "none", "--seeds", "0", "--workers", "1", "--out", str(out),
-                     "--no-progress"]) == 0
+    args = ["compare", "--quick", "--norms", "channel,group", "--norm-batches", "16", "--coupled-batches", "16",
+            "--seeds", "0", "--workers", "1", "--out", str(out), "--no-progress"]
+    assert cli.main(args) == 0
     (out / "config.json").unlink()
     with pytest.raises(SystemExit) as stopped:
-        cli.main(["compare", "--quick", "--norms", "none", "--seeds", "0", "--workers", "1", "--epochs", "3", "--out", str(out),
-                  "--no-progress"])
+        cli.main(args + ["--epochs", "3"])
     assert stopped.value.code == 2
     err = capsys.readouterr().err
-    assert str(record_path(out, "none-bs2-seed0")) in err and "epochs: 1.0 there, 3.0 now" in err
+    assert str(record_path(out, rid(16, 0, sgd_batch=16))) in err and "epochs: 2.0 there, 3.0 now" in err
 
 
 # ---- damaged records ----
@@ -126,17 +154,23 @@ def _edit(record, **changes):
 
 
 DAMAGE = {
-    "error above 1": (lambda r: _edit(r, eval_error=1.5), "eval_error is 1.5, expected a finite number in"),
+    "error above 100": (lambda r: _edit(r, eval_error=150.0, errors={**r["errors"], "ema": 150.0}),
+                        "eval_error is 150.0, expected a finite number in [0, 100]"),
     "negative error": (lambda r: _edit(r, batch_stat_error=-0.1), "batch_stat_error is -0.1"),
     "NaN error": (lambda r: _edit(r, eval_error=float("nan")), "NaN is not a JSON number"),
     "string seed": (lambda r: _edit(r, seed="0"), "seed is '0', expected an integer"),
-    "missing field": (lambda r: {k: v for k, v in r.items() if k != "planned_samples"}, "planned_samples missing"),
+    "missing field": (lambda r: {k: v for k, v in r.items() if k != "converged"}, "converged missing"),
     "no fingerprint": (lambda r: {k: v for k, v in r.items() if k not in ("settings", "fingerprint")},
                        "settings, fingerprint missing"),
     "edited settings": (lambda r: _edit(r, settings={**r["settings"], "epochs": 9.0}),
                         "fingerprint does not match its settings"),
-    "more samples than planned": (lambda r: _edit(r, samples=80, steps=20), "samples 80 exceed planned_samples 40"),
+    "samples not steps x SGD batch": (lambda r: _edit(r, samples=44), "samples 44 are not steps 10 x SGD batch"),
     "not an object": (lambda r: [r], "JSON list, not an object"),
+    "an evaluation missing": (lambda r: _edit(r, errors={"ema": 25.0, "batch": 50.0}),
+                              "expected an object with exactly the evaluations ema, precise, batch"),
+    "converged though diverged": (lambda r: _edit(r, diverged=True, diverged_at_step=3),
+                                  "converged is true for a run that diverged"),
+    "unknown protocol": (lambda r: _edit(r, protocol="ghost"), "protocol is 'ghost', expected one of decoupled"),
 }
 
 
@@ -145,7 +179,7 @@ def test_a_damaged_record_is_an_error_naming_it_and_never_averaged(tmp_path, tra
     config = tiny(tmp_path)
     run_sweep(config, tmp_path, progress=False)
     change, message = DAMAGE[damage]
-    path = record_path(tmp_path, "channel-bs4-seed0")
+    path = record_path(tmp_path, rid(4, 0))
     path.write_text(json.dumps(change(json.loads(path.read_text()))))
     for attempt in (lambda: run_sweep(config, tmp_path, progress=False), lambda: collect(tmp_path, config)):
         with pytest.raises(RunDirectoryError) as error:
@@ -158,14 +192,13 @@ def test_a_record_in_another_runs_folder_is_refused(tmp_path, trained):
     config = tiny(tmp_path)
     run_sweep(config, tmp_path, progress=False)
     # a record copied into the folder of another batch size, then one of another seed
-    for source, target, field in (("channel-bs2-seed0", "channel-bs4-seed0", "batch_size"),
-                                  ("channel-bs2-seed0", "channel-bs2-seed1", "seed")):
+    for source, target, field in ((rid(2, 0), rid(4, 0), "norm_batch"), (rid(2, 0), rid(2, 1), "seed")):
         saved = record_path(tmp_path, target).read_bytes()
         record_path(tmp_path, target).write_bytes(record_path(tmp_path, source).read_bytes())
         with pytest.raises(RunDirectoryError, match=f"{target}/record.json.*{field} is .* the run's folder is {target}"):
             collect(tmp_path, config)
         record_path(tmp_path, target).write_bytes(saved)
-    assert len(collect(tmp_path, config)) == 4
+    assert sum(len(records) for records in collect(tmp_path, config).values()) == 4
 
 
 # ---- one sweep at a time ----
@@ -178,8 +211,8 @@ def test_a_second_invocation_on_a_locked_out_is_refused(tmp_path, trained, capsy
         assert stopped.value.code == 2
         assert f"{out} is in use by another channelnorm compare (pid {os.getpid()})" in capsys.readouterr().err
         assert not (out / "config.json").exists() and not (out / "runs").exists() and trained == []
-    run_compare(tiny(out, batch_sizes=(2,), seeds=(0,)), progress=False)    # released
-    assert trained == ["channel-bs2-seed0"]
+    run_compare(tiny(out, norm_batches=(2,), seeds=(0,)), progress=False)    # released
+    assert trained == [rid(2, 0)]
 
 
 def test_the_lock_holds_across_processes_and_dies_with_its_holder(tmp_path):
@@ -212,7 +245,8 @@ def test_the_lock_holds_across_processes_and_dies_with_its_holder(tmp_path):
 
 # ---- links and atomic writes ----
 
-OUTPUTS = ("config.json", "environment.json", "results.json", "results.csv", "error_vs_batch.png", "report.md")
+OUTPUTS = ("config.json", "environment.json", "results.json", "results.csv", "analysis.json", "error_vs_batch.png",
+           "curves.png", "report.md")
 
 
 def test_outputs_replace_links_in_their_place_and_never_write_through_them(tmp_path, trained):
@@ -222,17 +256,17 @@ def test_outputs_replace_links_in_their_place_and_never_write_through_them(tmp_p
     for name in OUTPUTS:
         (victim / name).write_text("precious")
         (out / name).symlink_to(victim / name)
-    run_dir(out, "channel-bs2-seed0").mkdir(parents=True)
+    run_dir(out, rid(2, 0)).mkdir(parents=True)
     (victim / "metrics.jsonl").write_text("precious")
-    (run_dir(out, "channel-bs2-seed0") / "metrics.jsonl").symlink_to(victim / "metrics.jsonl")
+    (run_dir(out, rid(2, 0)) / "metrics.jsonl").symlink_to(victim / "metrics.jsonl")
     (out / "config.json").unlink()       # a link there would be read as the sweep's config
 
-    run_compare(tiny(out, batch_sizes=(2,), seeds=(0,)), progress=False)
+    run_compare(tiny(out, norm_batches=(2,), seeds=(0,)), progress=False)
     assert all((victim / name).read_text() == "precious" for name in OUTPUTS + ("metrics.jsonl",))
     for name in OUTPUTS:
         assert not (out / name).is_symlink() and (out / name).stat().st_size > 0, name
-    metrics = run_dir(out, "channel-bs2-seed0") / "metrics.jsonl"
-    assert not metrics.is_symlink() and json.loads(metrics.read_text()) == {"kind": "final"}
+    metrics = run_dir(out, rid(2, 0)) / "metrics.jsonl"
+    assert not metrics.is_symlink() and json.loads(metrics.read_text().splitlines()[-1])["kind"] == "final"
 
 
 def test_a_linked_folder_or_record_is_refused_naming_it(tmp_path, trained):
@@ -245,22 +279,22 @@ def test_a_linked_folder_or_record_is_refused_naming_it(tmp_path, trained):
     assert list(victim.iterdir()) == [] and trained == []
 
     (out / "runs").unlink()
-    config = tiny(out, batch_sizes=(2,), seeds=(0,))
+    config = tiny(out, norm_batches=(2,), seeds=(0,))
     run_sweep(config, out, progress=False)
-    path = record_path(out, "channel-bs2-seed0")
+    path = record_path(out, rid(2, 0))
     (victim / "record.json").write_bytes(path.read_bytes())
     path.unlink()
     path.symlink_to(victim / "record.json")
     with pytest.raises(RunDirectoryError, match=f"{path} is a symbolic link"):
-        finished_record(out, plan(config)[0], config)
+        finished_record(out, plan(config)[0].key(0), config)
     with pytest.raises(RunDirectoryError, match="not a file inside the run directory"):
         write_atomic(out / ".." / "escaped.txt", "x", root=out)
     assert not (tmp_path / "escaped.txt").exists()
 
 
 def test_temporary_files_of_a_killed_write_are_cleared_when_the_run_is_redone(tmp_path, trained):
-    config = tiny(tmp_path, batch_sizes=(2,), seeds=(0,))
-    folder = run_dir(tmp_path, "channel-bs2-seed0")
+    config = tiny(tmp_path, norm_batches=(2,), seeds=(0,))
+    folder = run_dir(tmp_path, rid(2, 0))
     folder.mkdir(parents=True)
     leftover = folder / ".record.json.0123456789ab.tmp"
     leftover.write_text('{"run_id": ')
@@ -298,15 +332,30 @@ def test_a_full_disk_is_a_clear_error_and_leaves_no_partial_file(tmp_path, monke
 
 
 def test_a_full_disk_while_writing_a_record_leaves_the_run_unfinished(tmp_path, trained, monkeypatch):
-    config = tiny(tmp_path, batch_sizes=(2,), seeds=(0,))
-    monkeypatch.setattr(storage, "_write_all", _disk_full_after(3, []))
-    with pytest.raises(RunDirectoryError, match=f"cannot write {record_path(tmp_path, 'channel-bs2-seed0')}"):
+    config = tiny(tmp_path, norm_batches=(2,), seeds=(0,))
+    calls = []
+    disk_full = _disk_full_after(3, [])
+
+    def metrics_fit_then_the_disk_is_full(fd, data):      # the run's metrics.jsonl is written first
+        calls.append(len(data))
+        return (REAL_WRITE_ALL if len(calls) == 1 else disk_full)(fd, data)
+    monkeypatch.setattr(storage, "_write_all", metrics_fit_then_the_disk_is_full)
+    with pytest.raises(RunDirectoryError, match=f"cannot write {record_path(tmp_path, rid(2, 0))}"):
         run_sweep(config, tmp_path, progress=False)
-    folder = run_dir(tmp_path, "channel-bs2-seed0")
+    folder = run_dir(tmp_path, rid(2, 0))
     assert sorted(os.listdir(folder)) == ["metrics.jsonl"]   # no record.json, empty or partial
     monkeypatch.setattr(storage, "_write_all", REAL_WRITE_ALL)
     assert run_sweep(config, tmp_path, progress=False) == {"executed": 1, "skipped": 0}   # space freed: resumes
-    assert finished_record(tmp_path, plan(config)[0], config)["eval_error"] == 0.25
+    assert finished_record(tmp_path, RunKey("channel", "decoupled", 2, 4, 0), config)["eval_error"] == 25.0
+
+
+def test_a_full_disk_while_writing_metrics_is_a_clear_error(tmp_path, trained, monkeypatch):
+    config = tiny(tmp_path, norm_batches=(2,), seeds=(0,))
+    monkeypatch.setattr(storage, "_write_all", _disk_full_after(0, []))
+    metrics = run_dir(tmp_path, rid(2, 0)) / "metrics.jsonl"
+    with pytest.raises(RunDirectoryError, match=f"cannot write {metrics}: .*disk full"):
+        run_sweep(config, tmp_path, progress=False)
+    assert os.listdir(run_dir(tmp_path, rid(2, 0))) == []
 
 
 def test_the_write_loop_survives_short_writes(tmp_path, monkeypatch):
@@ -332,14 +381,15 @@ from channelnorm.experiments import sweep
 from channelnorm.experiments.config import quick_config
 
 class PidBars:                       # the sweep's progress messages carry the worker's pid
-    def run_progress(self, pid, run_id, done, total):
+    def run_progress(self, pid, cell_id, done, total):
         print(pid, flush=True)
     def run_finished(self):
         pass
 
 out = Path(sys.argv[1])
-config = quick_config(norms=("channel",), batch_sizes=(2,), seeds=(0,), train_size=40, test_size=20,
-                      image_size=8, width=2, epochs=100000.0, workers=2, out=str(out))
+config = quick_config(norms=("channel",), norm_batches=(2,), sgd_batch=4, coupled_norms=(), coupled_batches=(),
+                      seeds=(0,), train_size=40, test_size=20, precise_size=8, curve_size=8, image_size=8, width=2,
+                      epochs=10000.0, workers=2, out=str(out))
 sweep._run_in_workers(sweep.plan(config), config, out, PidBars(), workers=1)
 """
 
@@ -379,3 +429,47 @@ def test_a_worker_exits_when_the_sweep_is_killed(tmp_path):
                 os.kill(pid, signal.SIGKILL)
         parent.stdout.close()
         stderr.close()
+
+
+class _QuietBars:
+    def run_progress(self, *args):
+        pass
+
+    def run_finished(self):
+        pass
+
+
+def test_a_run_directory_error_in_a_worker_reaches_the_user_unwrapped(tmp_path):
+    out, victim = tmp_path / "run", tmp_path / "victim"
+    victim.mkdir()
+    config = tiny(out, norm_batches=(2,), seeds=(0,), workers=2)
+    (out / "runs").mkdir(parents=True)
+    (out / "runs" / rid(2, 0)).symlink_to(victim)       # the worker's run folder is a link out of --out
+    with pytest.raises(RunDirectoryError, match=f"{out / 'runs' / rid(2, 0)} is a symbolic link"):
+        sweep_module._run_in_workers(plan(config), config, out, _QuietBars(), workers=1)
+    assert list(victim.iterdir()) == []
+
+
+# ---- the tuning's outputs get the same care ----
+
+def test_tuning_outputs_replace_links_and_tune_refuses_a_locked_out(tmp_path, capsys):
+    from channelnorm.experiments.tune import write_tuning
+    out, victim = tmp_path / "tuning", tmp_path / "victim"
+    out.mkdir()
+    victim.mkdir()
+    for name in ("tuning.json", "report.md"):
+        (victim / name).write_text("precious")
+        (out / name).symlink_to(victim / name)
+    tuning = {"sgd_batch": 4, "lr_grid": [0.1], "seeds": [100], "selection": "lowest mean validation error",
+              "norms": {"channel": {"per_lr": [{"mean": 3.0, "final_train_loss": [0.01], "diverged": 0}],
+                                    "chosen_lr": 0.1}}}
+    write_tuning(tuning, tiny(out), {"command": "channelnorm tune"}, out)
+    assert all((victim / name).read_text() == "precious" for name in ("tuning.json", "report.md"))
+    assert json.loads((out / "tuning.json").read_text())["norms"]["channel"]["chosen_lr"] == 0.1
+    assert "| channel | 3.00 %" in (out / "report.md").read_text() and not (out / "report.md").is_symlink()
+
+    with locked(out):
+        with pytest.raises(SystemExit) as stopped:
+            cli.main(["tune", "--quick", "--norms", "none", "--out", str(out), "--no-progress"])
+    assert stopped.value.code == 2
+    assert f"{out} is in use by another channelnorm compare" in capsys.readouterr().err

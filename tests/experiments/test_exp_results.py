@@ -1,0 +1,176 @@
+"""Rows over seeds, the analysis' verdicts, the schedule and the three evaluations."""
+import copy
+import csv
+import json
+
+import pytest
+import torch
+
+import channelnorm as cn
+from channelnorm.experiments.analysis import (BETTER, NO_DIFFERENCE, NOT_CONVERGED, WORSE, analyse, reproduction,
+                                              verdicts)
+from channelnorm.experiments.config import ExperimentConfig
+from channelnorm.experiments.evaluate import evaluate_members, member_errors
+from channelnorm.experiments.models import unstack, build_model
+from channelnorm.experiments.results import build_rows, write_results
+from channelnorm.experiments.stats import diff_ci, mean_ci
+from channelnorm.experiments.sweep import Cell
+from channelnorm.experiments.train import Member, TrainPlan, schedule, train_members
+
+CONFIG = ExperimentConfig(norms=("channel", "group", "none"), norm_batches=(2, 32), seeds=(0, 1, 2))
+
+
+def record(cell, seed, ema, precise=None, batch=None, loss=0.01, steps_to_target=100):
+    errors = {"ema": ema, "precise": ema if precise is None else precise, "batch": ema if batch is None else batch}
+    return {"run_id": cell.run_id(seed), "norm": cell.norm, "protocol": cell.protocol, "norm_batch": cell.norm_batch,
+            "sgd_batch": cell.sgd_batch, "seed": seed, "errors": errors, "converged": loss < 0.05,
+            "final_train_loss": loss, "diverged": False, "peak_lr": 0.1, "steps": 1000, "samples": 32000,
+            "steps_to_target": steps_to_target, "curve": [[500, 10.0], [1000, ema]]}
+
+
+def found(channel_small=(3.0, 3.2, 3.4), group_coupled_small=(2.1, 2.0, 2.2), none_loss=0.01, precise_small=None):
+    cells = {
+        Cell("channel", "decoupled", 32, 32): [(2.0, 2.1, 2.2)],
+        Cell("channel", "decoupled", 2, 32): [channel_small],
+        Cell("group", "decoupled", 32, 32): [(2.0, 2.2, 2.1)],
+        Cell("none", "decoupled", 32, 32): [(9.0, 9.5, 10.0)],
+        Cell("channel", "coupled", 2, 2): [(4.0, 4.2, 4.4)],
+        Cell("group", "coupled", 2, 2): [group_coupled_small],
+    }
+    out = {}
+    for cell, (values,) in cells.items():
+        loss = none_loss if cell.norm == "none" else 0.01
+        out[cell.cell_id] = [record(cell, s, v, precise=(precise_small[s] if precise_small and cell.norm == "channel"
+                                                         and cell.norm_batch == 2 and cell.protocol == "decoupled"
+                                                         else None), loss=loss) for s, v in enumerate(values)]
+    return out
+
+
+def test_rows_carry_the_contract_fields_and_the_interval_math():
+    rows = build_rows(found(), CONFIG)
+    keys = {"norm", "protocol", "norm_batch", "sgd_batch", "eval", "seeds", "errors", "mean", "ci95", "converged"}
+    assert all(keys <= set(r) for r in rows)
+    row = next(r for r in rows if (r["norm"], r["protocol"], r["norm_batch"], r["eval"]) == ("channel", "decoupled", 2, "ema"))
+    assert row["errors"] == [3.0, 3.2, 3.4] and row["seeds"] == [0, 1, 2] and row["sgd_batch"] == 32
+    m, ci = mean_ci([3.0, 3.2, 3.4])
+    assert row["mean"] == pytest.approx(3.2) and row["ci95"] == pytest.approx(list(ci))
+    # the coupled cell at the SGD batch is the decoupled cell's runs, reported under both protocols
+    coupled32 = [r for r in rows if r["protocol"] == "coupled" and r["norm_batch"] == 32]
+    assert {r["norm"] for r in coupled32} == {"channel", "group"}
+    assert all(r["runs_shared_with"] == "decoupled" for r in coupled32)
+    assert {(r["norm"], r["eval"]) for r in rows if r["norm"] == "none"} == {("none", e) for e in ("ema", "precise", "batch")}
+
+
+def test_results_files_parse_back(tmp_path):
+    rows = build_rows(found(), CONFIG)
+    write_results(rows, tmp_path)
+    assert json.loads((tmp_path / "results.json").read_text()) == json.loads(json.dumps(rows))
+    with open(tmp_path / "results.csv") as handle:
+        table = list(csv.DictReader(handle))
+    assert len(table) == len(rows) and table[0]["seeds"] == "0;1;2"
+
+
+def test_verdicts_follow_the_intervals():
+    a = analyse(build_rows(found(), CONFIG), 32)
+    ema = a["robustness"]["ema"][0]
+    d, ci = diff_ci([2.0, 2.1, 2.2], [3.0, 3.2, 3.4])
+    assert ema["delta"] == pytest.approx(d) and ema["ci95"] == pytest.approx(list(ci)) and ema["verdict"] == WORSE
+    assert a["coupled"]["group"]["verdict"] == NO_DIFFERENCE and a["replication"] == "flat"
+    ranking = a["scope_ranking"]
+    assert [r["norm"] for r in ranking] == ["channel", "group", "none"]
+    assert ranking[1]["vs_best"]["verdict"] == NO_DIFFERENCE and ranking[2]["vs_best"]["verdict"] == WORSE
+    # within noise: no difference claimed
+    same = analyse(build_rows(found(channel_small=(2.0, 2.3, 2.1)), CONFIG), 32)
+    assert same["robustness"]["ema"][0]["verdict"] == NO_DIFFERENCE
+    better = analyse(build_rows(found(channel_small=(1.0, 1.1, 1.2)), CONFIG), 32)
+    assert better["robustness"]["ema"][0]["verdict"] == BETTER
+
+
+def test_group_norm_moving_in_the_coupled_protocol_is_called_confounded():
+    a = analyse(build_rows(found(group_coupled_small=(5.0, 5.1, 5.2)), CONFIG), 32)
+    assert a["coupled"]["group"]["verdict"] == WORSE and a["replication"] == "confounded"
+
+
+def test_a_cell_that_did_not_converge_draws_no_conclusion():
+    a = analyse(build_rows(found(none_loss=0.5), CONFIG), 32)
+    none = next(r for r in a["scope_ranking"] if r["norm"] == "none")
+    assert none["converged"] is False and none["vs_best"]["verdict"] == NOT_CONVERGED
+    assert any(name.startswith("none decoupled") for name in a["not_converged"])
+
+
+def test_precise_recovery_share_by_hand():
+    # penalty 3.2 - 2.1 = 1.1 points; precise recovers 3.2 - 2.65 = 0.55 -> half of it
+    a = analyse(build_rows(found(precise_small=(2.5, 2.6, 2.85)), CONFIG), 32)
+    entry = next(p for p in a["precise_recovery"] if p["protocol"] == "decoupled" and p["norm_batch"] == 2)
+    assert entry["penalty"] == pytest.approx(1.1) and entry["recovered"] == pytest.approx(0.55)
+    assert entry["share"] == pytest.approx(0.5)
+
+
+def test_reproduction_compares_verdicts_and_reports_the_largest_shift():
+    here = build_rows(found(), CONFIG)
+    there = build_rows(found(channel_small=(2.0, 2.3, 2.1)), CONFIG)
+    same = reproduction(here, copy.deepcopy(here), 32)
+    assert same["differ"] == [] and same["max_mean_change"] == 0.0 and same["total"] == len(verdicts(analyse(here, 32)))
+    moved = reproduction(here, there, 32)
+    assert any("robustness ema" in key and a == WORSE and b == NO_DIFFERENCE for key, a, b in moved["differ"])
+    assert moved["max_mean_change"] == pytest.approx(3.2 - 2.1333333, abs=1e-6)
+
+
+def test_schedule_warms_up_linearly_then_decays_by_cosine_to_zero():
+    factors = [schedule(s, 100, 0.1) for s in range(100)]
+    assert factors[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])
+    assert factors[10] == pytest.approx(1.0) and max(factors) == pytest.approx(1.0)
+    assert factors[55] == pytest.approx(0.5 * (1 + __import__("math").cos(__import__("math").pi * 45 / 90)))
+    assert factors[-1] == pytest.approx(0.5 * (1 + __import__("math").cos(__import__("math").pi * 89 / 90)))
+
+
+def test_member_errors_count_wrong_and_non_finite_predictions():
+    class Fixed(torch.nn.Module):
+        def forward(self, x):      # logits are the first two pixels of each member's channel block
+            n = x.shape[0]
+            out = x[:, :, 0, :2].reshape(n, 2, 1, 2)[:, :, 0]          # (N, members=2, classes=2)
+            return out
+    x = torch.zeros(4, 1, 1, 2)
+    x[:, 0, 0] = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [float("nan"), 0.0]])
+    y = torch.tensor([0, 0, 0, 1])
+    assert member_errors(Fixed(), x, y, 2, channels_last=False, chunk=3) == [50.0, 50.0]
+
+
+def test_the_three_evaluations_match_a_single_model_evaluated_by_hand():
+    """Oracle: each member taken out as a narrow model; 'batch' = train mode on test batches of the
+    normalization batch (ghost twin for channel norm below the SGD batch), 'precise' =
+    recompute_stats on that narrow model with the same groups, 'ema' = eval mode."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 3, 8, 8, generator=g), torch.randint(0, 10, (64,), generator=g)
+    test_x, test_y = torch.randn(40, 3, 8, 8, generator=g), torch.randint(0, 10, (40,), generator=g)
+    plan = TrainPlan(norm="channel", norm_batch=4, sgd_batch=8, steps=6, members=(Member(0, 0.1), Member(1, 0.2)),
+                     width=4, channels_last=False)
+    model, _, _ = train_members(plan, x, y)
+    state = copy.deepcopy(model.state_dict())
+    got = evaluate_members(model, plan, test_x, test_y, x[:32])
+    assert all(torch.equal(a, b) for a, b in zip(state.values(), model.state_dict().values()))   # untouched
+    for k in range(2):
+        narrow = unstack(model, build_model("ghost", 4, 1, virtual_batch_size=4), k, 2)
+        narrow.eval()
+        wrong = (narrow(test_x).argmax(1) != test_y).double().mean() * 100
+        assert got["ema"][k] == pytest.approx(float(wrong), abs=1e-9)
+        batch = copy.deepcopy(narrow).train()
+        pred = torch.cat([batch(test_x[s:s + 4]).argmax(1) for s in range(0, 40, 4)])
+        assert got["batch"][k] == pytest.approx(float((pred != test_y).double().mean() * 100), abs=1e-9)
+        precise = copy.deepcopy(narrow)
+        cn.recompute_stats(precise, [x[s:s + 4] for s in range(0, 32, 4)], progress=False)
+        precise.eval()
+        wrong = (precise(test_x).argmax(1) != test_y).double().mean() * 100
+        assert got["precise"][k] == pytest.approx(float(wrong), abs=1e-9)
+
+
+def test_steps_to_target_comparison_needs_every_seed_to_reach_the_target():
+    from channelnorm.experiments.analysis import convergence_comparisons
+    speed = [{"norm": "channel", "steps_to_target": [100, 110, 120], "reached": 3, "seeds": 3},
+             {"norm": "group", "steps_to_target": [300, 310, 330], "reached": 3, "seeds": 3},
+             {"norm": "layer", "steps_to_target": [100, None, 120], "reached": 2, "seeds": 3},
+             {"norm": "instance", "steps_to_target": [90, 130, 110], "reached": 3, "seeds": 3}]
+    by_norm = {c["norm"]: c for c in convergence_comparisons(speed)}
+    assert by_norm["group"]["verdict"] == "channel faster" and by_norm["group"]["delta"] == pytest.approx(940 / 3 - 110)
+    assert by_norm["layer"]["verdict"] == "not reached by every seed" and by_norm["layer"]["delta"] is None
+    assert by_norm["instance"]["verdict"] == NO_DIFFERENCE
