@@ -118,3 +118,23 @@ def test_backend_name_assigned_after_construction_is_refused_by_name():
     norm.backend = "cuda-fast"
     with pytest.raises(ValueError, match="unknown backend 'cuda-fast'"):
         norm(torch.randn(2, 3, 4))
+
+
+@pytest.mark.parametrize("norm_cls", [cn.ChannelNorm, cn.InstanceNorm])
+def test_a_restored_non_finite_batch_still_backpropagates(norm_cls):
+    # The restore after a NaN batch must not break backward through torch's kernel (which saved
+    # the running buffers): the gradient is that of the reference backend, NaN where the input is.
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 5, 5)
+    x[0, 1, 2, 2] = float("nan")
+    grads = {}
+    for backend in ("native", "reference"):
+        norm = norm_cls(3, backend=backend, track_running_stats=True)
+        before = norm.running_mean.clone(), norm.running_var.clone()
+        leaf = x.clone().requires_grad_()
+        norm(leaf).pow(2).sum().backward()
+        torch.testing.assert_close(norm.running_mean, before[0])
+        torch.testing.assert_close(norm.running_var, before[1])
+        grads[backend] = (leaf.grad, norm.weight.grad)
+    for got, want in zip(grads["native"], grads["reference"]):
+        torch.testing.assert_close(got, want, equal_nan=True, rtol=1e-4, atol=1e-5)

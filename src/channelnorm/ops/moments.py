@@ -107,9 +107,11 @@ def undo_if_not_finite(
         if num_batches_tracked is not None:
             num_batches_tracked.add_(1)
     else:
-        with torch.no_grad():
-            running_mean.copy_(saved[:running_mean.numel()])
-            running_var.copy_(saved[running_mean.numel():])
+        # Through .data: torch's kernel saved the buffers for backward, and a tracked in-place
+        # restore would bump their version and break backward. A training backward reads only the
+        # batch statistics, so restoring the values cannot change a gradient.
+        running_mean.data.copy_(saved[:running_mean.numel()])
+        running_var.data.copy_(saved[running_mean.numel():])
     return out
 
 
