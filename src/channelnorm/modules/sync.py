@@ -6,8 +6,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from ..ops.distributed import agree_on_settings, sync_channel_norm
-from ..ops.moments import update_running_stats
+from ..functional.sync import agree_on_settings, sync_channel_norm
 from .channel import ChannelNorm
 
 
@@ -92,10 +91,6 @@ class SyncChannelNorm(ChannelNorm):
             agree_on_settings(op, settings, device, self.process_group)
             self._settings_agreed_with = key
         # Input validation happens inside, after the gather, so that every rank raises together.
-        y, n, mean, var = sync_channel_norm(input, self.weight, self.bias, self.channel_axis, self.eps,
-                                            self.process_group, num_channels=self.num_channels, op=op)
-        if self.track_running_stats and n > 0:
-            # Every rank merged the same statistics, so the buffers stay identical across ranks.
-            update_running_stats(self.running_mean, self.running_var, self.num_batches_tracked, mean, var, n,
-                                 self.momentum)
-        return y
+        running_mean, running_var, tracked = self._running_buffers()
+        return sync_channel_norm(input, running_mean, running_var, tracked, self.weight, self.bias, self.momentum,
+                                 self.eps, self.channel_axis, self.num_channels, self.process_group, op=op)
