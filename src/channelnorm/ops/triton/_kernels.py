@@ -293,6 +293,20 @@ def _unit(p, cblk, n_chunks, rows_per_unit_p, n_cblk, GROUPED: tl.constexpr):
 
 
 @triton.jit
+def _unit_groups(unit, n_cblk, G, BLOCK_C: tl.constexpr, GROUPED: tl.constexpr):
+    """Statistic row and range of statistic columns [g_lo, g_hi) that merge unit ``unit`` owns (see _unit)."""
+    if GROUPED:
+        r = unit
+        g_lo = 0
+        g_hi = G
+    else:
+        r = unit // n_cblk
+        g_lo = (unit % n_cblk) * BLOCK_C
+        g_hi = tl.minimum(g_lo + BLOCK_C, G)
+    return r, g_lo, g_hi
+
+
+@triton.jit
 def stats_kernel(x_ptr, part_n_ptr, part_mean_ptr, part_m2_ptr, stats_ptr,
                  rm_ptr, rv_ptr, nbt_ptr, counter_ptr,
                  B, C, S, sb, ss, sc, G, cpg, rows_per_prog, chunk_len, n_chunks, n_cblk, P_unit,
@@ -346,15 +360,7 @@ def stats_kernel(x_ptr, part_n_ptr, part_mean_ptr, part_m2_ptr, stats_ptr,
     unit = _unit(p, cblk, n_chunks, P_unit, n_cblk, GROUPED)
     if _ticket(counter_ptr + unit) == progs_per_unit - 1:
         tl.store(counter_ptr + unit, 0)
-        # Statistic rows and blocks of this unit (see _unit).
-        if GROUPED:
-            r = unit
-            g_lo = 0
-            g_hi = G
-        else:
-            r = unit // n_cblk
-            g_lo = (unit % n_cblk) * BLOCK_C
-            g_hi = tl.minimum(g_lo + BLOCK_C, G)
+        r, g_lo, g_hi = _unit_groups(unit, n_cblk, G, BLOCK_C, GROUPED)
         for g0 in range(g_lo, g_hi, BLOCK_G):
             groups = g0 + tl.arange(0, BLOCK_G)
             gmask = groups < g_hi
@@ -533,14 +539,7 @@ def backward_partials_kernel(x_ptr, dy_ptr, res_ptr, dres_ptr, stats_ptr, w_ptr,
     unit = _unit(p, cblk, n_chunks, P_unit, n_cblk, GROUPED)
     if _ticket(counter_ptr + unit) == progs_per_unit - 1:
         tl.store(counter_ptr + unit, 0)
-        if GROUPED:
-            r = unit
-            g_lo = 0
-            g_hi = G
-        else:
-            r = unit // n_cblk
-            g_lo = (unit % n_cblk) * BLOCK_C
-            g_hi = tl.minimum(g_lo + BLOCK_C, G)
+        r, g_lo, g_hi = _unit_groups(unit, n_cblk, G, BLOCK_C, GROUPED)
         for g0 in range(g_lo, g_hi, BLOCK_G):
             groups = g0 + tl.arange(0, BLOCK_G)
             gmask = groups < g_hi
