@@ -13,19 +13,9 @@ from ..ops import distributed as _distributed
 from ..ops.moments import update_running_stats
 
 
-def agree_on_settings(op: str, settings: dict, device, process_group=None) -> None:
-    """Check once that every rank of ``process_group`` runs the layer with the same settings.
-
-    Args:
-        op: the caller's name, for error messages.
-        settings: name -> number (e.g. ``num_channels``, ``eps``); every rank must pass the same.
-        device (torch.device | str): device of the one small collective.
-        process_group (ProcessGroup | None): the group; None is the default group. Default: None.
-
-    Returns:
-        None; a ``ValueError`` on every rank naming each rank's value when they differ.
-    """
-    _distributed.agree_on_settings(op, settings, device, process_group)
+# The one-time settings handshake is a collective with nothing to validate or dispatch: the module
+# reaches it through functional like everything else, but it is ops' own function.
+agree_on_settings = _distributed.agree_on_settings
 
 
 def sync_channel_norm(
