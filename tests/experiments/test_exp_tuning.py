@@ -1,5 +1,6 @@
 """The learning-rate tuning: held-out split of the training set only, never the test set."""
 import dataclasses
+import math
 import json
 from pathlib import Path
 
@@ -66,3 +67,74 @@ def test_colour_and_contrast_variation_do_what_they_say():
     assert float(ratio.min()) >= 0.6 - 1e-4 and float(ratio.max()) <= 1.0 + 1e-4 and float(ratio.std()) > 0.05
     with pytest.raises(ValueError, match="contrast_variation must be in"):
         make_images(5, 12, seed=0, contrast_variation=1.0)
+
+
+def _cell(lr, mean, diverged=0):
+    return {"lr": lr, "seeds": [100, 101], "val_errors": [mean, mean], "mean": mean, "ci95": None,
+            "final_train_loss": [0.01, 0.01], "diverged": diverged}
+
+
+def test_a_choice_at_an_edge_of_the_rates_tried_is_followed_beyond_it():
+    assert tune.beyond_edge([_cell(0.1, 5.0), _cell(0.2, 4.0)]) == 0.4
+    assert tune.beyond_edge([_cell(0.1, 3.0), _cell(0.2, 4.0)]) == 0.05
+    assert tune.beyond_edge([_cell(0.1, 5.0), _cell(0.2, 3.0), _cell(0.4, 4.0)]) is None   # bracketed
+    # the best usable rate sits below a diverged one: that edge is explored already
+    assert tune.beyond_edge([_cell(0.1, 5.0), _cell(0.2, 3.0), _cell(0.4, 1.0, diverged=1)]) is None
+    assert tune.choose([_cell(0.1, 5.0), _cell(0.2, 3.0), _cell(0.4, 1.0, diverged=1)]) == 0.2
+    assert tune.beyond_edge([_cell(0.1, 5.0)]) is None                                     # one rate: no edge
+
+
+def _fake_training(calls, best=0.4):
+    """tune_norm stand-in: validation error |log2(lr / best)|, so the best rate is ``best``."""
+    def fake(norm, config, data, lrs, seeds):
+        calls.append((norm, tuple(lrs)))
+        per_lr = [_cell(lr, abs(math.log2(lr / best))) for lr in lrs]
+        return {"norm": norm, "per_lr": per_lr, "chosen_lr": tune.choose(per_lr), "train_seconds": 0.0}
+    return fake
+
+
+def test_tuning_extends_the_grid_at_most_edge_steps_times(monkeypatch):
+    calls = []
+    monkeypatch.setattr(tune, "tune_norm", _fake_training(calls, best=0.4))
+    config = quick_config(norms=("channel",), workers=1)
+    result = tune.run_tuning(config, lrs=(0.05, 0.1), workers=1)["norms"]["channel"]
+    assert calls == [("channel", (0.05, 0.1)), ("channel", (0.2,)), ("channel", (0.4,))]
+    assert [p["lr"] for p in result["per_lr"]] == [0.05, 0.1, 0.2, 0.4] and result["chosen_lr"] == 0.4
+    calls.clear()
+    monkeypatch.setattr(tune, "tune_norm", _fake_training(calls, best=1.6))    # beyond two steps: stops there
+    result = tune.run_tuning(config, lrs=(0.05, 0.1), workers=1)["norms"]["channel"]
+    assert len(calls) == 1 + tune.EDGE_STEPS and result["chosen_lr"] == 0.4
+
+
+def test_a_rerun_reuses_cells_of_the_same_settings_and_keeps_other_norms(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(tune, "tune_norm", _fake_training(calls, best=0.1))
+    config = quick_config(norms=("channel", "group"), workers=1)
+    first = tune.run_tuning(config, lrs=(0.05, 0.1, 0.2), workers=1)
+    previous = {**first, "config": config.to_dict(), "environment": {"command": "first"}}
+    calls.clear()
+    again = tune.run_tuning(config.with_(norms=("channel",)), lrs=(0.05, 0.1, 0.2, 0.4), workers=1, previous=previous)
+    assert calls == [("channel", (0.4,))]                       # only the new rate trains
+    assert again["norms"]["group"] == first["norms"]["group"]   # a norm not tuned now is kept
+    assert again["norms"]["channel"]["reused_lrs"] == [0.05, 0.1, 0.2]
+    assert again["lr_grid"] == [0.05, 0.1, 0.2, 0.4]
+    tune.write_tuning(again, config, {"command": "second"}, tmp_path, previous)
+    written = json.loads((tmp_path / "tuning.json").read_text())
+    assert [e["command"] for e in written["environments"]] == ["first", "second"]
+    report = (tmp_path / "report.md").read_text()
+    assert "`first`, then `second`" in report and "| group | " in report and " — " in report
+    # other settings (another number of epochs): nothing is reused
+    calls.clear()
+    tune.run_tuning(config.with_(norms=("channel",), epochs=3.0), lrs=(0.05, 0.1, 0.2), workers=1, previous=previous)
+    assert calls == [("channel", (0.05, 0.1, 0.2))]
+
+
+def test_the_analysis_thresholds_do_not_stop_a_reuse(monkeypatch):
+    calls = []
+    monkeypatch.setattr(tune, "tune_norm", _fake_training(calls, best=0.1))
+    config = quick_config(norms=("channel",), workers=1)
+    first = tune.run_tuning(config, lrs=(0.05, 0.1, 0.2), workers=1)
+    previous = {**first, "config": config.with_(converged_loss=0.5, target_error=10.0).to_dict()}
+    calls.clear()
+    tune.run_tuning(config, lrs=(0.05, 0.1, 0.2), workers=1, previous=previous)
+    assert calls == []

@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train every norm at every learning rate of --lrs (tuning seeds 100, 101) with compare's "
                     "schedule on the training set minus --val-size images, score on those held-out images (never "
                     "the test set), and write tuning.json and report.md into --out.")
-    tune.add_argument("--lrs", type=_float_list, dest="lr_grid", help="learning-rate grid (default 0.025..0.8)")
+    tune.add_argument("--lrs", type=_float_list, dest="lr_grid", help="learning-rate grid (default 0.025,0.05,0.1,0.2,0.4; a choice at an edge is followed beyond it)")
     tune.add_argument("--val-size", type=int, help="held-out training images (default 2000)")
     tune.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
     tune.add_argument("--write-defaults", action="store_true",
@@ -173,7 +173,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _tune(args: argparse.Namespace, config: ExperimentConfig, command: str) -> int:
     from .environment import describe_environment
     from .storage import locked, write_atomic
-    from .tune import LR_GRID, render_defaults, run_tuning, write_tuning
+    from .tune import LR_GRID, TUNE_SEEDS, render_defaults, reusable_cells, run_tuning, write_tuning
 
     if config.grid == "quick":
         lr_grid = args.lr_grid or (0.05, 0.2)
@@ -188,8 +188,11 @@ def _tune(args: argparse.Namespace, config: ExperimentConfig, command: str) -> i
     environment["command"] = command
     out = Path(config.out)
     with locked(out):           # one invocation per --out at a time, as compare
-        tuning = run_tuning(config, lr_grid)
-        write_tuning(tuning, config, environment, out)
+        previous = _previous_tuning(out / "tuning.json")
+        if not reusable_cells(previous, config, TUNE_SEEDS):
+            previous = None     # other settings: this tuning replaces it
+        tuning = run_tuning(config, lr_grid, previous=previous)
+        write_tuning(tuning, config, environment, out, previous)
     print(f"tuning: {out / 'tuning.json'}")
     for norm, result in tuning["norms"].items():
         print(f"  {norm}: chosen LR {result['chosen_lr']:g}")
@@ -198,6 +201,18 @@ def _tune(args: argparse.Namespace, config: ExperimentConfig, command: str) -> i
         write_atomic(path, render_defaults(tuning), root=path.parent)
         print(f"defaults: {path}")
     return 0
+
+
+def _previous_tuning(path: Path) -> Optional[dict[str, Any]]:
+    """An earlier tuning in --out (its cells may be reused), or None; unreadable is a ConfigError."""
+    import json
+    from .storage import RunDirectoryError, read_text
+    try:
+        return json.loads(read_text(path, path.parent))
+    except FileNotFoundError:
+        return None
+    except (RunDirectoryError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{str(path)!r} is not a tuning result this command wrote: {error}") from error
 
 
 def _check_device(device: str) -> None:

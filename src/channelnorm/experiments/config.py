@@ -22,6 +22,8 @@ ROBUST_NORMS = ("batch_renorm", "frn", "evonorm_s0", "evonorm_b0")
 
 # Fields that may differ between invocations on one run directory: the grid and where/how it runs.
 GRID_FIELDS = ("norms", "norm_batches", "coupled_norms", "coupled_batches", "seeds", "grid", "workers", "out")
+# read only when the finished runs are analysed: a run trains and scores the same without them
+ANALYSIS_FIELDS = ("converged_loss", "target_error")
 
 MAX_SEED = 2**64 - 1
 
@@ -183,6 +185,11 @@ class ExperimentConfig:
     def run_identity(self) -> dict[str, Any]:
         """The settings every run of this sweep shares (what must match to resume)."""
         return {k: v for k, v in self.to_dict().items() if k not in GRID_FIELDS}
+
+    def training_identity(self) -> dict[str, Any]:
+        """The settings that decide what a run trains and how it is scored (``run_identity`` without
+        the analysis thresholds)."""
+        return {k: v for k, v in self.run_identity().items() if k not in ANALYSIS_FIELDS}
 
 
 def quick_config(**changes: Any) -> ExperimentConfig:

@@ -6,6 +6,10 @@ tuning seed, all as one wide network (members = learning rate x seed). It trains
 set minus its last ``val_size`` images and is scored on those held-out training images
 (``data.validation_split`` drops the test set before anything runs, so tuning never sees it).
 The chosen rate per norm is the one with the lowest mean validation error (running statistics).
+A rate chosen at the edge of the grid is followed beyond it (a factor of 2 at a time, at most
+``EDGE_STEPS`` times), so that the choice is bracketed. Rerunning into the same ``--out`` reuses the
+(norm, learning rate) cells it holds when they were trained under the same settings, so a sweep can
+be extended by a norm or a rate without training the rest again.
 """
 from __future__ import annotations
 
@@ -27,6 +31,8 @@ from .train import Member, TrainPlan, train_members
 
 LR_GRID = (0.025, 0.05, 0.1, 0.2, 0.4)
 TUNE_SEEDS = (100, 101)      # other seeds than the comparison's, so its seeds stay untouched by the choice
+EDGE_STEPS = 2               # how far beyond the grid a rate chosen at its edge is followed
+SELECTION = "lowest mean validation error (running statistics) among learning rates where no seed diverged"
 
 
 def tune_norm(norm: str, config: ExperimentConfig, data: Dataset, lrs: Sequence[float],
@@ -50,55 +56,118 @@ def tune_norm(norm: str, config: ExperimentConfig, data: Dataset, lrs: Sequence[
                        "ci95": None if ci is None else list(ci),
                        "final_train_loss": [logs[j].final_train_loss for j in picked],
                        "diverged": sum(logs[j].diverged_at is not None for j in picked)})
-    usable = [p for p in per_lr if p["diverged"] == 0] or per_lr
-    chosen = min(usable, key=lambda p: p["mean"])["lr"]
-    return {"norm": norm, "per_lr": per_lr, "chosen_lr": chosen, "train_seconds": round(seconds, 1)}
+    return {"norm": norm, "per_lr": per_lr, "chosen_lr": choose(per_lr), "train_seconds": round(seconds, 1)}
+
+
+def choose(per_lr: Sequence[dict[str, Any]]) -> float:
+    """The rate with the lowest mean validation error among those where no seed diverged."""
+    usable = [p for p in per_lr if p["diverged"] == 0] or list(per_lr)
+    return min(usable, key=lambda p: p["mean"])["lr"]
+
+
+def beyond_edge(per_lr: Sequence[dict[str, Any]]) -> Optional[float]:
+    """The next rate to try when the choice sits at an edge of the rates measured (and did not
+    diverge there): twice the largest or half the smallest; None when the choice is bracketed."""
+    rates = sorted(p["lr"] for p in per_lr)
+    chosen = choose(per_lr)
+    if len(rates) < 2 or any(p["diverged"] for p in per_lr if p["lr"] == chosen):
+        return None
+    if chosen == rates[-1]:
+        return chosen * 2
+    if chosen == rates[0]:
+        return chosen / 2
+    return None
 
 
 def _tune_worker(args) -> dict[str, Any]:
-    norm, config, lrs, seeds = args
+    norm, config, lrs, seeds, known = args
     torch.set_num_threads(1)
     data = validation_split(load_dataset(config), config.val_size)
-    return tune_norm(norm, config, data, lrs, seeds)
+    per_lr, seconds = list(known), 0.0
+    todo = [lr for lr in lrs if lr not in {p["lr"] for p in per_lr}]
+    for _ in range(1 + EDGE_STEPS):
+        if todo:
+            result = tune_norm(norm, config, data, todo, seeds)
+            per_lr += result["per_lr"]
+            seconds += result["train_seconds"]
+        nxt = beyond_edge(per_lr)
+        todo = [nxt] if nxt is not None and nxt not in {p["lr"] for p in per_lr} else []
+        if not todo:
+            break
+    per_lr.sort(key=lambda p: p["lr"])
+    return {"norm": norm, "per_lr": per_lr, "chosen_lr": choose(per_lr), "train_seconds": round(seconds, 1),
+            "reused_lrs": [p["lr"] for p in known]}
+
+
+def reusable_cells(previous: Optional[dict[str, Any]], config: ExperimentConfig,
+                   seeds: Sequence[int]) -> dict[str, list[dict[str, Any]]]:
+    """Per norm, the cells of an earlier tuning (``tuning.json``) that this one would train again
+    identically: the same training settings (``training_identity``) and the same tuning seeds."""
+    if not previous:
+        return {}
+    try:
+        same = (ExperimentConfig.from_dict(previous["config"]).training_identity() == config.training_identity()
+                and list(previous["seeds"]) == list(seeds))
+    except (KeyError, TypeError, ValueError):
+        return {}
+    return {norm: list(r["per_lr"]) for norm, r in previous.get("norms", {}).items()} if same else {}
 
 
 def run_tuning(config: ExperimentConfig, lrs: Sequence[float] = LR_GRID, seeds: Sequence[int] = TUNE_SEEDS,
-               workers: Optional[int] = None) -> dict[str, Any]:
-    """Tune every norm of ``config.norms``; norms run in parallel worker processes (1 thread each)."""
-    jobs = [(norm, config, tuple(lrs), tuple(seeds)) for norm in config.norms]
+               workers: Optional[int] = None, previous: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Tune every norm of ``config.norms``; norms run in parallel worker processes (1 thread each).
+
+    ``previous``: an earlier ``tuning.json`` of the same settings; its cells are reused and its
+    norms that this call does not tune are kept as they are."""
+    known = reusable_cells(previous, config, seeds)
+    jobs = [(norm, config, tuple(lrs), tuple(seeds), tuple(known.get(norm, ()))) for norm in config.norms]
     workers = min(workers or config.workers, len(jobs))
     if workers <= 1:
         results = [_tune_worker(job) for job in jobs]
     else:
         with multiprocessing.get_context("spawn").Pool(workers, initializer=exit_with_parent) as pool:
             results = pool.map(_tune_worker, jobs, chunksize=1)
-    return {"sgd_batch": config.sgd_batch, "lr_grid": list(lrs), "seeds": list(seeds),
-            "selection": "lowest mean validation error (running statistics) among learning rates where no seed "
-                         "diverged", "norms": {r["norm"]: r for r in results}}
+    kept = {norm: r for norm, r in (previous or {}).get("norms", {}).items() if known and norm not in config.norms}
+    grid = sorted(set(lrs) | {p["lr"] for r in list(kept.values()) + results for p in r["per_lr"]})
+    return {"sgd_batch": config.sgd_batch, "lr_grid": grid, "seeds": list(seeds), "selection": SELECTION,
+            "norms": {**kept, **{r["norm"]: r for r in results}}}
 
 
-def write_tuning(tuning: dict[str, Any], config: ExperimentConfig, environment: dict[str, Any], out: Path) -> None:
+def write_tuning(tuning: dict[str, Any], config: ExperimentConfig, environment: dict[str, Any], out: Path,
+                 previous: Optional[dict[str, Any]] = None) -> None:
+    """``tuning.json`` and ``report.md``; ``previous``: the earlier tuning this one extends (its
+    invocations are kept, so the file names every command that measured one of its cells)."""
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "tuning.json", {**tuning, "config": config.to_dict(), "environment": environment}, root=out)
+    earlier = [] if previous is None else previous.get("environments") or [previous.get("environment")]
+    environments = [e for e in earlier if e] + [environment]
+    write_json_atomic(out / "tuning.json", {**tuning, "config": config.to_dict(), "environment": environment,
+                                            "environments": environments}, root=out)
+    grid = tuning["lr_grid"]
+    commands = list(dict.fromkeys(e.get("command", "channelnorm tune") for e in environments))
     lines = ["# Learning-rate tuning (held-out validation split of the training set; the test set is never used)",
-             "", f"Command: `{environment.get('command', 'channelnorm tune')}`", "",
-             f"SGD batch {tuning['sgd_batch']}, {config.steps(config.sgd_batch)} steps, tuning seeds "
-             f"{tuning['seeds']}, validation images {config.val_size}. Selection: {tuning['selection']}.", "",
-             "| norm | " + " | ".join(f"LR {lr:g}" for lr in tuning["lr_grid"]) + " | chosen |",
-             "|---|" + "---|" * (len(tuning["lr_grid"]) + 1)]
+             "", "Command" + ("s" if len(commands) > 1 else "") + ": " + ", then ".join(f"`{c}`" for c in commands),
+             "", f"SGD batch {tuning['sgd_batch']}, {config.steps(config.sgd_batch)} steps, tuning seeds "
+             f"{tuning['seeds']}, validation images {config.val_size}. Selection: {tuning['selection']}; a "
+             f"rate chosen at the edge of the rates tried is followed beyond it (x2 or /2, up to {EDGE_STEPS} "
+             "times).", "",
+             "| norm | " + " | ".join(f"LR {lr:g}" for lr in grid) + " | chosen |",
+             "|---|" + "---|" * (len(grid) + 1)]
     for norm, result in tuning["norms"].items():
-        cells = []
-        for p in result["per_lr"]:
-            loss = max((v for v in p["final_train_loss"] if v is not None), default=None)
-            text = f"{p['mean']:.2f} %" + (f" (loss ≤ {loss:.3f})" if loss is not None else "")
-            cells.append(text + (f", {p['diverged']} diverged" if p["diverged"] else ""))
+        by_lr = {p["lr"]: p for p in result["per_lr"]}
+        cells = [_cell(by_lr[lr]) if lr in by_lr else "—" for lr in grid]
         lines.append(f"| {norm} | " + " | ".join(cells) + f" | **{result['chosen_lr']:g}** |")
-    edge = [n for n, r in tuning["norms"].items() if r["chosen_lr"] in (min(tuning["lr_grid"]), max(tuning["lr_grid"]))]
-    lines += ["", "Cells: mean validation error over the tuning seeds (the largest final training loss)."]
+    edge = [n for n, r in tuning["norms"].items() if beyond_edge(r["per_lr"]) is not None]
+    lines += ["", "Cells: mean validation error over the tuning seeds (the largest final training loss); — not tried."]
     if edge:
-        lines.append(f"Chosen at the edge of the grid (a better rate may lie beyond it): {', '.join(edge)}.")
+        lines.append(f"Still chosen at the edge of the rates tried (a better rate may lie beyond): {', '.join(edge)}.")
     lines.append("")
     write_atomic(out / "report.md", "\n".join(lines), root=out)
+
+
+def _cell(p: dict[str, Any]) -> str:
+    loss = max((v for v in p["final_train_loss"] if v is not None), default=None)
+    text = f"{p['mean']:.2f} %" + (f" (loss ≤ {loss:.3f})" if loss is not None else "")
+    return text + (f", {p['diverged']} diverged" if p["diverged"] else "")
 
 
 def render_defaults(tuning: dict[str, Any]) -> str:
