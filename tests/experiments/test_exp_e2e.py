@@ -1,5 +1,6 @@
 """End to end: ``channelnorm compare --quick`` writes every output file, and each one parses."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +57,16 @@ def test_quick_compare_writes_every_output(tmp_path, capsys):
     assert json.loads((out / "results.json").read_text()) == rows
     assert json.loads((out / "environment.json").read_text())["sweeps"][-1]["executed"] == 0
     assert "**every verdict holds**" in (out / "report.md").read_text()
+    assert f"identical seed by seed: {len(rows)}" in (out / "report.md").read_text()
+
+    # a "reproduction" of other settings is refused, naming the setting
+    other = tmp_path / "other"
+    shutil.copytree(out, other, ignore=shutil.ignore_patterns("runs", ".lock"))
+    settings = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**settings, "epochs": settings["epochs"] + 1}))
+    with pytest.raises(SystemExit):
+        cli.main(["compare", "--quick", "--out", str(out), "--no-progress", "--reproduction", str(other)])
+    assert "epochs" in capsys.readouterr().err
 
 
 def test_compare_on_cifar_format_data(tmp_path):

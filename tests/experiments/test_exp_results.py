@@ -114,6 +114,14 @@ def test_reproduction_compares_verdicts_and_reports_the_largest_shift():
     moved = reproduction(here, there, 32)
     assert any("robustness ema" in key and a == WORSE and b == NO_DIFFERENCE for key, a, b in moved["differ"])
     assert moved["max_mean_change"] == pytest.approx(3.2 - 2.1333333, abs=1e-6)
+    assert same["rows_identical"] == same["rows_compared"] == len(here) and same["rows_missing"] == 0
+    moved_rows = [r for r in here if (r["norm"], r["protocol"], r["norm_batch"]) == ("channel", "decoupled", 2)]
+    assert moved_rows and moved["rows_identical"] == len(here) - len(moved_rows)   # only that cell's rows moved
+    small = next(c for c in moved["cells"] if c["norm"] == "channel" and c["norm_batch"] == 2
+                 and c["protocol"] == "decoupled")
+    assert small["here"] == pytest.approx(3.2) and small["there"] == pytest.approx(2.1333333, abs=1e-6)
+    partial = reproduction(here, there[1:], 32)
+    assert partial["rows_missing"] == 1 and partial["rows_compared"] == len(here) - 1
 
 
 def test_schedule_warms_up_linearly_then_decays_by_cosine_to_zero():

@@ -214,11 +214,17 @@ def verdicts(analysis: dict[str, Any]) -> dict[str, str]:
 
 
 def reproduction(here_rows: list[dict[str, Any]], there_rows: list[dict[str, Any]], sgd_batch: int) -> dict[str, Any]:
-    """Do the verdicts of two runs of the same grid agree? Also the largest change of a cell mean."""
+    """Do the verdicts of two runs of the same grid agree? Also how far the cells moved: the largest
+    change of a cell mean, how many cells came out identical seed by seed, and per cell the two
+    means (running-statistics evaluation) for the report."""
     here, there = verdicts(analyse(here_rows, sgd_batch)), verdicts(analyse(there_rows, sgd_batch))
     differ = [(k, here[k], there.get(k, "missing")) for k in here if here[k] != there.get(k, "missing")]
     key = ("norm", "protocol", "norm_batch", "sgd_batch", "eval")
     other = {tuple(r[k] for k in key): r for r in there_rows}
-    changes = [abs(r["mean"] - other[tuple(r[k] for k in key)]["mean"]) for r in here_rows
-               if tuple(r[k] for k in key) in other]
-    return {"total": len(here), "differ": differ, "max_mean_change": max(changes, default=0.0)}
+    pairs = [(r, other[tuple(r[k] for k in key)]) for r in here_rows if tuple(r[k] for k in key) in other]
+    cells = [{"norm": a["norm"], "protocol": a["protocol"], "norm_batch": a["norm_batch"], "sgd_batch": a["sgd_batch"],
+              "here": a["mean"], "there": b["mean"]} for a, b in pairs if a["eval"] == "ema"]
+    return {"total": len(here), "differ": differ,
+            "max_mean_change": max((abs(a["mean"] - b["mean"]) for a, b in pairs), default=0.0),
+            "rows_compared": len(pairs), "rows_missing": len(here_rows) - len(pairs),
+            "rows_identical": sum(a["errors"] == b["errors"] for a, b in pairs), "cells": cells}

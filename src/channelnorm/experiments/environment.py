@@ -57,6 +57,8 @@ def describe_environment(device: str, workers: int) -> dict[str, Any]:
         "processor": platform.processor() or None, "cpu_count": os.cpu_count(), "device": device,
         "cpu_model": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "aten_cpu_capability_env": os.environ.get("ATEN_CPU_CAPABILITY"),
+        # oneDNN (the convolutions) picks its own instruction set; this caps it
+        "onednn_max_cpu_isa_env": os.environ.get("ONEDNN_MAX_CPU_ISA"),
         # every cell computes with one torch thread, in a worker process or in the main one (sweep.py)
         "torch_threads_per_worker": 1, "workers": workers,
         "torch_default_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),

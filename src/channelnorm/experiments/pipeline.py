@@ -16,7 +16,7 @@ from .data import load_dataset
 from .environment import describe_environment, load_average, utc_now
 from .mechanism import measure
 from .plot import plot_batch_panels, plot_curves
-from .report import render
+from .report import describe_code_path, render
 from .results import build_rows, collect, write_results
 from .rundir import check_resume, write_json_atomic
 from .storage import RunDirectoryError, locked, read_text, write_atomic
@@ -41,7 +41,7 @@ def _run_compare_locked(config: ExperimentConfig, command: str, progress: bool,
     dataset = _load(config)
     config = resolve_sizes(config, dataset)
     resumed = check_resume(out, config)
-    repro_rows = _read_reproduction(reproduction_dir) if reproduction_dir is not None else None
+    repro_rows = _read_reproduction(reproduction_dir, config) if reproduction_dir is not None else None
     try:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "config.json", config.to_dict(), root=out)
@@ -72,7 +72,7 @@ def write_outputs(config: ExperimentConfig, out: Path, environment: dict[str, An
     if repro_rows is not None:
         there_rows, there_env = repro_rows
         repro = {**reproduction(rows, there_rows, config.sgd_batch), "path": str(reproduction_dir),
-                 "capability": there_env.get("cpu_capability")}
+                 "capability": describe_code_path(there_env)}
     write_json_atomic(out / "analysis.json", {**analysis, "mechanism": mechanism, "reproduction": repro}, root=out)
     title = f"{dataset.describe()} — grid: {config.grid}"
     plot_batch_panels(rows, config.sgd_batch, out / "error_vs_batch.png", title)
@@ -102,11 +102,28 @@ def _load(config: ExperimentConfig):
         raise ConfigError(f"--data-dir {config.data_dir!r} cannot be read as CIFAR-10: {error}") from error
 
 
-def _read_reproduction(path: Path) -> tuple[list, dict]:
+def _read_reproduction(path: Path, config: ExperimentConfig) -> tuple[list, dict]:
+    """The rows and environment of a finished run of the same grid under the same training settings."""
     try:
-        return (json.loads((path / "results.json").read_text()), json.loads((path / "environment.json").read_text()))
-    except (OSError, json.JSONDecodeError) as error:
+        there = ExperimentConfig.from_dict(json.loads((path / "config.json").read_text()))
+        rows, environment = (json.loads((path / "results.json").read_text()),
+                             json.loads((path / "environment.json").read_text()))
+    except (OSError, json.JSONDecodeError, ConfigError, TypeError) as error:
         raise ConfigError(f"--reproduction {str(path)!r} holds no finished compare run: {error}") from error
+    here_settings, there_settings = _comparable(config), _comparable(there)
+    differ = sorted(k for k in here_settings if here_settings[k] != there_settings.get(k))
+    if differ:
+        raise ConfigError(f"--reproduction {str(path)!r} ran other settings ({', '.join(differ)}: "
+                          + "; ".join(f"{there_settings.get(k)!r} there, {here_settings[k]!r} here" for k in differ)
+                          + "); a reproduction reruns the same grid")
+    return rows, environment
+
+
+def _comparable(config: ExperimentConfig) -> dict[str, Any]:
+    """What a reproduction must share: the training settings and the grid (not the worker count or path)."""
+    grid = {k: v for k, v in config.to_dict().items() if k in ("norms", "norm_batches", "coupled_norms",
+                                                               "coupled_batches", "seeds")}
+    return {**config.training_identity(), **grid}
 
 
 def _previous_sweeps(out: Path) -> list[dict]:

@@ -78,6 +78,14 @@ def _protocol(config: ExperimentConfig, rows: Rows) -> list[str]:
     ]
 
 
+def describe_code_path(environment: dict[str, Any]) -> str:
+    """The CPU code path a run took: torch's capability, with the environment overrides that chose it."""
+    forced = [f"{name}={environment[key]}" for name, key in (("ATEN_CPU_CAPABILITY", "aten_cpu_capability_env"),
+                                                             ("ONEDNN_MAX_CPU_ISA", "onednn_max_cpu_isa_env"))
+              if environment.get(key)]
+    return str(environment.get("cpu_capability")) + (f" ({', '.join(forced)})" if forced else "")
+
+
 def render(rows_list: list[dict[str, Any]], analysis: dict[str, Any], mechanism: dict[str, Any],
            config: ExperimentConfig, environment: dict[str, Any], dataset: str,
            reproduction: Optional[dict[str, Any]] = None) -> str:
@@ -234,12 +242,21 @@ def render(rows_list: list[dict[str, Any]], analysis: dict[str, Any], mechanism:
     if reproduction is None:
         lines += ["No rerun on a second CPU code path is attached to this run.", ""]
     else:
-        lines += [f"The same grid run on CPU code path {reproduction['capability']} (here: "
-                  f"{environment.get('cpu_capability')}), results in `{reproduction['path']}`: "
+        lines += [f"The same grid rerun on CPU code path {reproduction['capability']} (here: "
+                  f"{describe_code_path(environment)}), results in `{reproduction['path']}`: "
                   + ("**every verdict holds**." if not reproduction["differ"] else
                      f"**{len(reproduction['differ'])} of {reproduction['total']} verdicts differ**:"), ""]
         lines += [f"- {key}: {a} here, {b} there" for key, a, b in reproduction["differ"]]
-        lines += ["", f"Largest change of a cell mean between the two: {reproduction['max_mean_change']:.2f} points.", ""]
+        lines += ["", f"Result rows compared: {reproduction['rows_compared']} ({reproduction['rows_missing']} missing "
+                  f"there); identical seed by seed: {reproduction['rows_identical']}; largest change of a cell "
+                  f"mean: {reproduction['max_mean_change']:.2f} points. Nothing here claims bit-for-bit "
+                  "reproducibility across machines: rounding differs between code paths, and over thousands of "
+                  "steps it may or may not reach the printed errors.", ""]
+        if reproduction["cells"]:
+            lines += ["| cell (running statistics) | here | there |", "|---|---:|---:|"]
+            lines += [f"| {c['protocol']} {c['norm']}, norm batch {c['norm_batch']}, SGD batch {c['sgd_batch']} | "
+                      f"{c['here']:.2f} % | {c['there']:.2f} % |" for c in reproduction["cells"]]
+            lines.append("")
     lines += ["Plots: `error_vs_batch.png` (decoupled and coupled), `curves.png` (error vs steps).", ""]
     return "\n".join(lines)
 
