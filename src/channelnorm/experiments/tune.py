@@ -127,10 +127,12 @@ def run_tuning(config: ExperimentConfig, lrs: Sequence[float] = LR_GRID, seeds: 
     else:
         with multiprocessing.get_context("spawn").Pool(workers, initializer=exit_with_parent) as pool:
             results = pool.map(_tune_worker, jobs, chunksize=1)
-    kept = {norm: r for norm, r in (previous or {}).get("norms", {}).items() if known and norm not in config.norms}
-    grid = sorted(set(lrs) | {p["lr"] for r in list(kept.values()) + results for p in r["per_lr"]})
+    # a reused tuning keeps its norms, in their order, with those tuned now replaced
+    norms = dict(previous["norms"]) if known else {}
+    norms.update((r["norm"], r) for r in results)
+    grid = sorted(set(lrs) | {p["lr"] for r in norms.values() for p in r["per_lr"]})
     return {"sgd_batch": config.sgd_batch, "lr_grid": grid, "seeds": list(seeds), "selection": SELECTION,
-            "norms": {**kept, **{r["norm"]: r for r in results}}}
+            "norms": norms}
 
 
 def write_tuning(tuning: dict[str, Any], config: ExperimentConfig, environment: dict[str, Any], out: Path,

@@ -5,7 +5,7 @@ Generated from the committed tuning results (``docs/results/tuning/tuning.json``
 """
 from __future__ import annotations
 
-TUNED: dict[str, float] = {"channel": 0.4, "group": 0.1, "layer": 0.2, "instance": 0.2, "none": 0.05}
+TUNED: dict[str, float] = {"channel": 0.4, "group": 0.1, "layer": 0.2, "instance": 0.2, "none": 0.05, "batch_renorm": 0.05, "frn": 0.1, "evonorm_s0": 0.2, "evonorm_b0": 0.1}
 TUNED_AT_BATCH = 32
 FALLBACK_LR = 0.1   # for a norm the sweep did not cover; the report flags it as untuned
 
