@@ -57,7 +57,10 @@ def test_quick_compare_writes_every_output(tmp_path, capsys):
     assert json.loads((out / "results.json").read_text()) == rows
     assert json.loads((out / "environment.json").read_text())["sweeps"][-1]["executed"] == 0
     assert "**every verdict holds**" in (out / "report.md").read_text()
-    assert f"identical seed by seed: {len(rows)}" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert f"identical seed by seed: {len(rows)}" in report
+    survived = report.split("## What survives the rerun", 1)[1].split("\n## ", 1)[0]
+    assert survived.count("| ✓ |") > 0 and "| ✗ |" not in survived
 
     # a "reproduction" of other settings is refused, naming the setting
     other = tmp_path / "other"

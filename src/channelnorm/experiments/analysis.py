@@ -225,6 +225,7 @@ def reproduction(here_rows: list[dict[str, Any]], there_rows: list[dict[str, Any
     cells = [{"norm": a["norm"], "protocol": a["protocol"], "norm_batch": a["norm_batch"], "sgd_batch": a["sgd_batch"],
               "here": a["mean"], "there": b["mean"]} for a, b in pairs if a["eval"] == "ema"]
     return {"total": len(here), "differ": differ,
+            "verdicts": [(k, here[k], there.get(k, "missing")) for k in here],
             "max_mean_change": max((abs(a["mean"] - b["mean"]) for a, b in pairs), default=0.0),
             "rows_compared": len(pairs), "rows_missing": len(here_rows) - len(pairs),
             "rows_identical": sum(a["errors"] == b["errors"] for a, b in pairs), "cells": cells}
