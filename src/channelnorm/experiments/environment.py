@@ -13,12 +13,13 @@ import torch
 
 
 def git_revision() -> Optional[str]:
-    """The checkout's commit (with ``-dirty`` when it has uncommitted changes), or None outside git."""
-    here = Path(__file__).resolve().parent
+    """The checkout's commit (with ``-dirty`` when the package's own files have uncommitted changes:
+    result files written into the checkout do not count), or None outside git."""
+    here = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."], cwd=here,
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
