@@ -14,8 +14,10 @@ from .fused import ComposedActivation
 from .layout import match_layout
 from .moments import commit_if_finite, effective_momentum, keep_if_finite, snapshot
 
-_OPS = ("channel_norm", "instance_norm", "group_norm", "channel_norm_act", "group_norm_act")
-_HALF = (torch.float16, torch.bfloat16)
+# Sets, not tuples: both checks run on every "auto" call.
+_OPS = frozenset(("channel_norm", "instance_norm", "group_norm", "channel_norm_act", "group_norm_act"))
+_GROUP_OPS = frozenset(("group_norm", "group_norm_act"))
+_HALF = frozenset((torch.float16, torch.bfloat16))
 
 
 def unsupported_reason(op: str, x: torch.Tensor, channel_axis: int,
@@ -43,7 +45,7 @@ def inexact_reason(op: str, x: torch.Tensor, channel_axis: int,
     """
     if x.is_cuda:
         return None
-    if op.startswith("group_norm"):
+    if op in _GROUP_OPS:
         if not (x.is_contiguous() if channel_axis == 1 else x.movedim(channel_axis, 1).is_contiguous()):
             # Other layouts (channels_last) lose float32 precision at large means: mean 100 with unit
             # variance gives errors of 4e-3 (1e-5 on the contiguous layout).
