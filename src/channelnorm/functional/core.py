@@ -130,7 +130,7 @@ def channel_norm_validated(input, axis, running_mean, running_var, weight, bias,
         _check_channel_batch(op, input, axis)
     impl = dispatch.resolve(backend, op, input, axis, (weight, bias, running_mean, running_var))
     return impl.channel_norm(input, running_mean, running_var, weight, bias, bool(training), momentum, eps, axis,
-                             num_batches_tracked=num_batches_tracked)
+                             num_batches_tracked)
 
 
 def _masked_channel_norm(input, mask, running_mean, running_var, weight, bias, training, momentum, eps, axis,
@@ -223,7 +223,7 @@ def instance_norm_validated(input, axis, running_mean, running_var, weight, bias
             _checks.more_than_one_value(op, input, n, "instance (sample and channel)")
     impl = dispatch.resolve(backend, op, input, axis, (weight, bias, running_mean, running_var))
     return impl.instance_norm(input, running_mean, running_var, weight, bias, bool(use_input_stats), momentum, eps,
-                              axis, num_batches_tracked=num_batches_tracked)
+                              axis, num_batches_tracked)
 
 
 def group_norm(

@@ -147,7 +147,10 @@ class AffineNorm(nn.Module):
 
     def _check_input(self, input) -> int:
         # The settings were checked at construction; per call only the input (returns its channel axis, >= 0).
-        return _checks.channel_count(type(self).__name__, input, self.channel_axis, self.num_channels)
+        axis = _checks.input_tensor(input, self.channel_axis, type(self).__name__)
+        if input.shape[axis] != self.num_channels:
+            _checks.channel_count(type(self).__name__, input, axis, self.num_channels)  # raises, naming both
+        return axis
 
     def extra_repr(self) -> str:
         shown = []

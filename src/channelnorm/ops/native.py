@@ -90,11 +90,6 @@ def _canonical_gradient(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return y
 
 
-def _cudnn(x: torch.Tensor) -> bool:
-    # torch's kernels read the flag only for CUDA input (cuDNN, MIOpen); reading it costs 0.25 us.
-    return x.is_cuda and torch.backends.cudnn.enabled
-
-
 def _run_tracked(kernel, x, weight, bias, running_mean, running_var, num_batches_tracked, momentum, eps, cudnn):
     """Run ``kernel`` (``torch.batch_norm`` or ``torch.instance_norm``), which updates the running buffers
     in place, keeping the rule of docs/design.md: a batch whose statistics are not finite leaves the
@@ -124,31 +119,36 @@ def _run_tracked(kernel, x, weight, bias, running_mean, running_var, num_batches
 def channel_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis,
                  num_batches_tracked: Optional[torch.Tensor] = None) -> torch.Tensor:
     xm = x if channel_axis == 1 else x.movedim(channel_axis, 1)
+    # torch's kernels read the cudnn flag only for CUDA input (cuDNN, MIOpen); reading it costs 0.25 us.
+    cudnn = x.is_cuda and torch.backends.cudnn.enabled
     if training and running_mean is not None:
         y = _run_tracked(torch.batch_norm, xm, weight, bias, running_mean, running_var, num_batches_tracked,
-                         momentum, eps, _cudnn(x))
+                         momentum, eps, cudnn)
     else:
-        y = torch.batch_norm(xm, weight, bias, running_mean, running_var, bool(training), 0.0, eps, _cudnn(x))
-    y = _canonical_gradient(y, x)
+        y = torch.batch_norm(xm, weight, bias, running_mean, running_var, bool(training), 0.0, eps, cudnn)
+    if 1 in x.shape:  # only a size-1 axis makes strides ambiguous (see _canonical_gradient)
+        y = _canonical_gradient(y, x)
     return match_layout(y if channel_axis == 1 else y.movedim(1, channel_axis), x)
 
 
 def instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps, channel_axis,
                   num_batches_tracked: Optional[torch.Tensor] = None) -> torch.Tensor:
     xm = x if channel_axis == 1 else x.movedim(channel_axis, 1)
+    cudnn = x.is_cuda and torch.backends.cudnn.enabled  # read only for CUDA input (see channel_norm)
     if use_input_stats and running_mean is not None:
         y = _run_tracked(torch.instance_norm, xm, weight, bias, running_mean, running_var, num_batches_tracked,
-                         momentum, eps, _cudnn(x))
+                         momentum, eps, cudnn)
     else:
         y = torch.instance_norm(xm, weight, bias, running_mean, running_var, bool(use_input_stats), 0.0, eps,
-                                _cudnn(x))
+                                cudnn)
     return match_layout(y if channel_axis == 1 else y.movedim(1, channel_axis), x)
 
 
 def group_norm(x, num_groups, weight, bias, eps, channel_axis) -> torch.Tensor:
+    cudnn = x.is_cuda and torch.backends.cudnn.enabled  # read only for CUDA input (see channel_norm)
     if channel_axis == 1:
-        return match_layout(torch.group_norm(x, num_groups, weight, bias, eps, _cudnn(x)), x)
-    y = torch.group_norm(x.movedim(channel_axis, 1), num_groups, weight, bias, eps, _cudnn(x))
+        return match_layout(torch.group_norm(x, num_groups, weight, bias, eps, cudnn), x)
+    y = torch.group_norm(x.movedim(channel_axis, 1), num_groups, weight, bias, eps, cudnn)
     return match_layout(y.movedim(1, channel_axis), x)
 
 
