@@ -84,3 +84,33 @@ def test_compare_table_shows_the_median_over_runs(tmp_path):
     row = compare.table(before, after).splitlines()[2]
     assert row == "| channel | train_fwd | 2,4 | 4.00 | 1.20 | 0.70 | 12.0 / 10.0 |"
     assert [e["file"] for e in envs] == ["a1.json", "a2.json", "a3.json"]
+
+
+LAYERS = Path(__file__).resolve().parents[1] / "benchmarks" / "profile_cpu_layers.py"
+
+
+def test_layer_profile_variants_compute_what_channelnorm_computes(capsys, monkeypatch):
+    """The layer-by-layer profile compares like with like: each variant's output and running
+    statistics equal ChannelNorm's (so its timings differ only by the layers), and it runs end to end."""
+    import torch
+
+    import channelnorm as cn
+
+    spec = importlib.util.spec_from_file_location("profile_cpu_layers", LAYERS)
+    layers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(layers)
+    x = torch.randn(3, 4, 5, 5)
+    reference = cn.ChannelNorm(4).train()
+    expected = reference(x)
+    for cls in (layers.FlatGuarded, layers.NativeOnly, layers.ValidatedOnly):
+        m = cls(4).train()
+        torch.testing.assert_close(m(x), expected)
+        torch.testing.assert_close(m.running_mean, reference.running_mean)
+        torch.testing.assert_close(m.running_var, reference.running_var)
+        assert int(m.num_batches_tracked) == 1
+    monkeypatch.setattr("sys.argv", ["profile_cpu_layers.py", "--shape", "2,4,3,3", "--number", "2",
+                                     "--repeat", "1"])
+    layers.main()
+    out = capsys.readouterr().out
+    for name in ("torch_module", "flat_guarded", "native", "validated", "channelnorm", "raw ops + guard"):
+        assert name in out

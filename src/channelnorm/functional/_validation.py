@@ -11,6 +11,7 @@ from ..ops import dispatch
 from ..ops.fused import ACTIVATIONS
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_FLOAT_DTYPE_SET = frozenset(FLOAT_DTYPES)
 
 
 def positive_int(name: str, value) -> int:
@@ -86,19 +87,21 @@ def groups_divide(num_groups: int, num_channels: int) -> None:
 
 def input_tensor(x, channel_axis: int, op: str, batch_axis_needed: bool = False) -> int:
     """Check ``x`` is a floating tensor of rank >= 2; return ``channel_axis`` as a non-negative axis."""
+    # Runs on every module call: each tensor attribute is read once (~50 ns a read).
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{op}: input must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in FLOAT_DTYPES:
+    if x.dtype not in _FLOAT_DTYPE_SET:
         raise TypeError(f"{op}: input must be a floating tensor (float16, bfloat16, float32, float64), "
                         f"got dtype {x.dtype}")
-    if x.ndim < 2:
+    ndim = x.ndim
+    if ndim < 2:
         raise ValueError(f"{op}: input must have rank >= 2 (batch, channels, ...), got shape {tuple(x.shape)}")
-    axis = channel_axis_arg(channel_axis)
-    if not -x.ndim <= axis < x.ndim:
-        raise ValueError(f"{op}: channel_axis {channel_axis} is out of range for input of rank {x.ndim} "
+    axis = channel_axis if type(channel_axis) is int else channel_axis_arg(channel_axis)
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{op}: channel_axis {channel_axis} is out of range for input of rank {ndim} "
                          f"(shape {tuple(x.shape)})")
-    axis %= x.ndim
-    if batch_axis_needed:
+    axis %= ndim
+    if batch_axis_needed and axis == 0:
         not_batch_axis(op, x, axis, channel_axis)
     return axis
 

@@ -122,13 +122,15 @@ def channel_norm_validated(input, axis, running_mean, running_var, weight, bias,
     the input's type, rank and channel count (``axis``: the non-negative channel axis); no mask.
     What depends on the input's size is checked here."""
     op = "channel_norm"
-    if training:
-        _check_channel_batch(op, input, axis)
-    if input.numel() == 0:
+    numel = input.numel()
+    if numel == 0:
         return _empty_output(input, weight, bias, axis)
+    # numel // C values per channel (C > 0: the input is not empty); the checker raises with the message.
+    if training and numel // input.shape[axis] <= 1:
+        _check_channel_batch(op, input, axis)
     impl = dispatch.resolve(backend, op, input, axis, (weight, bias, running_mean, running_var))
     return impl.channel_norm(input, running_mean, running_var, weight, bias, bool(training), momentum, eps, axis,
-                             num_batches_tracked=num_batches_tracked)
+                             num_batches_tracked)
 
 
 def _masked_channel_norm(input, mask, running_mean, running_var, weight, bias, training, momentum, eps, axis,
@@ -209,15 +211,19 @@ def instance_norm_validated(input, axis, running_mean, running_var, weight, bias
                             backend, num_batches_tracked):
     """``instance_norm`` for a caller that validated its settings and the input (see ``channel_norm_validated``)."""
     op = "instance_norm"
-    _checks.not_batch_axis(op, input, axis, axis)
-    if use_input_stats and input.shape[axis]:
-        n = elements_per_statistic(input.shape, input.shape[axis], per_sample=True)
-        _checks.more_than_one_value(op, input, n, "instance (sample and channel)")
-    if input.numel() == 0:
+    if axis == 0:
+        _checks.not_batch_axis(op, input, axis, axis)
+    numel = input.numel()
+    if numel == 0:
         return _empty_output(input, weight, bias, axis)
+    if use_input_stats:
+        # numel // (N * C) values per (sample, channel); N, C > 0: the input is not empty.
+        n = numel // (input.shape[0] * input.shape[axis])
+        if n <= 1:
+            _checks.more_than_one_value(op, input, n, "instance (sample and channel)")
     impl = dispatch.resolve(backend, op, input, axis, (weight, bias, running_mean, running_var))
     return impl.instance_norm(input, running_mean, running_var, weight, bias, bool(use_input_stats), momentum, eps,
-                              axis, num_batches_tracked=num_batches_tracked)
+                              axis, num_batches_tracked)
 
 
 def group_norm(
@@ -260,7 +266,8 @@ def group_norm(
 
 def group_norm_validated(input, axis, num_groups, weight, bias, eps, backend):
     """``group_norm`` for a caller that validated its settings and the input (see ``channel_norm_validated``)."""
-    _checks.not_batch_axis("group_norm", input, axis, axis)
+    if axis == 0:
+        _checks.not_batch_axis("group_norm", input, axis, axis)
     if input.numel() == 0:
         return _empty_output(input, weight, bias, axis)
     impl = dispatch.resolve(backend, "group_norm", input, axis, (weight, bias))

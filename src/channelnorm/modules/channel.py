@@ -71,10 +71,11 @@ class ChannelNorm(RunningStatsNorm):
         """
         axis = self._check_input(input)
         running_mean, running_var, tracked = self._running_buffers()
+        weight, bias = self._affine()
         if mask is None:
-            return channel_norm_validated(input, axis, running_mean, running_var, self.weight, self.bias,
+            return channel_norm_validated(input, axis, running_mean, running_var, weight, bias,
                                           self._uses_batch_stats(), self.momentum, self.eps, self.backend, tracked)
-        return F.channel_norm(input, running_mean, running_var, self.weight, self.bias,
+        return F.channel_norm(input, running_mean, running_var, weight, bias,
                               training=self._uses_batch_stats(), momentum=self.momentum, eps=self.eps,
                               channel_axis=self.channel_axis, backend=self.backend,
                               num_batches_tracked=tracked, mask=mask)

@@ -60,7 +60,8 @@ class GroupNorm(AffineNorm):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         axis = self._check_input(input)
-        return group_norm_validated(input, axis, self.num_groups, self.weight, self.bias, self.eps, self.backend)
+        weight, bias = self._affine()
+        return group_norm_validated(input, axis, self.num_groups, weight, bias, self.eps, self.backend)
 
 
 class LayerNorm(GroupNorm):

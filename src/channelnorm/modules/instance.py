@@ -61,5 +61,6 @@ class InstanceNorm(RunningStatsNorm):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         axis = self._check_input(input)
         running_mean, running_var, tracked = self._running_buffers()
-        return instance_norm_validated(input, axis, running_mean, running_var, self.weight, self.bias,
+        weight, bias = self._affine()
+        return instance_norm_validated(input, axis, running_mean, running_var, weight, bias,
                                        self._uses_batch_stats(), self.momentum, self.eps, self.backend, tracked)

@@ -10,7 +10,8 @@ Running update: ``running ← (1 - m)·running + m·batch`` with the unbiased va
 finite never updates anything. The finiteness test is a tensor op (``torch.where``), so the update
 never synchronizes the device. On CPU, where a host read synchronizes nothing, torch's kernels
 update the buffers in place and ``undo_if_not_finite`` restores them from one copy when needed:
-this costs a few microseconds instead of the tens that the tensor-op test costs on small inputs.
+this costs a few microseconds instead of the tens that the tensor-op test costs on small inputs
+(``snapshot`` before the kernel, ``keep_if_finite`` after it).
 """
 from __future__ import annotations
 
@@ -79,28 +80,31 @@ def commit_if_finite(
             num_batches_tracked.add_(finite.to(num_batches_tracked.dtype))
 
 
-def undo_if_not_finite(
-    update,
+def snapshot(running_mean: torch.Tensor, running_var: torch.Tensor) -> torch.Tensor:
+    """One copy of both buffers (one op) for ``keep_if_finite`` to restore from."""
+    return torch.cat((running_mean, running_var))
+
+
+def keep_if_finite(
+    saved: torch.Tensor,
     running_mean: torch.Tensor,
     running_var: torch.Tensor,
     num_batches_tracked: Optional[torch.Tensor],
-):
-    """Call ``update()``, which updates both buffers in place, and restore them unless both came out finite.
+) -> None:
+    """After an in-place update of both buffers: count the batch if both came out finite, else restore
+    them from ``saved`` (their ``snapshot`` before the update).
 
-    Returns what ``update`` returns. Same rule as ``commit_if_finite`` (``num_batches_tracked`` counts
-    only committed batches), with a host read, so for CPU buffers. One reduction tests both buffers:
-    ``sum(mean * var)`` is finite only if every element is (an inf times 0 is NaN, and an inf or NaN
-    term makes the sum inf or NaN); a non-finite result (also finite values whose products overflow)
-    is settled element-wise. Buffers never require grad, so no ``no_grad`` block is needed (one costs
-    more than the test itself).
+    Same rule as ``commit_if_finite`` (``num_batches_tracked`` counts only committed batches), with a
+    host read, so for CPU buffers. One reduction tests both buffers: ``sum(mean * var)`` is finite
+    only if every element is (an inf times 0 is NaN, and an inf or NaN term makes the sum inf or
+    NaN); a non-finite result (also finite values whose products overflow) is settled element-wise.
+    Buffers never require grad, so no ``no_grad`` block is needed (one costs more than the test itself).
     """
-    saved = torch.cat((running_mean, running_var))
-    out = update()
-    if running_mean.dtype == running_var.dtype:
-        probe = torch.dot(running_mean, running_var)
+    if running_mean.dtype is running_var.dtype:  # dtypes are singletons
+        probe = running_mean.dot(running_var)  # the method form is ~0.2 us cheaper than torch.dot
     else:
         probe = running_mean.sum() + running_var.sum()
-    finite = math.isfinite(float(probe))
+    finite = math.isfinite(probe.item())
     if not finite:
         finite = bool(torch.isfinite(running_mean).all()) and bool(torch.isfinite(running_var).all())
     if finite:
@@ -112,6 +116,22 @@ def undo_if_not_finite(
         # batch statistics, so restoring the values cannot change a gradient.
         running_mean.data.copy_(saved[:running_mean.numel()])
         running_var.data.copy_(saved[running_mean.numel():])
+
+
+def undo_if_not_finite(
+    update,
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    num_batches_tracked: Optional[torch.Tensor],
+):
+    """Call ``update()``, which updates both buffers in place, and restore them unless both came out finite.
+
+    Returns what ``update`` returns: ``snapshot``, ``update()``, ``keep_if_finite`` (callers on a hot
+    path write the three steps inline, which saves the closure and a call layer).
+    """
+    saved = snapshot(running_mean, running_var)
+    out = update()
+    keep_if_finite(saved, running_mean, running_var, num_batches_tracked)
     return out
 
 
