@@ -461,7 +461,7 @@ def test_tuning_outputs_replace_links_and_tune_refuses_a_locked_out(tmp_path, ca
         (victim / name).write_text("precious")
         (out / name).symlink_to(victim / name)
     tuning = {"sgd_batch": 4, "lr_grid": [0.1], "seeds": [100], "selection": "lowest mean validation error",
-              "norms": {"channel": {"per_lr": [{"mean": 3.0, "final_train_loss": [0.01], "diverged": 0}],
+              "norms": {"channel": {"per_lr": [{"lr": 0.1, "mean": 3.0, "final_train_loss": [0.01], "diverged": 0}],
                                     "chosen_lr": 0.1}}}
     write_tuning(tuning, tiny(out), {"command": "channelnorm tune"}, out)
     assert all((victim / name).read_text() == "precious" for name in ("tuning.json", "report.md"))
