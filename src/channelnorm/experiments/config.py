@@ -186,6 +186,12 @@ class ExperimentConfig:
         """The settings every run of this sweep shares (what must match to resume)."""
         return {k: v for k, v in self.to_dict().items() if k not in GRID_FIELDS}
 
+    def reproduction_identity(self) -> dict[str, Any]:
+        """What a rerun on another machine must share to be compared verdict by verdict: the
+        training settings and the grid (not the worker count, output path or grid label)."""
+        grid = ("norms", "norm_batches", "coupled_norms", "coupled_batches", "seeds")
+        return {**self.training_identity(), **{k: v for k, v in self.to_dict().items() if k in grid}}
+
     def training_identity(self) -> dict[str, Any]:
         """The settings that decide what a run trains and how it is scored (``run_identity`` without
         the analysis thresholds)."""

@@ -12,6 +12,10 @@ from typing import Any, Optional
 import torch
 
 
+# what decides the CPU code path a run took (torch's capability and the overrides that chose it)
+CODE_PATH_FIELDS = ("cpu_capability", "aten_cpu_capability_env", "onednn_max_cpu_isa_env")
+
+
 def git_revision() -> Optional[str]:
     """The checkout's commit (with ``-dirty`` when the package's own files have uncommitted changes:
     result files written into the checkout do not count), or None outside git."""

@@ -13,10 +13,10 @@ from typing import Any, Optional
 from .analysis import analyse, reproduction
 from .config import ConfigError, ExperimentConfig
 from .data import load_dataset
-from .environment import describe_environment, load_average, utc_now
+from .environment import CODE_PATH_FIELDS, describe_environment, load_average, utc_now
 from .mechanism import measure
 from .plot import plot_batch_panels, plot_curves
-from .report import describe_code_path, render
+from .report import render
 from .results import build_rows, collect, write_results
 from .rundir import check_resume, write_json_atomic
 from .storage import RunDirectoryError, locked, read_text, write_atomic
@@ -72,7 +72,7 @@ def write_outputs(config: ExperimentConfig, out: Path, environment: dict[str, An
     if repro_rows is not None:
         there_rows, there_env = repro_rows
         repro = {**reproduction(rows, there_rows, config.sgd_batch), "path": str(reproduction_dir),
-                 "capability": describe_code_path(there_env)}
+                 "environment": {k: there_env.get(k) for k in CODE_PATH_FIELDS}}
     write_json_atomic(out / "analysis.json", {**analysis, "mechanism": mechanism, "reproduction": repro}, root=out)
     title = f"{dataset.describe()} — grid: {config.grid}"
     plot_batch_panels(rows, config.sgd_batch, out / "error_vs_batch.png", title)
@@ -110,20 +110,13 @@ def _read_reproduction(path: Path, config: ExperimentConfig) -> tuple[list, dict
                              json.loads((path / "environment.json").read_text()))
     except (OSError, json.JSONDecodeError, ConfigError, TypeError) as error:
         raise ConfigError(f"--reproduction {str(path)!r} holds no finished compare run: {error}") from error
-    here_settings, there_settings = _comparable(config), _comparable(there)
+    here_settings, there_settings = config.reproduction_identity(), there.reproduction_identity()
     differ = sorted(k for k in here_settings if here_settings[k] != there_settings.get(k))
     if differ:
         raise ConfigError(f"--reproduction {str(path)!r} ran other settings ({', '.join(differ)}: "
                           + "; ".join(f"{there_settings.get(k)!r} there, {here_settings[k]!r} here" for k in differ)
                           + "); a reproduction reruns the same grid")
     return rows, environment
-
-
-def _comparable(config: ExperimentConfig) -> dict[str, Any]:
-    """What a reproduction must share: the training settings and the grid (not the worker count or path)."""
-    grid = {k: v for k, v in config.to_dict().items() if k in ("norms", "norm_batches", "coupled_norms",
-                                                               "coupled_batches", "seeds")}
-    return {**config.training_identity(), **grid}
 
 
 def _previous_sweeps(out: Path) -> list[dict]:

@@ -83,7 +83,7 @@ def _surviving(reproduction: dict[str, Any], environment: dict[str, Any]) -> lis
     held = sum(a == b for _, a, b in reproduction["verdicts"])
     lines = ["## What survives the rerun on a second CPU code path", "",
              f"{held} of {reproduction['total']} verdicts hold on both {describe_code_path(environment)} (this run) and "
-             f"{reproduction['capability']} (`{reproduction['path']}`). The sections below state this run's "
+             f"{describe_code_path(reproduction['environment'])} (`{reproduction['path']}`). The sections below state this run's "
              "numbers; a verdict marked ✗ here changed with the code path, so it is within what this "
              "experiment can resolve and is not claimed.", "",
              "| comparison | this run | rerun | holds |", "|---|---|---|---|"]
@@ -257,12 +257,11 @@ def render(rows_list: list[dict[str, Any]], analysis: dict[str, Any], mechanism:
     if reproduction is None:
         lines += ["No rerun on a second CPU code path is attached to this run.", ""]
     else:
-        lines += [f"The same grid rerun on CPU code path {reproduction['capability']} (here: "
+        lines += [f"The same grid rerun on CPU code path {describe_code_path(reproduction['environment'])} (here: "
                   f"{describe_code_path(environment)}), results in `{reproduction['path']}`: "
                   + ("**every verdict holds**." if not reproduction["differ"] else
-                     f"**{len(reproduction['differ'])} of {reproduction['total']} verdicts differ**:"), ""]
-        lines += [f"- {key}: {a} here, {b} there" for key, a, b in reproduction["differ"]]
-        lines += ["", "Only the verdicts that hold on both count as answers (*What survives the rerun*, at the top).",
+                     f"**{len(reproduction['differ'])} of {reproduction['total']} verdicts differ** (marked ✗ in "
+                     "*What survives the rerun*, at the top; only the verdicts that hold on both count as answers)."),
                   "", f"Result rows compared: {reproduction['rows_compared']} ({reproduction['rows_missing']} missing "
                   f"there); identical seed by seed: {reproduction['rows_identical']}; largest change of a cell "
                   f"mean: {reproduction['max_mean_change']:.2f} points. Nothing here claims bit-for-bit "
