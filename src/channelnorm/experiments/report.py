@@ -109,7 +109,8 @@ def render(rows_list: list[dict[str, Any]], analysis: dict[str, Any], mechanism:
              f"Data: {dataset}. Grid: {config.grid}. Command: `{environment.get('command', '')}`.", "",
              f"Machine: {environment.get('cpu_model')} ({environment.get('cpu_count')} logical CPUs), CPU code path "
              f"{environment.get('cpu_capability')}, torch {environment.get('torch')}, python "
-             f"{environment.get('python')}, report written at git {environment.get('git')} (each sweep's git below); every cell computed with 1 torch thread, "
+             f"{environment.get('python')}, report written at git {environment.get('git')} (each sweep's git "
+             "below); every cell computed with 1 torch thread, "
              f"{config.workers} worker process(es)."]
     for s in sweeps:
         lines.append(f"- sweep {s['started']} → {s['finished']}: {s['wall_seconds']} s wall, {s['executed']} cells "
