@@ -212,6 +212,8 @@ BAD_ROWS = [
     ("a duplicated row", lambda rows: rows + [rows[0]], "twice"),
     ("a NaN mean", lambda rows: [{**r, "mean": float("nan")} for r in rows], "mean"),
     ("a mean that is not a number", lambda rows: [{**r, "mean": "3"} for r in rows], "mean"),
+    ("a mean no float holds", lambda rows: [{**r, "mean": 10**400} for r in rows], "mean"),
+    ("an error no float holds", lambda rows: [{**r, "errors": [10**400] + r["errors"][1:]} for r in rows], "errors"),
     ("a seed missing", lambda rows: [{**r, "errors": r["errors"][:-1]} for r in rows], "errors"),
     ("a row the analysis cannot read", _drop("converged"), "converged"),
 ]

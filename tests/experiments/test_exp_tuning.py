@@ -167,6 +167,10 @@ TAMPERED = [
     (("norms", "channel", "per_lr", 0, "lr"), True, "lr"),
     (("norms", "channel", "per_lr", 0, "lr"), -0.05, "lr"),
     (("norms", "channel", "per_lr", 2, "lr"), float("inf"), "lr"),
+    (("norms", "channel", "per_lr", 2, "lr"), 10**400, "lr"),                # no float holds it
+    (("norms", "channel", "per_lr", 2, "mean"), 10**400, "mean"),
+    (("norms", "channel", "per_lr", 2, "val_errors"), [10**400, 1], "val_errors"),
+    (("norms", "channel", "per_lr", 2, "final_train_loss"), [10**400, 0.1], "final_train_loss"),
     (("norms", "channel", "per_lr", 1, "lr"), 0.05, "twice"),               # a duplicated rate
     (("norms", "channel", "per_lr", 0, "mean"), "1", "mean"),
     (("norms", "channel", "per_lr", 0, "diverged"), KeyError, "diverged"),

@@ -170,7 +170,10 @@ def _rows_problem(rows: Any, config: ExperimentConfig) -> Optional[str]:
 
 
 def _is_finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    try:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    except OverflowError:   # a JSON integer beyond what a float holds
+        return False
 
 
 def _comparable(config: ExperimentConfig) -> dict[str, Any]:

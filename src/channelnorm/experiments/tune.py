@@ -148,8 +148,16 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _is_finite(value: Any) -> bool:
+    """A JSON number that is a finite float (a 400-digit integer is a number, but no float)."""
+    try:
+        return _is_number(value) and math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _is_rate(value: Any) -> bool:
-    return _is_number(value) and math.isfinite(value) and value > 0
+    return _is_finite(value) and value > 0
 
 
 def _check_norm(name: Any, result: Any, seeds: list[int], where: str) -> None:
@@ -190,13 +198,15 @@ def _check_cell(name: str, cell: Any, seeds: list[int], where: str) -> None:
         raise ConfigError(f"{what} seeds {cell.get('seeds')!r} are not the tuning seeds {seeds}")
     errors = cell.get("val_errors")
     if not (isinstance(errors, list) and len(errors) == len(seeds)
-            and all(_is_number(v) and math.isfinite(v) for v in errors)):
+            and all(_is_finite(v) for v in errors)):
         raise ConfigError(f"{what} val_errors must be {len(seeds)} finite numbers (one per seed), got {errors!r}")
     mean = cell.get("mean")
-    if not (_is_number(mean) and math.isclose(mean, mean_ci(errors)[0], rel_tol=1e-9, abs_tol=1e-9)):
+    if not (_is_finite(mean) and math.isclose(mean, mean_ci(errors)[0], rel_tol=1e-9, abs_tol=1e-9)):
         raise ConfigError(f"{what} mean {mean!r} is not the mean of its val_errors {errors!r}")
     losses = cell.get("final_train_loss")
-    if not (isinstance(losses, list) and len(losses) == len(seeds) and all(v is None or _is_number(v) for v in losses)):
+    # a diverged seed's loss may be inf or NaN (a float); an integer must still fit a float
+    if not (isinstance(losses, list) and len(losses) == len(seeds)
+            and all(v is None or isinstance(v, float) or _is_finite(v) for v in losses)):
         raise ConfigError(f"{what} final_train_loss must hold one number (or null) per seed, got {losses!r}")
     diverged = cell.get("diverged")
     if not (type(diverged) is int and 0 <= diverged <= len(seeds)):
