@@ -227,7 +227,7 @@ def test_render_defaults_writes_an_importable_module_that_reads_back_the_rates()
     assert namespace["TUNED"] == {"channel": 0.4, "group": 1e-3} and namespace["TUNED_AT_BATCH"] == 16
 
 
-@pytest.mark.parametrize("lrs", ["0.1,0.1", "nan", "inf,0.1", "0,0.1", "-0.1"])
+@pytest.mark.parametrize("lrs", ["0.1,0.1", "nan", "inf,0.1", "0,0.1", "-0.1", ",", ""])
 def test_tune_refuses_a_learning_rate_grid_with_a_bad_or_repeated_rate(tmp_path, capsys, lrs):
     from channelnorm.experiments import cli
     with pytest.raises(SystemExit) as exit_:

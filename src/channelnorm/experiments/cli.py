@@ -23,9 +23,12 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 def _float_list(text: str) -> tuple[float, ...]:
     try:
-        return tuple(float(part) for part in text.split(",") if part.strip())
+        numbers = tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not numbers:   # an empty list would silently mean the default grid
+        raise argparse.ArgumentTypeError(f"expected at least one number, got {text!r}")
+    return numbers
 
 
 def _norm_list(text: str) -> tuple[str, ...]:
