@@ -182,3 +182,67 @@ def test_steps_to_target_comparison_needs_every_seed_to_reach_the_target():
     assert by_norm["group"]["verdict"] == "channel faster" and by_norm["group"]["delta"] == pytest.approx(940 / 3 - 110)
     assert by_norm["layer"]["verdict"] == "not reached by every seed" and by_norm["layer"]["delta"] is None
     assert by_norm["instance"]["verdict"] == NO_DIFFERENCE
+
+
+def _finished_run(folder, config):
+    """A finished compare run's config.json, results.json and environment.json (every planned cell, every seed)."""
+    from channelnorm.experiments.sweep import plan
+    found = {cell.cell_id: [record(cell, s, 3.0 + s) for s in config.seeds] for cell in plan(config)}
+    rows = build_rows(found, config)
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config.to_dict()))
+    (folder / "results.json").write_text(json.dumps(rows))
+    (folder / "environment.json").write_text(json.dumps({"cpu_capability": "AVX2"}))
+    return rows
+
+
+def _drop(key):
+    return lambda rows: [{k: v for k, v in r.items() if k != key} for r in rows]
+
+
+BAD_ROWS = [
+    ("not a list", lambda rows: {"a": 1}, "list"),
+    ("no rows", lambda rows: [], "missing"),
+    ("a row not an object", lambda rows: rows[1:] + [1], "row"),
+    ("a row without mean", _drop("mean"), "mean"),
+    ("a row without errors", _drop("errors"), "errors"),
+    ("a row without its norm", lambda rows: [{k: v for k, v in rows[0].items() if k != "norm"}] + rows[1:], "norm"),
+    ("another norm", lambda rows: [{**r, "norm": "frn"} for r in rows], "frn"),
+    ("an extra cell", lambda rows: rows + [{**rows[0], "norm_batch": 999}], "999"),
+    ("a duplicated row", lambda rows: rows + [rows[0]], "twice"),
+    ("a NaN mean", lambda rows: [{**r, "mean": float("nan")} for r in rows], "mean"),
+    ("a mean that is not a number", lambda rows: [{**r, "mean": "3"} for r in rows], "mean"),
+    ("a mean no float holds", lambda rows: [{**r, "mean": 10**400} for r in rows], "mean"),
+    ("an error no float holds", lambda rows: [{**r, "errors": [10**400] + r["errors"][1:]} for r in rows], "errors"),
+    ("a seed missing", lambda rows: [{**r, "errors": r["errors"][:-1]} for r in rows], "errors"),
+    ("a row the analysis cannot read", _drop("converged"), "converged"),
+]
+
+
+@pytest.mark.parametrize("name, edit, named", BAD_ROWS, ids=[b[0] for b in BAD_ROWS])
+def test_a_reproduction_whose_rows_are_not_the_grid_of_its_settings_is_refused(tmp_path, name, edit, named):
+    from channelnorm.experiments.config import ConfigError
+    from channelnorm.experiments.pipeline import _read_reproduction
+    there = tmp_path / "there"
+    rows = _finished_run(there, CONFIG)
+    assert _read_reproduction(there, CONFIG)[0] == rows
+    (there / "results.json").write_text(json.dumps(edit(copy.deepcopy(rows))))
+    with pytest.raises(ConfigError, match=rf"(?s)--reproduction '{tmp_path}/there'.*{named}"):
+        _read_reproduction(there, CONFIG)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link", "folder", "environment list"])
+def test_a_reproduction_file_that_is_not_a_plain_file_of_the_folder_is_refused_without_blocking(tmp_path, kind):
+    import os
+    from channelnorm.experiments.config import ConfigError
+    from channelnorm.experiments.pipeline import _read_reproduction
+    there = tmp_path / "there"
+    _finished_run(there, CONFIG)
+    if kind == "environment list":
+        (there / "environment.json").write_text("[1]")
+    else:
+        (there / "results.json").rename(tmp_path / "elsewhere.json")
+        {"fifo": lambda p: os.mkfifo(p), "link": lambda p: p.symlink_to(tmp_path / "elsewhere.json"),
+         "folder": lambda p: p.mkdir()}[kind](there / "results.json")
+    with pytest.raises(ConfigError, match="--reproduction"):
+        _read_reproduction(there, CONFIG)

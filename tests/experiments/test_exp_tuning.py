@@ -138,3 +138,119 @@ def test_the_analysis_thresholds_do_not_stop_a_reuse(monkeypatch):
     calls.clear()
     tune.run_tuning(config, lrs=(0.05, 0.1, 0.2), workers=1, previous=previous)
     assert calls == []
+
+
+def _previous(monkeypatch, norms=("channel", "group")):
+    """A tuning.json (as a dict) of quick_config's settings, from the stand-in training."""
+    monkeypatch.setattr(tune, "tune_norm", _fake_training([], best=0.1))
+    config = quick_config(norms=norms, workers=1)
+    first = tune.run_tuning(config, lrs=(0.05, 0.1, 0.2), workers=1)
+    return config, json.loads(json.dumps({**first, "config": config.to_dict(), "environment": {"command": "first"}}))
+
+
+def _edit(data, path, value):
+    target = data
+    for key in path[:-1]:
+        target = target[key]
+    if value is KeyError:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return data
+
+
+TAMPERED = [
+    (("norms", "channel", "per_lr", 0, "mean"), float("nan"), "mean"),
+    (("norms", "group", "per_lr", 1, "mean"), 3.0, "mean"),                # no longer the mean of its errors
+    (("norms", "channel", "per_lr", 0, "lr"), KeyError, "lr"),
+    (("norms", "channel", "per_lr", 0, "lr"), "0.05", "lr"),
+    (("norms", "channel", "per_lr", 0, "lr"), True, "lr"),
+    (("norms", "channel", "per_lr", 0, "lr"), -0.05, "lr"),
+    (("norms", "channel", "per_lr", 2, "lr"), float("inf"), "lr"),
+    (("norms", "channel", "per_lr", 2, "lr"), 10**400, "lr"),                # no float holds it
+    (("norms", "channel", "per_lr", 2, "mean"), 10**400, "mean"),
+    (("norms", "channel", "per_lr", 2, "val_errors"), [10**400, 1], "val_errors"),
+    (("norms", "channel", "per_lr", 2, "final_train_loss"), [10**400, 0.1], "final_train_loss"),
+    (("norms", "channel", "per_lr", 1, "lr"), 0.05, "twice"),               # a duplicated rate
+    (("norms", "channel", "per_lr", 0, "mean"), "1", "mean"),
+    (("norms", "channel", "per_lr", 0, "diverged"), KeyError, "diverged"),
+    (("norms", "channel", "per_lr", 0, "diverged"), 5, "diverged"),
+    (("norms", "channel", "per_lr", 0, "seeds"), [1, 2], "seeds"),
+    (("norms", "channel", "per_lr", 0, "val_errors"), [], "val_errors"),
+    (("norms", "channel", "per_lr"), 5, "per_lr"),
+    (("norms", "channel", "per_lr"), [], "per_lr"),
+    (("norms", "channel"), 3, "channel"),
+    (("norms", "group", "per_lr"), KeyError, "per_lr"),
+    (("norms", "group", "chosen_lr"), float("nan"), "chosen_lr"),
+    (("norms", "group", "chosen_lr"), "x", "chosen_lr"),
+    (("norms", "group", "chosen_lr"), 7.0, "chosen_lr"),                   # not what its cells choose
+    (("norms", "bogus"), {"norm": "bogus", "per_lr": [], "chosen_lr": 0.1}, "bogus"),
+    (("norms",), ["channel"], "norms"),
+    (("norms",), None, "norms"),
+    (("config",), KeyError, "config"),
+    (("config", "bogus"), 1, "bogus"),
+    (("seeds",), "100", "seeds"),
+    (("environments",), "abc", "environments"),
+]
+
+
+@pytest.mark.parametrize("path, value, named", TAMPERED, ids=[f"{'.'.join(map(str, p))}={v!r}" for p, v, _ in TAMPERED])
+def test_a_tampered_tuning_is_refused_naming_the_file_and_the_value(monkeypatch, path, value, named):
+    config, previous = _previous(monkeypatch)
+    _edit(previous, path, value)
+    with pytest.raises(ValueError, match=rf"tuning\.json.*{named}"):
+        tune.reusable_cells(previous, config.with_(norms=("channel",)), tune.TUNE_SEEDS, where="runs/tuning.json")
+
+
+def test_a_tuning_of_other_settings_is_replaced_not_checked(monkeypatch):
+    config, previous = _previous(monkeypatch)
+    _edit(previous, ("norms", "channel", "per_lr", 0, "mean"), float("nan"))
+    assert tune.reusable_cells(previous, config.with_(epochs=3.0), tune.TUNE_SEEDS) == {}
+    assert tune.reusable_cells(_edit(previous, ("seeds",), [1, 2]), config, tune.TUNE_SEEDS) == {}
+
+
+def test_a_rate_beyond_the_edge_stays_finite_and_positive():
+    assert tune.beyond_edge([_cell(1e308, 1.0), _cell(1.0, 5.0)]) is None    # twice would be inf
+    assert tune.beyond_edge([_cell(5e-324, 1.0), _cell(1.0, 5.0)]) is None   # half would be 0
+
+
+@pytest.mark.parametrize("chosen", [float("nan"), float("inf"), -0.1, 0.0, "0.1", True])
+def test_render_defaults_refuses_a_rate_that_is_not_a_finite_positive_number(chosen):
+    with pytest.raises(ValueError, match="chosen_lr"):
+        tune.render_defaults({"sgd_batch": 32, "norms": {"channel": {"chosen_lr": chosen}}})
+
+
+def test_render_defaults_writes_an_importable_module_that_reads_back_the_rates():
+    text = tune.render_defaults({"sgd_batch": 16, "norms": {"channel": {"chosen_lr": 0.4}, "group": {"chosen_lr": 1e-3}}})
+    namespace: dict = {}
+    exec(compile(text, "tuned_lrs.py", "exec"), namespace)
+    assert namespace["TUNED"] == {"channel": 0.4, "group": 1e-3} and namespace["TUNED_AT_BATCH"] == 16
+
+
+@pytest.mark.parametrize("lrs", ["0.1,0.1", "nan", "inf,0.1", "0,0.1", "-0.1", ",", ""])
+def test_tune_refuses_a_learning_rate_grid_with_a_bad_or_repeated_rate(tmp_path, capsys, lrs):
+    from channelnorm.experiments import cli
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["tune", "--quick", "--lrs", lrs, "--workers", "1", "--out", str(tmp_path / "t")])
+    assert exit_.value.code == 2 and "--lrs" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
+
+
+def test_tune_refuses_a_tampered_tuning_json_in_out_before_training(monkeypatch, tmp_path, capsys):
+    from channelnorm.experiments import cli
+    monkeypatch.setattr(tune, "tune_norm", lambda *a, **k: pytest.fail("trained despite a tampered tuning.json"))
+    out = tmp_path / "t"
+    out.mkdir()
+    config = cli.config_from_args(cli.build_parser().parse_args(["tune", "--quick", "--workers", "1", "--out", str(out)]),
+                                  set(), "runs/tune")
+    from channelnorm.experiments.pipeline import _load, resolve_sizes
+    config = resolve_sizes(config, _load(config))
+    _, previous = _previous(monkeypatch, norms=("channel",))
+    previous["config"] = config.to_dict()
+    _edit(previous, ("norms", "channel", "per_lr", 0, "mean"), float("nan"))
+    (out / "tuning.json").write_text(json.dumps(previous))
+    monkeypatch.setattr(tune, "tune_norm", lambda *a, **k: pytest.fail("trained despite a tampered tuning.json"))
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["tune", "--quick", "--norms", "channel", "--workers", "1", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and str(out / "tuning.json") in err and "mean nan" in err

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shlex
 import sys
@@ -22,9 +23,12 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 def _float_list(text: str) -> tuple[float, ...]:
     try:
-        return tuple(float(part) for part in text.split(",") if part.strip())
+        numbers = tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not numbers:   # an empty list would silently mean the default grid
+        raise argparse.ArgumentTypeError(f"expected at least one number, got {text!r}")
+    return numbers
 
 
 def _norm_list(text: str) -> tuple[str, ...]:
@@ -180,8 +184,10 @@ def _tune(args: argparse.Namespace, config: ExperimentConfig, command: str) -> i
     else:
         lr_grid = args.lr_grid or LR_GRID
         config = config.with_(grid="tune")
-    if any(lr <= 0 for lr in lr_grid):
-        raise ConfigError(f"learning rates must be > 0, got {list(lr_grid)}")
+    if not all(math.isfinite(lr) and lr > 0 for lr in lr_grid):
+        raise ConfigError(f"--lrs: learning rates must be finite numbers > 0, got {list(lr_grid)}")
+    if len(set(lr_grid)) != len(lr_grid):
+        raise ConfigError(f"--lrs: a learning rate is given twice in {list(lr_grid)}")
     from .pipeline import _load, resolve_sizes
     config = resolve_sizes(config, _load(config))
     environment = describe_environment(config.device, config.workers)
@@ -189,7 +195,7 @@ def _tune(args: argparse.Namespace, config: ExperimentConfig, command: str) -> i
     out = Path(config.out)
     with locked(out):           # one invocation per --out at a time, as compare
         previous = _previous_tuning(out / "tuning.json")
-        if not reusable_cells(previous, config, TUNE_SEEDS):
+        if not reusable_cells(previous, config, TUNE_SEEDS, where=str(out / "tuning.json")):
             previous = None     # other settings: this tuning replaces it
         tuning = run_tuning(config, lr_grid, previous=previous)
         write_tuning(tuning, config, environment, out, previous)
@@ -211,7 +217,7 @@ def _previous_tuning(path: Path) -> Optional[dict[str, Any]]:
         return json.loads(read_text(path, path.parent))
     except FileNotFoundError:
         return None
-    except (RunDirectoryError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (RunDirectoryError, OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ConfigError(f"{str(path)!r} is not a tuning result this command wrote: {error}") from error
 
 

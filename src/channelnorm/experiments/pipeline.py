@@ -5,22 +5,24 @@ through ``storage.write_atomic`` inside ``--out`` (atomic, never through a link)
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import time
 from pathlib import Path
 from typing import Any, Optional
 
-from .analysis import analyse, reproduction
+from .analysis import analyse, reproduction, verdicts
 from .config import ConfigError, ExperimentConfig
 from .data import load_dataset
 from .environment import CODE_PATH_FIELDS, describe_environment, load_average, utc_now
+from .evaluate import EVALS
 from .mechanism import measure
 from .plot import plot_batch_panels, plot_curves
 from .report import render
-from .results import build_rows, collect, write_results
+from .results import build_rows, collect, coupled_views, write_results
 from .rundir import check_resume, write_json_atomic
 from .storage import RunDirectoryError, locked, read_text, write_atomic
-from .sweep import run_sweep
+from .sweep import plan, run_sweep
 
 OUTPUTS = ("config.json", "environment.json", "results.csv", "results.json", "analysis.json",
            "error_vs_batch.png", "curves.png", "report.md")
@@ -103,12 +105,18 @@ def _load(config: ExperimentConfig):
 
 
 def _read_reproduction(path: Path, config: ExperimentConfig) -> tuple[list, dict]:
-    """The rows and environment of a finished run of the same grid under the same training settings."""
+    """The rows and environment of a finished run of the same grid under the same training settings.
+
+    Read as the run directory's own files are (never through a link, never blocking on a FIFO), and
+    checked now, before this run trains for hours: rows that the analysis cannot read, or that are
+    not the grid of its settings, would otherwise fail (or compare nothing) only at the end."""
+    def read(name: str) -> Any:
+        return json.loads(read_text(path / name, path))
     try:
-        there = ExperimentConfig.from_dict(json.loads((path / "config.json").read_text()))
-        rows, environment = (json.loads((path / "results.json").read_text()),
-                             json.loads((path / "environment.json").read_text()))
-    except (OSError, json.JSONDecodeError, ConfigError, TypeError) as error:
+        there = ExperimentConfig.from_dict(read("config.json"))
+        rows, environment = read("results.json"), read("environment.json")
+    except (OSError, RunDirectoryError, UnicodeDecodeError, json.JSONDecodeError, ConfigError, TypeError,
+            AttributeError) as error:
         raise ConfigError(f"--reproduction {str(path)!r} holds no finished compare run: {error}") from error
     here_settings, there_settings = config.reproduction_identity(), there.reproduction_identity()
     differ = sorted(k for k in here_settings if here_settings[k] != there_settings.get(k))
@@ -116,7 +124,56 @@ def _read_reproduction(path: Path, config: ExperimentConfig) -> tuple[list, dict
         raise ConfigError(f"--reproduction {str(path)!r} ran other settings ({', '.join(differ)}: "
                           + "; ".join(f"{there_settings.get(k)!r} there, {here_settings[k]!r} here" for k in differ)
                           + "); a reproduction reruns the same grid")
+    problem = _rows_problem(rows, config) if isinstance(environment, dict) else \
+        f"environment.json is not an object: {environment!r}"
+    if problem:
+        raise ConfigError(f"--reproduction {str(path)!r} holds no finished compare run of these settings: {problem}")
     return rows, environment
+
+
+ROW_KEY = ("norm", "protocol", "norm_batch", "sgd_batch", "eval")
+
+
+def _rows_problem(rows: Any, config: ExperimentConfig) -> Optional[str]:
+    """What keeps ``rows`` (a results.json) from being the finished grid of ``config``, or None:
+    one row per planned cell and evaluation, each with one finite error per seed and their mean,
+    and rows the analysis reads."""
+    if not (isinstance(rows, list) and all(isinstance(r, dict) for r in rows)):
+        return f"results.json must be a list of row objects, got {str(rows)[:80]}"
+    expected = {(c.norm, c.protocol, c.norm_batch, c.sgd_batch, e) for c in plan(config) if c.protocol == "decoupled"
+                for e in EVALS}
+    expected |= {(c.norm, c.protocol, c.norm_batch, c.sgd_batch, e) for c, _ in coupled_views(config) for e in EVALS}
+    seen = set()
+    for row in rows:
+        missing = [k for k in ROW_KEY + ("errors", "mean") if k not in row]
+        if missing:
+            return f"a row has no {', '.join(missing)}: {str(row)[:120]}"
+        key = tuple(row[k] for k in ROW_KEY)
+        if key not in expected:
+            return f"row {key} is not a cell of this grid"
+        if key in seen:
+            return f"row {key} is given twice"
+        seen.add(key)
+        errors, mean = row["errors"], row["mean"]
+        if not (isinstance(errors, list) and len(errors) == len(config.seeds)
+                and all(_is_finite_number(v) for v in errors)):
+            return f"row {key}: errors must be {len(config.seeds)} finite numbers (one per seed), got {errors!r}"
+        if not (_is_finite_number(mean) and math.isclose(mean, sum(errors) / len(errors), rel_tol=1e-9, abs_tol=1e-9)):
+            return f"row {key}: mean {mean!r} is not the mean of its errors {errors!r}"
+    if seen != expected:
+        return f"{len(expected - seen)} rows of the grid are missing, e.g. {sorted(expected - seen, key=str)[0]}"
+    try:
+        verdicts(analyse(rows, config.sgd_batch))
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError) as error:
+        return f"its rows cannot be analysed ({type(error).__name__}: {error})"
+    return None
+
+
+def _is_finite_number(value: Any) -> bool:
+    try:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    except OverflowError:   # a JSON integer beyond what a float holds
+        return False
 
 
 def _previous_sweeps(out: Path) -> list[dict]:

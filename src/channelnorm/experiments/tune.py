@@ -14,13 +14,14 @@ be extended by a norm or a rate without training the rest again.
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
 
-from .config import ExperimentConfig
+from .config import ConfigError, ExperimentConfig, canonical_norm
 from .data import Dataset, load_dataset, validation_split
 from .evaluate import evaluate_members
 from .lifeline import exit_with_parent
@@ -73,10 +74,12 @@ def beyond_edge(per_lr: Sequence[dict[str, Any]]) -> Optional[float]:
     if len(rates) < 2 or any(p["diverged"] for p in per_lr if p["lr"] == chosen):
         return None
     if chosen == rates[-1]:
-        return chosen * 2
-    if chosen == rates[0]:
-        return chosen / 2
-    return None
+        nxt = chosen * 2
+    elif chosen == rates[0]:
+        nxt = chosen / 2
+    else:
+        return None
+    return nxt if _is_rate(nxt) else None   # never past what a float holds (inf, or 0 below the smallest)
 
 
 def _tune_worker(args) -> dict[str, Any]:
@@ -84,7 +87,7 @@ def _tune_worker(args) -> dict[str, Any]:
     torch.set_num_threads(1)
     data = validation_split(load_dataset(config), config.val_size)
     per_lr, seconds = list(known), 0.0
-    todo = [lr for lr in lrs if lr not in {p["lr"] for p in per_lr}]
+    todo = [lr for lr in dict.fromkeys(lrs) if lr not in {p["lr"] for p in per_lr}]   # each rate once
     for _ in range(1 + EDGE_STEPS):
         if todo:
             result = tune_norm(norm, config, data, todo, seeds)
@@ -99,18 +102,115 @@ def _tune_worker(args) -> dict[str, Any]:
             "reused_lrs": [p["lr"] for p in known]}
 
 
-def reusable_cells(previous: Optional[dict[str, Any]], config: ExperimentConfig,
-                   seeds: Sequence[int]) -> dict[str, list[dict[str, Any]]]:
-    """Per norm, the cells of an earlier tuning (``tuning.json``) that this one would train again
-    identically: the same training settings (``training_identity``) and the same tuning seeds."""
-    if not previous:
+def reusable_cells(previous: Optional[dict[str, Any]], config: ExperimentConfig, seeds: Sequence[int],
+                   where: str = "tuning.json") -> dict[str, list[dict[str, Any]]]:
+    """Per norm, the cells of an earlier tuning (``tuning.json``, read from ``where``) that this one
+    would train again identically: the same training settings (``training_identity``) and the same
+    tuning seeds. A tuning of other settings gives nothing (it is replaced); one that is not shaped as
+    ``run_tuning`` writes it, or whose cells of the same settings do not add up, is a ConfigError
+    naming ``where`` and the value (a hand-edited cell must never be reused or reach ``tuned_lrs.py``)."""
+    if previous is None:
         return {}
+    there = _check_header(previous, where)
+    if there.training_identity() != config.training_identity() or previous["seeds"] != list(seeds):
+        return {}
+    norms = previous.get("norms")
+    if not isinstance(norms, dict):
+        raise ConfigError(f"{where}: norms must be a mapping of norm name to its tuning, got {norms!r}")
+    for name, result in norms.items():
+        _check_norm(name, result, list(seeds), where)
+    return {norm: list(r["per_lr"]) for norm, r in norms.items()}
+
+
+def _check_header(previous: Any, where: str) -> ExperimentConfig:
+    """The settings an earlier tuning ran under (its config, seeds and invocation history checked)."""
+    if not isinstance(previous, dict):
+        raise ConfigError(f"{where}: expected a JSON object as this command writes, got {type(previous).__name__}")
+    if not isinstance(previous.get("config"), dict):
+        raise ConfigError(f"{where}: config must be the settings object this command writes, got "
+                          f"{previous.get('config')!r}")
     try:
-        same = (ExperimentConfig.from_dict(previous["config"]).training_identity() == config.training_identity()
-                and list(previous["seeds"]) == list(seeds))
-    except (KeyError, TypeError, ValueError):
-        return {}
-    return {norm: list(r["per_lr"]) for norm, r in previous.get("norms", {}).items()} if same else {}
+        there = ExperimentConfig.from_dict(previous["config"])
+    except (ConfigError, TypeError, ValueError) as error:
+        raise ConfigError(f"{where}: its config cannot be read: {error}") from None
+    seeds = previous.get("seeds")
+    if not (isinstance(seeds, list) and all(type(s) is int for s in seeds)):
+        raise ConfigError(f"{where}: seeds must be a list of integers, got {seeds!r}")
+    environments = previous.get("environments", [])
+    if not (isinstance(environments, list) and all(isinstance(e, dict) for e in environments)):
+        raise ConfigError(f"{where}: environments must be a list of objects, got {environments!r}")
+    if not isinstance(previous.get("environment", {}), dict):
+        raise ConfigError(f"{where}: environment must be an object, got {previous.get('environment')!r}")
+    return there
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_finite(value: Any) -> bool:
+    """A JSON number that is a finite float (a 400-digit integer is a number, but no float)."""
+    try:
+        return _is_number(value) and math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _is_rate(value: Any) -> bool:
+    return _is_finite(value) and value > 0
+
+
+def _check_norm(name: Any, result: Any, seeds: list[int], where: str) -> None:
+    """One norm's entry of an earlier tuning of the same settings: its cells as ``tune_norm`` writes
+    them (one per rate, the tuning seeds, a mean that is the mean of its errors) and the rate
+    ``choose`` picks from them."""
+    try:
+        known = canonical_norm(name) == name
+    except ConfigError as error:
+        raise ConfigError(f"{where}: norm {name!r} is not a norm this command tunes: {error}") from None
+    if not known:
+        raise ConfigError(f"{where}: norm {name!r} is an alias; tunings name norms as {canonical_norm(name)!r}")
+    if not isinstance(result, dict) or result.get("norm") != name:
+        raise ConfigError(f"{where}: the entry of norm {name!r} is not its tuning result: {result!r}")
+    cells = result.get("per_lr")
+    if not (isinstance(cells, list) and cells):
+        raise ConfigError(f"{where}: norm {name!r}: per_lr must be a non-empty list of cells, got {cells!r}")
+    rates = set()
+    for cell in cells:
+        _check_cell(name, cell, seeds, where)
+        if cell["lr"] in rates:
+            raise ConfigError(f"{where}: norm {name!r}: learning rate {cell['lr']!r} is measured twice")
+        rates.add(cell["lr"])
+    chosen = result.get("chosen_lr")
+    if not _is_rate(chosen) or chosen != choose(cells):
+        raise ConfigError(f"{where}: norm {name!r}: chosen_lr {chosen!r} is not the rate its cells choose "
+                          f"({choose(cells)!r})")
+
+
+def _check_cell(name: str, cell: Any, seeds: list[int], where: str) -> None:
+    if not isinstance(cell, dict):
+        raise ConfigError(f"{where}: norm {name!r}: a cell of per_lr is not an object: {cell!r}")
+    lr = cell.get("lr")
+    if not _is_rate(lr):
+        raise ConfigError(f"{where}: norm {name!r}: a cell's lr must be a finite number > 0, got {lr!r}")
+    what = f"{where}: norm {name!r}, lr {lr!r}:"
+    if cell.get("seeds") != seeds:
+        raise ConfigError(f"{what} seeds {cell.get('seeds')!r} are not the tuning seeds {seeds}")
+    errors = cell.get("val_errors")
+    if not (isinstance(errors, list) and len(errors) == len(seeds)
+            and all(_is_finite(v) for v in errors)):
+        raise ConfigError(f"{what} val_errors must be {len(seeds)} finite numbers (one per seed), got {errors!r}")
+    mean = cell.get("mean")
+    if not (_is_finite(mean) and math.isclose(mean, mean_ci(errors)[0], rel_tol=1e-9, abs_tol=1e-9)):
+        raise ConfigError(f"{what} mean {mean!r} is not the mean of its val_errors {errors!r}")
+    losses = cell.get("final_train_loss")
+    # a diverged seed's loss may be inf or NaN (a float); an integer must still fit a float
+    if not (isinstance(losses, list) and len(losses) == len(seeds)
+            and all(v is None or isinstance(v, float) or _is_finite(v) for v in losses)):
+        raise ConfigError(f"{what} final_train_loss must hold one number (or null) per seed, got {losses!r}")
+    diverged = cell.get("diverged")
+    if not (type(diverged) is int and 0 <= diverged <= len(seeds)):
+        raise ConfigError(f"{what} diverged must be a count of seeds from 0 to {len(seeds)}, got {diverged!r}")
 
 
 def run_tuning(config: ExperimentConfig, lrs: Sequence[float] = LR_GRID, seeds: Sequence[int] = TUNE_SEEDS,
@@ -175,6 +275,10 @@ def _cell(p: dict[str, Any]) -> str:
 def render_defaults(tuning: dict[str, Any]) -> str:
     """The text of ``tuned_lrs.py`` for these tuning results."""
     chosen = {norm: r["chosen_lr"] for norm, r in tuning["norms"].items()}
+    for norm, lr in chosen.items():
+        # json.dumps would write NaN / Infinity, which are not Python: the package would not import
+        if not _is_rate(lr):
+            raise ValueError(f"norm {norm!r}: chosen_lr {lr!r} is not a finite learning rate > 0")
     path = Path(__file__).with_name("tuned_lrs.py")
     text = path.read_text()
     start = text.index("TUNED: dict[str, float] = ")
