@@ -53,7 +53,13 @@ def test_quick_compare_writes_every_output(tmp_path, capsys):
         assert section in report
 
     # a second invocation trains nothing and rewrites the same results; --reproduction compares verdicts
-    assert cli.main(["compare", "--quick", "--out", str(out), "--no-progress", "--reproduction", str(out)]) == 0
+    # (with a copy of this run: the run directory itself is refused as its own reproduction)
+    twin = tmp_path / "twin"
+    shutil.copytree(out, twin, ignore=shutil.ignore_patterns("runs", ".lock"))
+    with pytest.raises(SystemExit):
+        cli.main(["compare", "--quick", "--out", str(out), "--no-progress", "--reproduction", str(out)])
+    assert "is --out itself" in capsys.readouterr().err
+    assert cli.main(["compare", "--quick", "--out", str(out), "--no-progress", "--reproduction", str(twin)]) == 0
     assert json.loads((out / "results.json").read_text()) == rows
     assert json.loads((out / "environment.json").read_text())["sweeps"][-1]["executed"] == 0
     assert "**every verdict holds**" in (out / "report.md").read_text()

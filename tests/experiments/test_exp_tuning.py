@@ -254,3 +254,16 @@ def test_tune_refuses_a_tampered_tuning_json_in_out_before_training(monkeypatch,
         cli.main(["tune", "--quick", "--norms", "channel", "--workers", "1", "--out", str(out)])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and str(out / "tuning.json") in err and "mean nan" in err
+
+
+def test_tune_refuses_an_out_holding_a_tuning_of_other_settings(tmp_path, capsys):
+    from channelnorm.experiments import cli
+    out = tmp_path / "tuning"
+    args = ["tune", "--quick", "--norms", "channel", "--lrs", "0.05,0.2", "--workers", "1", "--out", str(out),
+            "--no-progress"]
+    assert cli.main(args) == 0
+    before = (out / "tuning.json").read_text()
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(args + ["--epochs", "3"])
+    assert stopped.value.code == 2 and "holds a tuning of other settings (epochs)" in capsys.readouterr().err
+    assert (out / "tuning.json").read_text() == before          # nothing trained, nothing overwritten

@@ -177,7 +177,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _tune(args: argparse.Namespace, config: ExperimentConfig, command: str) -> int:
     from .environment import describe_environment
     from .storage import locked, write_atomic
-    from .tune import LR_GRID, TUNE_SEEDS, render_defaults, reusable_cells, run_tuning, write_tuning
+    from .tune import LR_GRID, TUNE_SEEDS, render_defaults, run_tuning, settings_mismatch, write_tuning
 
     if config.grid == "quick":
         lr_grid = args.lr_grid or (0.05, 0.2)
@@ -194,10 +194,13 @@ def _tune(args: argparse.Namespace, config: ExperimentConfig, command: str) -> i
     environment["command"] = command
     out = Path(config.out)
     with locked(out):           # one invocation per --out at a time, as compare
+        where = str(out / "tuning.json")
         previous = _previous_tuning(out / "tuning.json")
-        if not reusable_cells(previous, config, TUNE_SEEDS, where=str(out / "tuning.json")):
-            previous = None     # other settings: this tuning replaces it
-        tuning = run_tuning(config, lr_grid, previous=previous)
+        differ = settings_mismatch(previous, config, TUNE_SEEDS, where) if previous is not None else []
+        if differ:      # as compare: a run directory of other settings is never overwritten
+            raise ConfigError(f"--out {str(out)!r} holds a tuning of other settings ({', '.join(differ)}); "
+                              f"choose another --out, or remove {where} to replace it")
+        tuning = run_tuning(config, lr_grid, previous=previous, where=where)
         write_tuning(tuning, config, environment, out, previous)
     print(f"tuning: {out / 'tuning.json'}")
     for norm, result in tuning["norms"].items():

@@ -43,6 +43,9 @@ def _run_compare_locked(config: ExperimentConfig, command: str, progress: bool,
     dataset = _load(config)
     config = resolve_sizes(config, dataset)
     resumed = check_resume(out, config)
+    if reproduction_dir is not None and _same_directory(reproduction_dir, out):
+        raise ConfigError(f"--reproduction {str(reproduction_dir)!r} is --out itself: a reproduction is a rerun of "
+                          "the same grid in another run directory (e.g. under ATEN_CPU_CAPABILITY=avx2)")
     repro_rows = _read_reproduction(reproduction_dir, config) if reproduction_dir is not None else None
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -102,6 +105,13 @@ def _load(config: ExperimentConfig):
         return load_dataset(config)
     except (OSError, ValueError, EOFError, pickle.UnpicklingError) as error:
         raise ConfigError(f"--data-dir {config.data_dir!r} cannot be read as CIFAR-10: {error}") from error
+
+
+def _same_directory(a: Path, b: Path) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
 
 
 def _read_reproduction(path: Path, config: ExperimentConfig) -> tuple[list, dict]:

@@ -106,13 +106,10 @@ def reusable_cells(previous: Optional[dict[str, Any]], config: ExperimentConfig,
                    where: str = "tuning.json") -> dict[str, list[dict[str, Any]]]:
     """Per norm, the cells of an earlier tuning (``tuning.json``, read from ``where``) that this one
     would train again identically: the same training settings (``training_identity``) and the same
-    tuning seeds. A tuning of other settings gives nothing (it is replaced); one that is not shaped as
+    tuning seeds. A tuning of other settings gives nothing (`channelnorm tune` refuses such an --out); one not shaped as
     ``run_tuning`` writes it, or whose cells of the same settings do not add up, is a ConfigError
     naming ``where`` and the value (a hand-edited cell must never be reused or reach ``tuned_lrs.py``)."""
-    if previous is None:
-        return {}
-    there = _check_header(previous, where)
-    if there.training_identity() != config.training_identity() or previous["seeds"] != list(seeds):
+    if previous is None or settings_mismatch(previous, config, seeds, where):
         return {}
     norms = previous.get("norms")
     if not isinstance(norms, dict):
@@ -120,6 +117,15 @@ def reusable_cells(previous: Optional[dict[str, Any]], config: ExperimentConfig,
     for name, result in norms.items():
         _check_norm(name, result, list(seeds), where)
     return {norm: list(r["per_lr"]) for norm, r in norms.items()}
+
+
+def settings_mismatch(previous: Any, config: ExperimentConfig, seeds: Sequence[int],
+                      where: str = "tuning.json") -> list[str]:
+    """The training settings (and ``seeds`` when the tuning seeds differ) in which an earlier tuning
+    differs from ``config``; empty when its cells would be trained again identically."""
+    there = _check_header(previous, where).training_identity()
+    here = config.training_identity()
+    return sorted(k for k in here if here[k] != there.get(k)) + (["seeds"] if previous["seeds"] != list(seeds) else [])
 
 
 def _check_header(previous: Any, where: str) -> ExperimentConfig:
@@ -214,12 +220,13 @@ def _check_cell(name: str, cell: Any, seeds: list[int], where: str) -> None:
 
 
 def run_tuning(config: ExperimentConfig, lrs: Sequence[float] = LR_GRID, seeds: Sequence[int] = TUNE_SEEDS,
-               workers: Optional[int] = None, previous: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+               workers: Optional[int] = None, previous: Optional[dict[str, Any]] = None,
+               where: str = "tuning.json") -> dict[str, Any]:
     """Tune every norm of ``config.norms``; norms run in parallel worker processes (1 thread each).
 
-    ``previous``: an earlier ``tuning.json`` of the same settings; its cells are reused and its
-    norms that this call does not tune are kept as they are."""
-    known = reusable_cells(previous, config, seeds)
+    ``previous``: an earlier ``tuning.json`` (read from ``where``, named in errors) of the same
+    settings; its cells are reused and its norms that this call does not tune are kept as they are."""
+    known = reusable_cells(previous, config, seeds, where)
     jobs = [(norm, config, tuple(lrs), tuple(seeds), tuple(known.get(norm, ()))) for norm in config.norms]
     workers = min(workers or config.workers, len(jobs))
     if workers <= 1:
