@@ -106,8 +106,8 @@ def reusable_cells(previous: Optional[dict[str, Any]], config: ExperimentConfig,
                    where: str = "tuning.json") -> dict[str, list[dict[str, Any]]]:
     """Per norm, the cells of an earlier tuning (``tuning.json``, read from ``where``) that this one
     would train again identically: the same training settings (``training_identity``) and the same
-    tuning seeds. A tuning of other settings gives nothing (`channelnorm tune` refuses such an --out); one not shaped as
-    ``run_tuning`` writes it, or whose cells of the same settings do not add up, is a ConfigError
+    tuning seeds. A tuning of other settings gives nothing (``channelnorm tune`` refuses such an
+    ``--out``); one not shaped as ``run_tuning`` writes it, or whose cells do not add up, is a ConfigError
     naming ``where`` and the value (a hand-edited cell must never be reused or reach ``tuned_lrs.py``)."""
     if previous is None or settings_mismatch(previous, config, seeds, where):
         return {}
