@@ -43,3 +43,13 @@ def test_welch_difference_by_hand():
     assert excludes_zero((lo, hi)) and not excludes_zero((-1.0, 2.0)) and not excludes_zero(None)
     assert diff_ci([1.0], [2.0, 3.0])[1] is None
     assert diff_ci([2.0, 2.0], [3.0, 3.0]) == (1.0, (1.0, 1.0))
+
+
+def test_per_seed_values_read_from_a_file_are_checked():
+    from channelnorm.experiments.stats import is_finite_number, per_seed_problem
+    assert per_seed_problem([1.0, 2.0, 4.0], 7 / 3, 3, "errors") is None
+    assert "must be 3 finite numbers" in per_seed_problem([1.0, 2.0], 1.5, 3, "errors")
+    assert "must be 2 finite numbers" in per_seed_problem([1.0, float("nan")], 1.0, 2, "errors")
+    assert "must be 0 finite numbers" in per_seed_problem([], 0.0, 0, "errors")          # no seeds: no mean
+    assert "is not the mean of its errors" in per_seed_problem([1.0, 2.0], 1.6, 2, "errors")
+    assert not is_finite_number(True) and not is_finite_number(10 ** 400) and is_finite_number(3)

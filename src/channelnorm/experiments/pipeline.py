@@ -5,7 +5,6 @@ through ``storage.write_atomic`` inside ``--out`` (atomic, never through a link)
 from __future__ import annotations
 
 import json
-import math
 import pickle
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from .plot import plot_batch_panels, plot_curves
 from .report import render
 from .results import build_rows, collect, coupled_views, write_results
 from .rundir import check_resume, write_json_atomic
+from .stats import per_seed_problem
 from .storage import RunDirectoryError, locked, read_text, write_atomic
 from .sweep import plan, run_sweep
 
@@ -164,12 +164,9 @@ def _rows_problem(rows: Any, config: ExperimentConfig) -> Optional[str]:
         if key in seen:
             return f"row {key} is given twice"
         seen.add(key)
-        errors, mean = row["errors"], row["mean"]
-        if not (isinstance(errors, list) and len(errors) == len(config.seeds)
-                and all(_is_finite_number(v) for v in errors)):
-            return f"row {key}: errors must be {len(config.seeds)} finite numbers (one per seed), got {errors!r}"
-        if not (_is_finite_number(mean) and math.isclose(mean, sum(errors) / len(errors), rel_tol=1e-9, abs_tol=1e-9)):
-            return f"row {key}: mean {mean!r} is not the mean of its errors {errors!r}"
+        problem = per_seed_problem(row["errors"], row["mean"], len(config.seeds), "errors")
+        if problem:
+            return f"row {key}: {problem}"
     if seen != expected:
         return f"{len(expected - seen)} rows of the grid are missing, e.g. {sorted(expected - seen, key=str)[0]}"
     try:
@@ -177,13 +174,6 @@ def _rows_problem(rows: Any, config: ExperimentConfig) -> Optional[str]:
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError) as error:
         return f"its rows cannot be analysed ({type(error).__name__}: {error})"
     return None
-
-
-def _is_finite_number(value: Any) -> bool:
-    try:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    except OverflowError:   # a JSON integer beyond what a float holds
-        return False
 
 
 def _previous_sweeps(out: Path) -> list[dict]:

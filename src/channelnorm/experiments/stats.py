@@ -12,6 +12,25 @@ from typing import Optional, Sequence
 LEVEL = 0.95
 
 
+def is_finite_number(value: object) -> bool:
+    """A finite number as read from JSON (bools are not numbers here; an integer too large for a
+    float is not finite)."""
+    try:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def per_seed_problem(values: object, mean: object, count: int, name: str) -> Optional[str]:
+    """Why ``values`` (one per seed, read from a results file) and their stored ``mean`` are not
+    ``count`` finite numbers and their mean, or None."""
+    if not (isinstance(values, list) and len(values) == count > 0 and all(is_finite_number(v) for v in values)):
+        return f"{name} must be {count} finite numbers (one per seed), got {values!r}"
+    if not (is_finite_number(mean) and math.isclose(mean, sum(values) / count, rel_tol=1e-9, abs_tol=1e-9)):
+        return f"mean {mean!r} is not the mean of its {name} {values!r}"
+    return None
+
+
 def _betacf(a: float, b: float, x: float) -> float:
     tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
     c, d = 1.0, 1.0 - qab * x / qap

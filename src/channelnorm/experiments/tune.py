@@ -14,7 +14,6 @@ be extended by a norm or a rate without training the rest again.
 from __future__ import annotations
 
 import json
-import math
 import multiprocessing
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -27,7 +26,7 @@ from .evaluate import evaluate_members
 from .lifeline import exit_with_parent
 from .rundir import write_json_atomic
 from .storage import write_atomic
-from .stats import mean_ci
+from .stats import is_finite_number, mean_ci, per_seed_problem
 from .train import Member, TrainPlan, train_members
 
 LR_GRID = (0.025, 0.05, 0.1, 0.2, 0.4)
@@ -150,20 +149,8 @@ def _check_header(previous: Any, where: str) -> ExperimentConfig:
     return there
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _is_finite(value: Any) -> bool:
-    """A JSON number that is a finite float (a 400-digit integer is a number, but no float)."""
-    try:
-        return _is_number(value) and math.isfinite(value)
-    except OverflowError:
-        return False
-
-
 def _is_rate(value: Any) -> bool:
-    return _is_finite(value) and value > 0
+    return is_finite_number(value) and value > 0
 
 
 def _check_norm(name: Any, result: Any, seeds: list[int], where: str) -> None:
@@ -202,17 +189,13 @@ def _check_cell(name: str, cell: Any, seeds: list[int], where: str) -> None:
     what = f"{where}: norm {name!r}, lr {lr!r}:"
     if cell.get("seeds") != seeds:
         raise ConfigError(f"{what} seeds {cell.get('seeds')!r} are not the tuning seeds {seeds}")
-    errors = cell.get("val_errors")
-    if not (isinstance(errors, list) and len(errors) == len(seeds)
-            and all(_is_finite(v) for v in errors)):
-        raise ConfigError(f"{what} val_errors must be {len(seeds)} finite numbers (one per seed), got {errors!r}")
-    mean = cell.get("mean")
-    if not (_is_finite(mean) and math.isclose(mean, mean_ci(errors)[0], rel_tol=1e-9, abs_tol=1e-9)):
-        raise ConfigError(f"{what} mean {mean!r} is not the mean of its val_errors {errors!r}")
+    problem = per_seed_problem(cell.get("val_errors"), cell.get("mean"), len(seeds), "val_errors")
+    if problem:
+        raise ConfigError(f"{what} {problem}")
     losses = cell.get("final_train_loss")
     # a diverged seed's loss may be inf or NaN (a float); an integer must still fit a float
     if not (isinstance(losses, list) and len(losses) == len(seeds)
-            and all(v is None or isinstance(v, float) or _is_finite(v) for v in losses)):
+            and all(v is None or isinstance(v, float) or is_finite_number(v) for v in losses)):
         raise ConfigError(f"{what} final_train_loss must hold one number (or null) per seed, got {losses!r}")
     diverged = cell.get("diverged")
     if not (type(diverged) is int and 0 <= diverged <= len(seeds)):
