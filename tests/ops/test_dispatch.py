@@ -115,6 +115,28 @@ def test_half_cpu_input_with_many_values_per_channel_goes_to_the_reference():
     assert yi.abs().max().item() == 0.0
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_cpu_channel_norm_with_given_statistics_stays_on_torchs_kernel(dtype):
+    # Eval with running statistics computes no statistics, and torch's kernel matches the reference
+    # there; batch statistics (training, or no running statistics) and instance norm still go away.
+    x = (torch.randn(4, 3, 16, 16, dtype=torch.float64) * 0.5 + 100).to(dtype)
+    params = (None, None, torch.full((3,), 100.0), torch.full((3,), 0.25))
+    assert dispatch.resolve("auto", "channel_norm", x, 1, params, training=False) is NATIVE
+    assert dispatch.resolve("auto", "channel_norm_act", x, 1, params, training=False) is NATIVE
+    assert dispatch.resolve("auto", "channel_norm", x, 1, params, training=True) is REFERENCE
+    assert dispatch.resolve("auto", "instance_norm", x, 1, params, training=False) is REFERENCE
+    norm = cn.ChannelNorm(3).eval()
+    norm.running_mean.fill_(100.0)
+    norm.running_var.fill_(0.25)
+    got = norm(x)
+    want = F.channel_norm(x.double(), norm.running_mean.double(), norm.running_var.double(), norm.weight.double(),
+                          norm.bias.double(), training=False, backend="reference")
+    # float64 oracle on the same half input: what remains is the rounding of the output to half (one
+    # unit in the last place: 2**-11 relative in float16, 2**-8 in bfloat16), allowed twice
+    ulp = {torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8}[dtype]
+    torch.testing.assert_close(got.double(), want, rtol=2 * ulp, atol=2 * ulp)
+
+
 def test_instance_norm_batch_one_with_channels_last_gradient_matches_the_reference():
     x = torch.randn(1, 3, 4, 5, dtype=torch.float64, requires_grad=True)
     g = torch.randn(1, 3, 4, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)

@@ -128,7 +128,7 @@ def channel_norm_validated(input, axis, running_mean, running_var, weight, bias,
     # numel // C values per channel (C > 0: the input is not empty); the checker raises with the message.
     if training and numel // input.shape[axis] <= 1:
         _check_channel_batch(op, input, axis)
-    impl = dispatch.resolve(backend, op, input, axis, (weight, bias, running_mean, running_var))
+    impl = dispatch.resolve(backend, op, input, axis, (weight, bias, running_mean, running_var), bool(training))
     return impl.channel_norm(input, running_mean, running_var, weight, bias, bool(training), momentum, eps, axis,
                              num_batches_tracked)
 
@@ -221,7 +221,8 @@ def instance_norm_validated(input, axis, running_mean, running_var, weight, bias
         n = numel // (input.shape[0] * input.shape[axis])
         if n <= 1:
             _checks.more_than_one_value(op, input, n, "instance (sample and channel)")
-    impl = dispatch.resolve(backend, op, input, axis, (weight, bias, running_mean, running_var))
+    impl = dispatch.resolve(backend, op, input, axis, (weight, bias, running_mean, running_var),
+                            bool(use_input_stats))
     return impl.instance_norm(input, running_mean, running_var, weight, bias, bool(use_input_stats), momentum, eps,
                               axis, num_batches_tracked)
 
@@ -369,7 +370,7 @@ def channel_norm_act(
     if input.numel() == 0:
         return fused.activate(_empty_output(input, weight, bias, axis) + (0 if residual is None else residual),
                               activation)
-    impl = dispatch.resolve(backend, op, input, axis, (weight, bias, running_mean, running_var))
+    impl = dispatch.resolve(backend, op, input, axis, (weight, bias, running_mean, running_var), bool(training))
     return impl.channel_norm_act(input, running_mean, running_var, weight, bias, bool(training), momentum, eps, axis,
                                  activation=activation, residual=residual, num_batches_tracked=num_batches_tracked)
 

@@ -38,9 +38,10 @@ class Backend(Protocol):
         statistics), or None when it can."""
 
     def inexact_reason(self, op: str, x: torch.Tensor, channel_axis: int,
-                       params: tuple[Optional[torch.Tensor], ...]) -> Optional[str]:
+                       params: tuple[Optional[torch.Tensor], ...], training: bool = True) -> Optional[str]:
         """Why this backend, though it can run the call, would not compute what the reference does
-        (``"auto"`` then picks another; naming the backend still runs it), or None."""
+        (``"auto"`` then picks another; naming the backend still runs it), or None. ``training``:
+        whether the call computes batch statistics (False: it normalizes with given statistics)."""
 
     def channel_norm(self, x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis,
                      num_batches_tracked=None) -> torch.Tensor: ...
@@ -187,8 +188,9 @@ def _named(backend: str, op: str, x: torch.Tensor, channel_axis: int, params) ->
 
 
 def resolve(backend: str, op: str, x: torch.Tensor, channel_axis: int,
-            params: tuple[Optional[torch.Tensor], ...] = ()) -> Backend:
-    """The backend that runs ``op`` on ``x`` (``params``: weight, bias, running statistics).
+            params: tuple[Optional[torch.Tensor], ...] = (), training: bool = True) -> Backend:
+    """The backend that runs ``op`` on ``x`` (``params``: weight, bias, running statistics;
+    ``training``: whether the call computes batch statistics).
 
     ``backend`` must already be a known name (``check_backend_name``) and ``op`` one that every
     backend implements (the core norms and their fused forms).
@@ -198,9 +200,9 @@ def resolve(backend: str, op: str, x: torch.Tensor, channel_axis: int,
     if x.is_cuda and TRITON_ON_CUDA and call_class(op, x, channel_axis) in TRITON_ON_CUDA:
         impl, reason = _triton()
         if (reason is None and impl.unsupported_reason(op, x, channel_axis, params) is None
-                and impl.inexact_reason(op, x, channel_axis, params) is None):
+                and impl.inexact_reason(op, x, channel_axis, params, training) is None):
             return impl
     if (NATIVE.unsupported_reason(op, x, channel_axis, params) is None
-            and NATIVE.inexact_reason(op, x, channel_axis, params) is None):
+            and NATIVE.inexact_reason(op, x, channel_axis, params, training) is None):
         return NATIVE
     return REFERENCE

@@ -18,6 +18,7 @@ from .moments import commit_if_finite, effective_momentum, keep_if_finite, snaps
 _OPS = frozenset(("channel_norm", "instance_norm", "group_norm", "channel_norm_act", "group_norm_act"))
 _GROUP_OPS = frozenset(("group_norm", "group_norm_act"))
 _HALF = frozenset((torch.float16, torch.bfloat16))
+_CHANNEL_OPS = frozenset(("channel_norm", "channel_norm_act"))
 
 
 def unsupported_reason(op: str, x: torch.Tensor, channel_axis: int,
@@ -37,7 +38,7 @@ def unsupported_reason(op: str, x: torch.Tensor, channel_axis: int,
 
 
 def inexact_reason(op: str, x: torch.Tensor, channel_axis: int,
-                   params: tuple[Optional[torch.Tensor], ...] = ()) -> Optional[str]:
+                   params: tuple[Optional[torch.Tensor], ...] = (), training: bool = True) -> Optional[str]:
     """Why torch's kernel would not compute what the reference does for this call, or None.
 
     ``"auto"`` avoids these calls; ``backend="native"`` still runs them (it asks for torch's result).
@@ -58,8 +59,9 @@ def inexact_reason(op: str, x: torch.Tensor, channel_axis: int,
         # Against a float64 oracle, torch's CPU half batch_norm (training) and instance_norm (training and
         # eval) are 10-100x less accurate than the reference once the mean is large next to the spread
         # (mean 100 or 1e4, 36 to 8192 values per channel: 6-118x in float16, 2-116x in bfloat16), which
-        # the dispatch cannot see; group_norm and eval batch_norm match the reference. The mode is not
-        # visible here either, so eval channel norm goes to the reference too (same result, slower).
+        # the dispatch cannot see; group_norm and eval batch_norm (given statistics) match the reference.
+        if not training and op in _CHANNEL_OPS:
+            return None
         return f"torch's CPU {x.dtype} batch_norm/instance_norm statistics are less accurate than the reference"
     if (op == "instance_norm" and x.shape[0] == 1 and torch.is_grad_enabled()
             and (x.requires_grad or any(p is not None and p.requires_grad for p in params))):
