@@ -2,7 +2,6 @@
 
 Only the harness is checked (never a timing): the numbers depend on the machine and its load.
 """
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -13,11 +12,8 @@ HARNESS = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_cpu_overhe
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_cpu_overhead", HARNESS)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_script):
+    return load_script(HARNESS)
 
 
 def test_quick_run_writes_every_row_with_environment(bench, tmp_path):
@@ -65,10 +61,8 @@ def test_bad_shape_is_refused_with_its_value(bench):
         bench.build_parser().parse_args(["--shapes", "2,x,3"])
 
 
-def test_compare_table_shows_the_median_over_runs(tmp_path):
-    spec = importlib.util.spec_from_file_location("compare_cpu_overhead", HARNESS.with_name("compare_cpu_overhead.py"))
-    compare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compare)
+def test_compare_table_shows_the_median_over_runs(tmp_path, load_script):
+    compare = load_script(HARNESS.with_name("compare_cpu_overhead.py"))
     env = {"git_hash": "0" * 40, "load_average_before": [1.0], "load_average_after": [2.0]}
 
     def write(name, ratios):
@@ -89,16 +83,14 @@ def test_compare_table_shows_the_median_over_runs(tmp_path):
 LAYERS = Path(__file__).resolve().parents[1] / "benchmarks" / "profile_cpu_layers.py"
 
 
-def test_layer_profile_variants_compute_what_channelnorm_computes(capsys, monkeypatch):
+def test_layer_profile_variants_compute_what_channelnorm_computes(capsys, monkeypatch, load_script):
     """The layer-by-layer profile compares like with like: each variant's output and running
     statistics equal ChannelNorm's (so its timings differ only by the layers), and it runs end to end."""
     import torch
 
     import channelnorm as cn
 
-    spec = importlib.util.spec_from_file_location("profile_cpu_layers", LAYERS)
-    layers = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(layers)
+    layers = load_script(LAYERS)
     x = torch.randn(3, 4, 5, 5)
     reference = cn.ChannelNorm(4).train()
     expected = reference(x)

@@ -1,5 +1,4 @@
 """The git revision a run records: the package's own checkout, ``-dirty`` only for the package's files."""
-import importlib.util
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,12 +15,9 @@ def _git(repo, *args):
                           capture_output=True, text=True, check=True).stdout.strip()
 
 
-def _revision_of_copy(package_dir):
+def _revision_of_copy(package_dir, load_script):
     """``git_revision`` as the copy of environment.py in ``package_dir`` computes it (it reads its own path)."""
-    spec = importlib.util.spec_from_file_location("copied_environment", package_dir / "experiments" / "environment.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.git_revision()
+    return load_script(package_dir / "experiments" / "environment.py").git_revision()
 
 
 def _repo_with_package(tmp_path, package_at):
@@ -38,20 +34,20 @@ def _repo_with_package(tmp_path, package_at):
     return repo, copy
 
 
-def test_the_revision_is_dirty_only_for_changes_to_the_package(tmp_path):
+def test_the_revision_is_dirty_only_for_changes_to_the_package(tmp_path, load_script):
     repo, copy = _repo_with_package(tmp_path, "src")
     head = _git(repo, "rev-parse", "HEAD")
-    assert _revision_of_copy(copy) == head
+    assert _revision_of_copy(copy, load_script) == head
     (repo / "README.md").write_text("changed\n")
-    assert _revision_of_copy(copy) == head
+    assert _revision_of_copy(copy, load_script) == head
     (copy / "experiments" / "tune.py").write_text("# changed\n")
-    assert _revision_of_copy(copy) == head + "-dirty"
+    assert _revision_of_copy(copy, load_script) == head + "-dirty"
 
 
-def test_a_copy_installed_inside_another_checkout_claims_no_revision(tmp_path):
+def test_a_copy_installed_inside_another_checkout_claims_no_revision(tmp_path, load_script):
     # a project's ignored .venv holds an installed copy: that project's commit is not this package's
     repo, _ = _repo_with_package(tmp_path, "src")
     installed = repo / ".venv" / "site-packages" / "channelnorm"
     shutil.copytree(PACKAGE / "experiments", installed / "experiments", ignore=shutil.ignore_patterns("__pycache__"))
     (installed / "__init__.py").write_text("")
-    assert _revision_of_copy(installed) is None
+    assert _revision_of_copy(installed, load_script) is None

@@ -1,5 +1,4 @@
 """The kernel benchmark harness runs end to end (tiny shapes; on CPU under the Triton interpreter)."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -9,10 +8,8 @@ pytest.importorskip("triton")
 HARNESS = Path(__file__).resolve().parents[3] / "benchmarks" / "bench_kernels.py"
 
 
-def test_benchmark_harness_smoke_run(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_kernels", HARNESS)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_benchmark_harness_smoke_run(tmp_path, load_script):
+    bench = load_script(HARNESS)
     stem = bench.main(["--smoke", "--out", str(tmp_path), "--dtypes", "bf16", "--passes", "fwd", "fwdbwd"])
     data = json.loads(Path(f"{stem}.json").read_text())
     assert {"device", "torch", "triton", "git_hash"} <= set(data["environment"])

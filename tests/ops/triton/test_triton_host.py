@@ -1,6 +1,5 @@
 """The eager host path of the Triton backend: one plain autograd node, cached plans, and exactly the
 launches the plan's traffic model counts, per regime (kernels stubbed: no kernel runs, no timing)."""
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -15,11 +14,8 @@ HARNESS = ROOT / "benchmarks" / "bench_kernels.py"
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_kernels", HARNESS)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_script):
+    return load_script(HARNESS)
 
 
 def _calls(shape, channels_last):
