@@ -138,3 +138,41 @@ def test_a_restored_non_finite_batch_still_backpropagates(norm_cls):
         grads[backend] = (leaf.grad, norm.weight.grad)
     for got, want in zip(grads["native"], grads["reference"]):
         torch.testing.assert_close(got, want, equal_nan=True, rtol=1e-4, atol=1e-5)
+
+
+def _layout(x: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last)
+    if kind == "moved":  # channels on the last axis, seen through a view with the channels on axis 1
+        return x.movedim(1, -1).contiguous().movedim(-1, 1)
+    return x
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "moved"])
+@pytest.mark.parametrize("dtype,param_dtype", [(torch.float32, torch.float32), (torch.float64, torch.float64),
+                                               (torch.bfloat16, torch.float32), (torch.float16, torch.float16)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_cpu_training_kernel_is_torch_batch_norm_bit_for_bit(layout, dtype, param_dtype, affine):
+    # The CPU training path calls native_batch_norm (what torch.batch_norm reaches on CPU) directly: the
+    # output, both running buffers and every gradient must be exactly torch.batch_norm's.
+    from channelnorm.ops.native import _cpu_batch_norm
+
+    gen = torch.Generator().manual_seed(3)
+    x0 = _layout((torch.randn(4, 5, 3, 2, generator=gen) * 3 + 1).to(dtype), layout)
+    grad = _layout(torch.randn(4, 5, 3, 2, generator=gen).to(dtype), layout)
+    results = []
+    for kernel in (torch.batch_norm, _cpu_batch_norm):
+        x = x0.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+        w = (torch.rand(5, generator=torch.Generator().manual_seed(4)) + 0.5).to(param_dtype).requires_grad_()
+        b = torch.randn(5, generator=torch.Generator().manual_seed(5)).to(param_dtype).requires_grad_()
+        rm, rv = torch.full((5,), 0.5, dtype=param_dtype), torch.full((5,), 2.0, dtype=param_dtype)
+        weight, bias = (w, b) if affine else (None, None)
+        y = kernel(x, weight, bias, rm, rv, True, 0.3, 1e-5, False)
+        y.backward(grad)
+        results.append((y.detach(), y.stride(), rm, rv, x.grad, x.grad.stride(), w.grad, b.grad))
+    for name, ours, theirs in zip(("y", "y strides", "running_mean", "running_var", "dx", "dx strides", "dw", "db"),
+                                  results[1], results[0]):
+        if isinstance(theirs, torch.Tensor):
+            assert torch.equal(ours, theirs), name
+        else:
+            assert ours == theirs, name

@@ -92,10 +92,11 @@ def _canonical_gradient(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return y
 
 
-def _run_tracked(kernel, x, weight, bias, running_mean, running_var, num_batches_tracked, momentum, eps, cudnn):
-    """Run ``kernel`` (``torch.batch_norm`` or ``torch.instance_norm``), which updates the running buffers
-    in place, keeping the rule of docs/design.md: a batch whose statistics are not finite leaves the
-    buffers untouched.
+def _run_tracked(kernel, cpu_kernel, x, weight, bias, running_mean, running_var, num_batches_tracked, momentum,
+                 eps, cudnn):
+    """Run ``kernel`` (``torch.batch_norm`` or ``torch.instance_norm``; ``cpu_kernel``, the same computation,
+    for CPU buffers outside torch.compile), which updates the running buffers in place, keeping the rule
+    of docs/design.md: a batch whose statistics are not finite leaves the buffers untouched.
 
     CPU buffers are updated in place and restored on failure (host check; nothing to synchronize).
     Elsewhere, and while torch.compile traces, the kernel updates copies that a tensor-op ``where``
@@ -105,13 +106,24 @@ def _run_tracked(kernel, x, weight, bias, running_mean, running_var, num_batches
     if running_mean.is_cpu and not torch.compiler.is_compiling():
         # moments.undo_if_not_finite written inline: no closure and one call layer less per call.
         saved = snapshot(running_mean, running_var)
-        y = kernel(x, weight, bias, running_mean, running_var, True, m, eps, cudnn)
+        y = cpu_kernel(x, weight, bias, running_mean, running_var, True, m, eps, cudnn)
         keep_if_finite(saved, running_mean, running_var, num_batches_tracked)
         return y
     new_mean, new_var = running_mean.clone(), running_var.clone()
     y = kernel(x, weight, bias, new_mean, new_var, True, m, eps, cudnn)
     commit_if_finite(running_mean, running_var, num_batches_tracked, new_mean, new_var)
     return y
+
+
+def _cpu_batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps, cudnn):
+    """``torch.batch_norm`` for non-empty CPU input and buffers, without its two dispatch layers.
+
+    On CPU, ``aten::batch_norm`` is ``_batch_norm_impl_index``, which (for non-empty input, the only
+    kind that reaches a backend) checks shapes we checked already and calls ``native_batch_norm``:
+    the same kernel and the same autograd node (NativeBatchNormBackward0), ~3 us less in a small
+    norm's forward+backward (benchmarks/profile_cpu_layers.py).
+    """
+    return torch.native_batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps)[0]
 
 
 # torch.batch_norm / torch.instance_norm / torch.group_norm directly: the arguments are validated
@@ -124,8 +136,8 @@ def channel_norm(x, running_mean, running_var, weight, bias, training, momentum,
     # torch's kernels read the cudnn flag only for CUDA input (cuDNN, MIOpen); reading it costs 0.25 us.
     cudnn = x.is_cuda and torch.backends.cudnn.enabled
     if training and running_mean is not None:
-        y = _run_tracked(torch.batch_norm, xm, weight, bias, running_mean, running_var, num_batches_tracked,
-                         momentum, eps, cudnn)
+        y = _run_tracked(torch.batch_norm, _cpu_batch_norm, xm, weight, bias, running_mean, running_var,
+                         num_batches_tracked, momentum, eps, cudnn)
     else:
         y = torch.batch_norm(xm, weight, bias, running_mean, running_var, bool(training), 0.0, eps, cudnn)
     if 1 in x.shape:  # only a size-1 axis makes strides ambiguous (see _canonical_gradient)
@@ -138,8 +150,8 @@ def instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, m
     xm = x if channel_axis == 1 else x.movedim(channel_axis, 1)
     cudnn = x.is_cuda and torch.backends.cudnn.enabled  # read only for CUDA input (see channel_norm)
     if use_input_stats and running_mean is not None:
-        y = _run_tracked(torch.instance_norm, xm, weight, bias, running_mean, running_var, num_batches_tracked,
-                         momentum, eps, cudnn)
+        y = _run_tracked(torch.instance_norm, torch.instance_norm, xm, weight, bias, running_mean, running_var,
+                         num_batches_tracked, momentum, eps, cudnn)
     else:
         y = torch.instance_norm(xm, weight, bias, running_mean, running_var, bool(use_input_stats), 0.0, eps,
                                 cudnn)
