@@ -413,7 +413,19 @@ def tune(dtype_name: str) -> list[dict]:
     return rows
 
 
-def main(argv=None) -> Path:
+def stage(text: str) -> tuple[int, int]:
+    """``C:HW`` (channels, height = width) of a ResNet stage, e.g. ``256:56``."""
+    try:
+        channels, size = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a stage is C:HW, two integers such as 256:56, got {text!r}") from None
+    if channels <= 0 or size <= 0:
+        raise argparse.ArgumentTypeError(f"a stage's channels and size must be positive, got {text!r}")
+    return channels, size
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (also checked against every invocation in gpu_check.sh by the test suite)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, nargs="+", default=[32, 8, 2])
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
@@ -423,7 +435,8 @@ def main(argv=None) -> Path:
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes; on CPU under the Triton interpreter")
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--stages", nargs="+", metavar="C:HW", help="ResNet stages to run, e.g. 256:56 2048:7")
+    parser.add_argument("--stages", nargs="+", metavar="C:HW", type=stage,
+                        help="ResNet stages to run, e.g. 256:56 2048:7")
     parser.add_argument("--no-transformer", action="store_true", help="skip the (tokens, C) shapes")
     parser.add_argument("--quick-timing", action="store_true", help="do_bench warm-up 10 ms, repetitions 40 ms")
     parser.add_argument("--tag", default="", help="added to the output file names")
@@ -431,6 +444,11 @@ def main(argv=None) -> Path:
                         help="time the split kernels' (num_stages, tile bytes) candidates on a few shapes (GPU)")
     parser.add_argument("--host-overhead", action="store_true",
                         help="host time per call with the kernel launches stubbed out (prints JSON)")
+    return parser
+
+
+def main(argv=None) -> Path:
+    parser = build_parser()
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.quick_timing:
@@ -459,7 +477,7 @@ def main(argv=None) -> Path:
     out = args.out or ROOT / "benchmarks" / "results"
     env = environment(device)
     env["command"] = "python benchmarks/bench_kernels.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    stages = [tuple(int(v) for v in s.split(":")) for s in args.stages] if args.stages else None
+    stages = args.stages or None
     rows, path = [], None
     for shape in shapes(args.batches, args.smoke, stages, not args.no_transformer):
         for layout in layouts_for(shape, args.layouts):
