@@ -150,7 +150,8 @@ def _layout(x: torch.Tensor, kind: str) -> torch.Tensor:
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "moved"])
 @pytest.mark.parametrize("dtype,param_dtype", [(torch.float32, torch.float32), (torch.float64, torch.float64),
-                                               (torch.bfloat16, torch.float32), (torch.float16, torch.float16)])
+                                               (torch.bfloat16, torch.float32), (torch.float16, torch.float16),
+                                               (torch.float16, torch.float32)])
 @pytest.mark.parametrize("affine", [True, False])
 def test_cpu_training_kernel_is_torch_batch_norm_bit_for_bit(layout, dtype, param_dtype, affine):
     # The CPU training path calls native_batch_norm (what torch.batch_norm reaches on CPU) directly: the
