@@ -104,5 +104,6 @@ def test_layer_profile_variants_compute_what_channelnorm_computes(capsys, monkey
                                      "--repeat", "1"])
     layers.main()
     out = capsys.readouterr().out
-    for name in ("torch_module", "flat_guarded", "native", "validated", "channelnorm", "raw ops + guard"):
+    for name in ("torch_module", "flat_guarded", "native", "validated", "channelnorm", "raw ops", "raw native ops",
+                 "raw native + guard"):
         assert name in out

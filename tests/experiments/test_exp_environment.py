@@ -24,7 +24,7 @@ def _repo_with_package(tmp_path, package_at):
     repo = tmp_path / "repo"
     repo.mkdir()
     _git(repo, "init", "-q")
-    (repo / ".gitignore").write_text(".venv/\n")
+    (repo / ".gitignore").write_text(".venv/\n__pycache__/\n")
     (repo / "README.md").write_text("readme\n")
     copy = repo / package_at / "channelnorm"
     shutil.copytree(PACKAGE / "experiments", copy / "experiments", ignore=shutil.ignore_patterns("__pycache__"))
@@ -40,7 +40,16 @@ def test_the_revision_is_dirty_only_for_changes_to_the_package(tmp_path, load_sc
     assert _revision_of_copy(copy, load_script) == head
     (repo / "README.md").write_text("changed\n")
     assert _revision_of_copy(copy, load_script) == head
+    (repo / "results.json").write_text("{}\n")   # an untracked file outside the package
+    assert _revision_of_copy(copy, load_script) == head
     (copy / "experiments" / "tune.py").write_text("# changed\n")
+    assert _revision_of_copy(copy, load_script) == head + "-dirty"
+
+
+def test_a_new_file_in_the_package_not_yet_added_makes_the_revision_dirty(tmp_path, load_script):
+    repo, copy = _repo_with_package(tmp_path, "src")
+    head = _git(repo, "rev-parse", "HEAD")
+    (copy / "experiments" / "new_schedule.py").write_text("LR = 0.1\n")
     assert _revision_of_copy(copy, load_script) == head + "-dirty"
 
 

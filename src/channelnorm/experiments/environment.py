@@ -17,9 +17,10 @@ CODE_PATH_FIELDS = ("cpu_capability", "aten_cpu_capability_env", "onednn_max_cpu
 
 
 def git_revision() -> Optional[str]:
-    """The checkout's commit (with ``-dirty`` when the package's own files have uncommitted changes:
-    result files written into the checkout do not count), or None outside git, and None when the
-    package's files are not tracked there (an installed copy inside another project's checkout)."""
+    """The checkout's commit (with ``-dirty`` when the package's own files have uncommitted changes,
+    new files not yet added included: result files written elsewhere in the checkout do not count),
+    or None outside git, and None when the package's files are not tracked there (an installed copy
+    inside another project's checkout)."""
     here = Path(__file__).resolve().parent.parent
     try:
         # fails (exit 1) for an untracked or ignored copy: the enclosing repository's commit is not ours
@@ -27,7 +28,7 @@ def git_revision() -> Optional[str]:
                        timeout=10, check=True)
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."], cwd=here,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=normal", "--", "."], cwd=here,
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
