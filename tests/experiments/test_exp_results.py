@@ -187,7 +187,9 @@ def test_steps_to_target_comparison_needs_every_seed_to_reach_the_target():
 def _finished_run(folder, config):
     """A finished compare run's config.json, results.json and environment.json (every planned cell, every seed)."""
     from channelnorm.experiments.sweep import plan
-    found = {cell.cell_id: [record(cell, s, 3.0 + s) for s in config.seeds] for cell in plan(config)}
+    # steps_to_target as the default target error (5 %) gives for the curve [[500, 10.0], [1000, ema]]
+    found = {cell.cell_id: [record(cell, s, 3.0 + s, steps_to_target=1000) for s in config.seeds]
+             for cell in plan(config)}
     rows = build_rows(found, config)
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(config.to_dict()))
@@ -215,7 +217,13 @@ BAD_ROWS = [
     ("a mean no float holds", lambda rows: [{**r, "mean": 10**400} for r in rows], "mean"),
     ("an error no float holds", lambda rows: [{**r, "errors": [10**400] + r["errors"][1:]} for r in rows], "errors"),
     ("a seed missing", lambda rows: [{**r, "errors": r["errors"][:-1]} for r in rows], "errors"),
-    ("a row the analysis cannot read", _drop("converged"), "converged"),
+    ("a row without final losses", _drop("final_train_loss"), "final_train_loss"),
+    ("a NaN final loss", lambda rows: [{**r, "final_train_loss": [float("nan")] * 3} for r in rows],
+     "final_train_loss"),
+    ("a divergence flag, not a count", lambda rows: [{**r, "diverged": False} for r in rows], "diverged"),
+    ("a curve missing for a seed", lambda rows: [{**r, "curve": r["curve"][:-1]} for r in rows], "curve"),
+    ("a curve point that is not a pair", lambda rows: [{**r, "curve": [[[1, 2, 3]]] * 3} for r in rows], "curve"),
+    ("a row the analysis cannot read", _drop("ci95"), "analysed"),
 ]
 
 
@@ -229,6 +237,19 @@ def test_a_reproduction_whose_rows_are_not_the_grid_of_its_settings_is_refused(t
     (there / "results.json").write_text(json.dumps(edit(copy.deepcopy(rows))))
     with pytest.raises(ConfigError, match=rf"(?s)--reproduction '{tmp_path}/there'.*{named}"):
         _read_reproduction(there, CONFIG)
+
+
+def test_a_reproduction_is_judged_under_this_run_s_thresholds(tmp_path):
+    # Its rows were built under the default thresholds (converged below a loss of 0.1, target error
+    # 5 %); read by a run with stricter ones, every row is re-derived from its losses and curves.
+    from channelnorm.experiments.pipeline import _read_reproduction
+    there = tmp_path / "there"
+    _finished_run(there, CONFIG)         # every loss 0.01; seed s has the curve [[500, 10.0], [1000, 3.0 + s]]
+    rows, _ = _read_reproduction(there, CONFIG.with_(converged_loss=0.005, target_error=3.5))
+    assert rows and all(r["converged"] is False for r in rows)
+    assert all(r["steps_to_target"] == [1000, None, None] for r in rows)
+    rows, _ = _read_reproduction(there, CONFIG.with_(converged_loss=0.02, target_error=50.0))
+    assert all(r["converged"] is True and r["steps_to_target"] == [500, 500, 500] for r in rows)
 
 
 @pytest.mark.parametrize("kind", ["fifo", "link", "folder", "environment list"])

@@ -125,3 +125,45 @@ def test_a_cell_computed_in_this_process_is_single_threaded_like_the_worker_runs
         assert torch.get_num_threads() == 2          # the caller's setting is restored
     finally:
         torch.set_num_threads(before)
+
+
+def test_other_analysis_thresholds_reanalyse_a_run_directory_without_training(tmp_path, counted):
+    # thresholds every run meets: converged (loss below 100) and the target reached (error at most 100 %)
+    config = tiny(tmp_path, norm_batches=(2,), seeds=(0, 1), converged_loss=100.0, target_error=100.0)
+    run_compare(config, progress=False)
+    assert len(counted) == 1
+    record_files = {p: p.read_bytes() for p in (tmp_path / "runs").glob("*/record.json")}
+    first = json.loads((tmp_path / "results.json").read_text())
+    assert first and all(r["converged"] and None not in r["steps_to_target"] for r in first)
+
+    # Every seed's final loss is above 1e-6 and no test error is at most 0.001 %: nothing converges
+    # nor reaches the target. Nothing is trained again and the records stay as they were written.
+    strict = config.with_(converged_loss=1e-6, target_error=0.001)
+    run_compare(strict, progress=False)
+    assert len(counted) == 1
+    assert {p: p.read_bytes() for p in record_files} == record_files
+    second = json.loads((tmp_path / "results.json").read_text())
+    assert [r["errors"] for r in second] == [r["errors"] for r in first]
+    assert all(r["converged"] is False and r["steps_to_target"] == [None, None] for r in second)
+    assert json.loads((tmp_path / "config.json").read_text())["converged_loss"] == 1e-6
+    assert "below 1e-06" in (tmp_path / "report.md").read_text()
+
+    # Each threshold as the records' own final losses and curves give it (one seed below, one above).
+    losses = sorted(read_record(tmp_path, f"decoupled-channel-nb2-sgd4-seed{s}")["final_train_loss"] for s in (0, 1))
+    between = config.with_(converged_loss=(losses[0] + losses[1]) / 2)
+    run_compare(between, progress=False)
+    assert len(counted) == 1
+    assert all(r["converged"] is False for r in json.loads((tmp_path / "results.json").read_text()))
+    assert all(read_record(tmp_path, f"decoupled-channel-nb2-sgd4-seed{s}")["converged"] is True for s in (0, 1))
+    environment = json.loads((tmp_path / "environment.json").read_text())
+    assert [s["executed"] for s in environment["sweeps"]] == [1, 0, 0]
+
+
+def test_the_thresholds_are_compare_flags_that_keep_the_grid_label():
+    from channelnorm.experiments import cli
+    parser = cli.build_parser()
+    args = parser.parse_args(["compare", "--quick", "--converged-loss", "0.5", "--target-error", "30"])
+    config = cli.config_from_args(args, set(), "runs/compare")
+    assert (config.converged_loss, config.target_error, config.grid) == (0.5, 30.0, "quick")
+    with pytest.raises(ConfigError, match="converged_loss"):
+        cli.config_from_args(parser.parse_args(["compare", "--converged-loss", "nan"]), set(), "runs/compare")

@@ -106,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
                               "(default: the committed tuning results)")
     compare.add_argument("--reproduction", type=Path, help="a finished run of the same grid on another CPU code "
                          "path: the report says whether every verdict holds on both")
+    compare.add_argument("--converged-loss", type=float,
+                         help="a run converged iff its final training loss is below this (default 0.1; --quick 2.0). "
+                              "Only the analysis reads it: an --out trained under another value is re-analysed, "
+                              "not retrained")
+    compare.add_argument("--target-error", type=float,
+                         help="convergence speed: steps until the test error is at most this %% (default 5; "
+                              "--quick 80). Only the analysis reads it, as --converged-loss")
     _add_common(compare)
 
     tune = commands.add_parser(
@@ -135,8 +142,9 @@ def config_from_args(args: argparse.Namespace, given: set[str], default_out: str
     device = args.device or "cpu"
     changes["device"] = device
     changes["workers"] = args.workers if args.workers is not None else (1 if device == "cuda" else 2)
-    if getattr(args, "val_size", None) is not None:
-        changes["val_size"] = args.val_size
+    for name in ("val_size", "converged_loss", "target_error"):   # not grid changes: the grid label stays
+        if getattr(args, name, None) is not None:
+            changes[name] = getattr(args, name)
     suffix = "-quick" if args.quick else "-full" if getattr(args, "full", False) else ""
     changes["out"] = args.out or default_out + suffix
     if args.quick:

@@ -16,6 +16,7 @@ from .data import load_dataset
 from .environment import CODE_PATH_FIELDS, describe_environment, load_average, utc_now
 from .evaluate import EVALS
 from .mechanism import measure
+from .outcome import analysed_row, row_outcome_problem
 from .plot import plot_batch_panels, plot_curves
 from .report import render
 from .results import build_rows, collect, coupled_views, write_results
@@ -115,7 +116,8 @@ def _same_directory(a: Path, b: Path) -> bool:
 
 
 def _read_reproduction(path: Path, config: ExperimentConfig) -> tuple[list, dict]:
-    """The rows and environment of a finished run of the same grid under the same training settings.
+    """The rows and environment of a finished run of the same grid under the same training settings,
+    its rows re-analysed under ``config``'s thresholds (``converged``, ``steps_to_target``).
 
     Read as the run directory's own files are (never through a link, never blocking on a FIFO), and
     checked now, before this run trains for hours: rows that the analysis cannot read, or that are
@@ -138,7 +140,8 @@ def _read_reproduction(path: Path, config: ExperimentConfig) -> tuple[list, dict
         f"environment.json is not an object: {environment!r}"
     if problem:
         raise ConfigError(f"--reproduction {str(path)!r} holds no finished compare run of these settings: {problem}")
-    return rows, environment
+    # Its analysis thresholds may be other than ours: both runs are judged under ours.
+    return [analysed_row(row, config) for row in rows], environment
 
 
 ROW_KEY = ("norm", "protocol", "norm_batch", "sgd_batch", "eval")
@@ -164,13 +167,14 @@ def _rows_problem(rows: Any, config: ExperimentConfig) -> Optional[str]:
         if key in seen:
             return f"row {key} is given twice"
         seen.add(key)
-        problem = per_seed_problem(row["errors"], row["mean"], len(config.seeds), "errors")
+        problem = (per_seed_problem(row["errors"], row["mean"], len(config.seeds), "errors")
+                   or row_outcome_problem(row, len(config.seeds)))
         if problem:
             return f"row {key}: {problem}"
     if seen != expected:
         return f"{len(expected - seen)} rows of the grid are missing, e.g. {sorted(expected - seen, key=str)[0]}"
     try:
-        verdicts(analyse(rows, config.sgd_batch))
+        verdicts(analyse([analysed_row(row, config) for row in rows], config.sgd_batch))
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError) as error:
         return f"its rows cannot be analysed ({type(error).__name__}: {error})"
     return None

@@ -3,9 +3,10 @@
 A run's record (``runs/<run_id>/record.json``) is written last, atomically, and carries the
 settings that decided what it computed plus their fingerprint. Resuming trusts a record only when
 it passes ``validate_record``: its schema and value ranges hold, its norm/batch/seed are those of
-its folder, and its fingerprint is the one the current settings give. Anything else is a
-RunDirectoryError naming the file, so a record of other settings is never reused nor averaged in,
-whether or not ``config.json`` is still there.
+its folder, its fingerprint is that of its settings, and those are the current training settings
+(the analysis thresholds may differ: a reused record is re-analysed under the current ones).
+Anything else is a RunDirectoryError naming the file, so a record of other settings is never
+reused nor averaged in, whether or not ``config.json`` is still there.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .config import ConfigError, ExperimentConfig
+from .config import ANALYSIS_FIELDS, ConfigError, ExperimentConfig
+from .outcome import analysed
 from .storage import (RunDirectoryError, is_temporary_name, read_text, remove_file, safe_directory, write_atomic,
                       write_json)
 from .tuned_lrs import cell_lr
@@ -216,12 +218,20 @@ def _problems(record: Any, spec: RunKey, expected: dict[str, Any]) -> list[str]:
     stored = record["settings"]
     if fingerprint(stored) != record["fingerprint"]:
         return ["its fingerprint does not match its settings (the file was edited)"]
-    if record["fingerprint"] != fingerprint(expected):
-        keys = sorted(set(stored) | set(expected))
-        differ = [f"{key}: {stored.get(key)!r} there, {expected.get(key)!r} now"
-                  for key in keys if stored.get(key) != expected.get(key)]
+    # The analysis thresholds decide no number the run computed: a record trained under others is
+    # re-analysed (``outcome.analysed``), not refused.
+    trained, wanted = _training_settings(stored), _training_settings(expected)
+    if fingerprint(trained) != fingerprint(wanted):
+        keys = sorted(set(trained) | set(wanted))
+        differ = [f"{key}: {trained.get(key)!r} there, {wanted.get(key)!r} now"
+                  for key in keys if trained.get(key) != wanted.get(key)]
         return [f"it was computed with other settings ({'; '.join(differ)}); resuming would mix incomparable runs"]
     return []
+
+
+def _training_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """A record's settings without the analysis thresholds."""
+    return {key: value for key, value in settings.items() if key not in ANALYSIS_FIELDS}
 
 
 def validate_record(record: Any, spec: RunKey, config: ExperimentConfig, path: Path) -> dict[str, Any]:
@@ -255,7 +265,8 @@ def read_record(out: Path, run_id: str) -> Optional[dict[str, Any]]:
 
 
 def finished_record(out: Path, spec: RunKey, config: ExperimentConfig) -> Optional[dict[str, Any]]:
-    """The record of run ``spec`` when it finished under ``config``'s settings; None when it never
+    """The record of run ``spec`` when it finished under ``config``'s training settings, with
+    ``converged`` and ``steps_to_target`` under ``config``'s analysis thresholds; None when it never
     finished (no record, or one cut short: records are written atomically, so only damage from
     outside truncates one, and redoing the run is the repair); a RunDirectoryError naming the file
     for a readable record that fails ``validate_record`` (including NaN or infinite values)."""
@@ -274,7 +285,7 @@ def finished_record(out: Path, spec: RunKey, config: ExperimentConfig) -> Option
     except (ValueError, RecursionError) as error:
         raise RunDirectoryError(f"{path} is not a valid run record: {error}. It is not used: delete that run's "
                                 "folder to recompute the run (or use another --out)") from None
-    return validate_record(record, spec, config, path)
+    return analysed(validate_record(record, spec, config, path), config)
 
 
 def write_record(out: Path, spec: RunKey, config: ExperimentConfig, record: dict[str, Any]) -> dict[str, Any]:
@@ -292,8 +303,9 @@ def write_record(out: Path, spec: RunKey, config: ExperimentConfig, record: dict
 
 def check_resume(out: Path, config: ExperimentConfig) -> bool:
     """True when ``out`` already holds a sweep; a ConfigError when its settings differ from ``config``
-    in anything that changes what a run computes (the grid itself may differ). Each record is
-    checked again on its own (``finished_record``): this check only fails early and clearly."""
+    in anything that changes what a run computes (the grid and the analysis thresholds may differ).
+    Each record is checked again on its own (``finished_record``): this check only fails early and
+    clearly."""
     path = out / "config.json"
     try:
         text = read_text(path, out)
@@ -304,7 +316,7 @@ def check_resume(out: Path, config: ExperimentConfig) -> bool:
     except (json.JSONDecodeError, TypeError, ValueError) as error:
         raise ConfigError(f"{path} exists but cannot be read as an experiment config ({error}); "
                           "use another --out or remove it") from error
-    old, new = previous.run_identity(), config.run_identity()
+    old, new = previous.training_identity(), config.training_identity()   # thresholds may change
     differ = [f"{key}: {old[key]!r} there, {new[key]!r} now" for key in old if old[key] != new[key]]
     if differ:
         raise ConfigError(f"{out} holds a sweep with other settings ({'; '.join(differ)}); resuming would mix "

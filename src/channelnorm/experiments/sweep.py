@@ -25,6 +25,7 @@ from .config import ExperimentConfig
 from .data import Dataset, load_dataset
 from .evaluate import curve_evaluator, evaluate_members
 from .lifeline import exit_with_parent
+from .outcome import converged, steps_to_target
 from .rundir import RunKey, finished_record, prepare_run_dir, write_record
 from .storage import RunDirectoryError, write_atomic
 from .train import Member, TrainPlan, train_members
@@ -93,11 +94,6 @@ def train_plan(cell: Cell, config: ExperimentConfig) -> TrainPlan:
                      channels_last=config.channels_last)
 
 
-def steps_to_target(curve: list[tuple[int, float]], target: float) -> Optional[int]:
-    """The first logged step whose error is at most ``target`` (None when none is)."""
-    return next((step for step, error in curve if error <= target), None)
-
-
 def execute(cell: Cell, config: ExperimentConfig, data: Dataset, out: Path, progress=None) -> list[dict[str, Any]]:
     """Train and evaluate one cell; write each seed's metrics and, last and atomically, its record."""
     tplan = train_plan(cell, config)
@@ -125,8 +121,7 @@ def execute(cell: Cell, config: ExperimentConfig, data: Dataset, out: Path, prog
             "seed": member.seed, "peak_lr": member.peak_lr, "steps": tplan.steps,
             "samples": tplan.steps * cell.sgd_batch, "diverged": diverged, "diverged_at_step": log.diverged_at,
             "final_train_loss": log.final_train_loss,
-            "converged": (not diverged and log.final_train_loss is not None
-                          and log.final_train_loss < config.converged_loss),
+            "converged": converged(log.final_train_loss, diverged, config.converged_loss),
             "errors": member_errors,                        # test error %, per evaluation
             "eval_error": member_errors["ema"], "batch_stat_error": member_errors["batch"],
             "curve": curve_points, "steps_to_target": steps_to_target(curve_points, config.target_error),

@@ -1,0 +1,59 @@
+"""What a run's record concludes under the analysis thresholds, derived from what it measured.
+
+``converged`` (the final training loss below ``converged_loss``, without divergence) and
+``steps_to_target`` (the first logged step whose test error is at most ``target_error``) depend on
+the thresholds, not on the training: a run directory trained under other thresholds is re-analysed
+with the current ones (``analysed``) instead of retrained.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+from .config import ExperimentConfig
+
+
+def converged(final_train_loss: Optional[float], diverged: bool, converged_loss: float) -> bool:
+    """The run converged: it did not diverge and its final training loss is below ``converged_loss``."""
+    return not diverged and final_train_loss is not None and final_train_loss < converged_loss
+
+
+def steps_to_target(curve: list[tuple[int, float]], target: float) -> Optional[int]:
+    """The first logged step whose error is at most ``target`` (None when none is)."""
+    return next((step for step, error in curve if error <= target), None)
+
+
+def analysed(record: dict[str, Any], config: ExperimentConfig) -> dict[str, Any]:
+    """``record`` with ``converged`` and ``steps_to_target`` under ``config``'s thresholds."""
+    return {**record,
+            "converged": converged(record["final_train_loss"], record["diverged"], config.converged_loss),
+            "steps_to_target": steps_to_target(record["curve"], config.target_error)}
+
+
+def analysed_row(row: dict[str, Any], config: ExperimentConfig) -> dict[str, Any]:
+    """A ``results.json`` row with ``converged`` and ``steps_to_target`` under ``config``'s thresholds,
+    from its per-seed final losses, divergence count and curves (every seed converged, as a row is built)."""
+    return {**row,
+            "converged": row["diverged"] == 0 and all(converged(loss, False, config.converged_loss)
+                                                      for loss in row["final_train_loss"]),
+            "steps_to_target": [steps_to_target(curve, config.target_error) for curve in row["curve"]]}
+
+
+def row_outcome_problem(row: dict[str, Any], seeds: int) -> Optional[str]:
+    """What keeps ``analysed_row`` from reading ``row`` (one final loss and one curve per seed, a
+    divergence count), or None."""
+    losses, diverged, curves = row.get("final_train_loss"), row.get("diverged"), row.get("curve")
+    if not (isinstance(losses, list) and len(losses) == seeds and all(
+            loss is None or (_is_number(loss) and math.isfinite(loss) and loss >= 0) for loss in losses)):
+        return f"final_train_loss must be a list of {seeds} non-negative numbers or nulls, got {str(losses)[:80]}"
+    if not (isinstance(diverged, int) and not isinstance(diverged, bool) and 0 <= diverged <= seeds):
+        return f"diverged must be a count of seeds from 0 to {seeds}, got {diverged!r}"
+    if not (isinstance(curves, list) and len(curves) == seeds and all(
+            isinstance(curve, list) and all(isinstance(p, list) and len(p) == 2 and all(_is_number(v) for v in p)
+                                            for p in curve) for curve in curves)):
+        return f"curve must be {seeds} lists of [step, error] pairs, got {str(curves)[:80]}"
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
