@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from .config import ANALYSIS_FIELDS, ConfigError, ExperimentConfig
-from .outcome import analysed
+from .outcome import analysed, is_curve_point
 from .storage import (RunDirectoryError, is_temporary_name, read_text, remove_file, safe_directory, write_atomic,
                       write_json)
 from .tuned_lrs import cell_lr
@@ -165,11 +165,7 @@ def _curve(value: Any) -> Optional[str]:
     wanted = "a list of [step >= 0, error in [0, 100] %] pairs"
     if not isinstance(value, (list, tuple)):
         return wanted
-    for point in value:
-        if not (isinstance(point, (list, tuple)) and len(point) == 2 and _count(0)(point[0]) is None
-                and _PERCENT(point[1]) is None):
-            return wanted
-    return None
+    return None if all(is_curve_point(point) for point in value) else wanted
 
 
 # Every field a record must have, with what its value must be.
