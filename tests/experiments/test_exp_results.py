@@ -220,6 +220,8 @@ BAD_ROWS = [
     ("a row without final losses", _drop("final_train_loss"), "final_train_loss"),
     ("a NaN final loss", lambda rows: [{**r, "final_train_loss": [float("nan")] * 3} for r in rows],
      "final_train_loss"),
+    ("a final loss no float holds", lambda rows: [{**r, "final_train_loss": [10**400] * 3} for r in rows],
+     "final_train_loss"),
     ("a divergence flag, not a count", lambda rows: [{**r, "diverged": False} for r in rows], "diverged"),
     ("a curve missing for a seed", lambda rows: [{**r, "curve": r["curve"][:-1]} for r in rows], "curve"),
     ("a curve point that is not a pair", lambda rows: [{**r, "curve": [[[1, 2, 3]]] * 3} for r in rows], "curve"),

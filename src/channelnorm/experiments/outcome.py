@@ -7,7 +7,6 @@ with the current ones (``analysed``) instead of retrained.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Optional
 
 from .config import ExperimentConfig
@@ -45,7 +44,7 @@ def row_outcome_problem(row: dict[str, Any], seeds: int) -> Optional[str]:
     divergence count), or None."""
     losses, diverged, curves = row.get("final_train_loss"), row.get("diverged"), row.get("curve")
     if not (isinstance(losses, list) and len(losses) == seeds and all(
-            loss is None or (_is_number(loss) and math.isfinite(loss) and loss >= 0) for loss in losses)):
+            loss is None or (is_finite_number(loss) and loss >= 0) for loss in losses)):
         return f"final_train_loss must be a list of {seeds} non-negative numbers or nulls, got {str(losses)[:80]}"
     if not (isinstance(diverged, int) and not isinstance(diverged, bool) and 0 <= diverged <= seeds):
         return f"diverged must be a count of seeds from 0 to {seeds}, got {diverged!r}"
@@ -54,10 +53,6 @@ def row_outcome_problem(row: dict[str, Any], seeds: int) -> Optional[str]:
         return (f"curve must be {seeds} lists of [step, error] pairs (a whole step >= 0, an error in [0, 100] %), "
                 f"got {str(curves)[:80]}")
     return None
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def is_curve_point(point: Any) -> bool:

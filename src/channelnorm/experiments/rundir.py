@@ -22,6 +22,7 @@ import torch
 
 from .config import ANALYSIS_FIELDS, ConfigError, ExperimentConfig
 from .outcome import analysed, is_curve_point
+from .stats import is_finite_number
 from .storage import (RunDirectoryError, is_temporary_name, read_text, remove_file, safe_directory, write_atomic,
                       write_json)
 from .tuned_lrs import cell_lr
@@ -120,8 +121,8 @@ def fingerprint(settings: dict[str, Any]) -> str:
 
 def _number(low: float, high: float) -> Callable[[Any], Optional[str]]:
     def check(value: Any) -> Optional[str]:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        return None if ok and low <= value <= high else f"a finite number in [{low:g}, {high:g}]"
+        # is_finite_number: an integer too large for a float is not finite (math.isfinite would raise)
+        return None if is_finite_number(value) and low <= value <= high else f"a finite number in [{low:g}, {high:g}]"
     return check
 
 
