@@ -220,9 +220,20 @@ BAD_ROWS = [
     ("a row without final losses", _drop("final_train_loss"), "final_train_loss"),
     ("a NaN final loss", lambda rows: [{**r, "final_train_loss": [float("nan")] * 3} for r in rows],
      "final_train_loss"),
+    ("a final loss no float holds", lambda rows: [{**r, "final_train_loss": [10**400] * 3} for r in rows],
+     "final_train_loss"),
     ("a divergence flag, not a count", lambda rows: [{**r, "diverged": False} for r in rows], "diverged"),
     ("a curve missing for a seed", lambda rows: [{**r, "curve": r["curve"][:-1]} for r in rows], "curve"),
     ("a curve point that is not a pair", lambda rows: [{**r, "curve": [[[1, 2, 3]]] * 3} for r in rows], "curve"),
+    # Curve points as a run's record holds them: a whole step >= 0 (that a float holds) and an error in [0, 100] %.
+    ("a curve step no float holds", lambda rows: [{**r, "curve": [[[10**400, 1.0]]] * 3} for r in rows], "curve"),
+    ("a NaN curve step", lambda rows: [{**r, "curve": [[[float("nan"), 1.0]]] * 3} for r in rows], "curve"),
+    ("an infinite curve step", lambda rows: [{**r, "curve": [[[float("inf"), 1.0]]] * 3} for r in rows], "curve"),
+    ("a negative curve step", lambda rows: [{**r, "curve": [[[-500, 1.0]]] * 3} for r in rows], "curve"),
+    ("a fractional curve step", lambda rows: [{**r, "curve": [[[500.5, 1.0]]] * 3} for r in rows], "curve"),
+    ("a NaN curve error", lambda rows: [{**r, "curve": [[[500, float("nan")]]] * 3} for r in rows], "curve"),
+    ("a negative curve error", lambda rows: [{**r, "curve": [[[500, -1.0]]] * 3} for r in rows], "curve"),
+    ("a curve error above 100 %", lambda rows: [{**r, "curve": [[[500, 101.0]]] * 3} for r in rows], "curve"),
     ("a row the analysis cannot read", _drop("ci95"), "analysed"),
 ]
 

@@ -171,6 +171,9 @@ DAMAGE = {
     "converged though diverged": (lambda r: _edit(r, diverged=True, diverged_at_step=3),
                                   "converged is true for a run that diverged"),
     "unknown protocol": (lambda r: _edit(r, protocol="ghost"), "protocol is 'ghost', expected one of decoupled"),
+    # steps_to_target is re-derived from the curve and averaged as floats: a step no float holds cannot be
+    "final loss no float holds": (lambda r: _edit(r, final_train_loss=10**400), "final_train_loss is 1000000"),
+    "curve step no float holds": (lambda r: _edit(r, curve=[[10**400, 25.0]]), "curve is [[1000000"),
 }
 
 

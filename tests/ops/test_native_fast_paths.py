@@ -177,3 +177,23 @@ def test_cpu_training_kernel_is_torch_batch_norm_bit_for_bit(layout, dtype, para
             assert torch.equal(ours, theirs), name
         else:
             assert ours == theirs, name
+
+
+@pytest.mark.parametrize("backend", ["native", "auto"])
+@pytest.mark.parametrize("replaced", ["weight", "bias", "running_mean", "running_var"])
+def test_a_module_tensor_replaced_by_one_of_another_size_is_refused_before_the_kernel_runs(backend, replaced):
+    # A module checks its tensors' sizes at construction only; one replaced later (``m.weight.data =``,
+    # a pruning tool) must still be refused as nn.BatchNorm2d refuses it, before any buffer is
+    # written: native_batch_norm itself indexes past a too-short tensor without checking.
+    norm = cn.ChannelNorm(3, backend=backend).train()
+    reference = torch.nn.BatchNorm2d(3).train()
+    for module in (norm, reference):
+        getattr(module, replaced).data = torch.full((2,), 0.5)
+    x = torch.randn(4, 3, 5, 5, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(RuntimeError, match=f"{replaced} should contain 3 elements not 2"):
+        reference(x)
+    before = {name: b.clone() for name, b in norm.named_buffers()}
+    with pytest.raises(RuntimeError, match=f"{replaced} should contain 3 elements not 2"):
+        norm(x)
+    for name, buffer in norm.named_buffers():
+        assert torch.equal(buffer, before[name]), name

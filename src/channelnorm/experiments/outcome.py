@@ -7,10 +7,10 @@ with the current ones (``analysed``) instead of retrained.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Optional
 
 from .config import ExperimentConfig
+from .stats import is_finite_number
 
 
 def converged(final_train_loss: Optional[float], diverged: bool, converged_loss: float) -> bool:
@@ -44,16 +44,23 @@ def row_outcome_problem(row: dict[str, Any], seeds: int) -> Optional[str]:
     divergence count), or None."""
     losses, diverged, curves = row.get("final_train_loss"), row.get("diverged"), row.get("curve")
     if not (isinstance(losses, list) and len(losses) == seeds and all(
-            loss is None or (_is_number(loss) and math.isfinite(loss) and loss >= 0) for loss in losses)):
+            loss is None or (is_finite_number(loss) and loss >= 0) for loss in losses)):
         return f"final_train_loss must be a list of {seeds} non-negative numbers or nulls, got {str(losses)[:80]}"
     if not (isinstance(diverged, int) and not isinstance(diverged, bool) and 0 <= diverged <= seeds):
         return f"diverged must be a count of seeds from 0 to {seeds}, got {diverged!r}"
     if not (isinstance(curves, list) and len(curves) == seeds and all(
-            isinstance(curve, list) and all(isinstance(p, list) and len(p) == 2 and all(_is_number(v) for v in p)
-                                            for p in curve) for curve in curves)):
-        return f"curve must be {seeds} lists of [step, error] pairs, got {str(curves)[:80]}"
+            isinstance(curve, list) and all(is_curve_point(p) for p in curve) for curve in curves)):
+        return (f"curve must be {seeds} lists of [step, error] pairs (a whole step >= 0, an error in [0, 100] %), "
+                f"got {str(curves)[:80]}")
     return None
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def is_curve_point(point: Any) -> bool:
+    """``[step, error]`` as a run measures it (records and results rows alike): the step a whole
+    number >= 0 that a float holds (the analysis averages steps), the test error a percentage. A NaN,
+    negative or fractional step, or an error outside [0, 100], would pass for a target reached or missed."""
+    if not (isinstance(point, (list, tuple)) and len(point) == 2):
+        return False
+    step, error = point
+    return (isinstance(step, int) and not isinstance(step, bool) and is_finite_number(step) and step >= 0
+            and is_finite_number(error) and 0 <= error <= 100)

@@ -21,7 +21,8 @@ from typing import Any, Callable, Optional
 import torch
 
 from .config import ANALYSIS_FIELDS, ConfigError, ExperimentConfig
-from .outcome import analysed
+from .outcome import analysed, is_curve_point
+from .stats import is_finite_number
 from .storage import (RunDirectoryError, is_temporary_name, read_text, remove_file, safe_directory, write_atomic,
                       write_json)
 from .tuned_lrs import cell_lr
@@ -120,8 +121,8 @@ def fingerprint(settings: dict[str, Any]) -> str:
 
 def _number(low: float, high: float) -> Callable[[Any], Optional[str]]:
     def check(value: Any) -> Optional[str]:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        return None if ok and low <= value <= high else f"a finite number in [{low:g}, {high:g}]"
+        # is_finite_number: an integer too large for a float is not finite (math.isfinite would raise)
+        return None if is_finite_number(value) and low <= value <= high else f"a finite number in [{low:g}, {high:g}]"
     return check
 
 
@@ -165,11 +166,7 @@ def _curve(value: Any) -> Optional[str]:
     wanted = "a list of [step >= 0, error in [0, 100] %] pairs"
     if not isinstance(value, (list, tuple)):
         return wanted
-    for point in value:
-        if not (isinstance(point, (list, tuple)) and len(point) == 2 and _count(0)(point[0]) is None
-                and _PERCENT(point[1]) is None):
-            return wanted
-    return None
+    return None if all(is_curve_point(point) for point in value) else wanted
 
 
 # Every field a record must have, with what its value must be.
