@@ -155,24 +155,29 @@ def _layout(x: torch.Tensor, kind: str) -> torch.Tensor:
 @pytest.mark.parametrize("affine", [True, False])
 def test_cpu_training_kernel_is_torch_batch_norm_bit_for_bit(layout, dtype, param_dtype, affine):
     # The CPU training path calls native_batch_norm (what torch.batch_norm reaches on CPU) directly: the
-    # output, both running buffers and every gradient must be exactly torch.batch_norm's.
-    from channelnorm.ops.native import _cpu_batch_norm
+    # output, both running buffers, the count and every gradient must be exactly torch.batch_norm's.
+    from channelnorm.ops.native import _cpu_training_batch_norm
+
+    def through_torch(x, weight, bias, rm, rv, tracked, momentum, eps):
+        tracked.add_(1)
+        return torch.batch_norm(x, weight, bias, rm, rv, True, momentum, eps, False)
 
     gen = torch.Generator().manual_seed(3)
     x0 = _layout((torch.randn(4, 5, 3, 2, generator=gen) * 3 + 1).to(dtype), layout)
     grad = _layout(torch.randn(4, 5, 3, 2, generator=gen).to(dtype), layout)
     results = []
-    for kernel in (torch.batch_norm, _cpu_batch_norm):
+    for kernel in (through_torch, _cpu_training_batch_norm):
         x = x0.detach().clone(memory_format=torch.preserve_format).requires_grad_()
         w = (torch.rand(5, generator=torch.Generator().manual_seed(4)) + 0.5).to(param_dtype).requires_grad_()
         b = torch.randn(5, generator=torch.Generator().manual_seed(5)).to(param_dtype).requires_grad_()
         rm, rv = torch.full((5,), 0.5, dtype=param_dtype), torch.full((5,), 2.0, dtype=param_dtype)
+        tracked = torch.tensor(3)
         weight, bias = (w, b) if affine else (None, None)
-        y = kernel(x, weight, bias, rm, rv, True, 0.3, 1e-5, False)
+        y = kernel(x, weight, bias, rm, rv, tracked, 0.3, 1e-5)
         y.backward(grad)
-        results.append((y.detach(), y.stride(), rm, rv, x.grad, x.grad.stride(), w.grad, b.grad))
-    for name, ours, theirs in zip(("y", "y strides", "running_mean", "running_var", "dx", "dx strides", "dw", "db"),
-                                  results[1], results[0]):
+        results.append((y.detach(), y.stride(), rm, rv, tracked, x.grad, x.grad.stride(), w.grad, b.grad))
+    names = ("y", "y strides", "running_mean", "running_var", "num_batches_tracked", "dx", "dx strides", "dw", "db")
+    for name, ours, theirs in zip(names, results[1], results[0]):
         if isinstance(theirs, torch.Tensor):
             assert torch.equal(ours, theirs), name
         else:

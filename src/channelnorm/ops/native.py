@@ -92,11 +92,10 @@ def _canonical_gradient(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return y
 
 
-def _run_tracked(kernel, cpu_kernel, x, weight, bias, running_mean, running_var, num_batches_tracked, momentum,
-                 eps, cudnn):
-    """Run ``kernel`` (``torch.batch_norm`` or ``torch.instance_norm``; ``cpu_kernel``, the same computation,
-    for CPU buffers outside torch.compile), which updates the running buffers in place, keeping the rule
-    of docs/design.md: a batch whose statistics are not finite leaves the buffers untouched.
+def _run_tracked(kernel, x, weight, bias, running_mean, running_var, num_batches_tracked, momentum, eps, cudnn):
+    """Run ``kernel`` (``torch.batch_norm`` or ``torch.instance_norm``), which updates the running buffers
+    in place, keeping the rule of docs/design.md: a batch whose statistics are not finite leaves the
+    buffers untouched.
 
     CPU buffers are updated in place and restored on failure (host check; nothing to synchronize).
     Elsewhere, and while torch.compile traces, the kernel updates copies that a tensor-op ``where``
@@ -106,7 +105,7 @@ def _run_tracked(kernel, cpu_kernel, x, weight, bias, running_mean, running_var,
     if running_mean.is_cpu and not torch.compiler.is_compiling():
         # moments.undo_if_not_finite written inline: no closure and one call layer less per call.
         saved = snapshot(running_mean, running_var)
-        y = cpu_kernel(x, weight, bias, running_mean, running_var, True, m, eps, cudnn)
+        y = kernel(x, weight, bias, running_mean, running_var, True, m, eps, cudnn)
         keep_if_finite(saved, running_mean, running_var, num_batches_tracked)
         return y
     new_mean, new_var = running_mean.clone(), running_var.clone()
@@ -115,24 +114,30 @@ def _run_tracked(kernel, cpu_kernel, x, weight, bias, running_mean, running_var,
     return y
 
 
-def _cpu_batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps, cudnn):
-    """``torch.batch_norm`` for non-empty CPU input and buffers, without its two dispatch layers.
+def _cpu_training_batch_norm(x, weight, bias, running_mean, running_var, num_batches_tracked, momentum, eps):
+    """``_run_tracked(torch.batch_norm, ...)`` for CPU buffers outside torch.compile, in one function: the
+    hottest path of a small CPU model, where each call layer costs ~0.2 us of a forward+backward.
 
-    On CPU, ``aten::batch_norm`` is ``_batch_norm_impl_index``, which (for non-empty input, the only
-    kind that reaches a backend) checks the per-channel sizes and calls ``native_batch_norm``: the
-    same kernel and the same autograd node (NativeBatchNormBackward0), ~3 us less in a small norm's
-    forward+backward (benchmarks/profile_cpu_layers.py).
-
-    The sizes are checked here too: a module checks its tensors at construction only, and one
-    replaced later by a tensor of another size (``norm.weight.data = ...``) would make
-    ``native_batch_norm`` read and write past its end. torch.batch_norm refuses it, naming both sizes.
-    The check costs ~0.4 us a call, about half of what skipping torch.batch_norm saves in the raw ops.
+    * The kernel is ``native_batch_norm``, which ``torch.batch_norm`` reaches on CPU (non-empty input, the
+      only kind that gets here) through ``_batch_norm_impl_index``: the same computation and autograd node
+      (NativeBatchNormBackward0), two dispatch layers (~3 us a small forward+backward) less. Those layers
+      check the per-channel sizes, so this does too: a module checks its tensors at construction only,
+      and one replaced later by a tensor of another size (``norm.weight.data = ...``) would make
+      ``native_batch_norm`` read and write past its end. A mismatch takes torch.batch_norm's path, which
+      refuses it naming both sizes.
+    * The non-finite rule as ``_run_tracked`` keeps it on CPU: one copy of both buffers before the
+      kernel's in-place update, ``moments.keep_if_finite`` after it.
     """
     c = x.shape[1]
     if (running_mean.numel() != c or running_var.numel() != c or (weight is not None and weight.numel() != c)
             or (bias is not None and bias.numel() != c)):
-        return torch.batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps, cudnn)
-    return torch.native_batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps)[0]
+        return _run_tracked(torch.batch_norm, x, weight, bias, running_mean, running_var, num_batches_tracked,
+                            momentum, eps, False)
+    m = float(momentum) if momentum is not None else effective_momentum(None, num_batches_tracked)
+    saved = torch.cat((running_mean, running_var))   # moments.snapshot
+    y = torch.native_batch_norm(x, weight, bias, running_mean, running_var, True, m, eps)[0]
+    keep_if_finite(saved, running_mean, running_var, num_batches_tracked)
+    return y
 
 
 # torch.batch_norm / torch.instance_norm / torch.group_norm directly: the arguments are validated
@@ -145,8 +150,12 @@ def channel_norm(x, running_mean, running_var, weight, bias, training, momentum,
     # torch's kernels read the cudnn flag only for CUDA input (cuDNN, MIOpen); reading it costs 0.25 us.
     cudnn = x.is_cuda and torch.backends.cudnn.enabled
     if training and running_mean is not None:
-        y = _run_tracked(torch.batch_norm, _cpu_batch_norm, xm, weight, bias, running_mean, running_var,
-                         num_batches_tracked, momentum, eps, cudnn)
+        if running_mean.is_cpu and not torch.compiler.is_compiling():
+            y = _cpu_training_batch_norm(xm, weight, bias, running_mean, running_var, num_batches_tracked,
+                                         momentum, eps)
+        else:
+            y = _run_tracked(torch.batch_norm, xm, weight, bias, running_mean, running_var, num_batches_tracked,
+                             momentum, eps, cudnn)
     else:
         y = torch.batch_norm(xm, weight, bias, running_mean, running_var, bool(training), 0.0, eps, cudnn)
     if 1 in x.shape:  # only a size-1 axis makes strides ambiguous (see _canonical_gradient)
@@ -159,8 +168,8 @@ def instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, m
     xm = x if channel_axis == 1 else x.movedim(channel_axis, 1)
     cudnn = x.is_cuda and torch.backends.cudnn.enabled  # read only for CUDA input (see channel_norm)
     if use_input_stats and running_mean is not None:
-        y = _run_tracked(torch.instance_norm, torch.instance_norm, xm, weight, bias, running_mean, running_var,
-                         num_batches_tracked, momentum, eps, cudnn)
+        y = _run_tracked(torch.instance_norm, xm, weight, bias, running_mean, running_var, num_batches_tracked,
+                         momentum, eps, cudnn)
     else:
         y = torch.instance_norm(xm, weight, bias, running_mean, running_var, bool(use_input_stats), 0.0, eps,
                                 cudnn)
