@@ -137,6 +137,41 @@ def test_half_cpu_channel_norm_with_given_statistics_stays_on_torchs_kernel(dtyp
     torch.testing.assert_close(got.double(), want, rtol=2 * ulp, atol=2 * ulp)
 
 
+MIXED_CALLS = {
+    # (half-precision input, then weight, bias, running statistics of both float32 and the input's dtype)
+    "channel eval": lambda x, w, b, rm, rv, be: F.channel_norm(x, rm, rv, w, b, training=False, backend=be),
+    "channel training": lambda x, w, b, rm, rv, be: F.channel_norm(x, rm, rv, w, b, training=True, backend=be),
+    "instance, given statistics": lambda x, w, b, rm, rv, be: F.instance_norm(x, rm, rv, w, b, use_input_stats=False,
+                                                                             backend=be),
+    "group": lambda x, w, b, rm, rv, be: F.group_norm(x, 3, w, b, backend=be),
+}
+
+
+@pytest.mark.parametrize("call", sorted(MIXED_CALLS))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_input_with_parameters_of_two_dtypes_is_computed_not_handed_to_torch(call, dtype):
+    # torch's CPU kernels take half-precision input with parameters and statistics all of the input's
+    # dtype or all float32, and raise a RuntimeError on a mix: auto computes the call with the reference
+    # math, and backend="native" is a ValueError saying why.
+    x = (torch.randn(4, 3, 5, 5, dtype=torch.float64) + 2).to(dtype)
+    w, b = torch.rand(3, dtype=torch.float64) + 0.5, torch.randn(3, dtype=torch.float64)
+    rm, rv = torch.randn(3, dtype=torch.float64) + 2, torch.rand(3, dtype=torch.float64) + 0.5
+    fn = MIXED_CALLS[call]
+    got = fn(x, w.to(dtype), b.float(), rm.float(), rv.to(dtype), "auto")
+    want = fn(x.double(), w.to(dtype).double(), b.float().double(), rm.float().double(), rv.to(dtype).double(),
+              "reference")
+    # float64 oracle on the same rounded inputs: the reference computes in float32 and rounds the output
+    # to half once (2**-11 relative in float16, 2**-8 in bfloat16); normalized values are at most ~4.
+    ulp = {torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8}[dtype]
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.double(), want, rtol=2 * ulp, atol=8 * ulp)
+    with pytest.raises(ValueError, match=rf"{dtype} input with parameters and statistics all {dtype} or all float32"):
+        fn(x, w.to(dtype), b.float(), rm.float(), rv.to(dtype), "native")
+    # one dtype throughout, or float32 throughout, still runs torch's kernel
+    fn(x, w.float(), b.float(), rm.float(), rv.float(), "native")
+    fn(x, w.to(dtype), b.to(dtype), rm.to(dtype), rv.to(dtype), "native")
+
+
 def test_instance_norm_batch_one_with_channels_last_gradient_matches_the_reference():
     x = torch.randn(1, 3, 4, 5, dtype=torch.float64, requires_grad=True)
     g = torch.randn(1, 3, 4, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)

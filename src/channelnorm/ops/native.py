@@ -27,11 +27,21 @@ def unsupported_reason(op: str, x: torch.Tensor, channel_axis: int,
     if op not in _OPS:
         return f"no native kernel for {op}"
     dtype = x.dtype
+    as_input = as_float32 = False
     for p in params:
-        # torch's kernels want one dtype, except float32 parameters with half-precision input
-        # (dtypes are singletons: `is` is the cheap test of the common case).
-        if p is not None and p.dtype is not dtype and not (p.dtype == torch.float32 and dtype in _HALF):
+        # torch's kernels want the parameters and statistics all in the input's dtype, or all float32
+        # with half-precision input (dtypes are singletons: `is` is the cheap test of the common case).
+        if p is None:
+            continue
+        if p.dtype is dtype:
+            as_input = True
+        elif p.dtype is torch.float32 and dtype in _HALF:
+            as_float32 = True
+        else:
             return f"parameter dtype {p.dtype} does not match input dtype {dtype}"
+    if as_input and as_float32:
+        return (f"torch's kernels take {dtype} input with parameters and statistics all {dtype} or all "
+                f"float32, not both")
     if op == "instance_norm" and x.ndim < 3:
         return f"torch's instance_norm needs a spatial axis, got input of rank {x.ndim}"
     return None
