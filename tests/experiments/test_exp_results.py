@@ -184,17 +184,20 @@ def test_steps_to_target_comparison_needs_every_seed_to_reach_the_target():
     assert by_norm["instance"]["verdict"] == NO_DIFFERENCE
 
 
-def _finished_run(folder, config):
-    """A finished compare run's config.json, results.json and environment.json (every planned cell, every seed)."""
+def _finished_run(folder, config, shift=None, capability="AVX2"):
+    """A finished compare run's config.json, results.json and environment.json (every planned cell, every
+    seed: test error 3.0 + seed %, plus ``shift[cell_id]`` points)."""
     from channelnorm.experiments.sweep import plan
+    shift = shift or {}
     # steps_to_target as the default target error (5 %) gives for the curve [[500, 10.0], [1000, ema]]
-    found = {cell.cell_id: [record(cell, s, 3.0 + s, steps_to_target=1000) for s in config.seeds]
+    found = {cell.cell_id: [record(cell, s, 3.0 + s + shift.get(cell.cell_id, 0.0), steps_to_target=1000)
+                            for s in config.seeds]
              for cell in plan(config)}
     rows = build_rows(found, config)
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(config.to_dict()))
     (folder / "results.json").write_text(json.dumps(rows))
-    (folder / "environment.json").write_text(json.dumps({"cpu_capability": "AVX2"}))
+    (folder / "environment.json").write_text(json.dumps({"cpu_capability": capability}))
     return rows
 
 
@@ -278,3 +281,65 @@ def test_a_reproduction_file_that_is_not_a_plain_file_of_the_folder_is_refused_w
          "folder": lambda p: p.mkdir()}[kind](there / "results.json")
     with pytest.raises(ConfigError, match="--reproduction"):
         _read_reproduction(there, CONFIG)
+
+
+SMALL_VS_32 = "robustness ema: channel decoupled norm-batch 2 sgd-batch 32 (ema) vs channel decoupled norm-batch 32 " \
+              "sgd-batch 32 (ema)"
+
+
+def test_verdicts_of_runs_with_other_seeds_and_code_paths_side_by_side(tmp_path):
+    from channelnorm.experiments.across import render_verdict_table, verdict_table
+    # Every cell's seeds have the same errors, so every comparison is "no difference detected", except
+    # where the second run's batch-2 cell is 6 points worse (its seeds spread 3-7 %: the Welch interval
+    # of the difference is about +-2.3 points).
+    # (A target error of 50 % that every curve reaches keeps the steps-to-target verdicts equal too.)
+    first = CONFIG.with_(target_error=50.0)
+    _finished_run(tmp_path / "a", first, capability="AVX512")
+    _finished_run(tmp_path / "b", first.with_(seeds=(0, 1, 2, 3, 4)), shift={"decoupled-channel-nb2-sgd32": 6.0})
+    names, rows = verdict_table([tmp_path / "a", tmp_path / "b"])
+    assert names == [f"{tmp_path / 'a'} (3 seeds, AVX512)", f"{tmp_path / 'b'} (5 seeds, AVX2)"]
+    shifted = [key for key, _ in rows if "channel decoupled norm-batch 2 sgd-batch 32" in key]
+    assert SMALL_VS_32 in shifted and len(shifted) == 3     # the three evaluations (records share errors)
+    for key, values in rows:
+        assert values == ([NO_DIFFERENCE, WORSE] if key in shifted else [values[0]] * 2), key
+    text = render_verdict_table(names, rows)
+    assert f"| {SMALL_VS_32} | {NO_DIFFERENCE} | {WORSE} | ✗ |" in text
+    assert f"{len(rows) - 3} of {len(rows)} verdicts are the same in all 2 runs." in text
+
+
+def test_every_run_is_judged_under_the_first_runs_thresholds(tmp_path):
+    from channelnorm.experiments.across import verdict_table
+    # every loss is 0.01: converged under the default 0.1, not under 0.005
+    _finished_run(tmp_path / "strict", CONFIG.with_(converged_loss=0.005))
+    _finished_run(tmp_path / "default", CONFIG)
+    _, rows = verdict_table([tmp_path / "strict", tmp_path / "default"])
+    assert dict(rows)[SMALL_VS_32] == [NOT_CONVERGED, NOT_CONVERGED]
+    _, rows = verdict_table([tmp_path / "default", tmp_path / "strict"])
+    assert dict(rows)[SMALL_VS_32] == [NO_DIFFERENCE, NO_DIFFERENCE]
+
+
+def test_verdicts_refuse_runs_of_other_settings_or_unfinished_ones(tmp_path):
+    from channelnorm.experiments import cli
+    from channelnorm.experiments.across import verdict_table
+    from channelnorm.experiments.config import ConfigError
+    _finished_run(tmp_path / "a", CONFIG)
+    _finished_run(tmp_path / "longer", CONFIG.with_(epochs=16.0))
+    with pytest.raises(ConfigError, match=r"longer.*epochs: 16.0 there, 8.0 in the first"):
+        verdict_table([tmp_path / "a", tmp_path / "longer"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=rf"'{tmp_path}/empty' holds no finished compare run"):
+        verdict_table([tmp_path / "a", tmp_path / "empty"])
+    with pytest.raises(ConfigError, match="at least two"):
+        verdict_table([tmp_path / "a"])
+    with pytest.raises(SystemExit):
+        cli.main(["verdicts", str(tmp_path / "a"), str(tmp_path / "empty")])
+
+
+def test_verdicts_command_prints_and_writes_the_table(tmp_path, capsys):
+    from channelnorm.experiments import cli
+    _finished_run(tmp_path / "a", CONFIG)
+    _finished_run(tmp_path / "b", CONFIG)
+    assert cli.main(["verdicts", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "v.md")]) == 0
+    printed = capsys.readouterr().out
+    assert printed == (tmp_path / "v.md").read_text()
+    assert "verdicts are the same in all 2 runs" in printed and "✗" not in printed

@@ -126,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--write-defaults", action="store_true",
                       help="also rewrite the package's tuned_lrs.py with the chosen rates (for committing)")
     _add_common(tune)
+
+    across = commands.add_parser(
+        "verdicts", help="the verdicts of finished compare runs of one grid side by side",
+        description="Print, for two or more finished `channelnorm compare` runs of the same grid that may "
+                    "differ in their seeds and CPU code path, every verdict of each run and whether all agree "
+                    "(each run judged under the first run's analysis thresholds).")
+    across.add_argument("runs", nargs="+", type=Path, metavar="DIR", help="run directories (--out of compare)")
+    across.add_argument("--out", type=Path, help="also write the table to this Markdown file")
     return parser
 
 
@@ -158,6 +166,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "verdicts":
+        return _verdicts(args, parser)
     given = {name for name in OVERRIDES if hasattr(args, name)}
     try:
         config = config_from_args(args, given, "runs/compare" if args.command == "compare" else "runs/tune")
@@ -179,6 +189,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
     for name, path in outputs.items():
         print(f"{name}: {path}")
+    return 0
+
+
+def _verdicts(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .across import render_verdict_table, verdict_table
+    try:
+        text = render_verdict_table(*verdict_table(args.runs))
+        if args.out is not None:
+            args.out.write_text(text, encoding="utf-8")
+    except ConfigError as error:
+        parser.error(str(error))
+    except OSError as error:
+        parser.error(f"--out {str(args.out)!r} cannot be written: {error}")
+    print(text, end="")
     return 0
 
 

@@ -10,20 +10,18 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from .analysis import analyse, reproduction, verdicts
+from .analysis import analyse, reproduction
 from .config import ConfigError, ExperimentConfig
 from .data import load_dataset
 from .environment import CODE_PATH_FIELDS, describe_environment, load_average, utc_now
-from .evaluate import EVALS
 from .mechanism import measure
-from .outcome import analysed_row, row_outcome_problem
+from .outcome import analysed_row
 from .plot import plot_batch_panels, plot_curves
 from .report import render
-from .results import build_rows, collect, coupled_views, write_results
+from .results import build_rows, collect, read_finished_run, rows_problem, write_results
 from .rundir import check_resume, write_json_atomic
-from .stats import per_seed_problem
 from .storage import RunDirectoryError, locked, read_text, write_atomic
-from .sweep import plan, run_sweep
+from .sweep import run_sweep
 
 OUTPUTS = ("config.json", "environment.json", "results.csv", "results.json", "analysis.json",
            "error_vs_batch.png", "curves.png", "report.md")
@@ -122,62 +120,19 @@ def _read_reproduction(path: Path, config: ExperimentConfig) -> tuple[list, dict
     Read as the run directory's own files are (never through a link, never blocking on a FIFO), and
     checked now, before this run trains for hours: rows that the analysis cannot read, or that are
     not the grid of its settings, would otherwise fail (or compare nothing) only at the end."""
-    def read(name: str) -> Any:
-        return json.loads(read_text(path / name, path))
-    try:
-        there = ExperimentConfig.from_dict(read("config.json"))
-        rows, environment = read("results.json"), read("environment.json")
-    except (OSError, RunDirectoryError, UnicodeDecodeError, json.JSONDecodeError, ConfigError, TypeError,
-            AttributeError) as error:
-        raise ConfigError(f"--reproduction {str(path)!r} holds no finished compare run: {error}") from error
+    there, rows, environment = read_finished_run(path, "--reproduction")
     here_settings, there_settings = config.reproduction_identity(), there.reproduction_identity()
     differ = sorted(k for k in here_settings if here_settings[k] != there_settings.get(k))
     if differ:
         raise ConfigError(f"--reproduction {str(path)!r} ran other settings ({', '.join(differ)}: "
                           + "; ".join(f"{there_settings.get(k)!r} there, {here_settings[k]!r} here" for k in differ)
                           + "); a reproduction reruns the same grid")
-    problem = _rows_problem(rows, config) if isinstance(environment, dict) else \
+    problem = rows_problem(rows, config) if isinstance(environment, dict) else \
         f"environment.json is not an object: {environment!r}"
     if problem:
         raise ConfigError(f"--reproduction {str(path)!r} holds no finished compare run of these settings: {problem}")
     # Its analysis thresholds may be other than ours: both runs are judged under ours.
     return [analysed_row(row, config) for row in rows], environment
-
-
-ROW_KEY = ("norm", "protocol", "norm_batch", "sgd_batch", "eval")
-
-
-def _rows_problem(rows: Any, config: ExperimentConfig) -> Optional[str]:
-    """What keeps ``rows`` (a results.json) from being the finished grid of ``config``, or None:
-    one row per planned cell and evaluation, each with one finite error per seed and their mean,
-    and rows the analysis reads."""
-    if not (isinstance(rows, list) and all(isinstance(r, dict) for r in rows)):
-        return f"results.json must be a list of row objects, got {str(rows)[:80]}"
-    expected = {(c.norm, c.protocol, c.norm_batch, c.sgd_batch, e) for c in plan(config) if c.protocol == "decoupled"
-                for e in EVALS}
-    expected |= {(c.norm, c.protocol, c.norm_batch, c.sgd_batch, e) for c, _ in coupled_views(config) for e in EVALS}
-    seen = set()
-    for row in rows:
-        missing = [k for k in ROW_KEY + ("errors", "mean") if k not in row]
-        if missing:
-            return f"a row has no {', '.join(missing)}: {str(row)[:120]}"
-        key = tuple(row[k] for k in ROW_KEY)
-        if key not in expected:
-            return f"row {key} is not a cell of this grid"
-        if key in seen:
-            return f"row {key} is given twice"
-        seen.add(key)
-        problem = (per_seed_problem(row["errors"], row["mean"], len(config.seeds), "errors")
-                   or row_outcome_problem(row, len(config.seeds)))
-        if problem:
-            return f"row {key}: {problem}"
-    if seen != expected:
-        return f"{len(expected - seen)} rows of the grid are missing, e.g. {sorted(expected - seen, key=str)[0]}"
-    try:
-        verdicts(analyse([analysed_row(row, config) for row in rows], config.sgd_batch))
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError) as error:
-        return f"its rows cannot be analysed ({type(error).__name__}: {error})"
-    return None
 
 
 def _previous_sweeps(out: Path) -> list[dict]:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
-from .config import ExperimentConfig
+from .analysis import analyse, verdicts
+from .config import ConfigError, ExperimentConfig
 from .evaluate import EVALS
+from .outcome import analysed_row, row_outcome_problem
 from .rundir import finished_record, write_json_atomic
-from .storage import write_atomic
-from .stats import mean_ci
+from .stats import mean_ci, per_seed_problem
+from .storage import RunDirectoryError, read_text, write_atomic
 from .sweep import Cell, plan
 
 
@@ -84,3 +87,52 @@ def write_results(rows: list[dict[str, Any]], out: Path) -> None:
                              if isinstance(row[k], list) else ("" if row[k] is None else row[k]))
                          for k in CSV_COLUMNS})
     write_atomic(out / "results.csv", handle.getvalue(), root=out)
+
+
+def read_finished_run(path: Path, label: str) -> tuple[ExperimentConfig, Any, Any]:
+    """``config.json`` (as a config), ``results.json`` and ``environment.json`` of the finished compare run
+    in ``path``, read as the run directory's own files are (never through a link, never blocking on a
+    FIFO), unchecked beyond that; a ConfigError naming ``label`` (the flag that named it) and ``path``."""
+    def read(name: str) -> Any:
+        return json.loads(read_text(path / name, path))
+    try:
+        return ExperimentConfig.from_dict(read("config.json")), read("results.json"), read("environment.json")
+    except (OSError, RunDirectoryError, UnicodeDecodeError, json.JSONDecodeError, ConfigError, TypeError,
+            AttributeError) as error:
+        raise ConfigError(f"{label} {str(path)!r} holds no finished compare run: {error}") from error
+
+
+ROW_KEY = ("norm", "protocol", "norm_batch", "sgd_batch", "eval")
+
+
+def rows_problem(rows: Any, config: ExperimentConfig) -> Optional[str]:
+    """What keeps ``rows`` (a results.json) from being the finished grid of ``config``, or None:
+    one row per planned cell and evaluation, each with one finite error per seed and their mean,
+    and rows the analysis reads."""
+    if not (isinstance(rows, list) and all(isinstance(r, dict) for r in rows)):
+        return f"results.json must be a list of row objects, got {str(rows)[:80]}"
+    expected = {(c.norm, c.protocol, c.norm_batch, c.sgd_batch, e) for c in plan(config) if c.protocol == "decoupled"
+                for e in EVALS}
+    expected |= {(c.norm, c.protocol, c.norm_batch, c.sgd_batch, e) for c, _ in coupled_views(config) for e in EVALS}
+    seen = set()
+    for row in rows:
+        missing = [k for k in ROW_KEY + ("errors", "mean") if k not in row]
+        if missing:
+            return f"a row has no {', '.join(missing)}: {str(row)[:120]}"
+        key = tuple(row[k] for k in ROW_KEY)
+        if key not in expected:
+            return f"row {key} is not a cell of this grid"
+        if key in seen:
+            return f"row {key} is given twice"
+        seen.add(key)
+        problem = (per_seed_problem(row["errors"], row["mean"], len(config.seeds), "errors")
+                   or row_outcome_problem(row, len(config.seeds)))
+        if problem:
+            return f"row {key}: {problem}"
+    if seen != expected:
+        return f"{len(expected - seen)} rows of the grid are missing, e.g. {sorted(expected - seen, key=str)[0]}"
+    try:
+        verdicts(analyse([analysed_row(row, config) for row in rows], config.sgd_batch))
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError) as error:
+        return f"its rows cannot be analysed ({type(error).__name__}: {error})"
+    return None
