@@ -343,3 +343,4 @@ def test_verdicts_command_prints_and_writes_the_table(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed == (tmp_path / "v.md").read_text()
     assert "verdicts are the same in all 2 runs" in printed and "✗" not in printed
+    assert f"Command: `channelnorm verdicts {tmp_path / 'a'} {tmp_path / 'b'} --out {tmp_path / 'v.md'}`" in printed

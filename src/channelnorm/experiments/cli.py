@@ -167,7 +167,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "verdicts":
-        return _verdicts(args, parser)
+        return _verdicts(args, parser, "channelnorm " + shlex.join(argv))
     given = {name for name in OVERRIDES if hasattr(args, name)}
     try:
         config = config_from_args(args, given, "runs/compare" if args.command == "compare" else "runs/tune")
@@ -192,10 +192,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-def _verdicts(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def _verdicts(args: argparse.Namespace, parser: argparse.ArgumentParser, command: str) -> int:
     from .across import render_verdict_table, verdict_table
     try:
-        text = render_verdict_table(*verdict_table(args.runs))
+        text = (f"# Verdicts of {len(args.runs)} runs side by side\n\nCommand: `{command}`\n\n"
+                + render_verdict_table(*verdict_table(args.runs)))
         if args.out is not None:
             args.out.write_text(text, encoding="utf-8")
     except ConfigError as error:
