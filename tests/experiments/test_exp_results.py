@@ -344,3 +344,9 @@ def test_verdicts_command_prints_and_writes_the_table(tmp_path, capsys):
     assert printed == (tmp_path / "v.md").read_text()
     assert "verdicts are the same in all 2 runs" in printed and "✗" not in printed
     assert f"Command: `channelnorm verdicts {tmp_path / 'a'} {tmp_path / 'b'} --out {tmp_path / 'v.md'}`" in printed
+    # a run's own output is never overwritten by the table (a file of another name in it may be written)
+    before = (tmp_path / "b" / "results.json").read_bytes()
+    with pytest.raises(SystemExit):
+        cli.main(["verdicts", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "b" / "results.json")])
+    assert (tmp_path / "b" / "results.json").read_bytes() == before
+    assert cli.main(["verdicts", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "b" / "v.md")]) == 0
