@@ -194,7 +194,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _verdicts(args: argparse.Namespace, parser: argparse.ArgumentParser, command: str) -> int:
     from .across import render_verdict_table, verdict_table
-    from .pipeline import OUTPUTS
+    from .rundir import OUTPUTS
     if args.out is not None and args.out.name in OUTPUTS and any(
             args.out.resolve().parent == Path(run).resolve() for run in args.runs):
         parser.error(f"--out {str(args.out)!r} is one of the compared runs' own files; write the table elsewhere")

@@ -18,13 +18,10 @@ from .mechanism import measure
 from .outcome import analysed_row
 from .plot import plot_batch_panels, plot_curves
 from .report import render
-from .results import build_rows, collect, read_finished_run, rows_problem, write_results
-from .rundir import check_resume, write_json_atomic
+from .results import build_rows, collect, read_finished_run, write_results
+from .rundir import OUTPUTS, check_resume, write_json_atomic
 from .storage import RunDirectoryError, locked, read_text, write_atomic
 from .sweep import run_sweep
-
-OUTPUTS = ("config.json", "environment.json", "results.csv", "results.json", "analysis.json",
-           "error_vs_batch.png", "curves.png", "report.md")
 
 
 def run_compare(config: ExperimentConfig, command: str = "channelnorm compare", progress: bool = True,
@@ -117,9 +114,9 @@ def _read_reproduction(path: Path, config: ExperimentConfig) -> tuple[list, dict
     """The rows and environment of a finished run of the same grid under the same training settings,
     its rows re-analysed under ``config``'s thresholds (``converged``, ``steps_to_target``).
 
-    Read as the run directory's own files are (never through a link, never blocking on a FIFO), and
-    checked now, before this run trains for hours: rows that the analysis cannot read, or that are
-    not the grid of its settings, would otherwise fail (or compare nothing) only at the end."""
+    Read and checked now (``results.read_finished_run``), before this run trains for hours: rows that
+    the analysis cannot read, or that are not the grid of its settings, would otherwise fail (or
+    compare nothing) only at the end."""
     there, rows, environment = read_finished_run(path, "--reproduction")
     here_settings, there_settings = config.reproduction_identity(), there.reproduction_identity()
     differ = sorted(k for k in here_settings if here_settings[k] != there_settings.get(k))
@@ -127,10 +124,6 @@ def _read_reproduction(path: Path, config: ExperimentConfig) -> tuple[list, dict
         raise ConfigError(f"--reproduction {str(path)!r} ran other settings ({', '.join(differ)}: "
                           + "; ".join(f"{there_settings.get(k)!r} there, {here_settings[k]!r} here" for k in differ)
                           + "); a reproduction reruns the same grid")
-    problem = rows_problem(rows, config) if isinstance(environment, dict) else \
-        f"environment.json is not an object: {environment!r}"
-    if problem:
-        raise ConfigError(f"--reproduction {str(path)!r} holds no finished compare run of these settings: {problem}")
     # Its analysis thresholds may be other than ours: both runs are judged under ours.
     return [analysed_row(row, config) for row in rows], environment
 

@@ -89,17 +89,24 @@ def write_results(rows: list[dict[str, Any]], out: Path) -> None:
     write_atomic(out / "results.csv", handle.getvalue(), root=out)
 
 
-def read_finished_run(path: Path, label: str) -> tuple[ExperimentConfig, Any, Any]:
+def read_finished_run(path: Path, label: str) -> tuple[ExperimentConfig, list[dict[str, Any]], dict[str, Any]]:
     """``config.json`` (as a config), ``results.json`` and ``environment.json`` of the finished compare run
     in ``path``, read as the run directory's own files are (never through a link, never blocking on a
-    FIFO), unchecked beyond that; a ConfigError naming ``label`` (the flag that named it) and ``path``."""
+    FIFO), its rows checked to be the finished grid of its config (``rows_problem``); a ConfigError
+    naming ``label`` (the flag or command that named it) and ``path``."""
     def read(name: str) -> Any:
         return json.loads(read_text(path / name, path))
     try:
-        return ExperimentConfig.from_dict(read("config.json")), read("results.json"), read("environment.json")
+        config, rows, environment = (ExperimentConfig.from_dict(read("config.json")), read("results.json"),
+                                     read("environment.json"))
     except (OSError, RunDirectoryError, UnicodeDecodeError, json.JSONDecodeError, ConfigError, TypeError,
             AttributeError) as error:
         raise ConfigError(f"{label} {str(path)!r} holds no finished compare run: {error}") from error
+    problem = rows_problem(rows, config) if isinstance(environment, dict) else \
+        f"environment.json is not an object: {environment!r}"
+    if problem:
+        raise ConfigError(f"{label} {str(path)!r} holds no finished compare run of its settings: {problem}")
+    return config, rows, environment
 
 
 ROW_KEY = ("norm", "protocol", "norm_batch", "sgd_batch", "eval")

@@ -29,6 +29,10 @@ from .tuned_lrs import cell_lr
 
 RECORD_KEYS = ("run_id", "norm", "protocol", "norm_batch", "sgd_batch", "seed", "errors", "converged")
 
+# What a finished compare run writes at the top of its run directory.
+OUTPUTS = ("config.json", "environment.json", "results.csv", "results.json", "analysis.json",
+           "error_vs_batch.png", "curves.png", "report.md")
+
 PROTOCOLS = ("decoupled", "coupled")
 EVALS = ("ema", "precise", "batch")     # the three evaluations (``evaluate.EVALS``)
 

@@ -143,8 +143,8 @@ def _cpu_training_batch_norm(x, weight, bias, running_mean, running_var, num_bat
             or (bias is not None and bias.numel() != c)):
         return _run_tracked(torch.batch_norm, x, weight, bias, running_mean, running_var, num_batches_tracked,
                             momentum, eps, False)
-    m = float(momentum) if momentum is not None else effective_momentum(None, num_batches_tracked)
-    saved = torch.cat((running_mean, running_var))   # moments.snapshot
+    m = effective_momentum(momentum, num_batches_tracked)
+    saved = snapshot(running_mean, running_var)
     y = torch.native_batch_norm(x, weight, bias, running_mean, running_var, True, m, eps)[0]
     keep_if_finite(saved, running_mean, running_var, num_batches_tracked)
     return y
