@@ -193,14 +193,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _verdicts(args: argparse.Namespace, parser: argparse.ArgumentParser, command: str) -> int:
-    from .across import render_verdict_table, verdict_table
+    from .across import pooled_claims, render_pooled
     from .rundir import OUTPUTS
     if args.out is not None and args.out.name in OUTPUTS and any(
             args.out.resolve().parent == Path(run).resolve() for run in args.runs):
         parser.error(f"--out {str(args.out)!r} is one of the compared runs' own files; write the table elsewhere")
     try:
-        text = (f"# Verdicts of {len(args.runs)} runs side by side\n\nCommand: `{command}`\n\n"
-                + render_verdict_table(*verdict_table(args.runs)))
+        text = (f"# {len(args.runs)} runs pooled: the pre-registered claims on every independent seed\n\n"
+                f"Command: `{command}`\n\n" + render_pooled(pooled_claims(args.runs)))
         if args.out is not None:
             args.out.write_text(text, encoding="utf-8")
     except ConfigError as error:
