@@ -53,6 +53,21 @@ def _lr_map(text: str) -> tuple[tuple[str, float], ...]:
     return tuple(pairs)
 
 
+def _faithful(text: str) -> Optional[tuple[int, int]]:
+    """'2,16' (normalization batch, SGD batch) or 'none'."""
+    if text.lower() == "none":
+        return None
+    values = _int_list(text)
+    if len(values) != 2:
+        raise argparse.ArgumentTypeError(f"expected NORM_BATCH,SGD_BATCH such as 2,16 (or none), got {text!r}")
+    return values
+
+
+def _factors(text: str) -> tuple[float, ...]:
+    """'0.5,2' or 'none' (no learning-rate grid)."""
+    return () if text.lower() == "none" else _float_list(text)
+
+
 def _size(text: str) -> Optional[int]:
     if text.lower() == "all":
         return None
@@ -63,7 +78,7 @@ def _size(text: str) -> Optional[int]:
 
 
 OVERRIDES = ("norms", "norm_batches", "coupled_batches", "seeds", "epochs", "train_size", "test_size", "data_dir",
-             "lrs", "width", "colour_variation", "contrast_variation")
+             "lrs", "width", "colour_variation", "contrast_variation", "lr_factors", "faithful_cell")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -88,11 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="channelnorm", description="Experiments on channel normalization and its family.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
     compare = commands.add_parser(
-        "compare", help="train a small residual CNN with each norm and write a report (protocol v2)",
-        description="Decoupled (SGD batch fixed, channel norm's normalization batch varied through ghost batches) "
-                    "and coupled (SGD batch = normalization batch) comparisons, several seeds trained as one wide "
-                    "network, three evaluations; writes results.json/csv, analysis.json, plots and report.md into "
-                    "--out. Rerunning with the same --out resumes: finished cells are skipped.")
+        "compare", help="train a small residual CNN with each norm and write a report (protocol v3)",
+        description="Pre-registered claims (scope, normalization batch, convergence; Welch tests, Holm within each "
+                    "family) on decoupled cells (SGD batch fixed, channel norm's normalization batch varied through "
+                    "ghost batches), the Group-Norm-faithful cell, a learning-rate grid and a frozen tail; several "
+                    "seeds trained as one wide network, three evaluations; writes results.json/csv, variants.json, "
+                    "analysis.json, plots and report.md into --out. Rerunning with the same --out resumes: finished "
+                    "cells are skipped.")
     preset = compare.add_mutually_exclusive_group()
     preset.add_argument("--quick", action="store_true", help="a seconds-long smoke run (tiny data and grid)")
     preset.add_argument("--full", action="store_true",
@@ -100,18 +117,26 @@ def build_parser() -> argparse.ArgumentParser:
     unset = argparse.SUPPRESS
     compare.add_argument("--norm-batches", type=_int_list, default=unset,
                          help="channel norm's normalization batches in the decoupled part, e.g. 2,4,8,16,32")
-    compare.add_argument("--coupled-batches", type=_int_list, default=unset, help="coupled part's batches, e.g. 2,32")
+    compare.add_argument("--coupled-batches", type=_int_list, default=unset,
+                         help="coupled cells' batches (SGD batch = normalization batch), e.g. 2,32 (default: none; "
+                              "--full: 2,32)")
+    compare.add_argument("--faithful-cell", type=_faithful, default=unset, metavar="NB,SGD",
+                         help="the Group-Norm-faithful cell: channel norm at normalization batch NB inside SGD batch "
+                              "SGD, learning rate scaled linearly (default 2,16; 'none' to skip)")
+    compare.add_argument("--lr-factors", type=_factors, default=unset,
+                         help="channel norm's learning-rate grid around the tuned rate, at the smallest and the SGD "
+                              "batch (default 0.5,2; 'none' to skip)")
     compare.add_argument("--lr", type=_lr_map, dest="lrs", default=unset,
                          help="peak learning rates per norm at the SGD batch, e.g. channel=0.1,group=0.05 "
                               "(default: the committed tuning results)")
     compare.add_argument("--reproduction", type=Path, help="a finished run of the same grid on another CPU code "
                          "path: the report says whether every verdict holds on both")
     compare.add_argument("--converged-loss", type=float,
-                         help="a run converged iff its final training loss is below this (default 0.1; --quick 2.0). "
-                              "Only the analysis reads it: an --out trained under another value is re-analysed, "
-                              "not retrained")
+                         help="convergence gate: a cell with a seed whose final training loss is not below this "
+                              "is flagged (default 0.05; --quick 2.0); it never hides an effect. Only the analysis "
+                              "reads it: an --out trained under another value is re-analysed, not retrained")
     compare.add_argument("--target-error", type=float,
-                         help="convergence speed: steps until the test error is at most this %% (default 5; "
+                         help="exploratory: steps until the per-batch test error is at most this %% (default 5; "
                               "--quick 80). Only the analysis reads it, as --converged-loss")
     _add_common(compare)
 
