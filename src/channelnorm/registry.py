@@ -13,7 +13,7 @@ from torch import nn
 
 from .modules import (
     AffineNorm, BatchRenorm, ChannelNorm, EvoNormB0, EvoNormS0, FilterResponseNorm, FrozenChannelNorm, GhostNorm,
-    GroupNorm, InstanceNorm, LayerNorm, NormTraits, SyncChannelNorm,
+    GroupNorm, InstanceNorm, LayerNorm, LayerNorm2d, NormTraits, SyncChannelNorm,
 )
 
 __all__ = ["create_norm", "get_norm_layer", "register_norm", "available_norms", "canonical_kind", "norm_traits",
@@ -185,6 +185,7 @@ def _group(num_channels: Optional[int] = None, num_groups: int = 32, eps: float 
 register_norm("channel", ChannelNorm, aliases=("batch", "batchnorm", "bn", "channelnorm", "cn"))
 register_norm("group", _group, aliases=("groupnorm", "gn"), traits=GroupNorm.traits())
 register_norm("layer", LayerNorm, aliases=("layernorm", "ln"))
+register_norm("layer2d", LayerNorm2d, aliases=("layernorm2d", "layer_2d", "layer_norm_2d", "ln2d"))
 register_norm("instance", InstanceNorm, aliases=("instancenorm", "in"))
 register_norm("none", _identity, aliases=("identity",))
 register_norm("sync_channel", SyncChannelNorm, aliases=("syncbn", "sync_batch", "syncchannelnorm"))
