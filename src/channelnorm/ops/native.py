@@ -13,7 +13,7 @@ import torch
 
 from .fused import ComposedActivation
 from .layout import match_layout
-from .moments import commit_if_finite, effective_momentum, keep_if_finite, snapshot
+from .moments import blend_if_finite, commit_if_finite, effective_momentum, keep_if_finite, momentum_weight, snapshot
 
 # Sets, not tuples: both checks run on every "auto" call.
 _OPS = frozenset(("channel_norm", "instance_norm", "group_norm", "channel_norm_act", "group_norm_act",
@@ -115,17 +115,25 @@ def _run_tracked(kernel, x, weight, bias, running_mean, running_var, num_batches
 
     CPU buffers are updated in place and restored on failure (host check; nothing to synchronize).
     Elsewhere, and while torch.compile traces, the kernel updates copies that a tensor-op ``where``
-    commits, so the device never waits for the host.
+    commits, so the device never waits for the host. With ``momentum=None`` there, the kernel writes the
+    batch's statistics into the copies (momentum 1) and ``moments`` blends them in with the cumulative
+    weight as a tensor: reading ``num_batches_tracked`` on the host would synchronize a GPU and, under
+    ``torch.compile(fullgraph=True)``, fail inside the compiler.
     """
-    m = effective_momentum(momentum, num_batches_tracked)
     if running_mean.is_cpu and not torch.compiler.is_compiling():
+        m = effective_momentum(momentum, num_batches_tracked)
         # moments.undo_if_not_finite written inline: no closure and one call layer less per call.
         saved = snapshot(running_mean, running_var)
         y = kernel(x, weight, bias, running_mean, running_var, True, m, eps, cudnn)
         keep_if_finite(saved, running_mean, running_var, num_batches_tracked)
         return y
     new_mean, new_var = running_mean.clone(), running_var.clone()
-    y = kernel(x, weight, bias, new_mean, new_var, True, m, eps, cudnn)
+    if momentum is None:
+        y = kernel(x, weight, bias, new_mean, new_var, True, 1.0, eps, cudnn)
+        blend_if_finite(running_mean, running_var, num_batches_tracked, new_mean, new_var,
+                        momentum_weight(None, num_batches_tracked, running_mean))
+        return y
+    y = kernel(x, weight, bias, new_mean, new_var, True, float(momentum), eps, cudnn)
     commit_if_finite(running_mean, running_var, num_batches_tracked, new_mean, new_var)
     return y
 
