@@ -505,7 +505,8 @@ def _max_difference(a: Any, b: Any) -> tuple[float, float, float]:
 
 # ---------------------------------------------------------------- public entry point
 
-def fold(model: nn.Module, example_input: Any = None, *, return_report: bool = False):
+def fold(model: nn.Module, example_input: Any = None, *,
+         return_report: bool = False) -> nn.Module | tuple[nn.Module, FoldReport]:
     """Fold eval-mode channel norms into the ``Conv1d/2d/3d`` or ``Linear`` that feeds them.
 
     A folded norm becomes ``nn.Identity`` and the layer gets new weight and bias parameters
