@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from .. import __version__
 from .config import CORE_NORMS, ROBUST_NORMS, ConfigError, ExperimentConfig, full_config, quick_config
 
 NORM_GROUPS = {"core": CORE_NORMS, "robust": ROBUST_NORMS, "all": CORE_NORMS + ROBUST_NORMS}
@@ -101,6 +102,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="channelnorm", description="Experiments on channel normalization and its family.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
     compare = commands.add_parser(
         "compare", help="train a small residual CNN with each norm and write a report (protocol v3)",
@@ -191,6 +193,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    parser = _command_parser(parser, args.command)  # errors from here on print the subcommand's usage
     if args.command == "verdicts":
         return _verdicts(args, parser, "channelnorm " + shlex.join(argv))
     given = {name for name in OVERRIDES if hasattr(args, name)}
@@ -215,6 +218,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for name, path in outputs.items():
         print(f"{name}: {path}")
     return 0
+
+
+def _command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The subparser of ``command`` (argparse keeps them in its subparsers action)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(command, parser)
+    return parser
 
 
 def _verdicts(args: argparse.Namespace, parser: argparse.ArgumentParser, command: str) -> int:

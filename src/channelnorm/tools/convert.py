@@ -19,7 +19,10 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+import warnings
+
 from . import fold as _fold
+from ._model_checks import refuse_uninitialized_norms
 from ..modules import ChannelNorm, FrozenChannelNorm, SyncChannelNorm, module_traits
 from ..registry import accepted_kwargs, canonical_kind, create_norm
 
@@ -143,7 +146,8 @@ def replace_norms(model: nn.Module, kind: str, **kwargs) -> nn.Module:
     training/eval mode of each layer is kept.
 
     Args:
-        model: the model, changed in place (layers are replaced in their parents).
+        model: the model, changed in place (layers are replaced in their parents). A lazy norm not yet
+            run (``nn.LazyBatchNorm2d``) is a ``ValueError`` naming it.
         kind: the new norm's name (``available_norms()`` or an alias); unknown is a ``ValueError``
             before anything changes.
         **kwargs (Any): constructor arguments of the new kind, overriding the carried ones.
@@ -152,6 +156,7 @@ def replace_norms(model: nn.Module, kind: str, **kwargs) -> nn.Module:
         ``model``, or the new layer when ``model`` is itself one of the layers replaced.
     """
     canonical_kind(kind)  # fail on an unknown kind before touching the model
+    refuse_uninitialized_norms(model, "replace_norms")
     return _swap(model, lambda m: _build(kind, m, kwargs) if _is_norm(m) else None)
 
 
@@ -183,7 +188,8 @@ def to_sync(model: nn.Module, process_group=None) -> nn.Module:
     either works. ChannelNorm subclasses with other semantics (and ``nn.SyncBatchNorm``) are left as they are.
 
     Args:
-        model: the model, changed in place (layers are replaced in their parents).
+        model: the model, changed in place (layers are replaced in their parents). A lazy norm not yet
+            run is a ``ValueError`` naming it.
         process_group (ProcessGroup | None): the ``torch.distributed`` group the new layers synchronize
             over; None is the default (whole-world) group. Default: None.
 
@@ -195,6 +201,7 @@ def to_sync(model: nn.Module, process_group=None) -> nn.Module:
             return _share_state(m, SyncChannelNorm(m.num_features, **_channel_norm_args(m),
                                                    process_group=process_group))
         return None
+    refuse_uninitialized_norms(model, "to_sync")
     return _swap(model, convert)
 
 
@@ -222,7 +229,9 @@ def freeze(model: nn.Module) -> nn.Module:
     Affected: ChannelNorm (and subclasses), SyncChannelNorm, ``nn.BatchNorm*d``/``nn.SyncBatchNorm``
     with ``track_running_stats=True``. They then normalize with the running statistics in train and
     eval mode, never update them, and have no parameters. Norms without running statistics
-    (GroupNorm, LayerNorm, InstanceNorm, ...) are left unchanged.
+    (GroupNorm, LayerNorm, LayerNorm2d, InstanceNorm, ...) and fused norm + activation blocks are left
+    unchanged, and one ``UserWarning`` names them (there is nothing to freeze them to). A lazy norm
+    not yet run (``nn.LazyBatchNorm2d``) is a ``ValueError`` naming it.
 
     Args:
         model: the model, changed in place (layers are replaced in their parents).
@@ -239,7 +248,28 @@ def freeze(model: nn.Module) -> nn.Module:
         _copy_state(m, frozen, stats=True)
         frozen.train(m.training)
         return frozen
-    return _swap(model, convert)
+    refuse_uninitialized_norms(model, "freeze")
+    model = _swap(model, convert)
+    _warn_about_unfrozen(model)
+    return model
+
+
+def _warn_about_unfrozen(model: nn.Module) -> None:
+    """One warning naming the norm layers freeze left as they were (freeze has nothing to fix them to)."""
+    left = []
+    for name, m in model.named_modules():
+        if module_traits(m) is None or isinstance(m, FrozenChannelNorm):
+            continue
+        if getattr(type(m), "takes_residual", False):
+            why = "a fused norm + activation block"
+        elif not _tracks_running_stats(m):
+            why = "no running statistics: it normalizes every input with that input's own statistics"
+        else:
+            why = f"its running statistics are {module_traits(m).scope}-scope, not per channel over the batch"
+        left.append(f"{name or '(the model itself)'!r} ({type(m).__name__}: {why})")
+    if left:
+        shown = "; ".join(left[:3]) + (f"; and {len(left) - 3} more" if len(left) > 3 else "")
+        warnings.warn(f"freeze left {len(left)} norm layer(s) as they were: {shown}", UserWarning, stacklevel=3)
 
 
 def unfreeze(model: nn.Module) -> nn.Module:
