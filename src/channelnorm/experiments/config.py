@@ -19,12 +19,13 @@ from typing import Any, Optional
 
 from ..registry import canonical_kind, norm_traits
 
-CORE_NORMS = ("channel", "group", "layer", "layernorm2d", "instance", "none")
+CORE_NORMS = ("channel", "group", "layer", "layer2d", "instance", "none")
 # ghost is how channel norm's decoupled cells get their normalization batch, so it is no extra norm
 ROBUST_NORMS = ("batch_renorm", "frn", "evonorm_s0", "evonorm_b0")
 
 # Fields that may differ between invocations on one run directory: the grid and where/how it runs.
 GRID_FIELDS = ("norms", "norm_batches", "coupled_norms", "coupled_batches", "seeds", "faithful_cell", "lr_factors",
+               "variant_seeds",
                "grid", "workers", "out")
 # read only when the finished runs are analysed: a run trains and scores the same without them
 ANALYSIS_FIELDS = ("converged_loss", "target_error", "alpha")
@@ -59,6 +60,7 @@ class ExperimentConfig:
     faithful_cell: Optional[tuple[int, int]] = (2, 16)   # (normalization batch, SGD batch): the GN paper's batch 2
     lr_factors: tuple[float, ...] = (0.5, 2.0)  # channel norm's LR grid around the tuned rate (variant cells)
     frozen_tail: float = 0.125                 # share of the steps trained with population statistics (variant)
+    variant_seeds: Optional[int] = 4           # the variant cells train the first this many seeds (None: all)
     epochs: float = 8.0                 # passes over the training set, the same in every cell
     train_size: Optional[int] = 6000    # synthetic set size, or a CIFAR-10 subset (None: all 50k)
     test_size: Optional[int] = 10000    # held-out test images (never used to choose anything)
@@ -142,6 +144,8 @@ class ExperimentConfig:
             number("learning-rate factor", factor)
             if factor == 1.0:
                 raise ConfigError("lr_factors must not contain 1 (the main cells are the tuned rate)")
+        if self.variant_seeds is not None:
+            integer("variant_seeds", self.variant_seeds, 2)
         number("frozen_tail", self.frozen_tail, 0.0, 1.0, open_low=False, open_high=True)
         number("alpha", self.alpha, 0.0, 1.0, open_high=True)
         for seed in self.seeds:
@@ -217,7 +221,8 @@ class ExperimentConfig:
     def reproduction_identity(self) -> dict[str, Any]:
         """What a rerun on another machine must share to be compared verdict by verdict: the
         training settings and the grid (not the worker count, output path or grid label)."""
-        grid = ("norms", "norm_batches", "coupled_norms", "coupled_batches", "seeds", "faithful_cell", "lr_factors")
+        grid = ("norms", "norm_batches", "coupled_norms", "coupled_batches", "seeds", "faithful_cell", "lr_factors",
+                "variant_seeds")
         return {**self.training_identity(), **{k: v for k, v in self.to_dict().items() if k in grid}}
 
     def training_identity(self) -> dict[str, Any]:

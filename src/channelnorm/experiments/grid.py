@@ -82,6 +82,14 @@ class RunKey:
         return f"{self.cell_id}-seed{self.seed}"
 
 
+def cell_seeds(cell: Cell, config: "ExperimentConfig") -> tuple[int, ...]:
+    """The seeds a cell trains: every seed of the grid, or the first ``variant_seeds`` for a variant
+    cell (exploratory; fewer seeds keep the default run within its budget)."""
+    if cell.is_variant and config.variant_seeds is not None:
+        return config.seeds[:config.variant_seeds]
+    return config.seeds
+
+
 def main_cells(config: "ExperimentConfig") -> list[Cell]:
     """The cells of ``results.json``, in report order (see the module docstring). A coupled cell at
     the SGD batch is the decoupled cell itself and is not trained twice (``coupled_views``)."""
@@ -127,6 +135,6 @@ def coupled_views(config: "ExperimentConfig") -> list[tuple[Cell, Cell]]:
 
 
 def estimated_cost(cell: Cell, config: "ExperimentConfig") -> float:
-    """Relative cost: steps x (per-step overhead + per-sample work + per-ghost-batch overhead)."""
+    """Relative cost: steps x (per-step overhead + per-sample work + per-ghost-batch overhead) x seeds."""
     ghosts = cell.sgd_batch // cell.norm_batch if cell.norm_batch < cell.sgd_batch else 0
-    return config.steps(cell.sgd_batch) * (8 + cell.sgd_batch + 2 * ghosts)
+    return config.steps(cell.sgd_batch) * (8 + cell.sgd_batch + 2 * ghosts) * len(cell_seeds(cell, config))

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from .analysis import analyse, verdicts
 from .config import ConfigError, ExperimentConfig
-from .grid import EVALS, Cell, coupled_views, main_cells, plan, variant_cells
+from .grid import EVALS, Cell, cell_seeds, coupled_views, main_cells, plan, variant_cells
 from .outcome import analysed_row, curve_area, row_outcome_problem
 from .rundir import finished_record, write_json_atomic
 from .stats import mean_ci, per_seed_problem
@@ -24,7 +24,7 @@ def collect(out: Path, config: ExperimentConfig) -> dict[str, list[dict[str, Any
     an invalid record, or one of other settings, is a RunDirectoryError naming its file, never used)."""
     found = {}
     for cell in plan(config):
-        records = [r for r in (finished_record(out, cell.key(s), config) for s in config.seeds) if r is not None]
+        records = [r for r in (finished_record(out, cell.key(s), config) for s in cell_seeds(cell, config)) if r is not None]
         if records:
             found[cell.cell_id] = records
     return found

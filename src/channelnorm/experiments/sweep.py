@@ -25,7 +25,7 @@ from .data import Dataset, load_dataset
 from .evaluate import curve_evaluator, evaluate_members
 from .lifeline import exit_with_parent
 from .outcome import converged, steps_to_target
-from .grid import Cell, plan
+from .grid import Cell, cell_seeds, plan
 from .rundir import finished_record, prepare_run_dir, write_record
 from .storage import RunDirectoryError, write_atomic
 from .train import Member, TrainPlan, train_members
@@ -38,14 +38,14 @@ except ImportError:  # the experiments extra brings tqdm; without it, no bars
 
 
 def cell_finished(out: Path, cell: Cell, config: ExperimentConfig) -> bool:
-    return all(finished_record(out, cell.key(seed), config) is not None for seed in config.seeds)
+    return all(finished_record(out, cell.key(seed), config) is not None for seed in cell_seeds(cell, config))
 
 
 def train_plan(cell: Cell, config: ExperimentConfig) -> TrainPlan:
     lr = cell_lr(cell.norm, cell.sgd_batch, config) * cell.lr_scale   # linear scaling rule, then the variant's factor
     steps = config.steps(cell.sgd_batch)
     return TrainPlan(norm=cell.norm, norm_batch=cell.norm_batch, sgd_batch=cell.sgd_batch,
-                     steps=steps, members=tuple(Member(s, lr) for s in config.seeds),
+                     steps=steps, members=tuple(Member(s, lr) for s in cell_seeds(cell, config)),
                      width=config.width, max_groups=config.max_groups, momentum=config.momentum,
                      weight_decay=config.weight_decay, warmup_fraction=config.warmup_fraction,
                      log_points=config.log_points, curve_points=config.curve_points,
