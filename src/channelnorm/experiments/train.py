@@ -152,18 +152,35 @@ def freeze_batch_statistics(model: nn.Module) -> None:
             module.eval()
 
 
+def conv_backend(channels_last: bool):
+    """The context the training runs in: oneDNN off for channels_last convolutions on the CPU, whose
+    backward of a strided 1x1 convolution corrupts the heap in torch 2.13 on AVX2 CPUs (seen here:
+    "corrupted double-linked list", an abort inside ``loss.backward()``); torch's own kernels run
+    instead. NCHW (the experiment's default) keeps oneDNN."""
+    return torch.backends.mkldnn.flags(enabled=not channels_last)
+
+
 def train_members(plan: TrainPlan, train_x: torch.Tensor, train_y: torch.Tensor,
                   curve: Optional[Callable[[nn.Module], list[float]]] = None,
                   progress: Optional[ProgressCallback] = None,
                   model: Optional[ResidualCNN] = None,
                   population_x: Optional[torch.Tensor] = None) -> tuple[ResidualCNN, list[MemberLog], float]:
-    """Train the cell's K members; returns the wide model, each member's log and the seconds taken.
+    """Train the cell's K members; returns the wide model, each member's log and the seconds taken
+    (see ``_train`` for what is trained; this runs it under ``conv_backend``).
 
     ``curve(model)`` is called at ``curve_points`` evenly spaced steps (and after the last) and
     returns each member's error then; it lands in the logs as ``kind: "curve"`` entries. With
     ``plan.frozen_tail_step``, the running statistics are set to the population statistics of
     ``population_x`` (``recompute_stats``, normalizing as in training) at that step, and the norms
     train from then on with those statistics held fixed."""
+    with conv_backend(plan.channels_last):
+        return _train(plan, train_x, train_y, curve, progress, model, population_x)
+
+
+def _train(plan: TrainPlan, train_x: torch.Tensor, train_y: torch.Tensor,
+           curve: Optional[Callable[[nn.Module], list[float]]], progress: Optional[ProgressCallback],
+           model: Optional[ResidualCNN],
+           population_x: Optional[torch.Tensor]) -> tuple[ResidualCNN, list[MemberLog], float]:
     k = len(plan.members)
     model = model if model is not None else build_cell_model(plan)
     optimizer = MemberSGD(list(model.parameters()), k, plan.momentum, plan.weight_decay)
