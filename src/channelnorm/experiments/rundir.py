@@ -22,7 +22,7 @@ import torch
 
 from .config import ANALYSIS_FIELDS, ConfigError, ExperimentConfig
 from .grid import EVALS, PROTOCOLS, RunKey
-from .outcome import analysed, is_curve_point
+from .outcome import analysed, converged, is_curve_point, steps_to_target
 from .stats import is_finite_number
 from .storage import (RunDirectoryError, is_temporary_name, read_text, remove_file, safe_directory, write_atomic,
                       write_json)
@@ -155,6 +155,28 @@ def _curve(value: Any) -> Optional[str]:
     return None if all(is_curve_point(point) for point in value) else wanted
 
 
+def new_record(cell, member, plan, log, errors: dict[str, float], config: ExperimentConfig,
+               seconds: tuple[float, float], members: int) -> dict[str, Any]:
+    """The record of one seed of a trained cell (``RECORD_SCHEMA`` below says what each field must
+    be; ``write_record`` adds the settings and their fingerprint)."""
+    curve = [(e["step"], e["error"]) for e in log.entries if e["kind"] == "curve"]
+    diverged = log.diverged_at is not None
+    return {
+        "run_id": cell.run_id(member.seed), "cell_id": cell.cell_id, "norm": cell.norm, "protocol": cell.protocol,
+        "norm_batch": cell.norm_batch, "sgd_batch": cell.sgd_batch, "batch_size": cell.norm_batch,
+        "seed": member.seed, "lr_scale": cell.lr_scale, "frozen_tail": cell.frozen_tail,
+        "frozen_tail_step": plan.frozen_tail_step, "peak_lr": member.peak_lr, "steps": plan.steps,
+        "samples": plan.steps * cell.sgd_batch, "diverged": diverged, "diverged_at_step": log.diverged_at,
+        "final_train_loss": log.final_train_loss,
+        "converged": converged(log.final_train_loss, diverged, config.converged_loss),
+        "errors": errors,                                   # test error %, per evaluation
+        "eval_error": errors["ema"], "batch_stat_error": errors["batch"],
+        "curve": curve, "curve_statistics": "batch", "steps_to_target": steps_to_target(curve, config.target_error),
+        "cell_train_seconds": round(seconds[0], 2), "cell_eval_seconds": round(seconds[1], 2),
+        "members_in_cell": members, "torch_threads": torch.get_num_threads(),
+    }
+
+
 # Every field a record must have, with what its value must be.
 RECORD_SCHEMA: dict[str, Callable[[Any], Optional[str]]] = {
     "run_id": _of_type(str, "a string"), "cell_id": _of_type(str, "a string"), "norm": _of_type(str, "a string"),
@@ -162,9 +184,10 @@ RECORD_SCHEMA: dict[str, Callable[[Any], Optional[str]]] = {
     "seed": _count(0), "lr_scale": _number(0.0, math.inf), "frozen_tail": _of_type(bool, "true or false"),
     "peak_lr": _number(0.0, math.inf), "steps": _count(0), "samples": _count(0),
     "diverged": _of_type(bool, "true or false"), "diverged_at_step": _optional(_count(1)),
+    "frozen_tail_step": _optional(_count(0)),
     "final_train_loss": _optional(_NON_NEGATIVE), "converged": _of_type(bool, "true or false"),
     "errors": _errors, "eval_error": _PERCENT, "batch_stat_error": _PERCENT,
-    "curve": _curve, "steps_to_target": _optional(_count(0)),
+    "curve": _curve, "curve_statistics": _one_of("batch"), "steps_to_target": _optional(_count(0)),
     "cell_train_seconds": _NON_NEGATIVE, "cell_eval_seconds": _NON_NEGATIVE,
     "members_in_cell": _count(1), "torch_threads": _count(1),
     "settings": _of_type(dict, "an object"), "fingerprint": _of_type(str, "a string"),

@@ -24,9 +24,8 @@ from .config import ExperimentConfig
 from .data import Dataset, load_dataset
 from .evaluate import curve_evaluator, evaluate_members
 from .lifeline import exit_with_parent
-from .outcome import converged, steps_to_target
 from .grid import Cell, cell_seeds, plan
-from .rundir import finished_record, prepare_run_dir, write_record
+from .rundir import finished_record, new_record, prepare_run_dir, write_record
 from .storage import RunDirectoryError, write_atomic
 from .train import Member, TrainPlan, train_members
 from .tuned_lrs import cell_lr
@@ -73,22 +72,8 @@ def execute(cell: Cell, config: ExperimentConfig, data: Dataset, out: Path, prog
         entries = log.entries + [{"kind": "final", **{f"{n}_error": e for n, e in member_errors.items()}}]
         write_atomic(out / "runs" / run_id / "metrics.jsonl", "".join(json.dumps(entry) + "\n" for entry in entries),
                      root=out)
-        curve_points = [(e["step"], e["error"]) for e in log.entries if e["kind"] == "curve"]
-        diverged = log.diverged_at is not None
-        record = {
-            "run_id": run_id, "cell_id": cell.cell_id, "norm": cell.norm, "protocol": cell.protocol,
-            "norm_batch": cell.norm_batch, "sgd_batch": cell.sgd_batch, "batch_size": cell.norm_batch,
-            "seed": member.seed, "lr_scale": cell.lr_scale, "frozen_tail": cell.frozen_tail,
-            "frozen_tail_step": tplan.frozen_tail_step, "peak_lr": member.peak_lr, "steps": tplan.steps,
-            "samples": tplan.steps * cell.sgd_batch, "diverged": diverged, "diverged_at_step": log.diverged_at,
-            "final_train_loss": log.final_train_loss,
-            "converged": converged(log.final_train_loss, diverged, config.converged_loss),
-            "errors": member_errors,                        # test error %, per evaluation
-            "eval_error": member_errors["ema"], "batch_stat_error": member_errors["batch"],
-            "curve": curve_points, "curve_statistics": "batch", "steps_to_target": steps_to_target(curve_points, config.target_error),
-            "cell_train_seconds": round(train_seconds, 2), "cell_eval_seconds": round(eval_seconds, 2),
-            "members_in_cell": k, "torch_threads": torch.get_num_threads(),
-        }
+        record = new_record(cell, member, tplan, log, member_errors, config,
+                            seconds=(train_seconds, eval_seconds), members=k)
         records.append(write_record(out, cell.key(member.seed), config, record))
     return records
 
