@@ -84,19 +84,19 @@ def cell_finished(out: Path, cell: Cell, config: ExperimentConfig) -> bool:
     return all(finished_record(out, cell.key(seed), config) is not None for seed in config.seeds)
 
 
-def train_plan(cell: Cell, config: ExperimentConfig) -> TrainPlan:
+def train_plan(cell: Cell, config: ExperimentConfig, in_channels: int) -> TrainPlan:
     lr = cell_lr(cell.norm, cell.sgd_batch, config)   # linear scaling rule
     return TrainPlan(norm=cell.norm, norm_batch=cell.norm_batch, sgd_batch=cell.sgd_batch,
                      steps=config.steps(cell.sgd_batch), members=tuple(Member(s, lr) for s in config.seeds),
                      width=config.width, max_groups=config.max_groups, momentum=config.momentum,
                      weight_decay=config.weight_decay, warmup_fraction=config.warmup_fraction,
                      log_points=config.log_points, curve_points=config.curve_points,
-                     channels_last=config.channels_last)
+                     channels_last=config.channels_last, in_channels=in_channels)
 
 
 def execute(cell: Cell, config: ExperimentConfig, data: Dataset, out: Path, progress=None) -> list[dict[str, Any]]:
     """Train and evaluate one cell; write each seed's metrics and, last and atomically, its record."""
-    tplan = train_plan(cell, config)
+    tplan = train_plan(cell, config, data.in_channels)
     k = len(tplan.members)
     for member in tplan.members:     # inside ``out`` without links, no stale metrics or temporary files
         prepare_run_dir(out, cell.run_id(member.seed))

@@ -44,6 +44,7 @@ class TrainPlan:
     log_points: int = 20
     curve_points: int = 10
     channels_last: bool = True
+    in_channels: int = 3          # of the images (the data set's), read by the network's stem
 
 
 def norm_settings(norm: str, norm_batch: int, sgd_batch: int) -> tuple[str, dict[str, Any]]:
@@ -61,7 +62,8 @@ def build_cell_model(plan: TrainPlan, seeds: Optional[Sequence[int]] = None, nor
     if kind == "batch_renorm":
         kwargs = {"rmax": 3.0, "dmax": 5.0, "warmup_steps": max(1, plan.steps // 4)}
     model = build_model(kind, plan.width, len(plan.members), plan.max_groups,
-                        seeds=tuple(m.seed for m in plan.members) if seeds is None else seeds, **kwargs)
+                        seeds=tuple(m.seed for m in plan.members) if seeds is None else seeds,
+                        in_channels=plan.in_channels, **kwargs)
     return model.to(memory_format=torch.channels_last) if plan.channels_last else model
 
 
@@ -128,7 +130,7 @@ def batch_indices(seed: int, n: int, batch: int, steps: int) -> torch.Tensor:
 
 
 def wide_input(x: torch.Tensor, indices: Sequence[torch.Tensor], channels_last: bool) -> torch.Tensor:
-    """Member k's images side by side on the channel axis: (B, K*3, H, W)."""
+    """Member k's images side by side on the channel axis: (B, C, H, W) images give (B, K*C, H, W)."""
     batch = torch.cat([x[i] for i in indices], dim=1)
     return batch.contiguous(memory_format=torch.channels_last) if channels_last else batch
 
