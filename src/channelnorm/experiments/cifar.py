@@ -15,14 +15,15 @@ exactly the bytes its shape and dtype need; one left without its state refuses t
 ``b"data"`` must be such an array (uint8, (N, 3072)), never a nested list that numpy would expand.
 
 Memory: at most ``MAX_IMAGES`` images in all files together (CIFAR-10 has 60000 of 3072 bytes).
-While a file is read, its pickle bytes and the array copied from them are held (2 x 3072 bytes per
-image of that file), beside the uint8 images of the files read before; then each split is divided
-into a preallocated float32 array. The peak is about 5 bytes per pixel of the whole folder (uint8
-kept + float32 result), ~0.92 GB at ``MAX_IMAGES``, where converting file by file and concatenating
-needed ~13 bytes per pixel.
+While a file is read, its data is held at most three times (protocol-2 text, its bytes, the array
+copied from them), beside the uint8 images of the files read before; then each split is divided
+straight into a preallocated float32 array. The peak is max(5 bytes per pixel of the folder (uint8
+kept + float32 result), 1 per pixel of the folder + 3 per pixel of its largest file): ~0.92 GB at
+``MAX_IMAGES`` (an astype, a division and a concatenation used to make float copies beside it).
 """
 from __future__ import annotations
 
+import functools
 import pickle
 from pathlib import Path
 
@@ -67,6 +68,17 @@ def _checked_shape(shape, dtype: np.dtype) -> tuple[int, ...]:
         raise pickle.UnpicklingError(f"an array of shape {shape} and dtype {dtype} is larger than "
                                      f"{MAX_ARRAY_BYTES} bytes")
     return shape
+
+
+def _pending_array(created: list, subtype, shape, dtype) -> "_PendingArray":
+    # numpy's _reconstruct(subtype, shape, dtype) is ndarray.__new__; only the plain class passes,
+    # and the (placeholder) shape it asks for is ignored: the BUILD state decides the array
+    if subtype is not _NdarrayClass:
+        raise pickle.UnpicklingError(f"array subtype {subtype!r} is not allowed")
+    _safe_dtype(dtype)
+    pending = _PendingArray()
+    created.append(pending)
+    return pending
 
 
 class _PendingArray:
@@ -142,16 +154,9 @@ class CifarUnpickler(pickle.Unpickler):
     def __init__(self, file, **kwargs) -> None:
         super().__init__(file, **kwargs)
         self._pending: list[_PendingArray] = []
-
-    def _reconstruct(self, subtype, shape, dtype) -> _PendingArray:
-        # numpy's _reconstruct(subtype, shape, dtype) is ndarray.__new__; only the plain class passes,
-        # and the (placeholder) shape it asks for is ignored: the BUILD state decides the array
-        if subtype is not _NdarrayClass:
-            raise pickle.UnpicklingError(f"array subtype {subtype!r} is not allowed")
-        _safe_dtype(dtype)
-        pending = _PendingArray()
-        self._pending.append(pending)
-        return pending
+        # bound to the list, not to self: the memo holds this function, and a cycle back to the
+        # unpickler would keep the memo (the file's data, as bytes) alive after the load
+        self._reconstruct = functools.partial(_pending_array, self._pending)
 
     def load(self):
         result = super().load()
