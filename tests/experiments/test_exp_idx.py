@@ -230,7 +230,8 @@ def test_data_settings_are_checked_and_data_dir_alone_means_cifar10(tmp_path):
     assert config.data == "cifar10" and config.data_dir == os.path.abspath("rel/dir")
     args = cli.build_parser().parse_args(["compare", "--data", "fashion-mnist"])
     config = cli.config_from_args(args, {"data"}, "runs/compare")
-    assert config.data == "fashion-mnist" and config.data_dir is None and config.train_size is None
+    assert config.data == "fashion-mnist" and config.data_dir == fashion_mnist.DEFAULT_DIR
+    assert config.train_size is None and config.test_size is None
     args = cli.build_parser().parse_args(["compare", "--data", "synthetic", "--data-dir", "x"])
     with pytest.raises(ConfigError, match="--data synthetic"):
         cli.config_from_args(args, {"data", "data_dir"}, "runs/compare")

@@ -152,6 +152,8 @@ def config_from_args(args: argparse.Namespace, given: set[str], default_out: str
         # one spelling per folder, so that resuming compares folders, not text
         changes["data_dir"] = os.path.abspath(changes["data_dir"])
         changes.setdefault("data", "cifar10")     # --data-dir alone means CIFAR-10
+    if changes.get("data") == "fashion-mnist":
+        changes.setdefault("data_dir", DEFAULT_FASHION_MNIST_DIR)   # recorded: resuming compares folders
     if changes.get("data", "synthetic") != "synthetic":
         changes.setdefault("train_size", None)   # real data: all of it unless --train-size says otherwise
         changes.setdefault("test_size", None)
