@@ -163,3 +163,121 @@ def test_cifar_reader_accepts_every_pickle_protocol_numpy_writes(tmp_path, proto
     test_x, test_y = cifar.load_cifar10(tmp_path)[2:]
     assert torch.equal((test_x * 255).round().to(torch.uint8).flatten(1), torch.from_numpy(data))
     assert test_y.tolist() == labels
+
+
+# ---- issue 19 item 4: arrays only from the file's own bytes, bounded memory ----
+
+class _BareArray:
+    """Pickles as numpy's ``_reconstruct(ndarray, shape, dtype)`` with no BUILD step after it: the
+    array's data never comes. Before the fix, this returned ``np.empty`` memory as images."""
+
+    def __init__(self, shape):
+        self.shape = shape
+
+    def __reduce__(self):
+        from numpy._core.multiarray import _reconstruct
+        return _reconstruct, (np.ndarray, self.shape, b"B")
+
+
+class _WrongLengthArray(_BareArray):
+    """``_reconstruct`` then a state whose bytes do not fill the shape it names."""
+
+    def __reduce__(self):
+        return super().__reduce__() + ((1, self.shape, np.dtype(np.uint8), False, b"\x00" * 10),)
+
+
+@pytest.mark.parametrize("where", ["data", "labels", "filenames"])
+def test_cifar_reader_refuses_an_array_that_never_receives_its_data(tmp_path, where):
+    _write_cifar(tmp_path)
+    batch = {b"data": np.zeros((4, 3072), dtype=np.uint8), b"labels": [0, 1, 2, 3], b"filenames": []}
+    batch[where.encode()] = _BareArray((4, 3072) if where == "data" else (4,))
+    with open(tmp_path / "data_batch_3", "wb") as handle:
+        pickle.dump(batch, handle, protocol=2)
+    with pytest.raises(cifar.UnsafeDataError, match="data_batch_3 was refused: an array was rebuilt without its data"):
+        cifar.load_cifar10(tmp_path)
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_cifar_reader_refuses_array_data_of_the_wrong_length(tmp_path, protocol):
+    _write_cifar(tmp_path)
+    with open(tmp_path / "test_batch", "wb") as handle:
+        pickle.dump({b"data": _WrongLengthArray((4, 3072)), b"labels": [0, 1, 2, 3]}, handle, protocol=protocol)
+    with pytest.raises(cifar.UnsafeDataError, match="test_batch was refused: .* needs 12288 bytes of data, the "
+                                                    "file gives 10"):
+        cifar.load_cifar10(tmp_path)
+
+
+def _traced_peak(call):
+    """(exception raised or None, peak bytes of numpy and Python allocations while ``call`` ran)."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        call()
+        raised = None
+    except Exception as error:     # noqa: BLE001 - returned for the caller to check
+        raised = error
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return raised, peak
+
+
+def test_cifar_reader_never_expands_shared_nested_lists(tmp_path):
+    """b'data' as 2000 references to one list of 3072 ints: a 10 KB file that np.asarray expands to
+    49 MB of int64. It is refused as not an array, with memory near the file's size."""
+    _write_cifar(tmp_path)
+    row = [0] * 3072
+    with open(tmp_path / "data_batch_1", "wb") as handle:
+        pickle.dump({b"data": [row] * 2000, b"labels": [0] * 2000}, handle, protocol=2)
+    assert (tmp_path / "data_batch_1").stat().st_size < 20_000
+    raised, peak = _traced_peak(lambda: cifar.load_cifar10(tmp_path))
+    assert isinstance(raised, ValueError) and "b'data' must be a uint8 numpy array" in str(raised), raised
+    assert "data_batch_1" in str(raised) and "got list" in str(raised)
+    assert peak < 2 << 20, f"peak {peak} bytes"
+
+
+def test_cifar_reader_checks_the_label_count_before_the_labels(tmp_path):
+    _write_cifar(tmp_path)
+    with open(tmp_path / "data_batch_1", "wb") as handle:
+        pickle.dump({b"data": np.zeros((4, 3072), dtype=np.uint8), b"labels": [[0]] * 5}, handle, protocol=2)
+    with pytest.raises(ValueError, match="data_batch_1: 4 images but 5 labels"):
+        cifar.load_cifar10(tmp_path)
+
+
+def test_cifar_reader_caps_the_images_of_a_folder(tmp_path, monkeypatch):
+    """At most MAX_IMAGES images (CIFAR-10's 60000) in all files together; a cap of 20 here, with
+    six files of 4 images: the sixth file crosses it."""
+    _write_cifar(tmp_path)
+    monkeypatch.setattr(cifar, "MAX_IMAGES", 20)
+    with pytest.raises(ValueError, match="test_batch: the folder holds more than 20 images"):
+        cifar.load_cifar10(tmp_path)
+    monkeypatch.setattr(cifar, "MAX_IMAGES", 3)       # one file alone over the cap
+    with pytest.raises(ValueError, match="data_batch_1: 4 images; a CIFAR-10 folder holds at most 3"):
+        cifar.load_cifar10(tmp_path)
+
+
+def test_cifar_float_conversion_stays_within_the_stated_bound(tmp_path):
+    """Peak memory of load_cifar10 (numpy and Python allocations, traced) within the bound the
+    module states: max(5 bytes per pixel of the folder (uint8 kept + float32 result), 1 per pixel
+    of the folder + 3 per pixel of the largest file (protocol-2 text, bytes, array)) + 1 MB. One
+    large file (1200 images) and five small ones; converting file by file (astype, then / 255)
+    traced 8.9 bytes per pixel here (and torch.cat, not traced, added 4 more)."""
+    rng = np.random.default_rng(0)
+    sizes = {name: 4 for name in cifar.TRAIN_FILES} | {cifar.TEST_FILE: 1200}
+    written = {}
+    for name, n in sizes.items():
+        data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=n).tolist()
+        with open(tmp_path / name, "wb") as handle:
+            pickle.dump({b"data": data, b"labels": labels}, handle, protocol=2)
+        written[name] = data
+    pixels = sum(sizes.values()) * 3072
+    result = []
+    raised, peak = _traced_peak(lambda: result.append(cifar.load_cifar10(tmp_path)))
+    assert raised is None, raised
+    bound = max(5 * pixels, pixels + 3 * 1200 * 3072) + (1 << 20)
+    assert peak <= bound, f"peak {peak} bytes, bound {bound}"
+    train_x, train_y, test_x, test_y = result[0]
+    # the values: float64 oracle of uint8 / 255, rounded once to float32
+    expected = torch.from_numpy(written[cifar.TEST_FILE].astype(np.float64) / 255.0).float().view(-1, 3, 32, 32)
+    assert torch.equal(test_x, expected) and train_x.shape == (20, 3, 32, 32)

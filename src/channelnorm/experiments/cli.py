@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .. import __version__
-from .config import CORE_NORMS, ROBUST_NORMS, ConfigError, ExperimentConfig, full_config, quick_config
+from .config import CORE_NORMS, DATA_SETS, ROBUST_NORMS, ConfigError, ExperimentConfig, full_config, quick_config
+from .fashion_mnist import DEFAULT_DIR as DEFAULT_FASHION_MNIST_DIR
 
 NORM_GROUPS = {"core": CORE_NORMS, "robust": ROBUST_NORMS, "all": CORE_NORMS + ROBUST_NORMS}
 
@@ -78,8 +79,8 @@ def _size(text: str) -> Optional[int]:
         raise argparse.ArgumentTypeError(f"expected an integer or 'all', got {text!r}") from None
 
 
-OVERRIDES = ("norms", "norm_batches", "coupled_batches", "seeds", "epochs", "train_size", "test_size", "data_dir",
-             "lrs", "width", "colour_variation", "contrast_variation", "lr_factors", "faithful_cell")
+OVERRIDES = ("norms", "norm_batches", "coupled_batches", "seeds", "epochs", "train_size", "test_size", "data",
+             "data_dir", "lrs", "width", "colour_variation", "contrast_variation", "lr_factors", "faithful_cell")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -90,7 +91,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=float, default=unset, help="passes over the training set (the same in every cell)")
     p.add_argument("--train-size", type=_size, default=unset, help="training images ('all' for CIFAR-10's 50k)")
     p.add_argument("--test-size", type=_size, default=unset, help="test images ('all' for CIFAR-10's 10k)")
-    p.add_argument("--data-dir", default=unset, help="CIFAR-10 python-format folder instead of the synthetic set")
+    p.add_argument("--data", choices=DATA_SETS, default=unset,
+                   help="the images: synthetic (default), cifar10 (needs --data-dir) or fashion-mnist "
+                        f"(--data-dir, default {DEFAULT_FASHION_MNIST_DIR}: MNIST-format IDX files, plain or .gz)")
+    p.add_argument("--data-dir", default=unset,
+                   help="the folder of --data; alone, a CIFAR-10 python-format folder (--data cifar10)")
     p.add_argument("--width", type=int, default=unset, help="channels of the first stage")
     p.add_argument("--colour-variation", type=float, default=unset, help="synthetic: per-image colour variation in [0, 1]")
     p.add_argument("--contrast-variation", type=float, default=unset, help="synthetic: per-image contrast variation in [0, 1)")
@@ -168,8 +173,15 @@ def config_from_args(args: argparse.Namespace, given: set[str], default_out: str
     """The preset (default, --quick or --full) with the flags the user gave on top."""
     changes: dict[str, Any] = {name: getattr(args, name) for name in OVERRIDES if name in given}
     if changes.get("data_dir") is not None:
+        if changes.get("data") == "synthetic":
+            raise ConfigError(f"--data-dir {changes['data_dir']!r} with --data synthetic: the synthetic set is "
+                              "generated, not read (use --data cifar10 or fashion-mnist)")
         # one spelling per folder, so that resuming compares folders, not text
         changes["data_dir"] = os.path.abspath(changes["data_dir"])
+        changes.setdefault("data", "cifar10")     # --data-dir alone means CIFAR-10
+    if changes.get("data") == "fashion-mnist":
+        changes.setdefault("data_dir", DEFAULT_FASHION_MNIST_DIR)   # recorded: resuming compares folders
+    if changes.get("data", "synthetic") != "synthetic":
         changes.setdefault("train_size", None)   # real data: all of it unless --train-size says otherwise
         changes.setdefault("test_size", None)
     if changes:

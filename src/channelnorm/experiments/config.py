@@ -22,6 +22,9 @@ from ..registry import canonical_kind, norm_traits
 CORE_NORMS = ("channel", "group", "layer", "layer2d", "instance", "none")
 # ghost is how channel norm's decoupled cells get their normalization batch, so it is no extra norm
 ROBUST_NORMS = ("batch_renorm", "frn", "evonorm_s0", "evonorm_b0")
+# the images a sweep trains on: the embedded synthetic set, CIFAR-10 (python pickles in data_dir)
+# or Fashion-MNIST (MNIST-format IDX files in data_dir, by default where Debian installs them)
+DATA_SETS = ("synthetic", "cifar10", "fashion-mnist")
 
 # Fields that may differ between invocations on one run directory: the grid and where/how it runs.
 GRID_FIELDS = ("norms", "norm_batches", "coupled_norms", "coupled_batches", "seeds", "faithful_cell", "lr_factors",
@@ -72,7 +75,8 @@ class ExperimentConfig:
     colour_variation: float = 0.5       # synthetic: how much colours vary per image (see synthetic.py)
     contrast_variation: float = 0.3     # synthetic: per-image contrast factor in [1 - c, 1]
     data_seed: int = 0                  # the data set is the same for every training seed
-    data_dir: Optional[str] = None      # CIFAR-10 python pickle directory instead of the synthetic set
+    data: str = "synthetic"             # one of DATA_SETS; data_dir without it means cifar10 (as --data-dir)
+    data_dir: Optional[str] = None      # the cifar10 or fashion-mnist folder (fashion-mnist: None = Debian's)
     width: int = 16                     # channels of the first stage (then 2x, 4x)
     lrs: tuple[tuple[str, float], ...] = ()   # peak LR per norm at sgd_batch; empty: the tuned defaults
     momentum: float = 0.9
@@ -101,6 +105,8 @@ class ExperimentConfig:
             object.__setattr__(self, "faithful_cell", tuple(self.faithful_cell))
         lrs = tuple(sorted((canonical_norm(k), v) for k, v in dict(self.lrs).items()))
         object.__setattr__(self, "lrs", lrs)
+        if self.data == "synthetic" and self.data_dir is not None:   # configs from before the field
+            object.__setattr__(self, "data", "cifar10")
         self._validate()
 
     def _validate(self) -> None:
@@ -167,6 +173,10 @@ class ExperimentConfig:
             raise ConfigError(f"epochs {self.epochs} x train_size {self.train_size} is less than one batch of "
                               f"{self.sgd_batch}")
         integer("image_size", self.image_size, 8)
+        if self.data not in DATA_SETS:
+            raise ConfigError(f"data must be one of {', '.join(DATA_SETS)}, got {self.data!r}")
+        if self.data == "cifar10" and self.data_dir is None:
+            raise ConfigError("data 'cifar10' needs data_dir, the cifar-10-batches-py folder")
         number("noise", self.noise, open_low=False)
         number("colour_variation", self.colour_variation, 0.0, 1.0, open_low=False)
         number("contrast_variation", self.contrast_variation, 0.0, 1.0, open_low=False, open_high=True)
@@ -216,7 +226,10 @@ class ExperimentConfig:
 
     def run_identity(self) -> dict[str, Any]:
         """The settings every run of this sweep shares (what must match to resume)."""
-        return {k: v for k, v in self.to_dict().items() if k not in GRID_FIELDS}
+        identity = {k: v for k, v in self.to_dict().items() if k not in GRID_FIELDS}
+        if self.data == ("synthetic" if self.data_dir is None else "cifar10"):
+            del identity["data"]   # implied by data_dir, as before the field existed: old runs keep their fingerprints
+        return identity
 
     def reproduction_identity(self) -> dict[str, Any]:
         """What a rerun on another machine must share to be compared verdict by verdict: the

@@ -29,13 +29,17 @@ PRECISE_CHUNK = 256   # training images per forward while gathering population s
 def member_errors(model: nn.Module, x: torch.Tensor, y: torch.Tensor, members: int, channels_last: bool,
                   chunk: int = EVAL_CHUNK) -> list[float]:
     """Each member's share of misclassified images (%); every member sees every image. The model's
-    train/eval mode is used as it is. Non-finite logits count as wrong."""
+    train/eval mode is used as it is. Non-finite logits count as wrong.
+
+    Args:
+        model: the wide network of ``members`` models.
+        x: (N, C, H, W) images, any channel count C; y: (N,) labels.
+        members: K; channels_last: the memory format the model runs in.
+        chunk: images per forward.
+    """
     wrong = torch.zeros(members, dtype=torch.float64)
     for start in range(0, len(y), chunk):
-        xb = x[start:start + chunk].repeat(1, members, 1, 1)
-        if channels_last:
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        logits = model(xb)
+        logits = model(_wide(x[start:start + chunk], members, channels_last))
         logits = logits.unsqueeze(1) if members == 1 else logits
         right = (logits.argmax(dim=2) == y[start:start + chunk, None]) & torch.isfinite(logits).all(dim=2)
         wrong += (~right).sum(dim=0).double()
@@ -78,6 +82,7 @@ def evaluate_members(model: nn.Module, plan: TrainPlan, test_x: torch.Tensor, te
 
 
 def _wide(x: torch.Tensor, members: int, channels_last: bool) -> torch.Tensor:
+    """(N, C, H, W) -> (N, K*C, H, W): every member gets all C channels of every image."""
     xb = x.repeat(1, members, 1, 1)
     return xb.contiguous(memory_format=torch.channels_last) if channels_last else xb
 

@@ -5,7 +5,8 @@ The network's first conv (as initialized for seed 0) is applied to test images; 
 We change one thing at a time and measure the relative RMS change of the normalized features:
 
 * per-image contrast: every image scaled around its own mean by a random factor in [0.5, 1];
-* per-image colour: every image shifted by a random offset per colour channel in [-0.2, 0.2];
+* per-image colour: every image shifted by a random offset per image channel in [-0.2, 0.2] (on
+  grey images, one channel, this is a per-image brightness shift);
 * per-filter scale: one filter of the conv multiplied by 3 (change of that channel, and of the
   other channels).
 
@@ -33,20 +34,29 @@ def _relative_change(a: torch.Tensor, b: torch.Tensor) -> float:
 @torch.no_grad()
 def measure(images: torch.Tensor, width: int, max_groups: int = 8, seed: int = 0,
             norms: tuple[str, ...] = SCOPES) -> dict[str, Any]:
-    """``images``: (N, 3, H, W) standardized test images. Returns {"per_norm": {norm: {change: value}},
-    "between_image_mean_share": float}."""
+    """The changes above, measured on ``images``.
+
+    Args:
+        images: (N, C, H, W) standardized test images, any channel count C (the conv reads C).
+        width: output channels of the conv; max_groups: of the group norm (as the network's).
+        seed: of the conv's initialization and of the random changes.
+        norms: the norms measured.
+
+    Returns:
+        {"per_norm": {norm: {change: value}}, "between_image_mean_share": float, "images": N}.
+    """
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    conv = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+    n, channels = images.shape[:2]
+    conv = nn.Conv2d(channels, width, 3, 1, 1, bias=False)
     nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-    n = len(images)
     mean = images.mean(dim=(1, 2, 3), keepdim=True)
     contrast = images.new_empty(n, 1, 1, 1).uniform_(0.5, 1.0, generator=g)
     shifted_contrast = mean + contrast * (images - mean)
-    colour = images.new_empty(n, 3, 1, 1).uniform_(-0.2, 0.2, generator=g)
+    colour = images.new_empty(n, channels, 1, 1).uniform_(-0.2, 0.2, generator=g)
     shifted_colour = images + colour
     features = conv(images)
-    scaled_conv = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+    scaled_conv = nn.Conv2d(channels, width, 3, 1, 1, bias=False)
     scaled_conv.weight.copy_(conv.weight)
     scaled_conv.weight[0] *= 3.0
     per_norm = {}

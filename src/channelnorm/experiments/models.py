@@ -163,13 +163,21 @@ class ResidualCNN(nn.Module):
 
 
 def build_model(kind: str, width: int, models: int = 1, max_groups: int = 8, seeds: Sequence[int] = (),
-                **norm_kwargs: Any) -> ResidualCNN:
+                in_channels: int = 3, **norm_kwargs: Any) -> ResidualCNN:
     """The network with norm ``kind`` for ``models`` models. With ``seeds`` (one per model), model k
     is initialized exactly as a single model built after ``torch.manual_seed(seeds[k])``, so the
-    wide network starts where K separate runs start."""
+    wide network starts where K separate runs start.
+
+    Args:
+        kind: a ``create_norm`` kind; width, models, max_groups: as ``ResidualCNN`` / ``wide_norm``.
+        seeds: one initialization seed per model, or empty (the current RNG state).
+        in_channels: channels of one model's input images (1 grey, 3 colour); the stem reads them.
+        norm_kwargs: passed on to every norm.
+    """
     def factory(k: int) -> ResidualCNN:
         return ResidualCNN(lambda c: wide_norm(kind, c, k, max_groups, **norm_kwargs), width,
-                           norm_is_activated=norm_traits(kind).includes_activation, models=k)
+                           in_channels=in_channels, norm_is_activated=norm_traits(kind).includes_activation,
+                           models=k)
 
     if not seeds:
         return factory(models)

@@ -113,13 +113,15 @@ def resolve_sizes(config: ExperimentConfig, dataset) -> ExperimentConfig:
 
 
 def _load(config: ExperimentConfig):
-    """The data set; an unreadable --data-dir is a ConfigError naming it."""
-    if config.data_dir is None:
+    """The data set; missing or unreadable files are a ConfigError naming them."""
+    if config.data == "synthetic":
         return load_dataset(config)
     try:
         return load_dataset(config)
     except (OSError, ValueError, EOFError, pickle.UnpicklingError) as error:
-        raise ConfigError(f"--data-dir {config.data_dir!r} cannot be read as CIFAR-10: {error}") from error
+        if config.data == "cifar10":
+            raise ConfigError(f"--data-dir {config.data_dir!r} cannot be read as CIFAR-10: {error}") from error
+        raise ConfigError(f"--data {config.data}: {error}") from error
 
 
 def _same_directory(a: Path, b: Path) -> bool:

@@ -46,6 +46,7 @@ class TrainPlan:
     log_points: int = 20
     curve_points: int = 30
     channels_last: bool = False
+    in_channels: int = 3          # of the images (the data set's), read by the network's stem
     frozen_tail_step: Optional[int] = None   # from this 0-based step on, norms use population statistics
 
 
@@ -66,7 +67,8 @@ def build_cell_model(plan: TrainPlan, seeds: Optional[Sequence[int]] = None, nor
         # over a large part of training; the ramp here reaches them at half of the steps
         kwargs = {"rmax": 3.0, "dmax": 5.0, "warmup_steps": max(1, plan.steps // 2)}
     model = build_model(kind, plan.width, len(plan.members), plan.max_groups,
-                        seeds=tuple(m.seed for m in plan.members) if seeds is None else seeds, **kwargs)
+                        seeds=tuple(m.seed for m in plan.members) if seeds is None else seeds,
+                        in_channels=plan.in_channels, **kwargs)
     return model.to(memory_format=torch.channels_last) if plan.channels_last else model
 
 
@@ -133,7 +135,7 @@ def batch_indices(seed: int, n: int, batch: int, steps: int) -> torch.Tensor:
 
 
 def wide_input(x: torch.Tensor, indices: Sequence[torch.Tensor], channels_last: bool) -> torch.Tensor:
-    """Member k's images side by side on the channel axis: (B, K*3, H, W)."""
+    """Member k's images side by side on the channel axis: (B, C, H, W) images give (B, K*C, H, W)."""
     batch = torch.cat([x[i] for i in indices], dim=1)
     return batch.contiguous(memory_format=torch.channels_last) if channels_last else batch
 

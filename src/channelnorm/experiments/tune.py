@@ -43,7 +43,7 @@ def tune_norm(norm: str, config: ExperimentConfig, data: Dataset, lrs: Sequence[
                      steps=config.steps(config.sgd_batch), members=members, width=config.width,
                      max_groups=config.max_groups, momentum=config.momentum, weight_decay=config.weight_decay,
                      warmup_fraction=config.warmup_fraction, log_points=config.log_points,
-                     channels_last=config.channels_last)
+                     channels_last=config.channels_last, in_channels=data.in_channels)
     model, logs, seconds = train_members(plan, data.train_x, data.train_y)
     precise_n = min(config.precise_size, len(data.train_y)) // plan.norm_batch * plan.norm_batch
     errors = evaluate_members(model, plan, data.test_x, data.test_y, data.train_x[:precise_n])["ema"]
