@@ -244,7 +244,7 @@ def test_convert_is_importable_by_its_public_module_path():
     assert fold is cn.convert.fold and replace_norms is cn.convert.replace_norms
 
 
-# ---------------------------------------------------------------- layers that may compute something else are left (issue 19)
+# ---------------------------------------------------------------- layers that may compute something else (issue 19)
 
 class _ShiftedBatchNorm(nn.BatchNorm2d):
     """A subclass with its own forward: batch norm plus 1."""

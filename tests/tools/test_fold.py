@@ -515,7 +515,8 @@ def test_tied_weight_read_in_a_custom_forward_is_not_folded(use_example):
 
 def test_weight_registered_in_another_module_is_not_folded():
     torch.manual_seed(7)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.ConvTranspose2d(8, 3, 3, padding=1))
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.ConvTranspose2d(8, 3, 3, padding=1))
     model[3].weight = model[0].weight  # a tied-weight autoencoder built from modules
     _randomize(model)
     x = torch.randn(2, 3, 6, 6)

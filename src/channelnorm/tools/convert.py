@@ -307,9 +307,10 @@ def to_sync(model: nn.Module, process_group=None) -> nn.Module:
     Returns:
         ``model``, or the new layer when ``model`` is itself one of the layers replaced.
     """
-    return _convert_known(
-        model, "to_sync", lambda cls, m: cls in _TO_SYNC,
-        lambda m: _share_state(m, SyncChannelNorm(m.num_features, **_channel_norm_args(m), process_group=process_group)))
+    def build(m: nn.Module) -> nn.Module:
+        return _share_state(m, SyncChannelNorm(m.num_features, **_channel_norm_args(m), process_group=process_group))
+
+    return _convert_known(model, "to_sync", lambda cls, m: cls in _TO_SYNC, build)
 
 
 def from_sync(model: nn.Module) -> nn.Module:

@@ -2,22 +2,33 @@
 
 A norm with running statistics in eval mode is a per-channel affine map
 ``y = (x - mean) / sqrt(var + eps) * weight + bias``; when its input is the output of a
-``Conv1d/2d/3d`` or ``Linear`` along that layer's output-feature axis, and that output goes nowhere
-else, the map can move into the layer's weight and bias and the norm becomes ``nn.Identity``.
-Everything here exists to make sure those conditions hold, so that folding never changes what the
-model computes; what cannot be shown is left alone and reported with the reason.
+``Conv1d/2d/3d`` or ``Linear`` along that layer's output-feature axis, that output goes nowhere
+else, and the layer's weight is read nowhere else, the map can move into the layer's weight and
+bias and the norm becomes ``nn.Identity``. Everything here exists to make sure those conditions
+hold, so that folding never changes what the model computes; what cannot be shown is left alone
+and reported with the reason. Both modules must also compute what their class computes
+(`channelnorm.tools.known`): a subclass with its own ``forward``, a replaced instance ``forward``,
+hooks or a parametrized weight are left.
 
 Two ways to find the layer that feeds each norm:
 
-* without an example input, only the order inside plain ``nn.Sequential`` containers is known
-  (a consecutive pair is a real data edge there, and nothing else sees the layer's output);
+* without an example input, only ``nn.Sequential``'s own forward is known: a consecutive pair in a
+  plain ``nn.Sequential`` that is reached from the model through plain ``nn.Sequential``
+  containers only is a real data edge, and nothing else sees the layer's output or reads its
+  weight. Below a custom ``forward`` (the model's own, a residual block's), that code may also call
+  the layer, read its weight (a tied-weight decoder) or run part of the Sequential, which only an
+  example run shows, so those pairs are left;
 * with an example input, the model is run once while module hooks record which layer's output
   tensor enters which norm, and a ``TorchFunctionMode`` records every other operation that reads
-  that output (a skip connection, a second norm, ...). Norms called from a custom ``forward``
-  (``self.bn1(self.conv1(x))``) are found this way. A layer output the model still holds after
-  the forward returned (stored on a module, in a list, in an object it returns) is used elsewhere
-  too. The folded model is then run on the same input and must reproduce the original output,
-  compared through every tensor reachable from it, within float rounding, or every fold is undone.
+  that output (a skip connection, a second norm, ...) or the layer's weight and bias outside the
+  layer's own call. Norms called from a custom ``forward`` (``self.bn1(self.conv1(x))``) are found
+  this way. A layer output the model still holds after the forward returned (stored on a module, in
+  a list, in an object it returns) is used elsewhere too. The folded model is then run on the same
+  input and every tensor reachable from its output must match the original's within a tolerance
+  scaled to that tensor, or every fold is undone.
+
+A weight or bias registered in a second module (tied weights) is never folded: the layer would get
+a new one and the tie would end.
 """
 from __future__ import annotations
 
@@ -50,6 +61,8 @@ _FOLDABLE = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, C
 # Ranks considered when the producer's output rank is unknown (no example input). A fixed
 # non-negative channel axis a is wrong at rank a + 2 already, so a small bound decides every axis.
 _MAX_RANK = 16
+
+
 @dataclasses.dataclass(frozen=True)
 class FoldedPair:
     """A norm folded into the layer before it (qualified module names inside the model)."""
@@ -580,7 +593,7 @@ def _compare_outputs(result: Any, reference: Any, weight_eps: float) -> tuple[fl
     for x, y in zip(leaves_a, leaves_b):
         if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
             if type(x) is not type(y) or not x == y:
-                return worst, f"a value in the folded model's output changed ({y!r} -> {x!r})"
+                return worst, f"a value in the folded model's output changed ({y!r:.60} -> {x!r:.60})"
             continue
         tensor_index += 1
         where = f"output tensor {tensor_index} (shape {tuple(y.shape)}, {y.dtype})"
@@ -618,33 +631,45 @@ def fold(model: nn.Module, example_input: Any = None, *, return_report: bool = F
 
     * the norm is an eval-mode ``ChannelNorm``/``SyncChannelNorm``/``nn.BatchNorm*d``/``nn.SyncBatchNorm``
       with running statistics, or a ``FrozenChannelNorm`` (not a fused norm + activation block);
-    * the layer is a plain ``Conv1d/2d/3d`` or ``Linear`` (no subclass, no parametrization, no hooks on
-      either module) with as many output features as the norm has channels;
+    * the layer is a ``Conv1d/2d/3d`` or ``Linear`` with as many output features as the norm has
+      channels;
+    * both compute what their class computes: a subclass is accepted only when it overrides nothing
+      the class's ``forward`` uses (a subclass with its own ``forward`` is left), and neither module
+      has hooks, a parametrized tensor or a ``forward`` replaced on the instance;
     * the norm's channel axis is the layer's output-feature axis: the last axis after ``Linear``,
       axis 1 (batched) or 0 (unbatched) after a convolution. Without ``example_input`` the rank is
       unknown, so it must hold for every rank both modules accept: ``channel_axis=-1`` after
       ``Linear``, and ``nn.BatchNorm2d/3d`` or ``channel_axis=-(k+1)`` after ``Conv{k}d``; ``channel_axis=1``
       (or ``nn.BatchNorm1d``) needs ``example_input`` to show the input is batched / 2-D;
-    * the layer's output feeds nothing but the norm, and neither module is used twice; with
-      ``example_input``, the model does not keep that output either (on a module, in a list, in an
-      object of its output: still alive once the forward has returned).
+    * the layer's output feeds nothing but the norm, and neither module runs twice; the layer's
+      weight and bias are registered in no other module (tied weights); with ``example_input``, no
+      operation outside the layer's own call reads them, and the model does not keep the layer's
+      output either (on a module, in a list, in an object of its output: still alive once the
+      forward has returned).
 
     With ``example_input`` the model's forward must not turn tensor values into Python values
     (``bool(t)``, ``t.item()``, ...) outside its norms: such a forward may take another path, with
     other data edges, on another input, and nothing is folded (the reason says so). Following the
     example run rather than a ``torch.fx`` trace works for every model fx cannot trace, and the
-    run records every operation that reads a layer's output, which is what a graph would show.
+    run records every operation that reads a layer's output or weight, which is what a graph would
+    show. The model is run once on it (without autograd; buffers and the random state are restored)
+    to find which layer's output enters which norm, including norms called from a custom
+    ``forward``; afterwards the folded model is run again and every tensor reachable from its output
+    (through tuples, named tuples, lists, dicts, dataclasses and objects' attributes; an output
+    holding anything else, such as a module or an object without ``__dict__``, folds nothing) must
+    match the original's within its own tolerance, ``sqrt(eps)`` times that tensor's largest
+    magnitude, ``eps`` being the coarser of the tensor's and the folded layers' precision (float32
+    on CUDA counts as TF32, which cuDNN convolutions may use): 1.5e-8 in float64, 3.5e-4 in
+    float32, 0.031 in float16 and TF32, 0.088 in bfloat16. Otherwise every fold is undone. A norm
+    registered under several names that runs once on the example becomes one ``nn.Identity`` under
+    all of them.
 
-    Without ``example_input`` only consecutive pairs inside plain ``nn.Sequential`` containers are
-    considered, on the assumption that a Sequential's children run through its own ``forward`` (not
-    also one by one from a custom ``forward``, which only an example run would show). With it, the model is run once on it (without autograd; buffers and the random state
-    are restored) to find which layer's output enters which norm, including norms called from a
-    custom ``forward``; afterwards the folded model is run again and must reproduce the original
-    output, every tensor reachable from it (through tuples, named tuples, lists, dicts, dataclasses
-    and objects' attributes; an output holding anything else, such as a module or an object without
-    ``__dict__``, folds nothing), within float rounding (relative to the output's largest magnitude: 1e-9 for float64,
-    1e-4 for float32, 1e-2 for float32 on CUDA where convolutions may use TF32), otherwise every
-    fold is undone.
+    Without ``example_input`` only consecutive pairs in plain ``nn.Sequential`` containers reached
+    from the model through plain ``nn.Sequential`` containers are folded (``nn.Sequential``'s own
+    forward is the only one known without running it); a pair below any custom ``forward`` (a
+    torchvision ResNet's blocks, the model's own) is left with the reason "called from a custom
+    forward". Modules registered under several names are left too. Code outside every forward
+    (a hook on another module, a method the caller runs) is assumed not to read the layers' weights.
 
     Args:
         model: the model, changed in place (norms inside are replaced in their parents).
