@@ -72,17 +72,37 @@ def behaves_as(module: nn.Module, classes: Iterable[type], *, hooks_matter: bool
         return None, f"{own.__name__} is none of the classes this tool knows"
     if parametrize.is_parametrized(module):
         return cls, f"{own.__name__} has a parametrized tensor (torch.nn.utils.parametrize)"
-    for name in sorted(_names_forward_reaches(cls)):
-        known = inspect.getattr_static(cls, name, _MISSING)
-        if callable(known) or isinstance(known, (property, staticmethod, classmethod)):
-            if name in vars(module):
-                return cls, f"its {name} is replaced on the instance"
-        if own is not cls and not _same(inspect.getattr_static(own, name, _MISSING), known):
-            what = "its own forward" if name == "forward" else f"its own {name}, which {cls.__name__}.forward uses"
-            return cls, f"{own.__name__} defines {what}"
+    replaced = _methods_forward_reaches(cls) & vars(module).keys()
+    if replaced:
+        return cls, f"its {sorted(replaced)[0]} is replaced on the instance"
+    overridden = _overridden(own, cls)
+    if overridden is not None:
+        what = ("its own forward" if overridden == "forward"
+                else f"its own {overridden}, which {cls.__name__}.forward uses")
+        return cls, f"{own.__name__} defines {what}"
     if hooks_matter and _has_hooks(module):
         return cls, f"{own.__name__} has hooks registered (they may change its output)"
     return cls, None
+
+
+@functools.lru_cache(maxsize=None)
+def _overridden(own: type, cls: type) -> Optional[str]:
+    """The first name ``cls``'s forward reaches that ``own`` (a subclass) resolves to something else."""
+    if own is cls:
+        return None
+    for name in sorted(_names_forward_reaches(cls)):
+        if not _same(inspect.getattr_static(own, name, _MISSING), inspect.getattr_static(cls, name, _MISSING)):
+            return name
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _methods_forward_reaches(cls: type) -> frozenset[str]:
+    """The names forward reaches that are methods (or properties) of ``cls``: an instance attribute of
+    that name replaces the method."""
+    return frozenset(name for name in _names_forward_reaches(cls)
+                     if callable(value := inspect.getattr_static(cls, name, _MISSING))
+                     or isinstance(value, (property, staticmethod, classmethod)))
 
 
 def _has_hooks(module: nn.Module) -> bool:
