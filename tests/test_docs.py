@@ -272,6 +272,9 @@ def test_docs_build_strict(tmp_path):
     assert "num_channels" in modules_page and "track_running_stats" in modules_page
     functional_page = (site / "api" / "functional" / "index.html").read_text(encoding="utf-8")
     assert "running_mean" in functional_page
+    # fold is rendered as the function with its parameters, not as the alias `fold = _fold.fold`.
+    tools_page = (site / "api" / "tools" / "index.html").read_text(encoding="utf-8")
+    assert "example_input" in tools_page and "return_report" in tools_page and "_fold.fold" not in tools_page
 
 
 def _slug(heading: str) -> str:

@@ -4,8 +4,8 @@ import sys
 from . import functional
 from .modules import (
     NORM_TYPES, BatchRenorm, ChannelNorm, ChannelNormAct, EvoNormB0, EvoNormS0, FilterResponseNorm, FrozenChannelNorm,
-    GhostNorm, GroupNorm, GroupNormAct, InstanceNorm, LayerNorm, NormTraits, SyncChannelNorm, WSConv2d, is_norm,
-    module_traits, weight_standardization,
+    GhostNorm, GroupNorm, GroupNormAct, InstanceNorm, LayerNorm, LayerNorm2d, NormTraits, SyncChannelNorm, WSConv2d,
+    is_norm, module_traits, weight_standardization,
 )
 from .registry import available_norms, create_norm, get_norm_layer, norm_traits, register_norm
 from .tools import convert
@@ -19,8 +19,8 @@ __version__ = "0.1.0"
 sys.modules[__name__ + ".convert"] = convert
 
 __all__ = [
-    "ChannelNorm", "GroupNorm", "LayerNorm", "InstanceNorm", "ChannelNormAct", "GroupNormAct", "SyncChannelNorm",
-    "FrozenChannelNorm", "BatchRenorm", "GhostNorm", "FilterResponseNorm", "EvoNormS0", "EvoNormB0", "WSConv2d",
+    "ChannelNorm", "GroupNorm", "LayerNorm", "LayerNorm2d", "InstanceNorm", "ChannelNormAct", "GroupNormAct",
+    "SyncChannelNorm", "FrozenChannelNorm", "BatchRenorm", "GhostNorm", "FilterResponseNorm", "EvoNormS0", "EvoNormB0", "WSConv2d",
     "weight_standardization",
     "create_norm", "get_norm_layer", "register_norm", "available_norms", "norm_traits", "NormTraits",
     "is_norm", "module_traits", "NORM_TYPES",

@@ -1,8 +1,10 @@
-"""``python -m channelnorm``: a short demo of the family on this machine (the experiment is
-``channelnorm compare`` once installed with the ``experiments`` extra)."""
+"""``python -m channelnorm``: a short demo of the family on this machine. With arguments it is the
+``channelnorm`` command line (``python -m channelnorm compare --help``, ``--version``), the same as the
+console script installed with the package."""
 from __future__ import annotations
 
 import platform
+import sys
 
 import torch
 from torch import nn
@@ -30,4 +32,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:]:
+        from channelnorm.experiments.cli import main as cli_main
+        sys.exit(cli_main(sys.argv[1:]))
     main()

@@ -1,4 +1,5 @@
-"""Rows over seeds, the analysis' verdicts, the schedule and the three evaluations."""
+"""Rows over seeds, the pre-registered claims and the exploratory analysis, the schedule, the three
+evaluations, reproductions and pooled runs."""
 import copy
 import csv
 import json
@@ -7,17 +8,21 @@ import pytest
 import torch
 
 import channelnorm as cn
-from channelnorm.experiments.analysis import (BETTER, NO_DIFFERENCE, NOT_CONVERGED, WORSE, analyse, reproduction,
-                                              verdicts)
+from scipy import stats
+
+from channelnorm.experiments.analysis import analyse, verdicts
+from channelnorm.experiments.claims import BETTER, NO_DIFFERENCE, SLOWER, WORSE
 from channelnorm.experiments.config import ExperimentConfig
+from channelnorm.experiments.grid import Cell
+from channelnorm.experiments.pipeline import reproduction
 from channelnorm.experiments.evaluate import evaluate_members, member_errors
 from channelnorm.experiments.models import unstack, build_model
-from channelnorm.experiments.results import build_rows, write_results
+from channelnorm.experiments.results import build_rows, build_variant_rows, write_results
 from channelnorm.experiments.stats import diff_ci, mean_ci
-from channelnorm.experiments.sweep import Cell
 from channelnorm.experiments.train import Member, TrainPlan, schedule, train_members
 
-CONFIG = ExperimentConfig(norms=("channel", "group", "none"), norm_batches=(2, 32), seeds=(0, 1, 2))
+CONFIG = ExperimentConfig(norms=("channel", "group", "none"), norm_batches=(2, 32), seeds=(0, 1, 2),
+                          coupled_norms=("channel", "group"), coupled_batches=(2, 32))
 
 
 def record(cell, seed, ema, precise=None, batch=None, loss=0.01, steps_to_target=100):
@@ -36,6 +41,10 @@ def found(channel_small=(3.0, 3.2, 3.4), group_coupled_small=(2.1, 2.0, 2.2), no
         Cell("none", "decoupled", 32, 32): [(9.0, 9.5, 10.0)],
         Cell("channel", "coupled", 2, 2): [(4.0, 4.2, 4.4)],
         Cell("group", "coupled", 2, 2): [group_coupled_small],
+        Cell("channel", "decoupled", 2, 16): [(2.5, 2.6, 2.7)],                   # the Group-Norm-faithful cell
+        Cell("channel", "decoupled", 2, 32, lr_scale=0.5): [(2.9, 3.0, 3.1)],
+        Cell("channel", "decoupled", 32, 32, lr_scale=0.5): [(2.4, 2.5, 2.6)],
+        Cell("channel", "decoupled", 2, 32, frozen_tail=True): [(2.2, 2.3, 2.4)],
     }
     out = {}
     for cell, (values,) in cells.items():
@@ -70,57 +79,106 @@ def test_results_files_parse_back(tmp_path):
     assert len(table) == len(rows) and table[0]["seeds"] == "0;1;2"
 
 
-def test_verdicts_follow_the_intervals():
-    a = analyse(build_rows(found(), CONFIG), 32)
-    ema = a["robustness"]["ema"][0]
-    d, ci = diff_ci([2.0, 2.1, 2.2], [3.0, 3.2, 3.4])
-    assert ema["delta"] == pytest.approx(d) and ema["ci95"] == pytest.approx(list(ci)) and ema["verdict"] == WORSE
-    assert a["coupled"]["group"]["verdict"] == NO_DIFFERENCE and a["replication"] == "flat"
-    ranking = a["scope_ranking"]
-    assert [r["norm"] for r in ranking] == ["channel", "group", "none"]
-    assert ranking[1]["vs_best"]["verdict"] == NO_DIFFERENCE and ranking[2]["vs_best"]["verdict"] == WORSE
-    # within noise: no difference claimed
-    same = analyse(build_rows(found(channel_small=(2.0, 2.3, 2.1)), CONFIG), 32)
-    assert same["robustness"]["ema"][0]["verdict"] == NO_DIFFERENCE
-    better = analyse(build_rows(found(channel_small=(1.0, 1.1, 1.2)), CONFIG), 32)
-    assert better["robustness"]["ema"][0]["verdict"] == BETTER
+def test_claims_are_the_pre_registered_families_tested_by_welch_and_holm():
+    rows = build_rows(found(), CONFIG)
+    a = analyse(rows, CONFIG)
+    ids = [c["id"] for c in a["claims"]]
+    assert ids == ["scope:group", "scope:none", "batch:2", "convergence:group", "convergence:none"]
+    assert [c["id"] for c in a["preregistered"]["claims"]] == ids
+    assert a["preregistered"]["alpha"] == 0.05 and "Holm" in a["preregistered"]["correction"]
+    contract = {"id", "family", "a", "b", "delta", "ci95", "p", "p_holm", "verdict", "seeds"}
+    assert all(contract <= set(c) for c in a["claims"])
+    claims = {c["id"]: c for c in a["claims"]}
+    # oracle: scipy's Welch test directly on the per-seed errors, Holm by hand within the family
+    small = claims["batch:2"]
+    p = stats.ttest_ind([3.0, 3.2, 3.4], [2.0, 2.1, 2.2], equal_var=False).pvalue
+    assert small["delta"] == pytest.approx(3.2 - 2.1) and small["p"] == pytest.approx(p)
+    assert small["p_holm"] == pytest.approx(p) and small["verdict"] == WORSE and small["seeds"] == [0, 1, 2]
+    p_group = stats.ttest_ind([2.0, 2.2, 2.1], [2.0, 2.1, 2.2], equal_var=False).pvalue
+    p_none = stats.ttest_ind([9.0, 9.5, 10.0], [2.0, 2.1, 2.2], equal_var=False).pvalue
+    assert claims["scope:none"]["p_holm"] == pytest.approx(min(1.0, 2 * min(p_group, p_none)))
+    assert claims["scope:group"]["p_holm"] == pytest.approx(max(2 * min(p_group, p_none), p_group))
+    assert claims["scope:group"]["verdict"] == NO_DIFFERENCE and claims["scope:none"]["verdict"] == WORSE
+    assert verdicts(a)["batch:2"] == WORSE
+    better = analyse(build_rows(found(channel_small=(1.0, 1.1, 1.2)), CONFIG), CONFIG)
+    assert verdicts(better)["batch:2"] == BETTER
+    within_noise = analyse(build_rows(found(channel_small=(2.0, 2.3, 2.1)), CONFIG), CONFIG)
+    assert verdicts(within_noise)["batch:2"] == NO_DIFFERENCE
 
 
-def test_group_norm_moving_in_the_coupled_protocol_is_called_confounded():
-    a = analyse(build_rows(found(group_coupled_small=(5.0, 5.1, 5.2)), CONFIG), 32)
-    assert a["coupled"]["group"]["verdict"] == WORSE and a["replication"] == "confounded"
+def test_holm_can_withhold_a_claim_that_one_test_alone_would_make():
+    # alpha 0.05: with p just below it, one test claims a difference; two in the family do not
+    config = CONFIG.with_(alpha=0.05)
+    rows = build_rows(found(), config)
+    claims = {c["id"]: c for c in analyse(rows, config)["claims"]}
+    p = claims["scope:none"]["p"]
+    loose = {c["id"]: c for c in analyse(rows, config.with_(alpha=min(1.0, 1.5 * p)))["claims"]}
+    assert loose["scope:none"]["p"] < 1.5 * p and loose["scope:none"]["p_holm"] > 1.5 * p
+    assert loose["scope:none"]["verdict"] == NO_DIFFERENCE
 
 
-def test_a_cell_that_did_not_converge_draws_no_conclusion():
-    a = analyse(build_rows(found(none_loss=0.5), CONFIG), 32)
-    none = next(r for r in a["scope_ranking"] if r["norm"] == "none")
-    assert none["converged"] is False and none["vs_best"]["verdict"] == NOT_CONVERGED
-    assert any(name.startswith("none decoupled") for name in a["not_converged"])
+def test_the_convergence_family_compares_areas_under_the_error_curve():
+    # each record's curve is [[500, 10.0], [1000, error]]: its area is the mean of the two points
+    claims = {c["id"]: c for c in analyse(build_rows(found(), CONFIG), CONFIG)["claims"]}
+    none = claims["convergence:none"]
+    expected = (sum((10 + e) / 2 for e in (9.0, 9.5, 10.0)) - sum((10 + e) / 2 for e in (2.0, 2.1, 2.2))) / 3
+    assert none["measure"] == "curve_area" and none["delta"] == pytest.approx(expected) and none["verdict"] == SLOWER
 
 
-def test_precise_recovery_share_by_hand():
-    # penalty 3.2 - 2.1 = 1.1 points; precise recovers 3.2 - 2.65 = 0.55 -> half of it
-    a = analyse(build_rows(found(precise_small=(2.5, 2.6, 2.85)), CONFIG), 32)
-    entry = next(p for p in a["precise_recovery"] if p["protocol"] == "decoupled" and p["norm_batch"] == 2)
-    assert entry["penalty"] == pytest.approx(1.1) and entry["recovered"] == pytest.approx(0.55)
-    assert entry["share"] == pytest.approx(0.5)
+def test_a_cell_that_did_not_converge_is_flagged_and_still_reports_its_effect():
+    a = analyse(build_rows(found(none_loss=0.5), CONFIG), CONFIG)
+    none = next(c for c in a["claims"] if c["id"] == "scope:none")
+    assert none["gated"] is True and none["verdict"] == WORSE and none["delta"] == pytest.approx(9.5 - 2.1)
+    assert any(name.startswith("none decoupled") for name in a["gated_cells"])
 
 
-def test_reproduction_compares_verdicts_and_reports_the_largest_shift():
+def test_exploratory_numbers_are_labelled_apart_from_the_claims():
+    a = analyse(build_rows(found(), CONFIG), CONFIG, build_variant_rows(found(), CONFIG))
+    ex = a["exploratory"]
+    assert ex["coupled"]["group"]["delta"] == pytest.approx(2.1 - 2.1)
+    assert ex["faithful"]["vs_reference"]["delta"] == pytest.approx(2.6 - 2.1)
+    assert ex["faithful"]["vs_same_norm_batch"]["delta"] == pytest.approx(2.6 - 3.2)
+    grid = {g["lr_scale"]: g for g in ex["lr_grid"]}
+    assert set(grid) == {0.5, 1.0, 2.0} and grid[0.5]["penalty"]["delta"] == pytest.approx(3.0 - 2.5)
+    assert grid[1.0]["penalty"]["delta"] == pytest.approx(3.2 - 2.1) and grid[2.0]["penalty"]["measured"] is False
+    assert ex["frozen_tail"]["vs_without_tail"]["delta"] == pytest.approx(2.3 - 3.2)
+    assert ex["frozen_tail"]["vs_reference"]["delta"] == pytest.approx(2.3 - 2.1)
+    steps = {c["norm"]: c for c in ex["steps_to_target"]}
+    assert steps["channel"]["reached"] == 3 and steps["channel"]["restricted_mean"] == pytest.approx(100)
+
+
+def test_steps_to_target_keeps_seeds_that_never_reach_it_as_censored():
+    cells = found()
+    for rec in cells["decoupled-none-nb32-sgd32"][:2]:
+        rec["steps_to_target"] = None
+    none = next(c for c in analyse(build_rows(cells, CONFIG), CONFIG)["exploratory"]["steps_to_target"]
+                if c["norm"] == "none")
+    assert none["reached"] == 1 and none["seeds"] == 3
+    assert none["restricted_mean"] == pytest.approx((1000 + 1000 + 100) / 3)   # censored at the run's 1000 steps
+
+
+def test_precise_recovery_pairs_by_seed_not_by_position():
+    # penalty 3.2 - 2.1 = 1.1 points; precise recovers mean(3.0-2.5, 3.2-2.6, 3.4-2.85) = 0.55
+    rows = build_rows(found(precise_small=(2.5, 2.6, 2.85)), CONFIG)
+    entry = analyse(rows, CONFIG)["exploratory"]["precise_recovery"][0]
+    assert entry["penalty"]["delta"] == pytest.approx(1.1) and entry["recovered"] == pytest.approx(0.55)
+    precise = next(r for r in rows if (r["norm"], r["norm_batch"], r["sgd_batch"], r["eval"])
+                   == ("channel", 2, 32, "precise"))
+    precise["seeds"], precise["errors"] = precise["seeds"][::-1], precise["errors"][::-1]
+    assert analyse(rows, CONFIG)["exploratory"]["precise_recovery"][0]["recovered"] == pytest.approx(0.55)
+
+
+def test_reproduction_is_judged_by_interval_agreement():
     here = build_rows(found(), CONFIG)
-    there = build_rows(found(channel_small=(2.0, 2.3, 2.1)), CONFIG)
-    same = reproduction(here, copy.deepcopy(here), 32)
-    assert same["differ"] == [] and same["max_mean_change"] == 0.0 and same["total"] == len(verdicts(analyse(here, 32)))
-    moved = reproduction(here, there, 32)
-    assert any("robustness ema" in key and a == WORSE and b == NO_DIFFERENCE for key, a, b in moved["differ"])
-    assert moved["max_mean_change"] == pytest.approx(3.2 - 2.1333333, abs=1e-6)
+    same = reproduction(here, copy.deepcopy(here), analyse(here, CONFIG), CONFIG)
+    assert all(a["agrees"] for a in same["agreement"]) and same["max_mean_change"] == 0.0
     assert same["rows_identical"] == same["rows_compared"] == len(here) and same["rows_missing"] == 0
-    moved_rows = [r for r in here if (r["norm"], r["protocol"], r["norm_batch"]) == ("channel", "decoupled", 2)]
-    assert moved_rows and moved["rows_identical"] == len(here) - len(moved_rows)   # only that cell's rows moved
-    small = next(c for c in moved["cells"] if c["norm"] == "channel" and c["norm_batch"] == 2
-                 and c["protocol"] == "decoupled")
-    assert small["here"] == pytest.approx(3.2) and small["there"] == pytest.approx(2.1333333, abs=1e-6)
-    partial = reproduction(here, there[1:], 32)
+    there = build_rows(found(channel_small=(5.0, 5.2, 5.4)), CONFIG)     # the batch-2 penalty +3.1 instead of +1.1
+    moved = reproduction(here, there, analyse(here, CONFIG), CONFIG)
+    agreement = {a["id"]: a for a in moved["agreement"]}
+    assert agreement["batch:2"]["agrees"] is False and agreement["scope:none"]["agrees"] is True
+    assert moved["max_mean_change"] == pytest.approx(2.0)
+    partial = reproduction(here, there[1:], analyse(here, CONFIG), CONFIG)
     assert partial["rows_missing"] == 1 and partial["rows_compared"] == len(here) - 1
 
 
@@ -172,22 +230,10 @@ def test_the_three_evaluations_match_a_single_model_evaluated_by_hand():
         assert got["precise"][k] == pytest.approx(float(wrong), abs=1e-9)
 
 
-def test_steps_to_target_comparison_needs_every_seed_to_reach_the_target():
-    from channelnorm.experiments.analysis import convergence_comparisons
-    speed = [{"norm": "channel", "steps_to_target": [100, 110, 120], "reached": 3, "seeds": 3},
-             {"norm": "group", "steps_to_target": [300, 310, 330], "reached": 3, "seeds": 3},
-             {"norm": "layer", "steps_to_target": [100, None, 120], "reached": 2, "seeds": 3},
-             {"norm": "instance", "steps_to_target": [90, 130, 110], "reached": 3, "seeds": 3}]
-    by_norm = {c["norm"]: c for c in convergence_comparisons(speed)}
-    assert by_norm["group"]["verdict"] == "channel faster" and by_norm["group"]["delta"] == pytest.approx(940 / 3 - 110)
-    assert by_norm["layer"]["verdict"] == "not reached by every seed" and by_norm["layer"]["delta"] is None
-    assert by_norm["instance"]["verdict"] == NO_DIFFERENCE
-
-
 def _finished_run(folder, config, shift=None, capability="AVX2"):
     """A finished compare run's config.json, results.json and environment.json (every planned cell, every
     seed: test error 3.0 + seed %, plus ``shift[cell_id]`` points)."""
-    from channelnorm.experiments.sweep import plan
+    from channelnorm.experiments.grid import plan
     shift = shift or {}
     # steps_to_target as the default target error (5 %) gives for the curve [[500, 10.0], [1000, ema]]
     found = {cell.cell_id: [record(cell, s, 3.0 + s + shift.get(cell.cell_id, 0.0), steps_to_target=1000)
@@ -283,54 +329,53 @@ def test_a_reproduction_file_that_is_not_a_plain_file_of_the_folder_is_refused_w
         _read_reproduction(there, CONFIG)
 
 
-SMALL_VS_32 = "robustness ema: channel decoupled norm-batch 2 sgd-batch 32 (ema) vs channel decoupled norm-batch 32 " \
-              "sgd-batch 32 (ema)"
-
-
-def test_verdicts_of_runs_with_other_seeds_and_code_paths_side_by_side(tmp_path):
-    from channelnorm.experiments.across import render_verdict_table, verdict_table
-    # Every cell's seeds have the same errors, so every comparison is "no difference detected", except
-    # where the second run's batch-2 cell is 6 points worse (its seeds spread 3-7 %: the Welch interval
-    # of the difference is about +-2.3 points).
-    # (A target error of 50 % that every curve reaches keeps the steps-to-target verdicts equal too.)
+def test_verdicts_pool_independent_seeds_and_count_a_shared_seed_once(tmp_path):
+    from channelnorm.experiments.across import pooled_claims, render_pooled
+    # run a: seeds 0-2; run b: seeds 0-4 (0-2 shared with a: left out), its batch-2 cell 6 points worse
     first = CONFIG.with_(target_error=50.0)
     _finished_run(tmp_path / "a", first, capability="AVX512")
     _finished_run(tmp_path / "b", first.with_(seeds=(0, 1, 2, 3, 4)), shift={"decoupled-channel-nb2-sgd32": 6.0})
-    names, rows = verdict_table([tmp_path / "a", tmp_path / "b"])
-    assert names == [f"{tmp_path / 'a'} (3 seeds, AVX512)", f"{tmp_path / 'b'} (5 seeds, AVX2)"]
-    shifted = [key for key, _ in rows if "channel decoupled norm-batch 2 sgd-batch 32" in key]
-    assert SMALL_VS_32 in shifted and len(shifted) == 3     # the three evaluations (records share errors)
-    for key, values in rows:
-        assert values == ([NO_DIFFERENCE, WORSE] if key in shifted else [values[0]] * 2), key
-    text = render_verdict_table(names, rows)
-    assert f"| {SMALL_VS_32} | {NO_DIFFERENCE} | {WORSE} | ✗ |" in text
-    assert f"{len(rows) - 3} of {len(rows)} verdicts are the same in all 2 runs." in text
+    result = pooled_claims([tmp_path / "a", tmp_path / "b"])
+    assert result["runs"] == [f"{tmp_path / 'a'} (seeds 0–2, AVX512)", f"{tmp_path / 'b'} (seeds 0–4, AVX2)"]
+    pooled = {c["id"]: c for c in result["pooled"]}
+    small = pooled["batch:2"]
+    assert small["n_a"] == small["n_b"] == 5 and small["seeds"] == [0, 1, 2, 3, 4]
+    # oracle: a's seeds 0-2 (3 + s) and b's seeds 3, 4 (3 + s, +6 in the batch-2 cell)
+    ref, cell = [3.0, 4.0, 5.0, 6.0, 7.0], [3.0, 4.0, 5.0, 12.0, 13.0]
+    assert small["delta"] == pytest.approx(sum(cell) / 5 - sum(ref) / 5)
+    assert small["p"] == pytest.approx(stats.ttest_ind(cell, ref, equal_var=False).pvalue)
+    assert any("seed 0" in d for d in result["duplicates"]) and not any("seed 3" in d for d in result["duplicates"])
+    per_run = {c["id"]: c for c in result["per_run"][1]}
+    assert per_run["batch:2"]["delta"] == pytest.approx(6.0)
+    assert {a["id"]: a["agrees"] for a in result["agreement"][0]}["batch:2"] is False
+    text = render_pooled(result)
+    assert "| batch:2 |" in text and "left out because an earlier run has the same seed" in text
 
 
 def test_every_run_is_judged_under_the_first_runs_thresholds(tmp_path):
-    from channelnorm.experiments.across import verdict_table
-    # every loss is 0.01: converged under the default 0.1, not under 0.005
+    from channelnorm.experiments.across import pooled_claims
+    # every loss is 0.01: converged under the default gate, not under 0.005
     _finished_run(tmp_path / "strict", CONFIG.with_(converged_loss=0.005))
     _finished_run(tmp_path / "default", CONFIG)
-    _, rows = verdict_table([tmp_path / "strict", tmp_path / "default"])
-    assert dict(rows)[SMALL_VS_32] == [NOT_CONVERGED, NOT_CONVERGED]
-    _, rows = verdict_table([tmp_path / "default", tmp_path / "strict"])
-    assert dict(rows)[SMALL_VS_32] == [NO_DIFFERENCE, NO_DIFFERENCE]
+    gated = {c["id"]: c["gated"] for c in pooled_claims([tmp_path / "strict", tmp_path / "default"])["pooled"]}
+    assert gated["batch:2"] is True
+    gated = {c["id"]: c["gated"] for c in pooled_claims([tmp_path / "default", tmp_path / "strict"])["pooled"]}
+    assert gated["batch:2"] is False
 
 
 def test_verdicts_refuse_runs_of_other_settings_or_unfinished_ones(tmp_path):
     from channelnorm.experiments import cli
-    from channelnorm.experiments.across import verdict_table
+    from channelnorm.experiments.across import pooled_claims
     from channelnorm.experiments.config import ConfigError
     _finished_run(tmp_path / "a", CONFIG)
     _finished_run(tmp_path / "longer", CONFIG.with_(epochs=16.0))
     with pytest.raises(ConfigError, match=r"longer.*epochs: 16.0 there, 8.0 in the first"):
-        verdict_table([tmp_path / "a", tmp_path / "longer"])
+        pooled_claims([tmp_path / "a", tmp_path / "longer"])
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match=rf"'{tmp_path}/empty' holds no finished compare run"):
-        verdict_table([tmp_path / "a", tmp_path / "empty"])
+        pooled_claims([tmp_path / "a", tmp_path / "empty"])
     with pytest.raises(ConfigError, match="at least two"):
-        verdict_table([tmp_path / "a"])
+        pooled_claims([tmp_path / "a"])
     with pytest.raises(SystemExit):
         cli.main(["verdicts", str(tmp_path / "a"), str(tmp_path / "empty")])
 
@@ -342,7 +387,7 @@ def test_verdicts_command_prints_and_writes_the_table(tmp_path, capsys):
     assert cli.main(["verdicts", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "v.md")]) == 0
     printed = capsys.readouterr().out
     assert printed == (tmp_path / "v.md").read_text()
-    assert "verdicts are the same in all 2 runs" in printed and "✗" not in printed
+    assert "runs pooled" in printed and "✗" not in printed
     assert f"Command: `channelnorm verdicts {tmp_path / 'a'} {tmp_path / 'b'} --out {tmp_path / 'v.md'}`" in printed
     # a run's own output is never overwritten by the table (a file of another name in it may be written)
     before = (tmp_path / "b" / "results.json").read_bytes()

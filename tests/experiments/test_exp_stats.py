@@ -1,27 +1,13 @@
-"""Interval math against tabulated Student-t quantiles and hand-computed intervals."""
+"""Interval math (scipy.stats underneath) against tabulated Student-t quantiles and intervals,
+p-values and Holm adjustments computed by hand."""
 import math
 
 import pytest
 
-from channelnorm.experiments.stats import diff_ci, excludes_zero, mean_ci, t_cdf, t_quantile
+from channelnorm.experiments.stats import diff_ci, excludes_zero, holm, mean_ci, welch
 
-
-@pytest.mark.parametrize("df, q", [(1, 12.7062047), (2, 4.3026527), (3, 3.1824463), (4, 2.7764451),
-                                   (9, 2.2621572), (10, 2.2281389), (30, 2.0422725), (1e6, 1.9599661)])
-def test_t_quantile_matches_the_table(df, q):
-    assert t_quantile(0.975, df) == pytest.approx(q, abs=2e-6)
-    assert t_quantile(0.025, df) == pytest.approx(-q, abs=2e-6)
-
-
-def test_t_cdf_closed_forms():
-    # df = 1 is Cauchy: F(t) = 1/2 + atan(t)/pi; df = 2: F(t) = 1/2 + t / (2 sqrt(2 + t^2))
-    for t in (-3.0, -0.5, 0.0, 0.7, 4.0):
-        assert t_cdf(t, 1) == pytest.approx(0.5 + math.atan(t) / math.pi, abs=1e-12)
-        assert t_cdf(t, 2) == pytest.approx(0.5 + t / (2 * math.sqrt(2 + t * t)), abs=1e-12)
-    # one-sided 95 % table values at df 5 and 6; a fractional df (Welch) falls between them
-    assert t_quantile(0.95, 5) == pytest.approx(2.0150484, abs=2e-6)
-    assert t_quantile(0.95, 6) == pytest.approx(1.9431803, abs=2e-6)
-    assert 1.9431803 < t_quantile(0.95, 5.5) < 2.0150484
+# two-sided 95 % Student-t quantiles from a printed table
+T975 = {2: 4.3026527, 3: 3.1824463}
 
 
 def test_mean_ci_by_hand():
@@ -36,10 +22,12 @@ def test_welch_difference_by_hand():
     a, b = [1.0, 2.0, 3.0], [4.0, 5.0, 7.0]
     va, vb = 1.0 / 3, (7 / 3) / 3           # sample variances 1 and 7/3, divided by n
     df = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 2)
-    d, (lo, hi) = diff_ci(a, b)
-    half = t_quantile(0.975, df) * math.sqrt(va + vb)
-    assert d == pytest.approx(10 / 3) and lo == pytest.approx(d - half) and hi == pytest.approx(d + half)
     assert df == pytest.approx((10 / 9) ** 2 / ((1 / 9) / 2 + (49 / 81) / 2))   # 3.448
+    d, (lo, hi) = diff_ci(a, b)
+    # the t quantile at df 3.448 lies between the table's df 3 and df 4 values (3.1824, 2.7764)
+    half = (hi - lo) / 2
+    assert d == pytest.approx(10 / 3) and (lo + hi) / 2 == pytest.approx(d)
+    assert 2.7764451 * math.sqrt(va + vb) < half < T975[3] * math.sqrt(va + vb)
     assert excludes_zero((lo, hi)) and not excludes_zero((-1.0, 2.0)) and not excludes_zero(None)
     assert diff_ci([1.0], [2.0, 3.0])[1] is None
     assert diff_ci([2.0, 2.0], [3.0, 3.0]) == (1.0, (1.0, 1.0))
@@ -53,3 +41,25 @@ def test_per_seed_values_read_from_a_file_are_checked():
     assert "must be 0 finite numbers" in per_seed_problem([], 0.0, 0, "errors")          # no seeds: no mean
     assert "is not the mean of its errors" in per_seed_problem([1.0, 2.0], 1.6, 2, "errors")
     assert not is_finite_number(True) and not is_finite_number(10 ** 400) and is_finite_number(3)
+
+
+def test_welch_p_value_by_hand_at_a_whole_degree_of_freedom():
+    # equal variances and sizes make Welch's df whole: a = 0, 2 and b = 3, 5 (variances 2 and 2,
+    # n 2): se = sqrt(2/2 + 2/2) = sqrt 2, df = 2, t = 3 / sqrt 2.
+    # For df 2 the t distribution has a closed form: P(|T| > t) = 1 - t / sqrt(2 + t^2).
+    delta, (lo, hi), p = welch([0.0, 2.0], [3.0, 5.0])
+    t = 3 / math.sqrt(2)
+    assert delta == 3.0
+    assert p == pytest.approx(1 - t / math.sqrt(2 + t * t), abs=1e-12)
+    assert (hi - lo) / 2 == pytest.approx(T975[2] * math.sqrt(2), abs=1e-6)
+    # no spread on either side: the point itself, p 0 unless the difference is 0
+    assert welch([1.0, 1.0], [2.0, 2.0]) == (1.0, (1.0, 1.0), 0.0)
+    assert welch([1.0, 1.0], [1.0, 1.0])[2] == 1.0
+    assert welch([1.0], [2.0, 3.0])[1:] == (None, None)
+
+
+def test_holm_by_hand():
+    # sorted p 0.01, 0.02, 0.04 over 3 tests: 3 * 0.01, max(prev, 2 * 0.02), max(prev, 1 * 0.04)
+    assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    assert holm([0.5, None, 0.01]) == [0.5, None, 0.02]      # a missing test does not count
+    assert holm([0.6, 0.7]) == [1.0, 1.0]                    # capped at 1

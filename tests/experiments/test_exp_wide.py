@@ -5,7 +5,7 @@ import torch
 from channelnorm.experiments.models import build_model, stack, unstack
 from channelnorm.experiments.train import Member, MemberSGD, TrainPlan, train_members
 
-KINDS = [("channel", {}), ("group", {}), ("layer", {}), ("instance", {}), ("none", {}),
+KINDS = [("channel", {}), ("group", {}), ("layer", {}), ("layer2d", {}), ("instance", {}), ("none", {}),
          ("ghost", {"virtual_batch_size": 2}), ("frn", {}), ("evonorm_s0", {}), ("evonorm_b0", {}),
          ("batch_renorm", {"warmup_steps": 2})]
 
@@ -41,7 +41,8 @@ def test_build_model_with_seeds_starts_where_single_runs_start():
 
 @pytest.mark.parametrize("norm,norm_batch,channels_last", [("channel", 8, False), ("channel", 2, False),
                                                            ("group", 8, False), ("layer", 8, False),
-                                                           ("channel", 2, True), ("instance", 8, True)])
+                                                           ("channel", 2, True), ("instance", 8, True),
+                                                           ("layer2d", 8, False)])
 def test_training_k_members_equals_k_separate_runs(norm, norm_batch, channels_last):
     """Twelve SGD steps (momentum, weight decay, warm-up + cosine) of a 3-member cell and of three
     1-member cells with the same seeds: same losses and parameters. float32 with grouped vs plain

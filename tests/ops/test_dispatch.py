@@ -75,7 +75,7 @@ def test_synthetic_gpu_result_moves_only_its_class_to_triton(monkeypatch):
 def test_every_op_has_an_entry_and_reference_only_ops_refuse_other_names():
     for op in ("channel_norm", "instance_norm", "group_norm", "channel_norm_act", "group_norm_act", "ghost_norm",
                "masked_channel_norm", "batch_renorm", "filter_response_norm", "evonorm_s0", "evonorm_b0",
-               "sync_channel_norm"):
+               "sync_channel_norm", "layer_norm_2d"):
         spec = dispatch.OP_TABLE[op]
         assert "reference" in spec.backends
         for name in ("native", "triton"):
@@ -90,7 +90,7 @@ def test_backends_implement_the_protocol():
     for impl in (REFERENCE, NATIVE):
         assert isinstance(impl.name, str)
         for method in ("unsupported_reason", "inexact_reason", "channel_norm", "instance_norm", "group_norm", "channel_norm_act",
-                       "group_norm_act"):
+                       "group_norm_act", "layer_norm_2d"):
             assert callable(getattr(impl, method))
 
 

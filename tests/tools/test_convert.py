@@ -332,6 +332,62 @@ def test_subclass_that_only_changes_defaults_converts_as_its_base(tool):
     torch.testing.assert_close(converted(x), expected, rtol=1e-5, atol=1e-5)
 
 
+class _ShiftedLayerNorm2d(cn.LayerNorm2d):
+    """LayerNorm2d with its own forward: layer norm per position plus 1."""
+
+    def forward(self, input):
+        return super().forward(input) + 1.0
+
+
+class _LayerNorm2dOtherEps(cn.LayerNorm2d):
+    """Only __init__ differs: it computes what LayerNorm2d computes."""
+
+    def __init__(self, num_channels):
+        super().__init__(num_channels, eps=1e-3)
+
+
+def test_layer_norm_2d_is_a_known_class_whose_subclasses_are_checked():
+    from channelnorm.tools.known import known_norm_classes
+
+    assert cn.LayerNorm2d in known_norm_classes()
+    torch.manual_seed(0)
+    model = _randomize(nn.Sequential(nn.Conv2d(3, 4, 1), cn.LayerNorm2d(4), _LayerNorm2dOtherEps(4),
+                                     _ShiftedLayerNorm2d(4)))
+    original, shifted = copy.deepcopy(model), model[3]
+    # Were LayerNorm2d unknown, its plain instance and the defaults-only subclass would be left too ("left 3").
+    with pytest.warns(UserWarning, match=r"replace_norms left 1 module\(s\).*\(3: _ShiftedLayerNorm2d defines "
+                                         r"its own forward\)") as caught:
+        converted = convert.replace_norms(model, "layer2d")
+    assert len(caught) == 1
+    assert [type(m) for m in converted[1:3]] == [cn.LayerNorm2d, cn.LayerNorm2d] and converted[3] is shifted
+    assert converted[2].eps == 1e-3
+    # Oracle: the unconverted model (the same per-position computation, eps carried, the +1 kept).
+    x = torch.randn(2, 3, 5, 5)
+    torch.testing.assert_close(converted(x), original(x), rtol=0, atol=0)
+
+
+class _UnknownBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """A batch norm (running statistics, channel scope) of a class the tools do not know."""
+
+    def _check_input_dim(self, input):
+        pass
+
+
+def test_freeze_names_a_channel_norm_of_an_unknown_class_and_leaves_it():
+    torch.manual_seed(0)
+    original = _randomize(nn.Sequential(nn.Conv2d(3, 4, 1), _UnknownBatchNorm(4), nn.BatchNorm2d(4)))
+    model = copy.deepcopy(original)
+    with pytest.warns(UserWarning, match=r"freeze left 1 module\(s\).*\(1: _UnknownBatchNorm is none of the "
+                                         r"classes this tool knows\)") as caught:
+        frozen = convert.freeze(model)
+    assert len(caught) == 1 and type(frozen[1]) is _UnknownBatchNorm and type(frozen[2]) is cn.FrozenChannelNorm
+    # Oracle: the original in training mode with its second norm in eval mode (what freezing it keeps); the
+    # unknown norm still normalizes with the batch statistics, as a frozen copy would not.
+    x = torch.randn(4, 3, 5, 5)
+    original.train()[2].eval()
+    torch.testing.assert_close(frozen.train()(x), original(x))
+
+
 # ---------------------------------------------------------------- a norm under several names (issue 19)
 
 class _SharedNorm(nn.Module):

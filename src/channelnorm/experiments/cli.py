@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from .. import __version__
 from .config import CORE_NORMS, ROBUST_NORMS, ConfigError, ExperimentConfig, full_config, quick_config
 
 NORM_GROUPS = {"core": CORE_NORMS, "robust": ROBUST_NORMS, "all": CORE_NORMS + ROBUST_NORMS}
@@ -53,6 +54,21 @@ def _lr_map(text: str) -> tuple[tuple[str, float], ...]:
     return tuple(pairs)
 
 
+def _faithful(text: str) -> Optional[tuple[int, int]]:
+    """'2,16' (normalization batch, SGD batch) or 'none'."""
+    if text.lower() == "none":
+        return None
+    values = _int_list(text)
+    if len(values) != 2:
+        raise argparse.ArgumentTypeError(f"expected NORM_BATCH,SGD_BATCH such as 2,16 (or none), got {text!r}")
+    return values
+
+
+def _factors(text: str) -> tuple[float, ...]:
+    """'0.5,2' or 'none' (no learning-rate grid)."""
+    return () if text.lower() == "none" else _float_list(text)
+
+
 def _size(text: str) -> Optional[int]:
     if text.lower() == "all":
         return None
@@ -63,7 +79,7 @@ def _size(text: str) -> Optional[int]:
 
 
 OVERRIDES = ("norms", "norm_batches", "coupled_batches", "seeds", "epochs", "train_size", "test_size", "data_dir",
-             "lrs", "width", "colour_variation", "contrast_variation")
+             "lrs", "width", "colour_variation", "contrast_variation", "lr_factors", "faithful_cell")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -86,13 +102,16 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="channelnorm", description="Experiments on channel normalization and its family.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
     compare = commands.add_parser(
-        "compare", help="train a small residual CNN with each norm and write a report (protocol v2)",
-        description="Decoupled (SGD batch fixed, channel norm's normalization batch varied through ghost batches) "
-                    "and coupled (SGD batch = normalization batch) comparisons, several seeds trained as one wide "
-                    "network, three evaluations; writes results.json/csv, analysis.json, plots and report.md into "
-                    "--out. Rerunning with the same --out resumes: finished cells are skipped.")
+        "compare", help="train a small residual CNN with each norm and write a report (protocol v3)",
+        description="Pre-registered claims (scope, normalization batch, convergence; Welch tests, Holm within each "
+                    "family) on decoupled cells (SGD batch fixed, channel norm's normalization batch varied through "
+                    "ghost batches), the Group-Norm-faithful cell, a learning-rate grid and a frozen tail; several "
+                    "seeds trained as one wide network, three evaluations; writes results.json/csv, variants.json, "
+                    "analysis.json, plots and report.md into --out. Rerunning with the same --out resumes: finished "
+                    "cells are skipped.")
     preset = compare.add_mutually_exclusive_group()
     preset.add_argument("--quick", action="store_true", help="a seconds-long smoke run (tiny data and grid)")
     preset.add_argument("--full", action="store_true",
@@ -100,18 +119,26 @@ def build_parser() -> argparse.ArgumentParser:
     unset = argparse.SUPPRESS
     compare.add_argument("--norm-batches", type=_int_list, default=unset,
                          help="channel norm's normalization batches in the decoupled part, e.g. 2,4,8,16,32")
-    compare.add_argument("--coupled-batches", type=_int_list, default=unset, help="coupled part's batches, e.g. 2,32")
+    compare.add_argument("--coupled-batches", type=_int_list, default=unset,
+                         help="coupled cells' batches (SGD batch = normalization batch), e.g. 2,32 (default: none; "
+                              "--full: 2,32)")
+    compare.add_argument("--faithful-cell", type=_faithful, default=unset, metavar="NB,SGD",
+                         help="the Group-Norm-faithful cell: channel norm at normalization batch NB inside SGD batch "
+                              "SGD, learning rate scaled linearly (default 2,16; 'none' to skip)")
+    compare.add_argument("--lr-factors", type=_factors, default=unset,
+                         help="channel norm's learning-rate grid around the tuned rate, at the smallest and the SGD "
+                              "batch (default 0.5,2; 'none' to skip)")
     compare.add_argument("--lr", type=_lr_map, dest="lrs", default=unset,
                          help="peak learning rates per norm at the SGD batch, e.g. channel=0.1,group=0.05 "
                               "(default: the committed tuning results)")
     compare.add_argument("--reproduction", type=Path, help="a finished run of the same grid on another CPU code "
                          "path: the report says whether every verdict holds on both")
     compare.add_argument("--converged-loss", type=float,
-                         help="a run converged iff its final training loss is below this (default 0.1; --quick 2.0). "
-                              "Only the analysis reads it: an --out trained under another value is re-analysed, "
-                              "not retrained")
+                         help="convergence gate: a cell with a seed whose final training loss is not below this "
+                              "is flagged (default 0.05; --quick 2.0); it never hides an effect. Only the analysis "
+                              "reads it: an --out trained under another value is re-analysed, not retrained")
     compare.add_argument("--target-error", type=float,
-                         help="convergence speed: steps until the test error is at most this %% (default 5; "
+                         help="exploratory: steps until the per-batch test error is at most this %% (default 5; "
                               "--quick 80). Only the analysis reads it, as --converged-loss")
     _add_common(compare)
 
@@ -166,6 +193,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    parser = _command_parser(parser, args.command)  # errors from here on print the subcommand's usage
     if args.command == "verdicts":
         return _verdicts(args, parser, "channelnorm " + shlex.join(argv))
     given = {name for name in OVERRIDES if hasattr(args, name)}
@@ -192,15 +220,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
+def _command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The subparser of ``command`` (argparse keeps them in its subparsers action)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(command, parser)
+    return parser
+
+
 def _verdicts(args: argparse.Namespace, parser: argparse.ArgumentParser, command: str) -> int:
-    from .across import render_verdict_table, verdict_table
+    from .across import pooled_claims, render_pooled
     from .rundir import OUTPUTS
     if args.out is not None and args.out.name in OUTPUTS and any(
             args.out.resolve().parent == Path(run).resolve() for run in args.runs):
         parser.error(f"--out {str(args.out)!r} is one of the compared runs' own files; write the table elsewhere")
     try:
-        text = (f"# Verdicts of {len(args.runs)} runs side by side\n\nCommand: `{command}`\n\n"
-                + render_verdict_table(*verdict_table(args.runs)))
+        text = (f"# {len(args.runs)} runs pooled: the pre-registered claims on every independent seed\n\n"
+                f"Command: `{command}`\n\n" + render_pooled(pooled_claims(args.runs)))
         if args.out is not None:
             args.out.write_text(text, encoding="utf-8")
     except ConfigError as error:

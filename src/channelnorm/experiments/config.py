@@ -1,11 +1,14 @@
 """The experiment's configuration: one frozen dataclass, checked once, written to ``config.json``.
 
-Protocol (v2): every cell trains the same number of samples with the same warm-up + cosine
+Protocol (v3): every cell trains the same number of samples with the same warm-up + cosine
 schedule. *Decoupled* cells keep the SGD batch at ``sgd_batch`` and set channel norm's
 normalization batch through ghost batches (``norm_batches``); batch-independent norms train once
-at ``sgd_batch``. *Coupled* cells (``coupled_norms`` at ``coupled_batches``) set SGD batch =
-normalization batch, with the learning rate scaled linearly (as the Group Norm paper). The peak
-learning rate per norm comes from the committed tuning sweep (``tuned_lrs``).
+at ``sgd_batch``. The *Group-Norm-faithful* cell (``faithful_cell``: normalization batch 2 inside
+SGD batch 16, learning rate scaled linearly) is the Group Norm paper's "batch 2". *Coupled* cells
+(``coupled_norms`` at ``coupled_batches``: SGD batch = normalization batch, small-SGD-batch
+training) are in ``--full`` only. Variant cells (``lr_factors``, ``frozen_tail``) are described in
+``grid.py``. The peak learning rate per norm comes from the committed tuning sweep
+(``tuned_lrs``); the claims and thresholds fixed before a run are in ``claims.py``.
 """
 from __future__ import annotations
 
@@ -16,14 +19,16 @@ from typing import Any, Optional
 
 from ..registry import canonical_kind, norm_traits
 
-CORE_NORMS = ("channel", "group", "layer", "instance", "none")
+CORE_NORMS = ("channel", "group", "layer", "layer2d", "instance", "none")
 # ghost is how channel norm's decoupled cells get their normalization batch, so it is no extra norm
 ROBUST_NORMS = ("batch_renorm", "frn", "evonorm_s0", "evonorm_b0")
 
 # Fields that may differ between invocations on one run directory: the grid and where/how it runs.
-GRID_FIELDS = ("norms", "norm_batches", "coupled_norms", "coupled_batches", "seeds", "grid", "workers", "out")
+GRID_FIELDS = ("norms", "norm_batches", "coupled_norms", "coupled_batches", "seeds", "faithful_cell", "lr_factors",
+               "variant_seeds",
+               "grid", "workers", "out")
 # read only when the finished runs are analysed: a run trains and scores the same without them
-ANALYSIS_FIELDS = ("converged_loss", "target_error")
+ANALYSIS_FIELDS = ("converged_loss", "target_error", "alpha")
 
 MAX_SEED = 2**64 - 1
 
@@ -49,9 +54,13 @@ class ExperimentConfig:
     norms: tuple[str, ...] = CORE_NORMS
     norm_batches: tuple[int, ...] = (2, 8, 32)   # channel norm's normalization batches (decoupled)
     sgd_batch: int = 32
-    coupled_norms: tuple[str, ...] = ("channel", "group")
-    coupled_batches: tuple[int, ...] = (2, 32)
-    seeds: tuple[int, ...] = (0, 1, 2, 3)
+    coupled_norms: tuple[str, ...] = ()        # --full: ("channel", "group", ...)
+    coupled_batches: tuple[int, ...] = ()      # --full: (2, 32)
+    seeds: tuple[int, ...] = tuple(range(8))
+    faithful_cell: Optional[tuple[int, int]] = (2, 16)   # (normalization batch, SGD batch): the GN paper's batch 2
+    lr_factors: tuple[float, ...] = (0.5, 2.0)  # channel norm's LR grid around the tuned rate (variant cells)
+    frozen_tail: float = 0.125                 # share of the steps trained with population statistics (variant)
+    variant_seeds: Optional[int] = 4           # the variant cells train the first this many seeds (None: all)
     epochs: float = 8.0                 # passes over the training set, the same in every cell
     train_size: Optional[int] = 6000    # synthetic set size, or a CIFAR-10 subset (None: all 50k)
     test_size: Optional[int] = 10000    # held-out test images (never used to choose anything)
@@ -69,12 +78,15 @@ class ExperimentConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup_fraction: float = 0.1
-    max_groups: int = 8                 # group/evonorm_s0: the largest divisor of C not above this
-    converged_loss: float = 0.1         # a run converged iff its final training loss is below this (see report)
-    target_error: float = 5.0           # convergence speed: steps until the test error (%) is at most this
+    max_groups: int = 32                # group/evonorm_s0: the largest divisor of C not above this (GN paper: 32)
+    converged_loss: float = 0.05        # convergence gate: flags a cell (never hides its effect); fixed before v2's results
+    target_error: float = 5.0           # exploratory: steps until the per-batch test error (%) is at most this
+    alpha: float = 0.05                 # family-wise error rate of each claim family (Holm)
     log_points: int = 20
-    curve_points: int = 10
-    channels_last: bool = True
+    curve_points: int = 30
+    # NCHW: torch 2.13's oneDNN backward of a strided 1x1 channels_last conv corrupts the heap on
+    # AVX2 CPUs (seen here: "corrupted double-linked list"); NCHW takes another kernel.
+    channels_last: bool = False
     device: str = "cpu"
     workers: int = 2
     out: str = "runs/compare"
@@ -83,8 +95,10 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "norms", tuple(canonical_norm(k) for k in self.norms))
         object.__setattr__(self, "coupled_norms", tuple(canonical_norm(k) for k in self.coupled_norms))
-        for name in ("norm_batches", "coupled_batches", "seeds"):
+        for name in ("norm_batches", "coupled_batches", "seeds", "lr_factors"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.faithful_cell is not None:
+            object.__setattr__(self, "faithful_cell", tuple(self.faithful_cell))
         lrs = tuple(sorted((canonical_norm(k), v) for k, v in dict(self.lrs).items()))
         object.__setattr__(self, "lrs", lrs)
         self._validate()
@@ -105,7 +119,7 @@ class ExperimentConfig:
             values = getattr(self, name)
             if not values:
                 raise ConfigError(f"{name} must not be empty")
-        for name in ("norms", "norm_batches", "coupled_norms", "coupled_batches", "seeds"):
+        for name in ("norms", "norm_batches", "coupled_norms", "coupled_batches", "seeds", "lr_factors"):
             values = getattr(self, name)
             if len(set(values)) != len(values):
                 raise ConfigError(f"{name} has duplicates: {list(values)}")
@@ -116,6 +130,24 @@ class ExperimentConfig:
                 raise ConfigError(f"normalization batch {bs} is larger than the SGD batch {self.sgd_batch}")
         for bs in self.coupled_batches:
             integer("coupled batch", bs, 2)
+        if self.faithful_cell is not None:
+            if len(self.faithful_cell) != 2:
+                raise ConfigError(f"faithful_cell must be (normalization batch, SGD batch), got {self.faithful_cell!r}")
+            nb, sb = self.faithful_cell
+            integer("faithful cell's normalization batch", nb, 2)
+            integer("faithful cell's SGD batch", sb, 2)
+            if nb > sb:
+                raise ConfigError(f"faithful cell: normalization batch {nb} is larger than its SGD batch {sb}")
+            if self.train_size is not None and sb > self.train_size:
+                raise ConfigError(f"faithful cell's SGD batch {sb} is larger than train_size {self.train_size}")
+        for factor in self.lr_factors:
+            number("learning-rate factor", factor)
+            if factor == 1.0:
+                raise ConfigError("lr_factors must not contain 1 (the main cells are the tuned rate)")
+        if self.variant_seeds is not None:
+            integer("variant_seeds", self.variant_seeds, 2)
+        number("frozen_tail", self.frozen_tail, 0.0, 1.0, open_low=False, open_high=True)
+        number("alpha", self.alpha, 0.0, 1.0, open_high=True)
         for seed in self.seeds:
             integer("seed", seed, 0)
             if seed > MAX_SEED:
@@ -189,7 +221,8 @@ class ExperimentConfig:
     def reproduction_identity(self) -> dict[str, Any]:
         """What a rerun on another machine must share to be compared verdict by verdict: the
         training settings and the grid (not the worker count, output path or grid label)."""
-        grid = ("norms", "norm_batches", "coupled_norms", "coupled_batches", "seeds")
+        grid = ("norms", "norm_batches", "coupled_norms", "coupled_batches", "seeds", "faithful_cell", "lr_factors",
+                "variant_seeds")
         return {**self.training_identity(), **{k: v for k, v in self.to_dict().items() if k in grid}}
 
     def training_identity(self) -> dict[str, Any]:
@@ -203,14 +236,17 @@ def quick_config(**changes: Any) -> ExperimentConfig:
     settings = dict(norms=("channel", "group", "layer"), norm_batches=(4, 16), sgd_batch=16,
                     coupled_norms=("channel", "group"), coupled_batches=(4, 16), seeds=(0, 1, 2), epochs=2.0,
                     train_size=400, test_size=400, val_size=100, precise_size=256, curve_size=200, image_size=12,
-                    width=4, log_points=5, curve_points=3, grid="quick", converged_loss=2.0, target_error=80.0)
+                    width=4, log_points=5, curve_points=3, grid="quick", converged_loss=2.0, target_error=80.0,
+                    faithful_cell=(4, 8), lr_factors=(2.0,), frozen_tail=0.25, max_groups=8)
     settings.update(changes)
     return ExperimentConfig(**settings)
 
 
 def full_config(**changes: Any) -> ExperimentConfig:
-    """Core and batch-robust norms, every normalization batch from 2 to 32, under the same protocol."""
+    """Core and batch-robust norms, every normalization batch from 2 to 32, and the coupled cells
+    (SGD batch = normalization batch: small-SGD-batch training, not the Group Norm paper's protocol)."""
     settings = dict(norms=CORE_NORMS + ROBUST_NORMS, norm_batches=(2, 4, 8, 16, 32),
-                    coupled_norms=("channel", "group", "batch_renorm", "evonorm_b0"), grid="full")
+                    coupled_norms=("channel", "group", "batch_renorm", "evonorm_b0"), coupled_batches=(2, 32),
+                    grid="full")
     settings.update(changes)
     return ExperimentConfig(**settings)

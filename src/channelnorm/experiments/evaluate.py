@@ -48,7 +48,8 @@ def _grouped_twin(model: nn.Module, plan: TrainPlan) -> tuple[nn.Module, int]:
     becomes a ghost norm with that virtual batch (same parameters and buffers), so forwards can be
     large; the ghost norm already splits; other batch-statistic norms forward one batch at a time."""
     if plan.norm in ("channel", "ghost"):
-        twin = build_cell_model(plan, norm_batch=plan.norm_batch, sgd_batch=plan.norm_batch + 1)
+        # seeds=(): no re-seeding of the global generator (the trained state is loaded right after)
+        twin = build_cell_model(plan, seeds=(), norm_batch=plan.norm_batch, sgd_batch=plan.norm_batch + 1)
         twin.load_state_dict(model.state_dict())
         return twin, EVAL_CHUNK - EVAL_CHUNK % plan.norm_batch
     return copy.deepcopy(model), plan.norm_batch
@@ -81,10 +82,26 @@ def _wide(x: torch.Tensor, members: int, channels_last: bool) -> torch.Tensor:
     return xb.contiguous(memory_format=torch.channels_last) if channels_last else xb
 
 
-def curve_evaluator(test_x: torch.Tensor, test_y: torch.Tensor, members: int,
-                    channels_last: bool) -> Callable[[nn.Module], list[float]]:
-    """For ``train_members``: each member's eval-mode (running statistics) error on these images."""
-    def evaluate(model: nn.Module) -> list[float]:
-        model.eval()
-        return member_errors(model, test_x, test_y, members, channels_last)
-    return evaluate
+def curve_evaluator(plan: TrainPlan, test_x: torch.Tensor,
+                    test_y: torch.Tensor) -> Callable[[nn.Module], list[float]]:
+    """For ``train_members``: each member's error on these images read with statistics that do not
+    depend on the running (EMA) estimates: per-batch statistics of the cell's normalization batch
+    for norms that use batch statistics (a twin model normalizes, so the trained model's buffers
+    are untouched), eval mode for the others (their statistics are per sample)."""
+    k = len(plan.members)
+    if not uses_batch_statistics(plan.norm):
+        def evaluate(model: nn.Module) -> list[float]:
+            model.eval()
+            return member_errors(model, test_x, test_y, k, plan.channels_last)
+        return evaluate
+    usable = len(test_y) - len(test_y) % plan.norm_batch
+    built: dict[str, tuple[nn.Module, int]] = {}
+
+    def evaluate_per_batch(model: nn.Module) -> list[float]:
+        if not built:
+            built["twin"] = _grouped_twin(model, plan)
+        twin, chunk = built["twin"]
+        twin.load_state_dict(model.state_dict())
+        twin.train()
+        return member_errors(twin, test_x[:usable], test_y[:usable], k, plan.channels_last, chunk=chunk)
+    return evaluate_per_batch

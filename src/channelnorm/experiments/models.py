@@ -14,6 +14,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from ..functional import layer_norm_2d
+from ..modules import LayerNorm2d
 from ..registry import canonical_kind, create_norm, norm_traits
 
 # builds the norm layer for a given per-model channel count
@@ -34,19 +36,46 @@ def wide_norm(kind: str, channels: int, models: int, max_groups: int, **kwargs: 
     * channel, instance and per-channel variants (ghost, batch_renorm, frn, evonorm_b0): their
       statistics never mix channels, so one layer over ``models * channels`` channels is exact;
     * group scope: ``models * G`` groups of the same size, so no group straddles two models;
-    * layer scope: a layer norm is a group norm with one group per sample, so ``models`` groups.
+    * layer scope: a layer norm is a group norm with one group per sample, so ``models`` groups;
+    * position scope (layer2d): statistics over each model's own channels at each position
+      (`WideLayerNorm2d`).
     """
     kind = canonical_kind(kind)
     scope = norm_traits(kind).scope
     total = models * channels
     if kind == "none":
         return nn.Identity()
+    if scope == "position" and models > 1:
+        return WideLayerNorm2d(channels, models, **kwargs)
     if scope == "layer":
         return create_norm("group", total, num_groups=models, **kwargs)
     if scope == "group":
         groups = largest_divisor_at_most(channels, max_groups)
         return create_norm(kind, total, **{GROUP_KINDS_ARG[kind]: models * groups}, **kwargs)
     return create_norm(kind, total, **kwargs)
+
+
+class WideLayerNorm2d(LayerNorm2d):
+    """``models`` LayerNorm2d side by side over ``models * channels`` channels: each position is
+    normalized over each model's own ``channels`` (one LayerNorm2d over all of them would mix the
+    models). ``weight``/``bias`` are model k's ``[k*C, (k+1)*C)``, as ``stack`` lays them out."""
+
+    def __init__(self, channels: int, models: int, **kwargs: Any) -> None:
+        super().__init__(models * channels, **kwargs)
+        self.models = models
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        axis = self._check_input(x)
+        k = self.models
+        per_model = x.unflatten(axis, (k, x.shape[axis] // k))
+        y = layer_norm_2d(per_model, channel_axis=axis + 1, eps=self.eps, backend=self.backend).flatten(axis, axis + 1)
+        if self.weight is not None:
+            shape = [1] * y.ndim
+            shape[axis] = -1
+            y = y * self.weight.view(shape)
+            if self.bias is not None:
+                y = y + self.bias.view(shape)
+        return y
 
 
 class GroupedLinear(nn.Module):

@@ -2,7 +2,8 @@
 
 ``converged`` (the final training loss below ``converged_loss``, without divergence) and
 ``steps_to_target`` (the first logged step whose test error is at most ``target_error``) depend on
-the thresholds, not on the training: a run directory trained under other thresholds is re-analysed
+the thresholds, not on the training, and ``curve_area`` is derived from the curve (never read back
+from a file): a run directory trained under other thresholds is re-analysed
 with the current ones (``analysed``) instead of retrained.
 """
 from __future__ import annotations
@@ -23,6 +24,14 @@ def steps_to_target(curve: list[tuple[int, float]], target: float) -> Optional[i
     return next((step for step, error in curve if error <= target), None)
 
 
+def curve_area(curve: list) -> Optional[float]:
+    """The area under the error curve per unit of training: the mean test error (%) over the curve's
+    points, which are evenly spaced in steps (None for a run with no point: it diverged at once).
+    Lower is faster *and* better; unlike a time to a target, it needs no target and no run is
+    dropped for never reaching one."""
+    return sum(error for _, error in curve) / len(curve) if curve else None
+
+
 def analysed(record: dict[str, Any], config: ExperimentConfig) -> dict[str, Any]:
     """``record`` with ``converged`` and ``steps_to_target`` under ``config``'s thresholds."""
     return {**record,
@@ -36,7 +45,8 @@ def analysed_row(row: dict[str, Any], config: ExperimentConfig) -> dict[str, Any
     return {**row,
             "converged": row["diverged"] == 0 and all(converged(loss, False, config.converged_loss)
                                                       for loss in row["final_train_loss"]),
-            "steps_to_target": [steps_to_target(curve, config.target_error) for curve in row["curve"]]}
+            "steps_to_target": [steps_to_target(curve, config.target_error) for curve in row["curve"]],
+            "curve_area": [curve_area(curve) for curve in row["curve"]]}
 
 
 def row_outcome_problem(row: dict[str, Any], seeds: int) -> Optional[str]:

@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from .analysis import analyse, reproduction
+from .analysis import analyse
+from .claims import interval_agreement
 from .config import ConfigError, ExperimentConfig
 from .data import load_dataset
 from .environment import CODE_PATH_FIELDS, describe_environment, load_average, utc_now
@@ -18,7 +19,7 @@ from .mechanism import measure
 from .outcome import analysed_row
 from .plot import plot_batch_panels, plot_curves
 from .report import render
-from .results import build_rows, collect, read_finished_run, write_results
+from .results import build_rows, build_variant_rows, collect, read_finished_run, write_results
 from .rundir import OUTPUTS, check_resume, write_json_atomic
 from .storage import RunDirectoryError, locked, read_text, write_atomic
 from .sweep import run_sweep
@@ -65,21 +66,39 @@ def _run_compare_locked(config: ExperimentConfig, command: str, progress: bool,
 def write_outputs(config: ExperimentConfig, out: Path, environment: dict[str, Any], dataset,
                   repro_rows: Optional[tuple[list, dict]] = None, reproduction_dir: Optional[Path] = None) -> None:
     """Rows, analysis, plots and report from the finished runs in ``out``."""
-    rows = build_rows(collect(out, config), config)
-    write_results(rows, out)
-    analysis = analyse(rows, config.sgd_batch)
+    found = collect(out, config)
+    rows, variant_rows = build_rows(found, config), build_variant_rows(found, config)
+    write_results(rows, out, variant_rows)
+    analysis = analyse(rows, config, variant_rows)
     mechanism = measure(dataset.test_x[:1000], config.width, config.max_groups)
     repro = None
     if repro_rows is not None:
         there_rows, there_env = repro_rows
-        repro = {**reproduction(rows, there_rows, config.sgd_batch), "path": str(reproduction_dir),
+        repro = {**reproduction(rows, there_rows, analysis, config), "path": str(reproduction_dir),
                  "environment": {k: there_env.get(k) for k in CODE_PATH_FIELDS}}
     write_json_atomic(out / "analysis.json", {**analysis, "mechanism": mechanism, "reproduction": repro}, root=out)
     title = f"{dataset.describe()} — grid: {config.grid}"
     plot_batch_panels(rows, config.sgd_batch, out / "error_vs_batch.png", title)
     plot_curves(rows, config.sgd_batch, out / "curves.png", config.target_error)
-    write_atomic(out / "report.md", render(rows, analysis, mechanism, config, environment, dataset.describe(), repro),
-                 root=out)
+    write_atomic(out / "report.md", render(rows, analysis, mechanism, config, environment, dataset.describe(), repro,
+                                           variant_rows), root=out)
+
+
+def reproduction(here_rows: list[dict[str, Any]], there_rows: list[dict[str, Any]], analysis: dict[str, Any],
+                 config: ExperimentConfig) -> dict[str, Any]:
+    """A rerun of the same grid (another CPU code path): its claims, whether each claim's effect lies
+    inside the other run's interval (both ways), and how far the cells moved."""
+    there_claims = analyse(there_rows, config)["claims"]
+    key = ("norm", "protocol", "norm_batch", "sgd_batch", "eval")
+    other = {tuple(r[k] for k in key): r for r in there_rows}
+    pairs = [(r, other[tuple(r[k] for k in key)]) for r in here_rows if tuple(r[k] for k in key) in other]
+    return {"claims_there": there_claims, "agreement": interval_agreement(analysis["claims"], there_claims),
+            "cells": [{"norm": a["norm"], "protocol": a["protocol"], "norm_batch": a["norm_batch"],
+                       "sgd_batch": a["sgd_batch"], "here": a["mean"], "there": b["mean"]}
+                      for a, b in pairs if a["eval"] == "ema"],
+            "max_mean_change": max((abs(a["mean"] - b["mean"]) for a, b in pairs), default=0.0),
+            "rows_compared": len(pairs), "rows_missing": len(here_rows) - len(pairs),
+            "rows_identical": sum(a["errors"] == b["errors"] for a, b in pairs)}
 
 
 def resolve_sizes(config: ExperimentConfig, dataset) -> ExperimentConfig:

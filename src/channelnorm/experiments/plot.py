@@ -59,7 +59,8 @@ def plot_batch_panels(rows: list[dict[str, Any]], sgd_batch: int, path: Path, ti
     batch, batch-independent norms as bands. Right: coupled (SGD batch = normalization batch)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
     channel = {e: sorted((r for r in rows if r["norm"] == "channel" and r["protocol"] == "decoupled"
-                          and r["eval"] == e), key=lambda r: -r["norm_batch"]) for e in EVAL_LABELS}
+                          and r["eval"] == e and r["sgd_batch"] == sgd_batch), key=lambda r: -r["norm_batch"])
+               for e in EVAL_LABELS}
     for e, label in EVAL_LABELS.items():
         _errorbar(left, channel[e], f"channel, {label}")
     focus = [r["mean"] for rs in channel.values() for r in rs]
@@ -99,7 +100,7 @@ def plot_batch_panels(rows: list[dict[str, Any]], sgd_batch: int, path: Path, ti
         _batch_axis(right, coupled_batches)
     right.set_xlabel("batch (SGD batch = normalization batch; LR scaled linearly)")
     right.set_ylabel("test error (%), bars: 95 % CI")
-    right.set_title("coupled: the Group Norm paper's protocol", fontsize=10)
+    right.set_title("coupled (--full): small-SGD-batch training", fontsize=10)
     if coupled_norms:
         right.legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
@@ -108,7 +109,7 @@ def plot_batch_panels(rows: list[dict[str, Any]], sgd_batch: int, path: Path, ti
 
 
 def plot_curves(rows: list[dict[str, Any]], sgd_batch: int, path: Path, target: Optional[float]) -> None:
-    """Test error (running statistics, curve subset) against steps, mean over seeds, per norm at
+    """Test error (per-batch statistics, curve subset) against steps, mean over seeds, per norm at
     the SGD batch (decoupled)."""
     fig, ax = plt.subplots(figsize=(6.5, 4.4))
     for r in rows:
@@ -125,7 +126,7 @@ def plot_curves(rows: list[dict[str, Any]], sgd_batch: int, path: Path, target: 
         ax.axhline(target, color="grey", linewidth=0.8, linestyle=":", label=f"target {target:g} %")
     ax.set_yscale("log")
     ax.set_xlabel(f"steps (SGD batch {sgd_batch})")
-    ax.set_ylabel("test error (%), mean over seeds")
+    ax.set_ylabel("test error (%, per-batch statistics), mean over seeds")
     ax.grid(True, alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()

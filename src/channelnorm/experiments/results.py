@@ -1,5 +1,7 @@
-"""``results.json``: one row per (norm, protocol, normalization batch, SGD batch, evaluation) with
-the per-seed test errors, their mean and 95 % t interval, and whether every seed converged."""
+"""``results.json``: one row per main cell (norm, protocol, normalization batch, SGD batch) and
+evaluation with the per-seed test errors, their mean and 95 % t interval, whether every seed
+converged, and the per-seed error curves and their areas; ``variants.json``: the same rows for the
+variant cells (learning-rate grid, frozen tail), each with its ``variant``."""
 from __future__ import annotations
 
 import csv
@@ -10,12 +12,11 @@ from typing import Any, Optional
 
 from .analysis import analyse, verdicts
 from .config import ConfigError, ExperimentConfig
-from .evaluate import EVALS
-from .outcome import analysed_row, row_outcome_problem
+from .grid import EVALS, Cell, cell_seeds, coupled_views, main_cells, plan, variant_cells
+from .outcome import analysed_row, curve_area, row_outcome_problem
 from .rundir import finished_record, write_json_atomic
 from .stats import mean_ci, per_seed_problem
 from .storage import RunDirectoryError, read_text, write_atomic
-from .sweep import Cell, plan
 
 
 def collect(out: Path, config: ExperimentConfig) -> dict[str, list[dict[str, Any]]]:
@@ -23,22 +24,10 @@ def collect(out: Path, config: ExperimentConfig) -> dict[str, list[dict[str, Any
     an invalid record, or one of other settings, is a RunDirectoryError naming its file, never used)."""
     found = {}
     for cell in plan(config):
-        records = [r for r in (finished_record(out, cell.key(s), config) for s in config.seeds) if r is not None]
+        records = [r for r in (finished_record(out, cell.key(s), config) for s in cell_seeds(cell, config)) if r is not None]
         if records:
             found[cell.cell_id] = records
     return found
-
-
-def coupled_views(config: ExperimentConfig) -> list[tuple[Cell, Cell]]:
-    """(coupled cell as reported, cell whose runs it is): a coupled cell at the SGD batch is the
-    decoupled cell (SGD batch = normalization batch), so its runs are shared."""
-    views = []
-    for norm in config.coupled_norms:
-        for bs in config.coupled_batches:
-            shown = Cell(norm, "coupled", bs, bs)
-            source = Cell(norm, "decoupled", bs, bs) if bs == config.sgd_batch and norm in config.norms else shown
-            views.append((shown, source))
-    return views
 
 
 def _row(cell: Cell, records: list[dict[str, Any]], evaluation: str, shared: bool) -> dict[str, Any]:
@@ -55,15 +44,17 @@ def _row(cell: Cell, records: list[dict[str, Any]], evaluation: str, shared: boo
         "peak_lr": records[0]["peak_lr"], "steps": records[0]["steps"], "samples": records[0]["samples"],
         "steps_to_target": [r["steps_to_target"] for r in records],
         "curve": [r["curve"] for r in records],
+        "curve_area": [curve_area(r["curve"]) for r in records],
         "runs_shared_with": "decoupled" if shared else None,
+        **({"variant": cell.variant, "lr_scale": cell.lr_scale, "frozen_tail": cell.frozen_tail}
+           if cell.is_variant else {}),
     }
 
 
 def build_rows(found: dict[str, list[dict[str, Any]]], config: ExperimentConfig) -> list[dict[str, Any]]:
     """The rows of ``results.json`` (decoupled cells in grid order, then the coupled views)."""
     rows = []
-    for cell in sorted(plan(config), key=lambda c: (c.protocol != "decoupled", config.norms.index(c.norm)
-                                                      if c.norm in config.norms else 99, -c.norm_batch)):
+    for cell in main_cells(config):
         if cell.protocol == "decoupled" and cell.cell_id in found:
             rows += [_row(cell, found[cell.cell_id], e, False) for e in EVALS]
     for shown, source in coupled_views(config):
@@ -72,13 +63,21 @@ def build_rows(found: dict[str, list[dict[str, Any]]], config: ExperimentConfig)
     return rows
 
 
+def build_variant_rows(found: dict[str, list[dict[str, Any]]], config: ExperimentConfig) -> list[dict[str, Any]]:
+    """The rows of ``variants.json``."""
+    return [_row(cell, found[cell.cell_id], e, False) for cell in variant_cells(config) if cell.cell_id in found
+            for e in EVALS]
+
+
 CSV_COLUMNS = ("norm", "protocol", "norm_batch", "sgd_batch", "eval", "seeds", "errors", "mean", "ci95",
                "converged", "final_train_loss", "diverged", "peak_lr", "steps", "runs_shared_with")
 
 
-def write_results(rows: list[dict[str, Any]], out: Path) -> None:
-    """``results.json`` (the rows) and ``results.csv`` (the main columns, lists joined by ';')."""
+def write_results(rows: list[dict[str, Any]], out: Path, variant_rows: Optional[list[dict[str, Any]]] = None) -> None:
+    """``results.json`` (the rows), ``results.csv`` (the main columns, lists joined by ';') and
+    ``variants.json`` (the variant cells' rows)."""
     write_json_atomic(out / "results.json", rows, root=out)
+    write_json_atomic(out / "variants.json", variant_rows or [], root=out)
     handle = io.StringIO(newline="")
     writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
     writer.writeheader()
@@ -118,8 +117,8 @@ def rows_problem(rows: Any, config: ExperimentConfig) -> Optional[str]:
     and rows the analysis reads."""
     if not (isinstance(rows, list) and all(isinstance(r, dict) for r in rows)):
         return f"results.json must be a list of row objects, got {str(rows)[:80]}"
-    expected = {(c.norm, c.protocol, c.norm_batch, c.sgd_batch, e) for c in plan(config) if c.protocol == "decoupled"
-                for e in EVALS}
+    expected = {(c.norm, c.protocol, c.norm_batch, c.sgd_batch, e) for c in main_cells(config)
+                if c.protocol == "decoupled" for e in EVALS}
     expected |= {(c.norm, c.protocol, c.norm_batch, c.sgd_batch, e) for c, _ in coupled_views(config) for e in EVALS}
     seen = set()
     for row in rows:
@@ -139,7 +138,7 @@ def rows_problem(rows: Any, config: ExperimentConfig) -> Optional[str]:
     if seen != expected:
         return f"{len(expected - seen)} rows of the grid are missing, e.g. {sorted(expected - seen, key=str)[0]}"
     try:
-        verdicts(analyse([analysed_row(row, config) for row in rows], config.sgd_batch))
+        verdicts(analyse([analysed_row(row, config) for row in rows], config))
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError) as error:
         return f"its rows cannot be analysed ({type(error).__name__}: {error})"
     return None

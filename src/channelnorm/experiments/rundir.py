@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from .config import ANALYSIS_FIELDS, ConfigError, ExperimentConfig
+from .grid import EVALS, PROTOCOLS, RunKey
 from .outcome import analysed, is_curve_point
 from .stats import is_finite_number
 from .storage import (RunDirectoryError, is_temporary_name, read_text, remove_file, safe_directory, write_atomic,
@@ -30,34 +31,15 @@ from .tuned_lrs import cell_lr
 RECORD_KEYS = ("run_id", "norm", "protocol", "norm_batch", "sgd_batch", "seed", "errors", "converged")
 
 # What a finished compare run writes at the top of its run directory.
-OUTPUTS = ("config.json", "environment.json", "results.csv", "results.json", "analysis.json",
+OUTPUTS = ("config.json", "environment.json", "results.csv", "results.json", "variants.json", "analysis.json",
            "error_vs_batch.png", "curves.png", "report.md")
 
-PROTOCOLS = ("decoupled", "coupled")
-EVALS = ("ema", "precise", "batch")     # the three evaluations (``evaluate.EVALS``)
-
-
-@dataclasses.dataclass(frozen=True)
-class RunKey:
-    """What names one run (one seed of one cell) and decides its folder: ``runs/<run_id>/``."""
-    norm: str
-    protocol: str        # "decoupled" or "coupled"
-    norm_batch: int
-    sgd_batch: int
-    seed: int
-
-    @property
-    def cell_id(self) -> str:
-        return f"{self.protocol}-{self.norm}-nb{self.norm_batch}-sgd{self.sgd_batch}"
-
-    @property
-    def run_id(self) -> str:
-        return f"{self.cell_id}-seed{self.seed}"
 
 
 # Part of every fingerprint. Bump it when a change of the training code changes what a run
 # computes under the same settings (the protocol), so that older records are refused on resume.
-FINGERPRINT_VERSION = 2      # 2: protocol v2 (cells, wide grouped training, three evaluations)
+FINGERPRINT_VERSION = 3      # 2: protocol v2 (cells, wide grouped training, three evaluations);
+                             # 3: v3 (curves read with per-batch statistics, variant cells)
 
 
 def write_json_atomic(path: Path, data: Any, root: Optional[Path] = None) -> None:
@@ -99,7 +81,7 @@ def run_settings(config: ExperimentConfig, spec: RunKey) -> dict[str, Any]:
     # the run's own fields under one key: the cell's SGD batch is not the config's (coupled cells)
     settings["run"] = dataclasses.asdict(spec)
     # the learning rate it trains with, which the committed tuning (``tuned_lrs``) decides too
-    settings["peak_lr"] = cell_lr(spec.norm, spec.sgd_batch, config)
+    settings["peak_lr"] = cell_lr(spec.norm, spec.sgd_batch, config) * spec.lr_scale
     settings["fingerprint_version"] = FINGERPRINT_VERSION
     return settings
 
@@ -177,7 +159,8 @@ def _curve(value: Any) -> Optional[str]:
 RECORD_SCHEMA: dict[str, Callable[[Any], Optional[str]]] = {
     "run_id": _of_type(str, "a string"), "cell_id": _of_type(str, "a string"), "norm": _of_type(str, "a string"),
     "protocol": _one_of(*PROTOCOLS), "norm_batch": _count(1), "sgd_batch": _count(1), "batch_size": _count(1),
-    "seed": _count(0), "peak_lr": _number(0.0, math.inf), "steps": _count(0), "samples": _count(0),
+    "seed": _count(0), "lr_scale": _number(0.0, math.inf), "frozen_tail": _of_type(bool, "true or false"),
+    "peak_lr": _number(0.0, math.inf), "steps": _count(0), "samples": _count(0),
     "diverged": _of_type(bool, "true or false"), "diverged_at_step": _optional(_count(1)),
     "final_train_loss": _optional(_NON_NEGATIVE), "converged": _of_type(bool, "true or false"),
     "errors": _errors, "eval_error": _PERCENT, "batch_stat_error": _PERCENT,

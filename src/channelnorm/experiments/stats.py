@@ -1,13 +1,13 @@
-"""Interval math for the report, without scipy: Student-t 95 % confidence intervals of a mean and
-of a difference of two means (Welch), from per-seed values.
-
-The t quantile comes from the regularized incomplete beta function (Numerical Recipes' continued
-fraction) inverted by bisection; it is checked against tabulated values in the tests.
+"""Interval math for the report, on scipy.stats: Student-t 95 % confidence intervals of a mean,
+Welch's test and interval for a difference of two means, Holm's adjustment; and the checks of
+per-seed numbers read back from run files.
 """
 from __future__ import annotations
 
 import math
 from typing import Optional, Sequence
+
+from scipy import stats
 
 LEVEL = 0.95
 
@@ -31,108 +31,57 @@ def per_seed_problem(values: object, mean: object, count: int, name: str) -> Opt
     return None
 
 
-def _betacf(a: float, b: float, x: float) -> float:
-    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 400):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < 1e-15:
-            break
-    return h
 
-
-def _betainc(a: float, b: float, x: float) -> float:
-    """Regularized incomplete beta I_x(a, b)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
-
-
-def t_cdf(t: float, df: float) -> float:
-    """P(T <= t) for Student's t with ``df`` > 0 degrees of freedom (df may be fractional)."""
-    if df <= 0 or not math.isfinite(df):
-        raise ValueError(f"degrees of freedom must be a finite number > 0, got {df!r}")
-    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
-    return 1.0 - tail if t >= 0 else tail
-
-
-def t_quantile(p: float, df: float) -> float:
-    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (bisection to 1e-12)."""
-    if not 0.0 < p < 1.0:
-        raise ValueError(f"p must be in (0, 1), got {p!r}")
-    if p < 0.5:
-        return -t_quantile(1.0 - p, df)
-    lo, hi = 0.0, 1.0
-    while t_cdf(hi, df) < p:
-        lo, hi = hi, hi * 2.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if t_cdf(mid, df) < p:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-12:
-            break
-    return 0.5 * (lo + hi)
-
-
-def mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values)
-
-
-def sample_var(values: Sequence[float]) -> float:
-    m = mean(values)
-    return sum((v - m) ** 2 for v in values) / (len(values) - 1)
-
-
-def mean_ci(values: Sequence[float], level: float = LEVEL) -> tuple[float, Optional[tuple[float, float]]]:
-    """Mean and its two-sided t interval (None for fewer than two values: no noise estimate)."""
-    values = [float(v) for v in values]
-    if not values:
-        raise ValueError("mean_ci needs at least one value")
-    m = mean(values)
-    if len(values) < 2:
-        return m, None
-    half = t_quantile(0.5 + level / 2, len(values) - 1) * math.sqrt(sample_var(values) / len(values))
-    return m, (m - half, m + half)
+def welch(a: Sequence[float], b: Sequence[float],
+          level: float = LEVEL) -> tuple[float, Optional[tuple[float, float]], Optional[float]]:
+    """``mean(b) - mean(a)``, its Welch t interval (unequal variances, Welch-Satterthwaite degrees
+    of freedom) and the two-sided p-value of Welch's test (``scipy.stats.ttest_ind``,
+    ``equal_var=False``). Interval and p are None for fewer than two values on a side; two samples
+    without spread give the point as interval and p 0 for a non-zero difference, 1 otherwise.
+    Seeds are treated as independent samples, which is conservative where the same seed gives both
+    cells the same initialization and data order."""
+    a, b = [float(v) for v in a], [float(v) for v in b]
+    if not a or not b:
+        return math.nan, None, None
+    delta = sum(b) / len(b) - sum(a) / len(a)
+    if len(a) < 2 or len(b) < 2:
+        return delta, None, None
+    if max(a) == min(a) and max(b) == min(b):
+        return delta, (delta, delta), (0.0 if delta != 0 else 1.0)
+    result = stats.ttest_ind(b, a, equal_var=False)
+    interval = result.confidence_interval(level)
+    return delta, (float(interval.low), float(interval.high)), float(result.pvalue)
 
 
 def diff_ci(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> tuple[float, Optional[tuple[float, float]]]:
-    """mean(b) - mean(a) and its Welch t interval (unequal variances, Welch-Satterthwaite degrees
-    of freedom; seeds are treated as independent samples, which is conservative where the same
-    seed gives both cells the same initialization and data order). None for fewer than two values
-    on a side. When both samples have zero spread the interval is the point itself."""
-    a, b = [float(v) for v in a], [float(v) for v in b]
-    if len(a) < 2 or len(b) < 2:
-        return (mean(b) - mean(a) if a and b else math.nan), None
-    d = mean(b) - mean(a)
-    va, vb = sample_var(a) / len(a), sample_var(b) / len(b)
-    se = math.sqrt(va + vb)
-    if se == 0.0:
-        return d, (d, d)
-    df = (va + vb) ** 2 / (va * va / (len(a) - 1) + vb * vb / (len(b) - 1))
-    half = t_quantile(0.5 + level / 2, df) * se
-    return d, (d - half, d + half)
+    """``mean(b) - mean(a)`` and its Welch interval (``welch`` without the p-value)."""
+    delta, interval, _ = welch(a, b, level)
+    return delta, interval
+
+
+def mean_ci(values: Sequence[float], level: float = LEVEL) -> tuple[float, Optional[tuple[float, float]]]:
+    """Mean and its two-sided Student-t interval (None for fewer than two values: no noise estimate)."""
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("mean_ci needs at least one value")
+    m = sum(values) / len(values)
+    if len(values) < 2:
+        return m, None
+    if max(values) == min(values):
+        return m, (m, m)
+    low, high = stats.t.interval(level, len(values) - 1, loc=m, scale=stats.sem(values))
+    return m, (float(low), float(high))
+
+
+def holm(pvalues: Sequence[Optional[float]]) -> list[Optional[float]]:
+    """Holm's step-down adjusted p-values; None (no test) stays None and does not count."""
+    tested = sorted((p, i) for i, p in enumerate(pvalues) if p is not None)
+    adjusted: list[Optional[float]] = [None] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p))
+        adjusted[i] = running
+    return adjusted
 
 
 def excludes_zero(interval: Optional[tuple[float, float]]) -> bool:

@@ -15,7 +15,6 @@ import os
 import queue
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -26,7 +25,8 @@ from .data import Dataset, load_dataset
 from .evaluate import curve_evaluator, evaluate_members
 from .lifeline import exit_with_parent
 from .outcome import converged, steps_to_target
-from .rundir import RunKey, finished_record, prepare_run_dir, write_record
+from .grid import Cell, cell_seeds, plan
+from .rundir import finished_record, prepare_run_dir, write_record
 from .storage import RunDirectoryError, write_atomic
 from .train import Member, TrainPlan, train_members
 from .tuned_lrs import cell_lr
@@ -37,61 +37,20 @@ except ImportError:  # the experiments extra brings tqdm; without it, no bars
     tqdm = None
 
 
-@dataclass(frozen=True)
-class Cell:
-    norm: str
-    protocol: str        # "decoupled" (SGD batch fixed) or "coupled" (SGD batch = normalization batch)
-    norm_batch: int
-    sgd_batch: int
-
-    @property
-    def cell_id(self) -> str:
-        return f"{self.protocol}-{self.norm}-nb{self.norm_batch}-sgd{self.sgd_batch}"
-
-    def key(self, seed: int) -> RunKey:
-        return RunKey(self.norm, self.protocol, self.norm_batch, self.sgd_batch, seed)
-
-    def run_id(self, seed: int) -> str:
-        return self.key(seed).run_id
-
-
-def plan(config: ExperimentConfig) -> list[Cell]:
-    """Every cell of the grid, costliest first (so that the last cells to start are short ones).
-
-    Decoupled: channel norm at each normalization batch (ghost batches below the SGD batch); every
-    other norm once at the SGD batch (batch-independent norms compute the same function at any
-    batch). Coupled: SGD batch = normalization batch; a coupled cell at the SGD batch is the
-    decoupled cell itself, so it is not trained twice (``coupled_rows`` reuses it)."""
-    cells = []
-    for norm in config.norms:
-        batches = config.norm_batches if norm in ("channel", "ghost") else (config.sgd_batch,)
-        cells += [Cell(norm, "decoupled", nb, config.sgd_batch) for nb in batches]
-    for norm in config.coupled_norms:
-        for bs in config.coupled_batches:
-            if bs == config.sgd_batch and norm in config.norms:
-                continue
-            cells.append(Cell(norm, "coupled", bs, bs))
-    return sorted(cells, key=lambda c: -estimated_cost(c, config))
-
-
-def estimated_cost(cell: Cell, config: ExperimentConfig) -> float:
-    """Relative cost: steps x (per-step overhead + per-sample work + per-ghost-batch overhead)."""
-    ghosts = cell.sgd_batch // cell.norm_batch if cell.norm_batch < cell.sgd_batch else 0
-    return config.steps(cell.sgd_batch) * (8 + cell.sgd_batch + 2 * ghosts)
-
-
 def cell_finished(out: Path, cell: Cell, config: ExperimentConfig) -> bool:
-    return all(finished_record(out, cell.key(seed), config) is not None for seed in config.seeds)
+    return all(finished_record(out, cell.key(seed), config) is not None for seed in cell_seeds(cell, config))
 
 
 def train_plan(cell: Cell, config: ExperimentConfig) -> TrainPlan:
-    lr = cell_lr(cell.norm, cell.sgd_batch, config)   # linear scaling rule
+    lr = cell_lr(cell.norm, cell.sgd_batch, config) * cell.lr_scale   # linear scaling rule, then the variant's factor
+    steps = config.steps(cell.sgd_batch)
     return TrainPlan(norm=cell.norm, norm_batch=cell.norm_batch, sgd_batch=cell.sgd_batch,
-                     steps=config.steps(cell.sgd_batch), members=tuple(Member(s, lr) for s in config.seeds),
+                     steps=steps, members=tuple(Member(s, lr) for s in cell_seeds(cell, config)),
                      width=config.width, max_groups=config.max_groups, momentum=config.momentum,
                      weight_decay=config.weight_decay, warmup_fraction=config.warmup_fraction,
                      log_points=config.log_points, curve_points=config.curve_points,
-                     channels_last=config.channels_last)
+                     channels_last=config.channels_last,
+                     frozen_tail_step=steps - round(config.frozen_tail * steps) if cell.frozen_tail else None)
 
 
 def execute(cell: Cell, config: ExperimentConfig, data: Dataset, out: Path, progress=None) -> list[dict[str, Any]]:
@@ -100,10 +59,11 @@ def execute(cell: Cell, config: ExperimentConfig, data: Dataset, out: Path, prog
     k = len(tplan.members)
     for member in tplan.members:     # inside ``out`` without links, no stale metrics or temporary files
         prepare_run_dir(out, cell.run_id(member.seed))
-    curve = curve_evaluator(data.test_x[:config.curve_size], data.test_y[:config.curve_size], k, tplan.channels_last)
-    model, logs, train_seconds = train_members(tplan, data.train_x, data.train_y, curve, progress)
-    started = time.perf_counter()
+    curve = curve_evaluator(tplan, data.test_x[:config.curve_size], data.test_y[:config.curve_size])
     precise_n = min(config.precise_size, len(data.train_y)) // cell.norm_batch * cell.norm_batch
+    model, logs, train_seconds = train_members(tplan, data.train_x, data.train_y, curve, progress,
+                                               population_x=data.train_x[:precise_n])
+    started = time.perf_counter()
     errors = evaluate_members(model, tplan, data.test_x, data.test_y, data.train_x[:precise_n])
     eval_seconds = time.perf_counter() - started
     records = []
@@ -113,18 +73,19 @@ def execute(cell: Cell, config: ExperimentConfig, data: Dataset, out: Path, prog
         entries = log.entries + [{"kind": "final", **{f"{n}_error": e for n, e in member_errors.items()}}]
         write_atomic(out / "runs" / run_id / "metrics.jsonl", "".join(json.dumps(entry) + "\n" for entry in entries),
                      root=out)
-        curve_points = [(e["step"], e["ema_error"]) for e in log.entries if e["kind"] == "curve"]
+        curve_points = [(e["step"], e["error"]) for e in log.entries if e["kind"] == "curve"]
         diverged = log.diverged_at is not None
         record = {
             "run_id": run_id, "cell_id": cell.cell_id, "norm": cell.norm, "protocol": cell.protocol,
             "norm_batch": cell.norm_batch, "sgd_batch": cell.sgd_batch, "batch_size": cell.norm_batch,
-            "seed": member.seed, "peak_lr": member.peak_lr, "steps": tplan.steps,
+            "seed": member.seed, "lr_scale": cell.lr_scale, "frozen_tail": cell.frozen_tail,
+            "frozen_tail_step": tplan.frozen_tail_step, "peak_lr": member.peak_lr, "steps": tplan.steps,
             "samples": tplan.steps * cell.sgd_batch, "diverged": diverged, "diverged_at_step": log.diverged_at,
             "final_train_loss": log.final_train_loss,
             "converged": converged(log.final_train_loss, diverged, config.converged_loss),
             "errors": member_errors,                        # test error %, per evaluation
             "eval_error": member_errors["ema"], "batch_stat_error": member_errors["batch"],
-            "curve": curve_points, "steps_to_target": steps_to_target(curve_points, config.target_error),
+            "curve": curve_points, "curve_statistics": "batch", "steps_to_target": steps_to_target(curve_points, config.target_error),
             "cell_train_seconds": round(train_seconds, 2), "cell_eval_seconds": round(eval_seconds, 2),
             "members_in_cell": k, "torch_threads": torch.get_num_threads(),
         }

@@ -17,6 +17,8 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import nn
 
+from ..modules import is_norm, module_traits
+from ..tools.precise import recompute_stats
 from .models import ResidualCNN, build_model
 
 ProgressCallback = Callable[[int, int], None]   # (steps done, steps total)
@@ -42,8 +44,9 @@ class TrainPlan:
     weight_decay: float = 5e-4
     warmup_fraction: float = 0.1
     log_points: int = 20
-    curve_points: int = 10
-    channels_last: bool = True
+    curve_points: int = 30
+    channels_last: bool = False
+    frozen_tail_step: Optional[int] = None   # from this 0-based step on, norms use population statistics
 
 
 def norm_settings(norm: str, norm_batch: int, sgd_batch: int) -> tuple[str, dict[str, Any]]:
@@ -59,7 +62,9 @@ def build_cell_model(plan: TrainPlan, seeds: Optional[Sequence[int]] = None, nor
                      sgd_batch: Optional[int] = None) -> ResidualCNN:
     kind, kwargs = norm_settings(plan.norm, norm_batch or plan.norm_batch, sgd_batch or plan.sgd_batch)
     if kind == "batch_renorm":
-        kwargs = {"rmax": 3.0, "dmax": 5.0, "warmup_steps": max(1, plan.steps // 4)}
+        # Ioffe (2017) relaxed the bounds gradually from plain batch norm (rmax 1, dmax 0) to 3 and 5
+        # over a large part of training; the ramp here reaches them at half of the steps
+        kwargs = {"rmax": 3.0, "dmax": 5.0, "warmup_steps": max(1, plan.steps // 2)}
     model = build_model(kind, plan.width, len(plan.members), plan.max_groups,
                         seeds=tuple(m.seed for m in plan.members) if seeds is None else seeds, **kwargs)
     return model.to(memory_format=torch.channels_last) if plan.channels_last else model
@@ -133,14 +138,49 @@ def wide_input(x: torch.Tensor, indices: Sequence[torch.Tensor], channels_last: 
     return batch.contiguous(memory_format=torch.channels_last) if channels_last else batch
 
 
+def curve_steps(steps: int, points: int) -> set[int]:
+    """The 1-based steps after which the error curve is read: ``points`` evenly spaced, the last one
+    after the last step."""
+    return {max(1, round(steps * (i + 1) / points)) for i in range(points)}
+
+
+def freeze_batch_statistics(model: nn.Module) -> None:
+    """Put every norm that normalizes with batch statistics in eval mode (population statistics,
+    no running updates) and keep the rest of ``model`` as it is: the FrozenBN tail."""
+    for module in model.modules():
+        if is_norm(module) and module_traits(module).uses_batch_statistics:
+            module.eval()
+
+
+def conv_backend(channels_last: bool):
+    """The context the training runs in: oneDNN off for channels_last convolutions on the CPU, whose
+    backward of a strided 1x1 convolution corrupts the heap in torch 2.13 on AVX2 CPUs (seen here:
+    "corrupted double-linked list", an abort inside ``loss.backward()``); torch's own kernels run
+    instead. NCHW (the experiment's default) keeps oneDNN."""
+    return torch.backends.mkldnn.flags(enabled=not channels_last)
+
+
 def train_members(plan: TrainPlan, train_x: torch.Tensor, train_y: torch.Tensor,
                   curve: Optional[Callable[[nn.Module], list[float]]] = None,
                   progress: Optional[ProgressCallback] = None,
-                  model: Optional[ResidualCNN] = None) -> tuple[ResidualCNN, list[MemberLog], float]:
-    """Train the cell's K members; returns the wide model, each member's log and the seconds taken.
+                  model: Optional[ResidualCNN] = None,
+                  population_x: Optional[torch.Tensor] = None) -> tuple[ResidualCNN, list[MemberLog], float]:
+    """Train the cell's K members; returns the wide model, each member's log and the seconds taken
+    (see ``_train`` for what is trained; this runs it under ``conv_backend``).
 
     ``curve(model)`` is called at ``curve_points`` evenly spaced steps (and after the last) and
-    returns each member's error then; it lands in the logs as ``kind: "curve"`` entries."""
+    returns each member's error then; it lands in the logs as ``kind: "curve"`` entries. With
+    ``plan.frozen_tail_step``, the running statistics are set to the population statistics of
+    ``population_x`` (``recompute_stats``, normalizing as in training) at that step, and the norms
+    train from then on with those statistics held fixed."""
+    with conv_backend(plan.channels_last):
+        return _train(plan, train_x, train_y, curve, progress, model, population_x)
+
+
+def _train(plan: TrainPlan, train_x: torch.Tensor, train_y: torch.Tensor,
+           curve: Optional[Callable[[nn.Module], list[float]]], progress: Optional[ProgressCallback],
+           model: Optional[ResidualCNN],
+           population_x: Optional[torch.Tensor]) -> tuple[ResidualCNN, list[MemberLog], float]:
     k = len(plan.members)
     model = model if model is not None else build_cell_model(plan)
     optimizer = MemberSGD(list(model.parameters()), k, plan.momentum, plan.weight_decay)
@@ -149,12 +189,19 @@ def train_members(plan: TrainPlan, train_x: torch.Tensor, train_y: torch.Tensor,
     orders = [batch_indices(m.seed, len(train_y), plan.sgd_batch, plan.steps) for m in plan.members]
     logs = [MemberLog() for _ in plan.members]
     log_every = max(1, plan.steps // plan.log_points)
-    curve_steps = {max(1, round(plan.steps * (i + 1) / plan.curve_points)) for i in range(plan.curve_points)}
+    read_at = curve_steps(plan.steps, plan.curve_points)
+    frozen = False
     window = torch.zeros(k, dtype=torch.float64)
     window_steps = 0
     start = time.perf_counter()
     model.train()
     for step in range(plan.steps):
+        if plan.frozen_tail_step is not None and step == plan.frozen_tail_step:
+            if population_x is None:
+                raise ValueError("a frozen tail needs population_x, the images of the population statistics")
+            recompute_stats(model, population_batches(population_x, plan), progress=False)
+            frozen = True
+            freeze_batch_statistics(model)
         indices = [order[step] for order in orders]
         x = wide_input(train_x, indices, plan.channels_last)
         y = torch.stack([train_y[i] for i in indices], dim=1)           # (B, K)
@@ -188,14 +235,27 @@ def train_members(plan: TrainPlan, train_x: torch.Tensor, train_y: torch.Tensor,
             window_steps = 0
             if progress is not None:
                 progress(done, plan.steps)
-        if curve is not None and done in curve_steps:
+        if curve is not None and done in read_at:
             errors = curve(model)
             model.train()
+            if frozen:
+                freeze_batch_statistics(model)
             for j, log in enumerate(logs):
                 if alive[j]:
                     log.entries.append({"kind": "curve", "step": done, "samples": done * plan.sgd_batch,
-                                        "ema_error": errors[j]})
+                                        "error": errors[j]})
     return model, logs, time.perf_counter() - start
+
+
+def population_batches(x: torch.Tensor, plan: TrainPlan, chunk: int = 256) -> list[torch.Tensor]:
+    """``x`` as wide batches (every member sees every image) of a multiple of the normalization
+    batch, for ``recompute_stats``."""
+    nb = plan.norm_batch
+    # a ghost norm splits any multiple of its virtual batch; a plain one normalizes what it is given
+    step = nb if nb >= plan.sgd_batch else max(nb, chunk - chunk % nb)
+    k = len(plan.members)
+    return [wide_input(x, [torch.arange(s, min(s + step, len(x)))] * k, plan.channels_last)
+            for s in range(0, len(x) - len(x) % plan.norm_batch, step)]
 
 
 @torch.no_grad()

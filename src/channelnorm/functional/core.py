@@ -10,7 +10,8 @@ from ..ops.layout import elements_per_statistic
 from ..ops.reference import affine
 from . import _validation as _checks
 
-__all__ = ["channel_norm", "group_norm", "layer_norm", "instance_norm", "channel_norm_act", "group_norm_act"]
+__all__ = ["channel_norm", "group_norm", "layer_norm", "layer_norm_2d", "instance_norm", "channel_norm_act",
+           "group_norm_act"]
 
 
 def _empty_output(x: torch.Tensor, weight, bias, axis: int) -> torch.Tensor:
@@ -304,6 +305,54 @@ def layer_norm(
         The normalized input.
     """
     return group_norm(input, 1, weight, bias, eps, channel_axis, backend)
+
+
+def layer_norm_2d(
+    input: torch.Tensor,
+    weight: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    eps: float = 1e-6,
+    channel_axis: int = 1,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Layer normalization per position over the channels (timm's ``LayerNorm2d``, ConvNeXt's norm).
+
+    Every position (each index of every axis but the channel axis: sample and spatial location) is
+    normalized with the mean and biased variance of its C channel values, then scaled and shifted
+    per channel: ``y = (x - mean) / sqrt(var + eps) * weight + bias``. This is ``nn.LayerNorm(C)``
+    applied to the channels-last view; nothing is shared between positions or samples.
+
+    Args:
+        input: the input, floating point, C channels on ``channel_axis``.
+        weight: optional per-channel scale, shape ``(C,)``. Default: None (1).
+        bias: optional per-channel shift, shape ``(C,)``. Default: None (0).
+        eps: added to the variance before the square root, > 0. Default: 1e-6 (timm's).
+        channel_axis: the input axis that holds the channels; negative counts from the end; any axis.
+            Default: 1.
+        backend: ``"auto"`` (picks per call), ``"reference"`` or ``"native"`` (torch's ``layer_norm`` on
+            the channels-last view); ``"triton"`` has no kernel for it and is a ``ValueError``.
+            Default: ``"auto"``.
+
+    Shape:
+        - Input: ``(N, C, *)``, any rank from 2 up, with the C channels on ``channel_axis``.
+        - Output: the input's shape, dtype and memory format.
+
+    Returns:
+        The normalized input.
+    """
+    op = "layer_norm_2d"
+    dispatch.require(op, backend)
+    axis = _checks.input_tensor(input, channel_axis, op)
+    _checks.per_channel(op, input, axis, weight=weight, bias=bias)
+    return layer_norm_2d_validated(input, axis, weight, bias, _checks.eps(eps), backend)
+
+
+def layer_norm_2d_validated(input, axis, weight, bias, eps, backend):
+    """``layer_norm_2d`` for a caller that validated its settings and the input (see ``channel_norm_validated``)."""
+    if input.numel() == 0:
+        return _empty_output(input, weight, bias, axis)
+    impl = dispatch.resolve(backend, "layer_norm_2d", input, axis, (weight, bias))
+    return impl.layer_norm_2d(input, weight, bias, eps, axis)
 
 
 def channel_norm_act(

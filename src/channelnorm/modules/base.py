@@ -31,7 +31,9 @@ class NormTraits(NamedTuple):
 
     Attributes:
         scope: the axes its statistics cover: ``"channel"`` (per channel over batch and spatial
-            axes), ``"group"``, ``"layer"``, ``"instance"`` (per sample and channel) or ``"none"``.
+            axes), ``"group"``, ``"layer"`` (per sample over channels and spatial axes),
+            ``"instance"`` (per sample and channel), ``"position"`` (per sample and spatial position,
+            over the channels: `LayerNorm2d`) or ``"none"``.
         uses_batch_statistics: in training, its output for one sample depends on the other samples.
         includes_activation: it replaces norm + activation (no activation should follow it).
     """

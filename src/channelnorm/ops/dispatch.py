@@ -5,7 +5,8 @@
   activation forms, and ``unsupported_reason`` (why it cannot compute exactly this call, or None).
 * ``OP_TABLE``: every op of the library and the backends that implement it, in the order ``"auto"``
   tries them. Ops only the reference math implements (masked statistics, the batch-robust
-  variants, synchronized statistics) list ``"reference"`` alone; ``require`` refuses any other name.
+  variants, synchronized statistics) list ``"reference"`` alone, ``layer_norm_2d`` has no Triton
+  kernel; ``require`` refuses any name not listed.
 * ``TRITON_ON_CUDA``: the classes of calls for which committed GPU results (``benchmarks/results/``)
   show the Triton kernels correct and at least as fast as torch's eager kernels. ``"auto"`` sends a
   CUDA call to Triton only when its class is in this table; everything else runs torch's kernels
@@ -57,6 +58,10 @@ class Backend(Protocol):
     def group_norm_act(self, x, num_groups, weight, bias, eps, channel_axis, activation="none",
                        residual=None) -> torch.Tensor: ...
 
+    def layer_norm_2d(self, x, weight, bias, eps, channel_axis) -> torch.Tensor:
+        """Per position over the channels (mean and biased variance over ``channel_axis`` alone); the
+        reference and native backends only."""
+
 
 class OpSpec(NamedTuple):
     """An op's entry in the table: the backends implementing it (auto's order) and, for ops with one
@@ -68,6 +73,7 @@ class OpSpec(NamedTuple):
 
 _EVERY = ("triton", "native", "reference")
 _ONLY_REFERENCE = ("reference",)
+_NO_TRITON = ("native", "reference")
 
 OP_TABLE: dict[str, OpSpec] = {
     "channel_norm": OpSpec(_EVERY),
@@ -75,6 +81,8 @@ OP_TABLE: dict[str, OpSpec] = {
     "group_norm": OpSpec(_EVERY),
     "channel_norm_act": OpSpec(_EVERY),
     "group_norm_act": OpSpec(_EVERY),
+    # Statistics per position over the channels (timm's LayerNorm2d): torch's layer_norm or the reference.
+    "layer_norm_2d": OpSpec(_NO_TRITON, "run layer_norm_2d (statistics per position over the channels)"),
     # Each virtual batch is a plain channel_norm call, resolved on its own.
     "ghost_norm": OpSpec(_EVERY),
     "masked_channel_norm": OpSpec(_ONLY_REFERENCE, "compute masked statistics"),
@@ -157,8 +165,12 @@ def require(op: str, backend: str) -> None:
     check_backend_name(backend)
     spec = OP_TABLE[op]
     if backend != "auto" and backend not in spec.backends:
-        raise ValueError(f"backend={backend!r} cannot {spec.refusal}: only the reference math implements it; "
-                         f"use backend='auto' or 'reference'")
+        if spec.backends == _ONLY_REFERENCE:
+            raise ValueError(f"backend={backend!r} cannot {spec.refusal}: only the reference math implements it; "
+                             f"use backend='auto' or 'reference'")
+        names = ", ".join(repr(b) for b in spec.backends)
+        raise ValueError(f"backend={backend!r} cannot {spec.refusal}: only {names} implement it; "
+                         f"use backend='auto' or one of those")
 
 
 def _triton():
@@ -193,7 +205,8 @@ def resolve(backend: str, op: str, x: torch.Tensor, channel_axis: int,
     ``training``: whether the call computes batch statistics).
 
     ``backend`` must already be a known name (``check_backend_name``) and ``op`` one that every
-    backend implements (the core norms and their fused forms).
+    backend implements (the core norms and their fused forms), or ``layer_norm_2d`` after ``require``
+    refused ``"triton"`` for it.
     """
     if backend != "auto":
         return _named(backend, op, x, channel_axis, params)

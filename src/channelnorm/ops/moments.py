@@ -68,6 +68,31 @@ def effective_momentum(momentum: Optional[float], num_batches_tracked: Optional[
     return 1.0 / (float(num_batches_tracked) + 1.0)
 
 
+def momentum_weight(momentum: Optional[float], num_batches_tracked: Optional[torch.Tensor],
+                    like: torch.Tensor) -> "float | torch.Tensor":
+    """The weight of the new batch in the running statistics, without a host read: ``momentum`` itself, or
+    for ``momentum=None`` (a cumulative average) ``1 / (num_batches_tracked + 1)`` as a 0-dim tensor of
+    ``like``'s dtype and device, so torch.compile traces it in one graph and a GPU never waits for the host."""
+    if momentum is not None:
+        return float(momentum)
+    return 1.0 / (num_batches_tracked.to(device=like.device, dtype=like.dtype) + 1.0)
+
+
+def blend_if_finite(
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    num_batches_tracked: Optional[torch.Tensor],
+    batch_mean: torch.Tensor,
+    unbiased_var: torch.Tensor,
+    m: "float | torch.Tensor",
+) -> None:
+    """``running ← (1 - m)·running + m·batch`` for both buffers, committed only when all of it is finite."""
+    with torch.no_grad():
+        new_mean = running_mean * (1.0 - m) + batch_mean.detach().to(running_mean.dtype) * m
+        new_var = running_var * (1.0 - m) + unbiased_var.detach().to(running_var.dtype) * m
+    commit_if_finite(running_mean, running_var, num_batches_tracked, new_mean, new_var)
+
+
 def commit_if_finite(
     running_mean: torch.Tensor,
     running_var: torch.Tensor,
@@ -149,10 +174,7 @@ def update_running_stats(
     momentum: Optional[float],
 ) -> None:
     """Blend per-channel batch statistics (biased ``batch_var`` over ``n`` elements) into the buffers."""
-    m = effective_momentum(momentum, num_batches_tracked)
+    m = momentum_weight(momentum, num_batches_tracked, running_mean)
     with torch.no_grad():
-        batch_mean = batch_mean.detach().to(running_mean.dtype)
         unbiased = batch_var.detach().to(running_var.dtype) * (n / (n - 1))
-        new_mean = running_mean * (1.0 - m) + batch_mean * m
-        new_var = running_var * (1.0 - m) + unbiased * m
-    commit_if_finite(running_mean, running_var, num_batches_tracked, new_mean, new_var)
+    blend_if_finite(running_mean, running_var, num_batches_tracked, batch_mean, unbiased, m)

@@ -1,4 +1,5 @@
-"""Delegation to torch's own kernels (``torch.batch_norm``, ``torch.instance_norm``, ``torch.group_norm``).
+"""Delegation to torch's own kernels (``torch.batch_norm``, ``torch.instance_norm``, ``torch.group_norm``,
+``torch.layer_norm``).
 
 Those kernels want the channel on axis 1, so the channel axis is moved there as a view. The one
 semantic we add is the non-finite rule of docs/design.md §3.3: torch updates running statistics in
@@ -12,10 +13,11 @@ import torch
 
 from .fused import ComposedActivation
 from .layout import match_layout
-from .moments import commit_if_finite, effective_momentum, keep_if_finite, snapshot
+from .moments import blend_if_finite, commit_if_finite, effective_momentum, keep_if_finite, momentum_weight, snapshot
 
 # Sets, not tuples: both checks run on every "auto" call.
-_OPS = frozenset(("channel_norm", "instance_norm", "group_norm", "channel_norm_act", "group_norm_act"))
+_OPS = frozenset(("channel_norm", "instance_norm", "group_norm", "channel_norm_act", "group_norm_act",
+                  "layer_norm_2d"))
 _GROUP_OPS = frozenset(("group_norm", "group_norm_act"))
 _HALF = frozenset((torch.float16, torch.bfloat16))
 _CHANNEL_OPS = frozenset(("channel_norm", "channel_norm_act"))
@@ -42,6 +44,8 @@ def unsupported_reason(op: str, x: torch.Tensor, channel_axis: int,
     if as_input and as_float32:
         return (f"torch's kernels take {dtype} input with parameters and statistics all {dtype} or all "
                 f"float32, not both")
+    if as_float32 and op == "layer_norm_2d" and x.is_cuda:
+        return f"torch's CUDA layer_norm is not documented to take {dtype} input with float32 parameters"
     if op == "instance_norm" and x.ndim < 3:
         return f"torch's instance_norm needs a spatial axis, got input of rank {x.ndim}"
     return None
@@ -54,7 +58,9 @@ def inexact_reason(op: str, x: torch.Tensor, channel_axis: int,
     ``"auto"`` avoids these calls; ``backend="native"`` still runs them (it asks for torch's result).
     Each rule is a torch CPU kernel defect shown by tests/ops/test_auto_vs_reference.py.
     """
-    if x.is_cuda:
+    if x.is_cuda or op == "layer_norm_2d":
+        # torch's CPU layer_norm matches the reference's error against float64 in float32, bfloat16 and
+        # float16, at means up to 1e4 and in either layout (tests/functional/test_layer_norm_2d.py).
         return None
     if op in _GROUP_OPS:
         if not (x.is_contiguous() if channel_axis == 1 else x.movedim(channel_axis, 1).is_contiguous()):
@@ -109,17 +115,25 @@ def _run_tracked(kernel, x, weight, bias, running_mean, running_var, num_batches
 
     CPU buffers are updated in place and restored on failure (host check; nothing to synchronize).
     Elsewhere, and while torch.compile traces, the kernel updates copies that a tensor-op ``where``
-    commits, so the device never waits for the host.
+    commits, so the device never waits for the host. With ``momentum=None`` there, the kernel writes the
+    batch's statistics into the copies (momentum 1) and ``moments`` blends them in with the cumulative
+    weight as a tensor: reading ``num_batches_tracked`` on the host would synchronize a GPU and, under
+    ``torch.compile(fullgraph=True)``, fail inside the compiler.
     """
-    m = effective_momentum(momentum, num_batches_tracked)
     if running_mean.is_cpu and not torch.compiler.is_compiling():
+        m = effective_momentum(momentum, num_batches_tracked)
         # moments.undo_if_not_finite written inline: no closure and one call layer less per call.
         saved = snapshot(running_mean, running_var)
         y = kernel(x, weight, bias, running_mean, running_var, True, m, eps, cudnn)
         keep_if_finite(saved, running_mean, running_var, num_batches_tracked)
         return y
     new_mean, new_var = running_mean.clone(), running_var.clone()
-    y = kernel(x, weight, bias, new_mean, new_var, True, m, eps, cudnn)
+    if momentum is None:
+        y = kernel(x, weight, bias, new_mean, new_var, True, 1.0, eps, cudnn)
+        blend_if_finite(running_mean, running_var, num_batches_tracked, new_mean, new_var,
+                        momentum_weight(None, num_batches_tracked, running_mean))
+        return y
+    y = kernel(x, weight, bias, new_mean, new_var, True, float(momentum), eps, cudnn)
     commit_if_finite(running_mean, running_var, num_batches_tracked, new_mean, new_var)
     return y
 
@@ -194,6 +208,15 @@ def group_norm(x, num_groups, weight, bias, eps, channel_axis) -> torch.Tensor:
     return match_layout(y.movedim(1, channel_axis), x)
 
 
+def layer_norm_2d(x, weight, bias, eps, channel_axis) -> torch.Tensor:
+    # torch's layer_norm normalizes over trailing axes: the channel axis moves last as a view (no copy for
+    # a channels-last layout) and back.
+    last = x.ndim - 1
+    xm = x if channel_axis == last else x.movedim(channel_axis, last)
+    y = torch.layer_norm(xm, (x.shape[channel_axis],), weight, bias, eps)
+    return match_layout(y if channel_axis == last else y.movedim(last, channel_axis), x)
+
+
 class NativeBackend(ComposedActivation):
     """torch's kernels as a ``dispatch.Backend``; the fused forms are composed."""
 
@@ -203,6 +226,7 @@ class NativeBackend(ComposedActivation):
     channel_norm = staticmethod(channel_norm)
     instance_norm = staticmethod(instance_norm)
     group_norm = staticmethod(group_norm)
+    layer_norm_2d = staticmethod(layer_norm_2d)
 
 
 NATIVE = NativeBackend()

@@ -12,7 +12,7 @@ import torch
 
 from . import family
 from .fused import ComposedActivation
-from .layout import channel_shape, stats_dtype
+from .layout import channel_shape, match_layout, stats_dtype
 from .moments import moments
 from .scope import Scope
 
@@ -68,6 +68,21 @@ def normalize_running(
     return affine(y, weight, bias, channel_axis).to(x.dtype)
 
 
+def layer_norm_2d(
+    x: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    eps: float,
+    channel_axis: int,
+) -> torch.Tensor:
+    """Normalize each position (every index but the channel's) over the channels: one mean and biased
+    variance per position, then the per-channel affine (timm's ``LayerNorm2d`` for any rank and axis)."""
+    xf = x.to(stats_dtype(x.dtype))
+    mean, var = moments(xf, [channel_axis])
+    y = (xf - mean) * torch.rsqrt(var + eps)
+    return match_layout(affine(y, weight, bias, channel_axis).to(x.dtype), x)
+
+
 class ReferenceBackend(ComposedActivation):
     """The reference math as a ``dispatch.Backend``: it computes every call (the oracle of the others)."""
 
@@ -93,6 +108,8 @@ class ReferenceBackend(ComposedActivation):
 
     def group_norm(self, x, num_groups, weight, bias, eps, channel_axis) -> torch.Tensor:
         return family.group_norm(self, x, num_groups, weight, bias, eps, channel_axis)
+
+    layer_norm_2d = staticmethod(layer_norm_2d)
 
 
 REFERENCE = ReferenceBackend()

@@ -11,7 +11,7 @@ import torch
 
 from .layout import channel_shape, match_layout, stats_dtype
 from .reference import affine
-from .moments import commit_if_finite, effective_momentum, moments, reduce_dims, update_running_stats
+from .moments import blend_if_finite, commit_if_finite, momentum_weight, moments, reduce_dims, update_running_stats
 
 
 # ---------------------------------------------------------------- Batch Renormalization
@@ -80,10 +80,8 @@ def ghost_running_update(running_mean, running_var, num_batches_tracked, chunks:
             total_ss = total_ss + var.reshape(-1) * count
             n += count
         k = len(chunks)
-        m = effective_momentum(momentum, num_batches_tracked)
-        new_mean = running_mean * (1.0 - m) + (total_sum / n).to(running_mean.dtype) * m
-        new_var = running_var * (1.0 - m) + (total_ss / (n - k)).to(running_var.dtype) * m
-    commit_if_finite(running_mean, running_var, num_batches_tracked, new_mean, new_var)
+        m = momentum_weight(momentum, num_batches_tracked, running_mean)
+    blend_if_finite(running_mean, running_var, num_batches_tracked, total_sum / n, total_ss / (n - k), m)
 
 
 # ---------------------------------------------------------------- Filter Response Normalization

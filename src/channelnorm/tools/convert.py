@@ -18,8 +18,9 @@ A conversion assumes the layer computes what its class computes. A layer that ma
 was and named, with the reason, in one ``UserWarning`` per call: a subclass that defines its own
 ``forward`` (or overrides a method that forward uses, such as ``_check_input_dim``), a layer whose
 ``forward`` was replaced on the instance, one with hooks (a replacement would drop them) or a
-parametrized tensor, and, for `replace_norms`, a norm class the tools do not know. Subclasses that
-change only ``__init__`` (other defaults) or ``extra_repr`` convert as their base class does.
+parametrized tensor, and, for `replace_norms` and `freeze`, a norm class the tools do not know.
+Subclasses that change only ``__init__`` (other defaults) or ``extra_repr`` convert as their base
+class does.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import torch
 from torch import nn
 
 from . import fold as _fold
+from ._model_checks import refuse_uninitialized_norms
 from .known import behaves_as, known_norm_classes
 from ..modules import ChannelNorm, FrozenChannelNorm, SyncChannelNorm, module_traits
 from ..registry import accepted_kwargs, canonical_kind, create_norm
@@ -220,7 +222,8 @@ def replace_norms(model: nn.Module, kind: str, **kwargs) -> nn.Module:
     their ``forward`` adds). Fused norm + activation blocks are left silently, as documented above.
 
     Args:
-        model: the model, changed in place (layers are replaced in their parents).
+        model: the model, changed in place (layers are replaced in their parents). A lazy norm not yet
+            run (``nn.LazyBatchNorm2d``) is a ``ValueError`` naming it.
         kind: the new norm's name (``available_norms()`` or an alias); unknown is a ``ValueError``
             before anything changes.
         **kwargs (Any): constructor arguments of the new kind, overriding the carried ones.
@@ -229,6 +232,7 @@ def replace_norms(model: nn.Module, kind: str, **kwargs) -> nn.Module:
         ``model``, or the new layer when ``model`` is itself one of the layers replaced.
     """
     canonical_kind(kind)  # fail on an unknown kind before touching the model
+    refuse_uninitialized_norms(model, "replace_norms")
     skipped: list[tuple[str, str]] = []
 
     def convert(name: str, m: nn.Module) -> Optional[nn.Module]:
@@ -245,15 +249,16 @@ def replace_norms(model: nn.Module, kind: str, **kwargs) -> nn.Module:
     return model
 
 
-def _convert_known(model: nn.Module, tool: str, targets: Callable[[type, nn.Module], bool],
+def _convert_known(model: nn.Module, tool: str, targets: Callable[[Optional[type], nn.Module], bool],
                    build: Callable[[nn.Module], nn.Module]) -> nn.Module:
-    """Replace, under every name, each module whose nearest known norm class ``targets`` accepts, when it
-    computes what that class computes; warn about the ones that may not."""
+    """Replace, under every name, each module ``targets`` accepts (given its nearest known norm class, None
+    for a class the tools do not know), when it computes what that class computes; warn about the ones
+    that may not."""
     skipped: list[tuple[str, str]] = []
 
     def convert(name: str, m: nn.Module) -> Optional[nn.Module]:
         cls, problem = _known(m)
-        if cls is None or not targets(cls, m):
+        if not targets(cls, m):
             return None
         if problem is not None:
             skipped.append((name, problem))
@@ -300,7 +305,8 @@ def to_sync(model: nn.Module, process_group=None) -> nn.Module:
     what their class computes (a subclass with its own ``forward``, hooks, a parametrized weight).
 
     Args:
-        model: the model, changed in place (layers are replaced in their parents).
+        model: the model, changed in place (layers are replaced in their parents). A lazy norm not yet
+            run is a ``ValueError`` naming it.
         process_group (ProcessGroup | None): the ``torch.distributed`` group the new layers synchronize
             over; None is the default (whole-world) group. Default: None.
 
@@ -310,6 +316,7 @@ def to_sync(model: nn.Module, process_group=None) -> nn.Module:
     def build(m: nn.Module) -> nn.Module:
         return _share_state(m, SyncChannelNorm(m.num_features, **_channel_norm_args(m), process_group=process_group))
 
+    refuse_uninitialized_norms(model, "to_sync")
     return _convert_known(model, "to_sync", lambda cls, m: cls in _TO_SYNC, build)
 
 
@@ -332,7 +339,8 @@ def from_sync(model: nn.Module) -> nn.Module:
 
 # ---------------------------------------------------------------- freeze
 
-def _freezable(cls: type, m: nn.Module) -> bool:
+def _freezable(cls: Optional[type], m: nn.Module) -> bool:
+    # An unknown class (cls None) with these traits is a target too: left, it is named with its reason.
     return cls is not FrozenChannelNorm and _family(m) == ("channel", False) and _tracks_running_stats(m)
 
 
@@ -354,9 +362,12 @@ def freeze(model: nn.Module) -> nn.Module:
     mode, never update them, and have no parameters: the frozen layer holds a copy of the values at
     the time of the call (a weight tied to another module no longer follows it). A layer registered
     under several names becomes one frozen layer under all of them. Norms without running
-    statistics (GroupNorm, LayerNorm, InstanceNorm, ...) are left unchanged, and so are, named in a
-    ``UserWarning`` with the reason, channel norms that may not compute what their class computes (a
-    subclass with its own ``forward``, hooks, a parametrized weight).
+    statistics (GroupNorm, LayerNorm, LayerNorm2d, InstanceNorm, ...) and fused norm + activation
+    blocks are left unchanged, and one ``UserWarning`` names them (there is nothing to freeze them
+    to). Channel norms that may not compute what their class computes (a subclass with its own
+    ``forward``, hooks, a parametrized weight, a norm class the tools do not know) are left too, named
+    in another ``UserWarning`` with the reason. A lazy norm not yet run (``nn.LazyBatchNorm2d``) is a
+    ``ValueError`` naming it.
 
     Args:
         model: the model, changed in place (layers are replaced in their parents).
@@ -364,7 +375,30 @@ def freeze(model: nn.Module) -> nn.Module:
     Returns:
         ``model``, or the new layer when ``model`` is itself one of the layers replaced.
     """
-    return _convert_known(model, "freeze", _freezable, _frozen)
+    refuse_uninitialized_norms(model, "freeze")
+    model = _convert_known(model, "freeze", _freezable, _frozen)
+    _warn_about_unfrozen(model)
+    return model
+
+
+def _warn_about_unfrozen(model: nn.Module) -> None:
+    """One warning naming the norm layers freeze left as they were (freeze has nothing to fix them to)."""
+    left = []
+    for name, m in model.named_modules():
+        if module_traits(m) is None or isinstance(m, FrozenChannelNorm):
+            continue
+        if getattr(type(m), "takes_residual", False):
+            why = "a fused norm + activation block"
+        elif not _tracks_running_stats(m):
+            why = "no running statistics: it normalizes every input with that input's own statistics"
+        elif _family(m) != ("channel", False):
+            why = f"its running statistics are {module_traits(m).scope}-scope, not per channel over the batch"
+        else:
+            continue  # freezable, yet left: _convert_known's warning named it with the reason
+        left.append(f"{name or '(the model itself)'!r} ({type(m).__name__}: {why})")
+    if left:
+        shown = "; ".join(left[:3]) + (f"; and {len(left) - 3} more" if len(left) > 3 else "")
+        warnings.warn(f"freeze left {len(left)} norm layer(s) as they were: {shown}", UserWarning, stacklevel=3)
 
 
 def _unfrozen(m: nn.Module) -> nn.Module:

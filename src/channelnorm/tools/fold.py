@@ -47,6 +47,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
 from ..modules import AffineNorm, ChannelNorm, ChannelNormAct, FrozenChannelNorm, GroupNormAct, SyncChannelNorm
+from ._model_checks import refuse_training_norms, refuse_uninitialized_norms
 from .known import behaves_as, known_norm_classes, nearest_known
 
 __all__ = ["fold", "FoldReport", "FoldedPair", "LeftNorm"]
@@ -621,7 +622,8 @@ def _compare_outputs(result: Any, reference: Any, weight_eps: float) -> tuple[fl
 
 # ---------------------------------------------------------------- public entry point
 
-def fold(model: nn.Module, example_input: Any = None, *, return_report: bool = False):
+def fold(model: nn.Module, example_input: Any = None, *,
+         return_report: bool = False) -> nn.Module | tuple[nn.Module, FoldReport]:
     """Fold eval-mode channel norms into the ``Conv1d/2d/3d`` or ``Linear`` that feeds them.
 
     A folded norm becomes ``nn.Identity`` and the layer gets new weight and bias parameters
@@ -675,15 +677,19 @@ def fold(model: nn.Module, example_input: Any = None, *, return_report: bool = F
         model: the model, changed in place (norms inside are replaced in their parents).
         example_input: optional input to follow the real graph: a tensor, or a tuple of positional
             arguments for ``model``. A small batch is enough (every layer's output is held during
-            the run); with norms in training mode, the norms are left and their buffers restored. Default: None.
+            the run). Default: None.
         return_report: keyword-only; also return a `FoldReport` of what was folded and what was
             left, and why. Without it, a ``UserWarning`` names the eval-mode norms with running
             statistics that were left (the ones a caller would expect folded). Default: False.
 
     Returns:
         ``model``, or ``(model, FoldReport)`` when ``return_report`` is true. A model that is itself a
-        norm has nothing before it and comes back unchanged.
+        norm has nothing before it and comes back unchanged. A model left in training mode whose
+        ``ChannelNorm``/``SyncChannelNorm``/``nn.BatchNorm*d`` layers are in training mode too is a
+        ``ValueError`` naming one (call ``model.eval()`` first), and so is a lazy norm not yet run.
     """
+    refuse_uninitialized_norms(model, "fold")
+    refuse_training_norms(model, "fold")
     if example_input is None:
         report = FoldReport("sequential")
         edges, why_not = _sequential_edges(model)

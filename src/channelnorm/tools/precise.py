@@ -18,6 +18,7 @@ from torch import nn
 
 from ..functional import _validation as _checks
 from ..modules import module_traits
+from ._model_checks import refuse_uninitialized_norms
 from ..ops.masked import valid_count
 from ..ops.moments import chan_merge, moments, reduce_dims
 
@@ -118,6 +119,7 @@ def recompute_stats(model: nn.Module, batches: Iterable, num_batches: Optional[i
         num_batches = _checks.positive_int("num_batches", num_batches)
     if not isinstance(model, nn.Module):
         raise TypeError(f"recompute_stats: model must be an nn.Module, got {type(model).__name__}")
+    refuse_uninitialized_norms(model, "recompute_stats")
     targets = _targets(model)
     modes = {m: m.training for m in model.modules()}
     momenta = [(m, m.momentum) for m, _ in targets]
