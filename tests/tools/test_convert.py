@@ -242,3 +242,283 @@ def test_convert_is_importable_by_its_public_module_path():
 
     assert importlib.import_module("channelnorm.convert") is cn.convert
     assert fold is cn.convert.fold and replace_norms is cn.convert.replace_norms
+
+
+# ---------------------------------------------------------------- layers that may compute something else (issue 19)
+
+class _ShiftedBatchNorm(nn.BatchNorm2d):
+    """A subclass with its own forward: batch norm plus 1."""
+
+    def forward(self, input):
+        return super().forward(input) + 1.0
+
+
+class _AlwaysBatchStats(cn.ChannelNorm):
+    """Overrides a method ChannelNorm.forward uses: batch statistics in eval mode too."""
+
+    def _uses_batch_stats(self):
+        return True
+
+
+def _doubling_forward(module, input):
+    return nn.BatchNorm2d.forward(module, input) * 2.0
+
+
+def _instance_forward(c):
+    import functools
+    bn = nn.BatchNorm2d(c)
+    bn.forward = functools.partial(_doubling_forward, bn)  # replaced on the instance, not the class
+    return bn
+
+
+def _hooked(c):
+    bn = nn.BatchNorm2d(c)
+    bn.register_forward_hook(lambda module, args, output: output - 0.5)
+    return bn
+
+
+_UNTRUSTED = {"own_forward": _ShiftedBatchNorm, "overridden_helper": _AlwaysBatchStats,
+              "instance_forward": _instance_forward, "forward_hook": _hooked}
+_TOOLS = {
+    "replace_norms": lambda m, x: convert.replace_norms(m, "channel"),
+    "to_sync": lambda m, x: convert.to_sync(m),
+    "freeze": lambda m, x: convert.freeze(m),
+    "fold": lambda m, x: convert.fold(m),
+    "fold_example": lambda m, x: convert.fold(m, example_input=x),
+}
+
+
+def _conv_norm(make_norm, seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), make_norm(4))
+    return _randomize(model).eval()
+
+
+@pytest.mark.parametrize("tool", sorted(_TOOLS))
+@pytest.mark.parametrize("case", sorted(_UNTRUSTED))
+def test_norm_that_may_compute_something_else_is_left_with_a_warning(tool, case):
+    # Oracle: the same model, unconverted. A tool that treated the layer as its base class would
+    # drop the +1, the eval-mode batch statistics, the x2 or the hook (outputs off by 0.5 to 2).
+    original, model = _conv_norm(_UNTRUSTED[case]), _conv_norm(_UNTRUSTED[case])
+    x = torch.randn(4, 3, 6, 6)
+    with pytest.warns(UserWarning, match="left 1") as caught:
+        converted = _TOOLS[tool](model, x)
+    message = " ".join(str(w.message) for w in caught)
+    assert "1" in message and ("forward" in message or "hook" in message or "_uses_batch_stats" in message)
+    assert converted[1] is model[1] and isinstance(converted[0], nn.Conv2d)
+    for mode in (False, True):
+        original.train(mode)
+        converted.train(mode)
+        torch.testing.assert_close(converted(x), original(x), rtol=0, atol=0)
+
+
+class _OtherDefaults(nn.BatchNorm2d):
+    """Only __init__ differs (other defaults): it computes what BatchNorm2d computes."""
+
+    def __init__(self, num_features):
+        super().__init__(num_features, eps=1e-3, momentum=0.3)
+
+
+@pytest.mark.parametrize("tool", sorted(_TOOLS))
+def test_subclass_that_only_changes_defaults_converts_as_its_base(tool):
+    original, model = _conv_norm(_OtherDefaults), _conv_norm(_OtherDefaults)
+    x = torch.randn(4, 3, 6, 6)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing left, nothing to warn about
+        converted = _TOOLS[tool](model, x)
+    assert type(converted[1]) is not _OtherDefaults
+    expected = original(x)  # eval mode: what freeze and fold keep
+    torch.testing.assert_close(converted(x), expected, rtol=1e-5, atol=1e-5)
+
+
+class _ShiftedLayerNorm2d(cn.LayerNorm2d):
+    """LayerNorm2d with its own forward: layer norm per position plus 1."""
+
+    def forward(self, input):
+        return super().forward(input) + 1.0
+
+
+class _LayerNorm2dOtherEps(cn.LayerNorm2d):
+    """Only __init__ differs: it computes what LayerNorm2d computes."""
+
+    def __init__(self, num_channels):
+        super().__init__(num_channels, eps=1e-3)
+
+
+def test_layer_norm_2d_is_a_known_class_whose_subclasses_are_checked():
+    from channelnorm.tools.known import known_norm_classes
+
+    assert cn.LayerNorm2d in known_norm_classes()
+    torch.manual_seed(0)
+    model = _randomize(nn.Sequential(nn.Conv2d(3, 4, 1), cn.LayerNorm2d(4), _LayerNorm2dOtherEps(4),
+                                     _ShiftedLayerNorm2d(4)))
+    original, shifted = copy.deepcopy(model), model[3]
+    # Were LayerNorm2d unknown, its plain instance and the defaults-only subclass would be left too ("left 3").
+    with pytest.warns(UserWarning, match=r"replace_norms left 1 module\(s\).*\(3: _ShiftedLayerNorm2d defines "
+                                         r"its own forward\)") as caught:
+        converted = convert.replace_norms(model, "layer2d")
+    assert len(caught) == 1
+    assert [type(m) for m in converted[1:3]] == [cn.LayerNorm2d, cn.LayerNorm2d] and converted[3] is shifted
+    assert converted[2].eps == 1e-3
+    # Oracle: the unconverted model (the same per-position computation, eps carried, the +1 kept).
+    x = torch.randn(2, 3, 5, 5)
+    torch.testing.assert_close(converted(x), original(x), rtol=0, atol=0)
+
+
+class _UnknownBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """A batch norm (running statistics, channel scope) of a class the tools do not know."""
+
+    def _check_input_dim(self, input):
+        pass
+
+
+def test_freeze_names_a_channel_norm_of_an_unknown_class_and_leaves_it():
+    torch.manual_seed(0)
+    original = _randomize(nn.Sequential(nn.Conv2d(3, 4, 1), _UnknownBatchNorm(4), nn.BatchNorm2d(4)))
+    model = copy.deepcopy(original)
+    with pytest.warns(UserWarning, match=r"freeze left 1 module\(s\).*\(1: _UnknownBatchNorm is none of the "
+                                         r"classes this tool knows\)") as caught:
+        frozen = convert.freeze(model)
+    assert len(caught) == 1 and type(frozen[1]) is _UnknownBatchNorm and type(frozen[2]) is cn.FrozenChannelNorm
+    # Oracle: the original in training mode with its second norm in eval mode (what freezing it keeps); the
+    # unknown norm still normalizes with the batch statistics, as a frozen copy would not.
+    x = torch.randn(4, 3, 5, 5)
+    original.train()[2].eval()
+    torch.testing.assert_close(frozen.train()(x), original(x))
+
+
+# ---------------------------------------------------------------- a norm under several names (issue 19)
+
+class _SharedNorm(nn.Module):
+    """One norm under four names: two attributes of this module, a ModuleList entry and a child of a
+    Sequential; called four times per forward."""
+
+    def __init__(self, norm: nn.Module) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1)
+        self.bn = norm
+        self.bn_alias = norm
+        self.listed = nn.ModuleList([nn.ReLU(), norm])
+        self.branch = nn.Sequential(nn.Conv2d(3, 4, 1), norm)
+
+    def forward(self, x):
+        return (self.bn(self.conv1(x)) + self.bn_alias(self.conv2(x)) + self.listed[1](self.conv1(x) * 2)
+                + self.branch(x))
+
+    def names(self):
+        return [self.bn, self.bn_alias, self.listed[1], self.branch[1]]
+
+
+def _shared_norm_model(make_norm, seed=0):
+    torch.manual_seed(seed)
+    return _randomize(_SharedNorm(make_norm(4)))
+
+
+def _assert_one_module_under_every_name(model, cls):
+    first, *others = model.names()
+    assert type(first) is cls and all(other is first for other in others), [type(o).__name__ for o in model.names()]
+
+
+def test_replace_norms_converts_a_shared_norm_once_under_every_name():
+    original, model = _shared_norm_model(nn.BatchNorm2d), _shared_norm_model(nn.BatchNorm2d)
+    converted = convert.replace_norms(model, "channel")
+    _assert_one_module_under_every_name(converted, cn.ChannelNorm)
+    # Oracle: the unconverted model. Training updates the one shared set of running statistics four
+    # times per forward; copies under each name would each see one update and drift apart.
+    x = torch.randn(4, 3, 5, 5)
+    for step in range(3):
+        torch.testing.assert_close(converted.train()(x + step), original.train()(x + step))
+    torch.testing.assert_close(converted.eval()(x), original.eval()(x))
+
+
+def test_freeze_and_unfreeze_convert_a_shared_norm_once_under_every_name():
+    original = _shared_norm_model(cn.ChannelNorm)
+    frozen = convert.freeze(_shared_norm_model(cn.ChannelNorm))
+    _assert_one_module_under_every_name(frozen, cn.FrozenChannelNorm)
+    x = torch.randn(4, 3, 5, 5)
+    # A frozen model computes in training mode what the original computes in eval mode; a name left
+    # unfrozen would use the batch statistics instead.
+    torch.testing.assert_close(frozen.train()(x), original.eval()(x))
+    thawed = convert.unfreeze(frozen)
+    _assert_one_module_under_every_name(thawed, cn.ChannelNorm)
+    # Thawed, training mode uses batch statistics again, as the original does; a name left frozen would not.
+    torch.testing.assert_close(thawed.train()(x), original.train()(x))
+
+
+def test_to_sync_and_from_sync_convert_a_shared_norm_once_under_every_name():
+    original, model = _shared_norm_model(nn.BatchNorm2d), _shared_norm_model(nn.BatchNorm2d)
+    synced = convert.to_sync(model)
+    _assert_one_module_under_every_name(synced, cn.SyncChannelNorm)
+    x = torch.randn(4, 3, 5, 5)
+    # One process, no process group: the local path, as the original (two ranks: test_to_sync_*_two_ranks).
+    torch.testing.assert_close(synced.train()(x), original.train()(x))
+    back = convert.from_sync(synced)
+    _assert_one_module_under_every_name(back, cn.ChannelNorm)
+    torch.testing.assert_close(back.eval()(x), original.eval()(x))
+
+
+def test_replace_norms_keeps_tied_norm_weights_and_the_optimizer():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4))
+    model[3].weight = model[1].weight  # tied scale
+    _randomize(model)
+    original = copy.deepcopy(model)  # deepcopy keeps the tie
+    opt, opt_ref = (torch.optim.SGD(m.parameters(), lr=0.5) for m in (model, original))  # built before converting
+    converted = convert.replace_norms(model, "channel")
+    assert converted[1].weight is converted[3].weight
+    x = torch.randn(4, 3, 5, 5)
+    for m, o in ((converted, opt), (original, opt_ref)):
+        o.zero_grad()
+        m(x).square().mean().backward()
+        o.step()
+    # Oracle: the unconverted model after the same step. Copied weights would not be in the optimizer
+    # (nothing trained) and would no longer be tied.
+    torch.testing.assert_close(converted(x), original(x))
+    torch.testing.assert_close(converted[1].weight, original[1].weight)
+
+
+# ---------------------------------------------------------------- to_sync across two real processes
+
+def _sync_worker(rank: int, world: int, port: int) -> None:
+    import datetime
+    import os
+    import sys
+
+    import torch.distributed as dist
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=30))
+    x = torch.randn(8, 3, 5, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2 + 1
+    local = x[rank * 4:(rank + 1) * 4]
+    # to_sync: the oracle is the unconverted model on the whole batch (synchronized statistics are the
+    # statistics of the concatenated batch); every name of the shared norm must synchronize.
+    original = _shared_norm_model(nn.BatchNorm2d).double().train()
+    synced = convert.to_sync(_shared_norm_model(nn.BatchNorm2d).double()).train()
+    torch.testing.assert_close(synced(local), original(x)[rank * 4:(rank + 1) * 4])
+    torch.testing.assert_close(synced.bn.running_var, original.bn.running_var)
+    # from_sync: the oracle is the original on this rank's batch alone; no name may still synchronize.
+    local_model = convert.from_sync(convert.to_sync(_shared_norm_model(nn.BatchNorm2d).double())).train()
+    torch.testing.assert_close(local_model(local), _shared_norm_model(nn.BatchNorm2d).double().train()(local))
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # torch 2.13's gloo teardown at exit can abort after success (see tests/ops/test_distributed.py)
+
+
+def test_to_sync_and_from_sync_of_a_shared_norm_two_ranks():
+    import socket
+    import time
+
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.spawn(_sync_worker, args=(2, port), nprocs=2, join=False)
+    deadline = time.monotonic() + 100.0
+    while not ctx.join(timeout=1.0):  # raises when a worker failed
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.terminate()
+            pytest.fail("workers did not finish in 100 s")

@@ -329,9 +329,11 @@ def test_resnet18_custom_forward_folds_all_20_norms_with_example_input():
     model, x = _trained_resnet()
     assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 20
     expected = model(x)
+    # Without an example nothing folds: every pair sits below a custom forward (the model's, a block's),
+    # which could also call the conv or read its weight (see test_tied_weight_read_in_a_custom_forward...).
     _, report = convert.fold(copy.deepcopy(model), return_report=True)
-    assert report.num_folded == 3 and len(report.left) == 17  # only the downsample Sequentials
-    assert all("custom forward" in n.reason for n in report.left)
+    assert report.num_folded == 0 and len(report.left) == 20
+    assert all("custom forward" in n.reason and "example_input" in n.reason for n in report.left)
 
     folded, report = convert.fold(model, example_input=x, return_report=True)
     assert report.method == "traced" and report.num_folded == 20 and report.left == []
@@ -483,3 +485,184 @@ def test_output_fold_cannot_compare_folds_nothing():
     _, report = convert.fold(model, example_input=torch.randn(2, 3, 6, 6), return_report=True)
     assert report.num_folded == 0 and "cannot compare" in report.left[0].reason
     assert "_Slotted" in report.left[0].reason
+
+
+# ---------------------------------------------------------------- weights used elsewhere (issue 19)
+
+class _TiedAutoencoder(nn.Module):
+    """The decoder reads the encoder conv's weight (tied weights), from a custom forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+
+    def forward(self, x):
+        return torch.nn.functional.conv_transpose2d(self.enc(x), self.enc[0].weight, padding=1)
+
+
+@pytest.mark.parametrize("use_example", [False, True])
+def test_tied_weight_read_in_a_custom_forward_is_not_folded(use_example):
+    torch.manual_seed(6)
+    model = _randomize(_TiedAutoencoder())
+    x = torch.randn(2, 3, 6, 6)
+    expected = model(x)
+    # Folding the norm into enc[0] would hand the decoder the folded weight (output off by ~17 %).
+    folded, report = convert.fold(model, example_input=x if use_example else None, return_report=True)
+    assert report.num_folded == 0
+    reason = report.left[0].reason
+    assert ("read outside its own call" in reason) if use_example else ("custom forward" in reason), reason
+    torch.testing.assert_close(folded(x), expected, rtol=0, atol=0)
+
+
+def test_weight_registered_in_another_module_is_not_folded():
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.ConvTranspose2d(8, 3, 3, padding=1))
+    model[3].weight = model[0].weight  # a tied-weight autoencoder built from modules
+    _randomize(model)
+    x = torch.randn(2, 3, 6, 6)
+    expected = model(x)
+    for example in (None, x):
+        folded, report = convert.fold(model, example_input=example, return_report=True)
+        reason = report.left[0].reason
+        assert report.num_folded == 0, report
+        # Without an example the registration shows the tie; with one, the decoder's read shows it first.
+        assert ("tied" in reason and "3" in reason) if example is None else ("read outside its own call" in reason)
+        assert folded[3].weight is folded[0].weight  # the tie holds
+        torch.testing.assert_close(folded(x), expected, rtol=0, atol=0)
+
+
+class _SmallOutputReadsWeight(nn.Module):
+    """A large output and a small second one that reads the conv's weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn(self.conv(x)) * 100, self.conv.weight.sum() * 1e-3
+
+
+def test_small_second_output_that_reads_the_weight_is_not_changed():
+    model = _randomize(_SmallOutputReadsWeight())
+    x = torch.randn(2, 3, 4, 4)
+    big, small = model(x)
+    _, report = convert.fold(model, example_input=x, return_report=True)
+    assert report.num_folded == 0 and "read outside its own call" in report.left[0].reason
+    big_after, small_after = model(x)
+    torch.testing.assert_close(small_after, small, rtol=0, atol=0)  # was changed by ~24 %
+    torch.testing.assert_close(big_after, big, rtol=0, atol=0)
+
+
+class _LargeAndSmallOutputs(nn.Module):
+    """A large output the fold does not touch and a small one it does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(3, 5)
+        self.conv, self.bn = nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return 1e4 * self.head(x.mean((2, 3))), self.bn(self.conv(x))
+
+
+def test_each_output_tensor_is_verified_with_its_own_tolerance(monkeypatch):
+    from channelnorm.tools import fold as fold_module
+
+    real = fold_module._fold_into
+
+    def off_by_a_bit(layer, norm):  # a wrong fold the structural checks cannot see: 1e-2 on outputs of ~1
+        real(layer, norm)
+        with torch.no_grad():
+            layer.bias.add_(1e-2)
+
+    monkeypatch.setattr(fold_module, "_fold_into", off_by_a_bit)
+    model = _randomize(_LargeAndSmallOutputs())
+    x = torch.randn(2, 3, 4, 4)
+    large, small = model(x)
+    # Scaled to the largest output (~1e4), 1e-2 would pass; scaled to the small output's own ~3, it fails.
+    _, report = convert.fold(model, example_input=x, return_report=True)
+    assert report.num_folded == 0 and "output tensor 1" in report.left[0].reason, report
+    large_after, small_after = model(x)
+    torch.testing.assert_close(small_after, small, rtol=0, atol=0)
+    torch.testing.assert_close(large_after, large, rtol=0, atol=0)
+
+
+def test_correct_fold_passes_each_tensors_tolerance_in_every_dtype():
+    # The other side of the tolerance: a correct fold of a model with outputs of very different sizes
+    # is accepted in float64, float32, bfloat16 and float16 (tolerance sqrt(eps) of each output).
+    for dtype in (torch.float64, torch.float32, torch.bfloat16, torch.float16):
+        torch.manual_seed(8)
+        model = _randomize(_LargeAndSmallOutputs()).to(dtype)
+        x = torch.randn(2, 3, 4, 4, dtype=dtype)
+        large, small = model(x)
+        _, report = convert.fold(model, example_input=x, return_report=True)
+        assert report.num_folded == 1, (dtype, report)
+        eps = torch.finfo(dtype).eps
+        # Oracle: the unfolded model; one rounding of the folded weight and bias, a few eps of the output.
+        torch.testing.assert_close(model(x)[1], small, rtol=8 * eps, atol=8 * eps * small.abs().max().item())
+
+
+# ---------------------------------------------------------------- nn.Sequential order and names (issue 19)
+
+def test_norm_registered_twice_in_sequentials_is_left_without_example():
+    bn = nn.BatchNorm2d(4)  # runs at both places: folding it into one conv would change the other
+    model = _randomize(nn.Sequential(nn.Conv2d(3, 4, 1), bn, nn.Conv2d(4, 4, 1), bn))
+    x = torch.randn(2, 3, 4, 4)
+    expected = model(x)
+    for example in (None, x):
+        _, report = convert.fold(model, example_input=example, return_report=True)
+        assert report.num_folded == 0 and ("several names" in report.left[0].reason if example is None
+                                           else "2 times" in report.left[0].reason), report
+        torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+
+
+def test_sequential_with_a_child_registered_twice_follows_its_real_order():
+    act = nn.ReLU()  # one ReLU at two places: named_children() lists it once and shifts the order
+    model = _randomize(nn.Sequential(nn.Conv2d(3, 4, 1), act, nn.Conv2d(4, 4, 1), act, nn.BatchNorm2d(4)))
+    x = torch.randn(2, 3, 4, 4)
+    expected = model(x)
+    _, report = convert.fold(model, return_report=True)
+    # The norm's input is the ReLU's output, not the second conv's: folding into that conv would
+    # move the norm before the ReLU.
+    assert report.num_folded == 0 and "ReLU" in report.left[0].reason, report
+    torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+
+
+class _NormWithAlias(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+        self.norm = self.features[1]  # the same norm under a second name
+
+    def forward(self, x):
+        return self.features(x)
+
+
+def test_norm_under_two_names_is_folded_under_both_names_with_example():
+    model = _randomize(_NormWithAlias())
+    x = torch.randn(2, 3, 6, 6)
+    expected = model(x)
+    _, report = convert.fold(copy.deepcopy(model), return_report=True)
+    assert report.num_folded == 0  # below a custom forward, which may call either name
+    folded, report = convert.fold(model, example_input=x, return_report=True)
+    assert report.num_folded == 1
+    assert isinstance(folded.norm, nn.Identity) and folded.norm is folded.features[1]
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    torch.testing.assert_close(folded(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_plain_subclass_of_linear_folds_but_one_that_transforms_its_weight_does_not():
+    from torch.nn.modules.linear import NonDynamicallyQuantizableLinear  # a Linear subclass that changes nothing
+
+    class Halved(nn.Linear):
+        def forward(self, input):
+            return torch.nn.functional.linear(input, self.weight * 0.5, self.bias)
+
+    for layer, folds in ((NonDynamicallyQuantizableLinear(4, 6), True), (Halved(4, 6), False)):
+        model = _randomize(nn.Sequential(layer, cn.ChannelNorm(6, channel_axis=-1)))
+        x = torch.randn(5, 4)
+        expected = model(x)
+        _, report = convert.fold(model, return_report=True)
+        assert report.num_folded == int(folds), report
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)

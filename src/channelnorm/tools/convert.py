@@ -3,26 +3,36 @@
 Every function walks the module tree, replaces modules in their parent (the tree, names and
 ``state_dict`` prefixes are kept) and returns the model; a model that is itself a norm comes back
 replaced, so always use the return value. The model is changed in place, as
-``nn.SyncBatchNorm.convert_sync_batchnorm`` does.
+``nn.SyncBatchNorm.convert_sync_batchnorm`` does. A module registered under several names (two
+attributes, two parents, a ``ModuleList`` and an attribute) is converted once and every name then
+refers to the one replacement, so what the model shared stays shared.
 
 Norm layers recognised: ``nn.BatchNorm1d/2d/3d``, ``nn.SyncBatchNorm``, ``nn.InstanceNorm1d/2d/3d``,
-``nn.GroupNorm``, and channelnorm's ChannelNorm (and subclasses), SyncChannelNorm, GroupNorm,
-LayerNorm, InstanceNorm and FrozenChannelNorm. ``nn.LayerNorm`` is not a channel norm (its affine is
+``nn.GroupNorm``, and channelnorm's ChannelNorm, SyncChannelNorm, GroupNorm, LayerNorm, InstanceNorm,
+FrozenChannelNorm and the other exported norms. ``nn.LayerNorm`` is not a channel norm (its affine is
 per element of ``normalized_shape``) and is left alone, and so are the fused blocks ChannelNormAct and
 GroupNormAct: their activation and residual input have no counterpart in a plain norm, so swapping
 or freezing them would silently drop part of the computation.
+
+A conversion assumes the layer computes what its class computes. A layer that may not is left as it
+was and named, with the reason, in one ``UserWarning`` per call: a subclass that defines its own
+``forward`` (or overrides a method that forward uses, such as ``_check_input_dim``), a layer whose
+``forward`` was replaced on the instance, one with hooks (a replacement would drop them) or a
+parametrized tensor, and, for `replace_norms` and `freeze`, a norm class the tools do not know.
+Subclasses that change only ``__init__`` (other defaults) or ``extra_repr`` convert as their base
+class does.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Optional
 
 import torch
 from torch import nn
 
-import warnings
-
 from . import fold as _fold
 from ._model_checks import refuse_uninitialized_norms
+from .known import behaves_as, known_norm_classes
 from ..modules import ChannelNorm, FrozenChannelNorm, SyncChannelNorm, module_traits
 from ..registry import accepted_kwargs, canonical_kind, create_norm
 
@@ -33,16 +43,53 @@ _STAT_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 # ---------------------------------------------------------------- tree walking
 
-def _swap(module: nn.Module, fn: Callable[[nn.Module], Optional[nn.Module]]) -> nn.Module:
-    """Replace every module for which ``fn`` returns a module (depth first, replaced modules not entered)."""
-    new = fn(module)
-    if new is not None:
-        return new
-    for name, child in list(module.named_children()):
-        new_child = _swap(child, fn)
-        if new_child is not child:
-            setattr(module, name, new_child)
-    return module
+Converter = Callable[[str, nn.Module], Optional[nn.Module]]
+
+
+def _replace_everywhere(model: nn.Module, convert: Converter) -> nn.Module:
+    """Replace every module for which ``convert(name, module)`` returns a module, under every name.
+
+    Each distinct module is converted once (depth first, replaced modules not entered), under its
+    first qualified name; then every registration of it (two attributes of one parent, two parents,
+    a ModuleList and an attribute) is pointed at its one replacement, so the tree keeps sharing what
+    it shared. Nothing is changed before every conversion has been built (a failing one leaves the
+    model as it was).
+    """
+    replacement: dict[int, nn.Module] = {}
+    parents: list[nn.Module] = []
+    visited: set[int] = set()
+
+    def visit(module: nn.Module, name: str) -> None:
+        if id(module) in visited:
+            return
+        visited.add(id(module))
+        new = convert(name, module)
+        if new is not None:
+            replacement[id(module)] = new
+            return
+        parents.append(module)
+        for child_name, child in module._modules.items():
+            if child is not None:
+                visit(child, f"{name}.{child_name}" if name else child_name)
+
+    visit(model, "")
+    for parent in parents:
+        for attr, child in list(parent._modules.items()):
+            if child is not None and id(child) in replacement:
+                setattr(parent, attr, replacement[id(child)])
+    return replacement.get(id(model), model)
+
+
+def _warn_skipped(tool: str, skipped: list[tuple[str, str]]) -> None:
+    """One warning naming every module a tool left because it may compute something else than its class."""
+    if skipped:
+        listing = "; ".join(f"{name or '(the model itself)'}: {reason}" for name, reason in skipped)
+        warnings.warn(f"{tool} left {len(skipped)} module(s) unchanged: converting them could change what the "
+                      f"model computes ({listing})", UserWarning, stacklevel=3)
+
+
+def _known(m: nn.Module) -> tuple[Optional[type], Optional[str]]:
+    return behaves_as(m, known_norm_classes())
 
 
 def _is_norm(m: nn.Module) -> bool:
@@ -100,14 +147,35 @@ def _config(m: nn.Module) -> dict:
 
 def _copy_state(old: nn.Module, new: nn.Module, stats: bool) -> None:
     """Copy weight/bias (and running statistics when ``stats``) where both sides have them, same shape."""
-    names = ("weight", "bias") + (_STAT_BUFFERS if stats else ())
+    for name in ("weight", "bias") + (_STAT_BUFFERS if stats else ()):
+        src, dst = getattr(old, name, None), getattr(new, name, None)
+        if isinstance(src, torch.Tensor) and isinstance(dst, torch.Tensor) and src.shape == dst.shape:
+            _copy_value(src, dst)
+
+
+def _carry_state(old: nn.Module, new: nn.Module, stats: bool) -> None:
+    """Give ``new`` ``old``'s very weight/bias (and running statistics when ``stats``) tensors where they fit
+    (same shape, dtype, device, and a Parameter where ``new`` has a Parameter): weights tied to other
+    modules stay tied and an optimizer built before the conversion keeps training them. Where they do
+    not fit (another dtype asked for, a frozen norm's buffers), the values are copied."""
+    for name in ("weight", "bias") + (_STAT_BUFFERS if stats else ()):
+        src, dst = getattr(old, name, None), getattr(new, name, None)
+        if not (isinstance(src, torch.Tensor) and isinstance(dst, torch.Tensor) and src.shape == dst.shape):
+            continue
+        fits = src.dtype == dst.dtype and src.device == dst.device
+        if fits and name in new._parameters and isinstance(src, nn.Parameter):
+            setattr(new, name, src)
+        elif fits and name in new._buffers and not isinstance(src, nn.Parameter):
+            setattr(new, name, src)
+        else:
+            _copy_value(src, dst)
+
+
+def _copy_value(src: torch.Tensor, dst: torch.Tensor) -> None:
     with torch.no_grad():
-        for name in names:
-            src, dst = getattr(old, name, None), getattr(new, name, None)
-            if isinstance(src, torch.Tensor) and isinstance(dst, torch.Tensor) and src.shape == dst.shape:
-                dst.copy_(src)
-                if isinstance(src, nn.Parameter) and isinstance(dst, nn.Parameter):
-                    dst.requires_grad_(src.requires_grad)
+        dst.copy_(src)
+    if isinstance(src, nn.Parameter) and isinstance(dst, nn.Parameter):
+        dst.requires_grad_(src.requires_grad)
 
 
 # ---------------------------------------------------------------- replace_norms
@@ -130,7 +198,7 @@ def _build(kind: str, old: nn.Module, kwargs: dict) -> nn.Module:
                                                         "track_running_stats": cfg["track_running_stats"]})
     if "device" in cfg and accepted is None:
         new = new.to(device=cfg["device"], dtype=cfg["dtype"])
-    _copy_state(old, new, stats=same_family)
+    _carry_state(old, new, stats=same_family)
     new.train(old.training)
     return new
 
@@ -141,9 +209,17 @@ def replace_norms(model: nn.Module, kind: str, **kwargs) -> nn.Module:
     Carried from each old layer where the new kind takes them (explicit ``kwargs`` win): ``eps``,
     ``affine``, ``channel_axis`` (1 for torch's norms), ``num_groups``, ``momentum`` (from layers
     with running statistics), ``process_group``, ``device`` and ``dtype``; ``track_running_stats``
-    only between norms of the same family. ``weight``/``bias`` are copied when both layers have
-    them; running statistics and ``num_batches_tracked`` only within the same family. The
-    training/eval mode of each layer is kept.
+    only between norms of the same family. The new layer takes over the old one's ``weight``/``bias``
+    Parameter objects (ties to other modules and optimizer references keep working) where shape,
+    dtype and device fit, and copies their values otherwise (a frozen norm's buffers); running
+    statistics and ``num_batches_tracked`` carry over only within the same family. The
+    training/eval mode of each layer is kept. A norm registered under several names becomes one new
+    layer under all of them.
+
+    Left as they are, named in a ``UserWarning`` with the reason: norms that may not compute what
+    their class computes (a subclass with its own ``forward``, hooks, a parametrized weight; see the
+    module documentation) and norm classes the tools do not know (a replacement would drop whatever
+    their ``forward`` adds). Fused norm + activation blocks are left silently, as documented above.
 
     Args:
         model: the model, changed in place (layers are replaced in their parents). A lazy norm not yet
@@ -157,7 +233,41 @@ def replace_norms(model: nn.Module, kind: str, **kwargs) -> nn.Module:
     """
     canonical_kind(kind)  # fail on an unknown kind before touching the model
     refuse_uninitialized_norms(model, "replace_norms")
-    return _swap(model, lambda m: _build(kind, m, kwargs) if _is_norm(m) else None)
+    skipped: list[tuple[str, str]] = []
+
+    def convert(name: str, m: nn.Module) -> Optional[nn.Module]:
+        if not _is_norm(m):
+            return None
+        _, problem = _known(m)
+        if problem is not None:
+            skipped.append((name, problem))
+            return None
+        return _build(kind, m, kwargs)
+
+    model = _replace_everywhere(model, convert)
+    _warn_skipped("replace_norms", skipped)
+    return model
+
+
+def _convert_known(model: nn.Module, tool: str, targets: Callable[[Optional[type], nn.Module], bool],
+                   build: Callable[[nn.Module], nn.Module]) -> nn.Module:
+    """Replace, under every name, each module ``targets`` accepts (given its nearest known norm class, None
+    for a class the tools do not know), when it computes what that class computes; warn about the ones
+    that may not."""
+    skipped: list[tuple[str, str]] = []
+
+    def convert(name: str, m: nn.Module) -> Optional[nn.Module]:
+        cls, problem = _known(m)
+        if not targets(cls, m):
+            return None
+        if problem is not None:
+            skipped.append((name, problem))
+            return None
+        return build(m)
+
+    model = _replace_everywhere(model, convert)
+    _warn_skipped(tool, skipped)
+    return model
 
 
 # ---------------------------------------------------------------- sync
@@ -180,12 +290,19 @@ def _channel_norm_args(m: nn.Module) -> dict:
                 device=None if like is None else like.device, dtype=None if like is None else like.dtype)
 
 
+_TO_SYNC = (ChannelNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
 def to_sync(model: nn.Module, process_group=None) -> nn.Module:
     """Turn every ``ChannelNorm`` and ``nn.BatchNorm1d/2d/3d`` into a ``SyncChannelNorm``.
 
     The new layers share the old ones' parameter and buffer tensors (as
     ``nn.SyncBatchNorm.convert_sync_batchnorm``), so call it before building the optimizer or after,
-    either works. ChannelNorm subclasses with other semantics (and ``nn.SyncBatchNorm``) are left as they are.
+    either works. A layer registered under several names becomes one ``SyncChannelNorm`` under all of
+    them. Subclasses that keep their base's ``forward`` convert as their base. Left as they are:
+    ChannelNorm's variants with other semantics (GhostNorm, BatchRenorm, ...) and ``nn.SyncBatchNorm``;
+    and, named in a ``UserWarning`` with the reason, ChannelNorm/BatchNorm layers that may not compute
+    what their class computes (a subclass with its own ``forward``, hooks, a parametrized weight).
 
     Args:
         model: the model, changed in place (layers are replaced in their parents). A lazy norm not yet
@@ -196,42 +313,61 @@ def to_sync(model: nn.Module, process_group=None) -> nn.Module:
     Returns:
         ``model``, or the new layer when ``model`` is itself one of the layers replaced.
     """
-    def convert(m):
-        if type(m) is ChannelNorm or type(m) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
-            return _share_state(m, SyncChannelNorm(m.num_features, **_channel_norm_args(m),
-                                                   process_group=process_group))
-        return None
+    def build(m: nn.Module) -> nn.Module:
+        return _share_state(m, SyncChannelNorm(m.num_features, **_channel_norm_args(m), process_group=process_group))
+
     refuse_uninitialized_norms(model, "to_sync")
-    return _swap(model, convert)
+    return _convert_known(model, "to_sync", lambda cls, m: cls in _TO_SYNC, build)
 
 
 def from_sync(model: nn.Module) -> nn.Module:
     """Turn every ``SyncChannelNorm`` back into a ``ChannelNorm`` (sharing its tensors).
 
+    A layer registered under several names becomes one ``ChannelNorm`` under all of them; a
+    ``SyncChannelNorm`` that may not compute what its class computes (a subclass with its own
+    ``forward``, hooks, a parametrized weight) is left and named in a ``UserWarning``.
+
     Args:
         model: the model, changed in place (layers are replaced in their parents).
 
     Returns:
         ``model``, or the new layer when ``model`` is itself one of the layers replaced.
     """
-    def convert(m):
-        if isinstance(m, SyncChannelNorm):
-            return _share_state(m, ChannelNorm(m.num_channels, **_channel_norm_args(m)))
-        return None
-    return _swap(model, convert)
+    return _convert_known(model, "from_sync", lambda cls, m: cls is SyncChannelNorm,
+                          lambda m: _share_state(m, ChannelNorm(m.num_channels, **_channel_norm_args(m))))
 
 
 # ---------------------------------------------------------------- freeze
 
+def _freezable(cls: Optional[type], m: nn.Module) -> bool:
+    # An unknown class (cls None) with these traits is a target too: left, it is named with its reason.
+    return cls is not FrozenChannelNorm and _family(m) == ("channel", False) and _tracks_running_stats(m)
+
+
+def _frozen(m: nn.Module) -> nn.Module:
+    like = _tensor_like(m)
+    frozen = FrozenChannelNorm(_num_channels(m), eps=m.eps, channel_axis=getattr(m, "channel_axis", 1),
+                               backend=getattr(m, "backend", "auto"), device=like.device, dtype=like.dtype)
+    _copy_state(m, frozen, stats=True)
+    frozen.train(m.training)
+    return frozen
+
+
 def freeze(model: nn.Module) -> nn.Module:
     """Replace every channel norm with running statistics by a ``FrozenChannelNorm``.
 
-    Affected: ChannelNorm (and subclasses), SyncChannelNorm, ``nn.BatchNorm*d``/``nn.SyncBatchNorm``
-    with ``track_running_stats=True``. They then normalize with the running statistics in train and
-    eval mode, never update them, and have no parameters. Norms without running statistics
-    (GroupNorm, LayerNorm, LayerNorm2d, InstanceNorm, ...) and fused norm + activation blocks are left
-    unchanged, and one ``UserWarning`` names them (there is nothing to freeze them to). A lazy norm
-    not yet run (``nn.LazyBatchNorm2d``) is a ``ValueError`` naming it.
+    Affected: ChannelNorm and its variants that normalize with the running statistics in eval mode
+    (SyncChannelNorm, GhostNorm, BatchRenorm), ``nn.BatchNorm*d``/``nn.SyncBatchNorm`` with
+    ``track_running_stats=True``. They then normalize with the running statistics in train and eval
+    mode, never update them, and have no parameters: the frozen layer holds a copy of the values at
+    the time of the call (a weight tied to another module no longer follows it). A layer registered
+    under several names becomes one frozen layer under all of them. Norms without running
+    statistics (GroupNorm, LayerNorm, LayerNorm2d, InstanceNorm, ...) and fused norm + activation
+    blocks are left unchanged, and one ``UserWarning`` names them (there is nothing to freeze them
+    to). Channel norms that may not compute what their class computes (a subclass with its own
+    ``forward``, hooks, a parametrized weight, a norm class the tools do not know) are left too, named
+    in another ``UserWarning`` with the reason. A lazy norm not yet run (``nn.LazyBatchNorm2d``) is a
+    ``ValueError`` naming it.
 
     Args:
         model: the model, changed in place (layers are replaced in their parents).
@@ -239,17 +375,8 @@ def freeze(model: nn.Module) -> nn.Module:
     Returns:
         ``model``, or the new layer when ``model`` is itself one of the layers replaced.
     """
-    def convert(m):
-        if _family(m) != ("channel", False) or isinstance(m, FrozenChannelNorm) or not _tracks_running_stats(m):
-            return None
-        like = _tensor_like(m)
-        frozen = FrozenChannelNorm(_num_channels(m), eps=m.eps, channel_axis=getattr(m, "channel_axis", 1),
-                                   backend=getattr(m, "backend", "auto"), device=like.device, dtype=like.dtype)
-        _copy_state(m, frozen, stats=True)
-        frozen.train(m.training)
-        return frozen
     refuse_uninitialized_norms(model, "freeze")
-    model = _swap(model, convert)
+    model = _convert_known(model, "freeze", _freezable, _frozen)
     _warn_about_unfrozen(model)
     return model
 
@@ -264,18 +391,31 @@ def _warn_about_unfrozen(model: nn.Module) -> None:
             why = "a fused norm + activation block"
         elif not _tracks_running_stats(m):
             why = "no running statistics: it normalizes every input with that input's own statistics"
-        else:
+        elif _family(m) != ("channel", False):
             why = f"its running statistics are {module_traits(m).scope}-scope, not per channel over the batch"
+        else:
+            continue  # freezable, yet left: _convert_known's warning named it with the reason
         left.append(f"{name or '(the model itself)'!r} ({type(m).__name__}: {why})")
     if left:
         shown = "; ".join(left[:3]) + (f"; and {len(left) - 3} more" if len(left) > 3 else "")
         warnings.warn(f"freeze left {len(left)} norm layer(s) as they were: {shown}", UserWarning, stacklevel=3)
 
 
+def _unfrozen(m: nn.Module) -> nn.Module:
+    new = ChannelNorm(m.num_channels, eps=m.eps, channel_axis=m.channel_axis, backend=m.backend,
+                      device=m.weight.device, dtype=m.weight.dtype)
+    _copy_state(m, new, stats=True)
+    new.train(m.training)
+    return new
+
+
 def unfreeze(model: nn.Module) -> nn.Module:
     """Replace every ``FrozenChannelNorm`` by a trainable ``ChannelNorm`` holding the same values.
 
-    ``num_batches_tracked`` starts at 0 (a frozen layer does not keep it).
+    ``num_batches_tracked`` starts at 0 (a frozen layer does not keep it). A layer registered under
+    several names becomes one ``ChannelNorm`` under all of them; a ``FrozenChannelNorm`` that may not
+    compute what its class computes (a subclass with its own ``forward``, hooks) is left and named in
+    a ``UserWarning``.
 
     Args:
         model: the model, changed in place (layers are replaced in their parents).
@@ -283,15 +423,7 @@ def unfreeze(model: nn.Module) -> nn.Module:
     Returns:
         ``model``, or the new layer when ``model`` is itself one of the layers replaced.
     """
-    def convert(m):
-        if not isinstance(m, FrozenChannelNorm):
-            return None
-        new = ChannelNorm(m.num_channels, eps=m.eps, channel_axis=m.channel_axis, backend=m.backend,
-                          device=m.weight.device, dtype=m.weight.dtype)
-        _copy_state(m, new, stats=True)
-        new.train(m.training)
-        return new
-    return _swap(model, convert)
+    return _convert_known(model, "unfreeze", lambda cls, m: cls is FrozenChannelNorm, _unfrozen)
 
 
 # ---------------------------------------------------------------- fold
