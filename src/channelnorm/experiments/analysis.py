@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .stats import diff_ci, excludes_zero, mean_ci
+from .stats import diff_ci, excludes_zero, mean_ci, paired_by_seed
 
 WORSE, BETTER, NO_DIFFERENCE, NOT_CONVERGED, NOT_MEASURED = (
     "worse", "better", "no difference detected", "no conclusion: not converged", "not measured")
@@ -116,7 +116,8 @@ def precise_recovery(rows: Rows, sgd_batch: int, norm: str = "channel", protocol
             continue
         penalty, penalty_ci = diff_ci(ref["errors"], ema["errors"])
         # paired by seed: the same trained models under two evaluations
-        recovered, recovered_ci = mean_ci([e - p for e, p in zip(ema["errors"], precise["errors"])])
+        pairs = paired_by_seed(ema["seeds"], ema["errors"], precise["seeds"], precise["errors"])
+        recovered, recovered_ci = mean_ci([e - p for e, p in pairs])
         out.append({"norm_batch": nb, "protocol": protocol, "penalty": penalty,
                     "penalty_ci95": None if penalty_ci is None else list(penalty_ci),
                     "recovered": recovered, "recovered_ci95": None if recovered_ci is None else list(recovered_ci),
@@ -228,4 +229,5 @@ def reproduction(here_rows: list[dict[str, Any]], there_rows: list[dict[str, Any
             "verdicts": [(k, here[k], there.get(k, "missing")) for k in here],
             "max_mean_change": max((abs(a["mean"] - b["mean"]) for a, b in pairs), default=0.0),
             "rows_compared": len(pairs), "rows_missing": len(here_rows) - len(pairs),
-            "rows_identical": sum(a["errors"] == b["errors"] for a, b in pairs), "cells": cells}
+            "rows_identical": sum(dict(zip(a["seeds"], a["errors"])) == dict(zip(b["seeds"], b["errors"]))
+                                  for a, b in pairs), "cells": cells}
