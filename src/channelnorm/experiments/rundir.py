@@ -7,6 +7,10 @@ its folder, its fingerprint is that of its settings, and those are the current t
 (the analysis thresholds may differ: a reused record is re-analysed under the current ones).
 Anything else is a RunDirectoryError naming the file, so a record of other settings is never
 reused nor averaged in, whether or not ``config.json`` is still there.
+
+Every file of a run directory is read through ``storage.read_json`` and checked here
+(``read_config``, ``read_environment``, ``finished_record``). ``run_kind.json`` says which command
+wrote the directory: ``compare`` and ``tune`` each refuse the other's (``claim_run_kind``).
 """
 from __future__ import annotations
 

@@ -168,7 +168,8 @@ def write_json(path: Union[str, Path], data: Any, root: Optional[Union[str, Path
 
 def read_text(path: Union[str, Path], root: Union[str, Path]) -> str:
     """The text of ``path`` inside ``root``, never read through a link (a FileNotFoundError when
-    absent, a RunDirectoryError when it or one of its folders is a link)."""
+    absent, a NotPlainFileError when it is a link, folder or FIFO, a RunDirectoryError when one of its
+    folders is a link or a file)."""
     path = Path(path)
     with _directory_of(Path(root), path, create=False) as (folder, name):
         try:

@@ -67,7 +67,11 @@ def _entry(key: Any, entry: Any, path: Path) -> TunedRates:
     if not isinstance(rates, dict):
         raise ConfigError(f"{where} rates must map norm names to learning rates, got {str(rates)[:80]}")
     for norm, lr in rates.items():
-        if canonical_norm(norm) != norm:
+        try:
+            canonical = canonical_norm(norm)
+        except ConfigError as error:
+            raise ConfigError(f"{where} {error}") from None
+        if canonical != norm:
             raise ConfigError(f"{where} norm {norm!r} is an alias; name it {canonical_norm(norm)!r}")
         if not (is_finite_number(lr) and lr > 0):
             raise ConfigError(f"{where} the rate of {norm!r} must be a finite number > 0, got {lr!r}")
@@ -87,7 +91,9 @@ def read_defaults(path: Optional[Path] = None) -> dict[str, TunedRates]:
     path = DEFAULTS_FILE if path is None else Path(path)
     try:
         data = parse_json(path.read_text(encoding="utf-8"), path, dict)
-    except (OSError, UnicodeDecodeError, RunDirectoryError) as error:
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"the tuned learning rates in {path} cannot be read: {error}") from None
+    except RunDirectoryError as error:
         raise ConfigError(f"the tuned learning rates cannot be read: {error}") from None
     return {key: _entry(key, entry, path) for key, entry in data.items()}
 
