@@ -131,7 +131,7 @@ def reusable_cells(previous: Optional[dict[str, Any]], config: ExperimentConfig,
     would train again identically: the same training settings (``training_identity``) and the same
     tuning seeds. A tuning of other settings gives nothing (``channelnorm tune`` refuses such an
     ``--out``); one not shaped as ``run_tuning`` writes it, or whose cells do not add up, is a ConfigError
-    naming ``where`` and the value (a hand-edited cell must never be reused or reach ``tuned_lrs.py``)."""
+    naming ``where`` and the value (a hand-edited cell must never be reused or reach ``tuned_lrs.json``)."""
     if previous is None or settings_mismatch(previous, config, seeds, where):
         return {}
     norms = previous.get("norms")
