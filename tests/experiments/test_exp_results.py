@@ -29,7 +29,8 @@ def record(cell, seed, ema, precise=None, batch=None, loss=0.01, steps_to_target
     errors = {"ema": ema, "precise": ema if precise is None else precise, "batch": ema if batch is None else batch}
     return {"run_id": cell.run_id(seed), "norm": cell.norm, "protocol": cell.protocol, "norm_batch": cell.norm_batch,
             "sgd_batch": cell.sgd_batch, "seed": seed, "errors": errors, "converged": loss < 0.05,
-            "final_train_loss": loss, "diverged": False, "peak_lr": 0.1, "steps": 1000, "samples": 32000,
+            "final_train_loss": loss, "diverged": False, "peak_lr": 0.1, "steps": 1000,
+            "samples": 1000 * cell.sgd_batch,
             "steps_to_target": steps_to_target, "curve": [[500, 10.0], [1000, ema]]}
 
 
@@ -251,6 +252,8 @@ def _drop(key):
     return lambda rows: [{k: v for k, v in r.items() if k != key} for r in rows]
 
 
+# a NaN or infinity anywhere is refused by the strict JSON reader, before the rows are looked at
+NONFINITE = "(NaN|Infinity) is not a JSON number"
 BAD_ROWS = [
     ("not a list", lambda rows: {"a": 1}, "list"),
     ("no rows", lambda rows: [], "missing"),
@@ -261,14 +264,13 @@ BAD_ROWS = [
     ("another norm", lambda rows: [{**r, "norm": "frn"} for r in rows], "frn"),
     ("an extra cell", lambda rows: rows + [{**rows[0], "norm_batch": 999}], "999"),
     ("a duplicated row", lambda rows: rows + [rows[0]], "twice"),
-    ("a NaN mean", lambda rows: [{**r, "mean": float("nan")} for r in rows], "mean"),
+    ("a NaN mean", lambda rows: [{**r, "mean": float("nan")} for r in rows], NONFINITE),
     ("a mean that is not a number", lambda rows: [{**r, "mean": "3"} for r in rows], "mean"),
     ("a mean no float holds", lambda rows: [{**r, "mean": 10**400} for r in rows], "mean"),
     ("an error no float holds", lambda rows: [{**r, "errors": [10**400] + r["errors"][1:]} for r in rows], "errors"),
     ("a seed missing", lambda rows: [{**r, "errors": r["errors"][:-1]} for r in rows], "errors"),
     ("a row without final losses", _drop("final_train_loss"), "final_train_loss"),
-    ("a NaN final loss", lambda rows: [{**r, "final_train_loss": [float("nan")] * 3} for r in rows],
-     "final_train_loss"),
+    ("a NaN final loss", lambda rows: [{**r, "final_train_loss": [float("nan")] * 3} for r in rows], NONFINITE),
     ("a final loss no float holds", lambda rows: [{**r, "final_train_loss": [10**400] * 3} for r in rows],
      "final_train_loss"),
     ("a divergence flag, not a count", lambda rows: [{**r, "diverged": False} for r in rows], "diverged"),
@@ -276,14 +278,14 @@ BAD_ROWS = [
     ("a curve point that is not a pair", lambda rows: [{**r, "curve": [[[1, 2, 3]]] * 3} for r in rows], "curve"),
     # Curve points as a run's record holds them: a whole step >= 0 (that a float holds) and an error in [0, 100] %.
     ("a curve step no float holds", lambda rows: [{**r, "curve": [[[10**400, 1.0]]] * 3} for r in rows], "curve"),
-    ("a NaN curve step", lambda rows: [{**r, "curve": [[[float("nan"), 1.0]]] * 3} for r in rows], "curve"),
-    ("an infinite curve step", lambda rows: [{**r, "curve": [[[float("inf"), 1.0]]] * 3} for r in rows], "curve"),
+    ("a NaN curve step", lambda rows: [{**r, "curve": [[[float("nan"), 1.0]]] * 3} for r in rows], NONFINITE),
+    ("an infinite curve step", lambda rows: [{**r, "curve": [[[float("inf"), 1.0]]] * 3} for r in rows], NONFINITE),
     ("a negative curve step", lambda rows: [{**r, "curve": [[[-500, 1.0]]] * 3} for r in rows], "curve"),
     ("a fractional curve step", lambda rows: [{**r, "curve": [[[500.5, 1.0]]] * 3} for r in rows], "curve"),
-    ("a NaN curve error", lambda rows: [{**r, "curve": [[[500, float("nan")]]] * 3} for r in rows], "curve"),
+    ("a NaN curve error", lambda rows: [{**r, "curve": [[[500, float("nan")]]] * 3} for r in rows], NONFINITE),
     ("a negative curve error", lambda rows: [{**r, "curve": [[[500, -1.0]]] * 3} for r in rows], "curve"),
     ("a curve error above 100 %", lambda rows: [{**r, "curve": [[[500, 101.0]]] * 3} for r in rows], "curve"),
-    ("a row the analysis cannot read", _drop("ci95"), "analysed"),
+    ("a row without its interval", _drop("ci95"), "ci95"),
 ]
 
 

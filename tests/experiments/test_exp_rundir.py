@@ -104,11 +104,14 @@ def test_records_carry_the_fingerprint_of_the_settings_that_computed_them(tmp_pa
 
 def test_the_tuned_learning_rate_is_part_of_the_fingerprint(tmp_path, trained, monkeypatch):
     from channelnorm.experiments import tuned_lrs
-    config = tiny(tmp_path)
-    run_sweep(config, tmp_path, progress=False)
-    monkeypatch.setitem(tuned_lrs.TUNED, "channel", tuned_lrs.TUNED["channel"] * 2)   # tuning rerun since
+    config = tiny(tmp_path / "run")
+    run_sweep(config, tmp_path / "run", progress=False)
+    defaults = json.loads(tuned_lrs.DEFAULTS_FILE.read_text())
+    defaults["synthetic"]["rates"]["channel"] *= 2                     # tuning rerun since
+    (tmp_path / "tuned_lrs.json").write_text(json.dumps(defaults))
+    monkeypatch.setattr(tuned_lrs, "DEFAULTS_FILE", tmp_path / "tuned_lrs.json")
     with pytest.raises(RunDirectoryError, match="peak_lr: "):
-        run_sweep(config, tmp_path, progress=False)
+        run_sweep(config, tmp_path / "run", progress=False)
 
 
 def test_the_same_number_written_as_int_or_float_is_the_same_setting(tmp_path, trained):

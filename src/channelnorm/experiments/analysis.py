@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 from .claims import claim_specs, preregistration, test_claims
-from .stats import mean_ci, welch
+from .stats import mean_ci, paired_by_seed, welch
 
 EXPLORATORY = "exploratory"
 
@@ -76,12 +76,6 @@ def evaluations(rows: Rows, sgd_batch: int) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def _paired(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[float, float]]:
-    """(a, b) error pairs of the same seed: the same trained model under two evaluations."""
-    theirs = dict(zip(b["seeds"], b["errors"]))
-    return [(x, theirs[s]) for s, x in zip(a["seeds"], a["errors"]) if s in theirs]
-
-
 def precise_recovery(rows: Rows, sgd_batch: int) -> list[dict[str, Any]]:
     """Per smaller normalization batch: the penalty (running statistics) and the points precise
     population statistics recover from it (running minus precise error, paired by seed)."""
@@ -92,7 +86,8 @@ def precise_recovery(rows: Rows, sgd_batch: int) -> list[dict[str, Any]]:
         ref = rows.get("channel", "decoupled", sgd_batch, sgd_batch)
         if nb == sgd_batch or not (ema and precise and ref):
             continue
-        pairs = _paired(ema, precise)
+        # the same trained models under two evaluations, paired by seed id
+        pairs = paired_by_seed(ema["seeds"], ema["errors"], precise["seeds"], precise["errors"])
         recovered, recovered_ci = mean_ci([e - p for e, p in pairs]) if pairs else (None, None)
         out.append({"norm_batch": nb, "penalty": compare(ref, ema), "recovered": recovered,
                     "recovered_ci95": None if recovered_ci is None else list(recovered_ci), "pairs": len(pairs)})

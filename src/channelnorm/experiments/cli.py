@@ -156,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--val-size", type=int, help="held-out training images (default 2000)")
     tune.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
     tune.add_argument("--write-defaults", action="store_true",
-                      help="also rewrite the package's tuned_lrs.py with the chosen rates (for committing)")
+                      help="also record the chosen rates as the package's defaults for this data set "
+                           "(tuned_lrs.json, for committing)")
     _add_common(tune)
 
     across = commands.add_parser(
@@ -261,8 +262,10 @@ def _verdicts(args: argparse.Namespace, parser: argparse.ArgumentParser, command
 
 def _tune(args: argparse.Namespace, config: ExperimentConfig, command: str) -> int:
     from .environment import describe_environment
-    from .storage import locked, write_atomic
-    from .tune import LR_GRID, TUNE_SEEDS, render_defaults, run_tuning, settings_mismatch, write_tuning
+    from .rundir import claim_run_kind
+    from .storage import locked
+    from .tune import LR_GRID, TUNE_SEEDS, check_sizes, read_previous_tuning, run_tuning, settings_mismatch, write_tuning
+    from .tuned_lrs import write_defaults
 
     if config.grid == "quick":
         lr_grid = args.lr_grid or (0.05, 0.2)
@@ -275,38 +278,27 @@ def _tune(args: argparse.Namespace, config: ExperimentConfig, command: str) -> i
         raise ConfigError(f"--lrs: a learning rate is given twice in {list(lr_grid)}")
     from .pipeline import _load, resolve_sizes
     config = resolve_sizes(config, _load(config))
+    check_sizes(config)
     environment = describe_environment(config.device, config.workers)
     environment["command"] = command
     out = Path(config.out)
     with locked(out):           # one invocation per --out at a time, as compare
+        claim_run_kind(out, "tune", record=False)    # a compare run's directory is never written into
         where = str(out / "tuning.json")
-        previous = _previous_tuning(out / "tuning.json")
+        previous = read_previous_tuning(out)
         differ = settings_mismatch(previous, config, TUNE_SEEDS, where) if previous is not None else []
         if differ:      # as compare: a run directory of other settings is never overwritten
             raise ConfigError(f"--out {str(out)!r} holds a tuning of other settings ({', '.join(differ)}); "
                               f"choose another --out, or remove {where} to replace it")
+        claim_run_kind(out, "tune")
         tuning = run_tuning(config, lr_grid, previous=previous, where=where)
         write_tuning(tuning, config, environment, out, previous)
     print(f"tuning: {out / 'tuning.json'}")
     for norm, result in tuning["norms"].items():
         print(f"  {norm}: chosen LR {result['chosen_lr']:g}")
     if args.write_defaults:
-        path = Path(__file__).with_name("tuned_lrs.py")
-        write_atomic(path, render_defaults(tuning), root=path.parent)
-        print(f"defaults: {path}")
+        print(f"defaults: {write_defaults(tuning, config)}")
     return 0
-
-
-def _previous_tuning(path: Path) -> Optional[dict[str, Any]]:
-    """An earlier tuning in --out (its cells may be reused), or None; unreadable is a ConfigError."""
-    import json
-    from .storage import RunDirectoryError, read_text
-    try:
-        return json.loads(read_text(path, path.parent))
-    except FileNotFoundError:
-        return None
-    except (RunDirectoryError, OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ConfigError(f"{str(path)!r} is not a tuning result this command wrote: {error}") from error
 
 
 def _check_device(device: str) -> None:

@@ -34,6 +34,7 @@ GRID_FIELDS = ("norms", "norm_batches", "coupled_norms", "coupled_batches", "see
 ANALYSIS_FIELDS = ("converged_loss", "target_error", "alpha")
 
 MAX_SEED = 2**64 - 1
+MAX_SAMPLES = 10**10     # training samples per cell: bounds epochs x train_size to numbers a run can reach
 
 
 class ConfigError(ValueError):
@@ -169,6 +170,10 @@ class ExperimentConfig:
         largest = max(self.sgd_batch, *self.coupled_batches) if self.coupled_batches else self.sgd_batch
         if self.train_size is not None and largest > self.train_size:
             raise ConfigError(f"batch {largest} is larger than train_size {self.train_size}")
+        n = self.train_size if self.train_size is not None else 50_000
+        if n > MAX_SAMPLES or self.epochs * n > MAX_SAMPLES:     # int() of an infinite product would overflow
+            raise ConfigError(f"epochs {self.epochs} x train_size {n} is more than {MAX_SAMPLES:.0e} training samples "
+                              "per cell, the most this experiment trains; use fewer --epochs or a smaller --train-size")
         if self.steps(self.sgd_batch) < 1:
             raise ConfigError(f"epochs {self.epochs} x train_size {self.train_size} is less than one batch of "
                               f"{self.sgd_batch}")

@@ -4,7 +4,6 @@
 through ``storage.write_atomic`` inside ``--out`` (atomic, never through a link)."""
 from __future__ import annotations
 
-import json
 import pickle
 import time
 from pathlib import Path
@@ -20,8 +19,8 @@ from .outcome import analysed_row
 from .plot import plot_batch_panels, plot_curves
 from .report import render
 from .results import build_rows, build_variant_rows, collect, read_finished_run, write_results
-from .rundir import OUTPUTS, check_resume, write_json_atomic
-from .storage import RunDirectoryError, locked, read_text, write_atomic
+from .rundir import OUTPUTS, check_resume, claim_run_kind, read_environment, write_json_atomic
+from .storage import NotPlainFileError, locked, write_atomic
 from .sweep import run_sweep
 
 
@@ -36,6 +35,7 @@ def run_compare(config: ExperimentConfig, command: str = "channelnorm compare", 
 def _run_compare_locked(config: ExperimentConfig, command: str, progress: bool,
                         reproduction_dir: Optional[Path]) -> dict[str, Path]:
     out = Path(config.out)
+    claim_run_kind(out, "compare", record=False)     # a tune run's directory is never written into
     # read the data before anything is written: a bad --data-dir must not leave a config.json behind
     dataset = _load(config)
     config = resolve_sizes(config, dataset)
@@ -44,8 +44,10 @@ def _run_compare_locked(config: ExperimentConfig, command: str, progress: bool,
         raise ConfigError(f"--reproduction {str(reproduction_dir)!r} is --out itself: a reproduction is a rerun of "
                           "the same grid in another run directory (e.g. under ATEN_CPU_CAPABILITY=avx2)")
     repro_rows = _read_reproduction(reproduction_dir, config) if reproduction_dir is not None else None
+    history = _previous_sweeps(out)   # read (a damaged one refused) before hours of training, not after
     try:
         out.mkdir(parents=True, exist_ok=True)
+        claim_run_kind(out, "compare")
         write_json_atomic(out / "config.json", config.to_dict(), root=out)
     except OSError as error:
         raise ConfigError(f"--out {str(out)!r} cannot be used as the run directory: {error}") from error
@@ -57,7 +59,7 @@ def _run_compare_locked(config: ExperimentConfig, command: str, progress: bool,
                             "wall_seconds": round(time.perf_counter() - started, 1), "resumed": resumed,
                             "load_start": start_load, "load_end": load_average(), "workers": config.workers,
                             "cpu_capability": environment["cpu_capability"], "git": environment["git"], **counts}
-    environment["sweeps"] = _previous_sweeps(out) + [environment["sweep"]]
+    environment["sweeps"] = history + [environment["sweep"]]
     write_json_atomic(out / "environment.json", environment, root=out)
     write_outputs(config, out, environment, dataset, repro_rows, reproduction_dir)
     return {name: out / name for name in OUTPUTS}
@@ -150,10 +152,10 @@ def _read_reproduction(path: Path, config: ExperimentConfig) -> tuple[list, dict
 
 
 def _previous_sweeps(out: Path) -> list[dict]:
-    """Timing of earlier invocations on this run directory (a resumed sweep keeps their history)."""
+    """Timing of earlier invocations on this run directory (a resumed sweep keeps their history); a
+    RunDirectoryError naming ``environment.json`` when it is there but not what a run writes."""
     try:
-        return list(json.loads(read_text(out / "environment.json", out)).get("sweeps", []))
+        return list(read_environment(out / "environment.json", out).get("sweeps", []))
     # a link, folder or FIFO in its place holds no history of ours (the new file replaces it)
-    except (RunDirectoryError, FileNotFoundError, NotADirectoryError, UnicodeDecodeError, json.JSONDecodeError,
-            AttributeError):
+    except (FileNotFoundError, NotPlainFileError):
         return []

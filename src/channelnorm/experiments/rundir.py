@@ -7,6 +7,10 @@ its folder, its fingerprint is that of its settings, and those are the current t
 (the analysis thresholds may differ: a reused record is re-analysed under the current ones).
 Anything else is a RunDirectoryError naming the file, so a record of other settings is never
 reused nor averaged in, whether or not ``config.json`` is still there.
+
+Every file of a run directory is read through ``storage.read_json`` and checked here
+(``read_config``, ``read_environment``, ``finished_record``). ``run_kind.json`` says which command
+wrote the directory: ``compare`` and ``tune`` each refuse the other's (``claim_run_kind``).
 """
 from __future__ import annotations
 
@@ -21,11 +25,12 @@ from typing import Any, Callable, Optional
 import torch
 
 from .config import ANALYSIS_FIELDS, ConfigError, ExperimentConfig
+from .environment import CODE_PATH_FIELDS
 from .grid import EVALS, PROTOCOLS, RunKey
 from .outcome import analysed, converged, is_curve_point, steps_to_target
 from .stats import is_finite_number
-from .storage import (RunDirectoryError, is_temporary_name, read_text, remove_file, safe_directory, write_atomic,
-                      write_json)
+from .storage import (NotJsonError, RunDirectoryError, is_temporary_name, read_json, remove_file, safe_directory,
+                      write_atomic, write_json)
 from .tuned_lrs import cell_lr
 
 RECORD_KEYS = ("run_id", "norm", "protocol", "norm_batch", "sgd_batch", "seed", "errors", "converged")
@@ -34,6 +39,12 @@ RECORD_KEYS = ("run_id", "norm", "protocol", "norm_batch", "sgd_batch", "seed", 
 OUTPUTS = ("config.json", "environment.json", "results.csv", "results.json", "variants.json", "analysis.json",
            "error_vs_batch.png", "curves.png", "report.md")
 
+# What kind of run a run directory holds (``run_kind.json``): ``compare`` and ``tune`` both write
+# ``report.md``, so neither may write into the other's directory.
+KIND_FILE = "run_kind.json"
+KINDS = ("compare", "tune")
+# the files that tell a directory written before ``run_kind.json`` existed
+_KIND_EVIDENCE = {"compare": ("config.json", "results.json", "runs"), "tune": ("tuning.json",)}
 
 
 # Part of every fingerprint. Bump it when a change of the training code changes what a run
@@ -253,18 +264,12 @@ def validate_record(record: Any, spec: RunKey, config: ExperimentConfig, path: P
 
 # ---- reading and writing records ----
 
-def _strict_json(text: str) -> Any:
-    def refuse(constant: str) -> float:
-        raise ValueError(f"{constant} is not a JSON number")
-    return json.loads(text, parse_constant=refuse)
-
-
 def read_record(out: Path, run_id: str) -> Optional[dict[str, Any]]:
     """The record as stored, unchecked, or None when the run never finished (no record, or a
     truncated or otherwise unparseable one); ``finished_record`` is the checked reader."""
     try:
-        record = json.loads(read_text(record_path(out, run_id), out))
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
+        record = read_json(record_path(out, run_id), out, object)
+    except (FileNotFoundError, NotJsonError):
         return None
     if not isinstance(record, dict) or any(key not in record for key in RECORD_KEYS):
         return None
@@ -279,17 +284,11 @@ def finished_record(out: Path, spec: RunKey, config: ExperimentConfig) -> Option
     for a readable record that fails ``validate_record`` (including NaN or infinite values)."""
     path = record_path(out, spec.run_id)
     try:
-        text = read_text(path, out)
-    except (FileNotFoundError, NotADirectoryError):
+        # any top-level type: validate_record names what it holds instead
+        record = read_json(path, out, object)
+    except (FileNotFoundError, NotJsonError):
         return None
-    except UnicodeDecodeError as error:
-        raise RunDirectoryError(f"{path} is not a valid run record (not UTF-8 text: {error}). It is not used: "
-                                "delete that run's folder to recompute the run (or use another --out)") from None
-    try:
-        record = _strict_json(text)
-    except json.JSONDecodeError:
-        return None
-    except (ValueError, RecursionError) as error:
+    except RunDirectoryError as error:
         raise RunDirectoryError(f"{path} is not a valid run record: {error}. It is not used: delete that run's "
                                 "folder to recompute the run (or use another --out)") from None
     return analysed(validate_record(record, spec, config, path), config)
@@ -315,17 +314,83 @@ def check_resume(out: Path, config: ExperimentConfig) -> bool:
     clearly."""
     path = out / "config.json"
     try:
-        text = read_text(path, out)
-    except (FileNotFoundError, NotADirectoryError):
+        previous = read_config(path, out)
+    except FileNotFoundError:
         return False
-    try:
-        previous = ExperimentConfig.from_dict(json.loads(text))
-    except (json.JSONDecodeError, TypeError, ValueError) as error:
-        raise ConfigError(f"{path} exists but cannot be read as an experiment config ({error}); "
-                          "use another --out or remove it") from error
+    except ConfigError as error:
+        raise ConfigError(f"{error}; use another --out or remove it") from None
     old, new = previous.training_identity(), config.training_identity()   # thresholds may change
     differ = [f"{key}: {old[key]!r} there, {new[key]!r} now" for key in old if old[key] != new[key]]
     if differ:
         raise ConfigError(f"{out} holds a sweep with other settings ({'; '.join(differ)}); resuming would mix "
                           "incomparable runs. Use the same settings, or another --out")
     return True
+
+
+def read_config(path: Path, root: Path) -> ExperimentConfig:
+    """``config.json`` of a run directory as a config; FileNotFoundError when absent, a ConfigError
+    naming the file when it is not a config this program wrote (not UTF-8, not JSON, not an object,
+    unknown fields, values out of range)."""
+    try:
+        data = read_json(path, root, dict)
+    except RunDirectoryError as error:
+        raise type(error)(f"an experiment config cannot be read: {error}") from None
+    try:
+        return ExperimentConfig.from_dict(data)
+    except (TypeError, ValueError, OverflowError) as error:
+        raise ConfigError(f"{path} cannot be read as an experiment config ({error})") from None
+
+
+def read_environment(path: Path, root: Path) -> dict[str, Any]:
+    """``environment.json`` of a run directory; FileNotFoundError when absent, a RunDirectoryError
+    naming the file when it is not what a run writes: an object whose CPU code path fields are
+    strings or null, whose command is a string and whose sweep history is a list of objects."""
+    environment = read_json(path, root, dict)
+    problems = [f"{key} is {str(environment[key])[:80]}, expected a string or null" for key in CODE_PATH_FIELDS
+                if environment.get(key) is not None and not isinstance(environment[key], str)]
+    if not isinstance(environment.get("command", ""), str):
+        problems.append(f"command is {str(environment['command'])[:80]}, expected a string")
+    sweeps = environment.get("sweeps", [])
+    if not (isinstance(sweeps, list) and all(isinstance(sweep, dict) for sweep in sweeps)):
+        problems.append(f"sweeps is {str(sweeps)[:80]}, expected a list of objects (one per invocation)")
+    if problems:
+        raise RunDirectoryError(f"{path} is not an environment record this program wrote: {'; '.join(problems)}. "
+                                "Remove it (its sweep history is lost) or use another --out")
+    return environment
+
+
+# ---- what kind of run a directory holds ----
+
+def run_kind(out: Path) -> Optional[str]:
+    """``compare`` or ``tune`` when ``out`` holds a run of that command (``run_kind.json``, or for a
+    directory written before it existed, that command's own files), None for a new or foreign
+    directory; a RunDirectoryError for a damaged ``run_kind.json`` or the files of both commands."""
+    path = out / KIND_FILE
+    try:
+        recorded = read_json(path, out, dict)
+    except FileNotFoundError:
+        recorded = None
+    if recorded is not None:
+        if set(recorded) != {"kind"} or recorded["kind"] not in KINDS:
+            raise RunDirectoryError(f"{path} must be {{\"kind\": \"compare\"}} or {{\"kind\": \"tune\"}}, got "
+                                    f"{str(recorded)[:80]}; remove it (or use another --out)")
+        return recorded["kind"]
+    found = {kind: [name for name in names if os.path.lexists(out / name)] for kind, names in _KIND_EVIDENCE.items()}
+    kinds = [kind for kind, names in found.items() if names]
+    if len(kinds) > 1:
+        raise RunDirectoryError(f"{out} holds the files of both a compare run ({', '.join(found['compare'])}) and a "
+                                f"tune run ({', '.join(found['tune'])}); each command needs a run directory of its "
+                                "own. Use another --out")
+    return kinds[0] if kinds else None
+
+
+def claim_run_kind(out: Path, kind: str, record: bool = True) -> None:
+    """Refuse ``out`` when it holds a run of another command than ``kind`` (a RunDirectoryError
+    naming the directory and the kind found: both commands write ``report.md``); else, with
+    ``record``, write ``run_kind.json`` so that the other command refuses it from now on."""
+    found = run_kind(out)
+    if found is not None and found != kind:
+        raise RunDirectoryError(f"--out {str(out)!r} holds a {found} run (channelnorm {found}); channelnorm {kind} "
+                                f"never writes into it (both write report.md). Use another --out")
+    if record and not os.path.lexists(out / KIND_FILE):
+        write_json(out / KIND_FILE, {"kind": kind}, root=out)

@@ -21,14 +21,41 @@ def is_finite_number(value: object) -> bool:
         return False
 
 
-def per_seed_problem(values: object, mean: object, count: int, name: str) -> Optional[str]:
+def per_seed_problem(values: object, mean: object, count: int, name: str, low: float = -math.inf,
+                     high: float = math.inf) -> Optional[str]:
     """Why ``values`` (one per seed, read from a results file) and their stored ``mean`` are not
-    ``count`` finite numbers and their mean, or None."""
-    if not (isinstance(values, list) and len(values) == count > 0 and all(is_finite_number(v) for v in values)):
-        return f"{name} must be {count} finite numbers (one per seed), got {values!r}"
+    ``count`` finite numbers in [``low``, ``high``] and their mean, or None."""
+    if not (isinstance(values, list) and len(values) == count > 0
+            and all(is_finite_number(v) and low <= v <= high for v in values)):
+        return f"{name} must be {count} finite numbers in [{low:g}, {high:g}] (one per seed), got {str(values)[:80]}"
     if not (is_finite_number(mean) and math.isclose(mean, sum(values) / count, rel_tol=1e-9, abs_tol=1e-9)):
         return f"mean {mean!r} is not the mean of its {name} {values!r}"
     return None
+
+
+def interval_problem(interval: object, values: Sequence[float], name: str = "ci95") -> Optional[str]:
+    """Why ``interval`` (read from a results file) is not ``mean_ci(values)``'s interval, or None."""
+    expected = mean_ci(values)[1]
+    if expected is None:
+        return None if interval is None else f"{name} must be null for one value, got {interval!r}"
+    if not (isinstance(interval, list) and len(interval) == 2 and all(is_finite_number(v) for v in interval)
+            and all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9) for a, b in zip(interval, expected))):
+        return f"{name} {str(interval)[:80]} is not the 95 % interval of its values ({list(expected)})"
+    return None
+
+
+def paired_by_seed(seeds_a: Sequence[int], values_a: Sequence[float], seeds_b: Sequence[int],
+                   values_b: Sequence[float]) -> list[tuple[float, float]]:
+    """``(a, b)`` per seed, in ``seeds_a``'s order: two per-seed lists of the same trained models
+    (e.g. one cell under two evaluations) paired by seed id, never by position. A ValueError when
+    the two are not the same seeds, each once, with one value per seed."""
+    if len(seeds_a) != len(values_a) or len(seeds_b) != len(values_b):
+        raise ValueError(f"one value per seed is needed, got seeds {list(seeds_a)} with {len(values_a)} values "
+                         f"and seeds {list(seeds_b)} with {len(values_b)}")
+    if len(set(seeds_a)) != len(seeds_a) or sorted(seeds_a) != sorted(seeds_b):
+        raise ValueError(f"values of seeds {list(seeds_a)} and {list(seeds_b)} cannot be paired: the seeds differ")
+    other = dict(zip(seeds_b, values_b))
+    return [(a, other[seed]) for seed, a in zip(seeds_a, values_a)]
 
 
 

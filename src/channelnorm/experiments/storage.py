@@ -8,6 +8,9 @@ sweep at a time.
   being written is replaced by the file, its target untouched (a rename does not follow links).
 * ``locked``: an exclusive ``flock`` on ``<root>/.lock``; the kernel drops it when the holder exits
   or is killed, so a lock file left by a killed sweep never blocks the next one.
+* ``read_json``: the one reader of the run files (config, records, results, environment, tuning):
+  strict JSON of the expected top-level type, or a RunDirectoryError naming the file (never a
+  UnicodeDecodeError, RecursionError or a traceback further on).
 
 POSIX only (``fcntl``, ``dir_fd``), like the experiment's worker processes.
 """
@@ -34,6 +37,14 @@ _HINTS = {errno.ENOSPC: " (disk full)", errno.EDQUOT: " (disk quota exceeded)",
 
 class RunDirectoryError(ConfigError):
     """The run directory cannot be used as it is; the message names the file and what to do."""
+
+
+class NotPlainFileError(RunDirectoryError):
+    """A link, folder, FIFO or device stands where a file of the run directory belongs."""
+
+
+class NotJsonError(RunDirectoryError):
+    """A file's text is not JSON at all (cut short, say): a reader may treat it as never written."""
 
 
 def _relative_parts(root: Path, path: Path) -> list[str]:
@@ -64,6 +75,9 @@ def _open_child_directory(parent_fd: int, name: str, shown: Path, create: bool) 
             target = os.readlink(name, dir_fd=parent_fd)
             raise RunDirectoryError(f"{shown} is a symbolic link (to {target}); the run directory's folders are "
                                     "never followed out of it. Remove the link (or use another --out)") from None
+        if error.errno == errno.ENOTDIR:
+            raise RunDirectoryError(f"{shown} is a file where the run directory has a folder; remove it (or use "
+                                    "another --out)") from None
         raise
 
 
@@ -154,7 +168,8 @@ def write_json(path: Union[str, Path], data: Any, root: Optional[Union[str, Path
 
 def read_text(path: Union[str, Path], root: Union[str, Path]) -> str:
     """The text of ``path`` inside ``root``, never read through a link (a FileNotFoundError when
-    absent, a RunDirectoryError when it or one of its folders is a link)."""
+    absent, a NotPlainFileError when it is a link, folder or FIFO, a RunDirectoryError when one of its
+    folders is a link or a file)."""
     path = Path(path)
     with _directory_of(Path(root), path, create=False) as (folder, name):
         try:
@@ -162,17 +177,55 @@ def read_text(path: Union[str, Path], root: Union[str, Path]) -> str:
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=folder)
         except OSError as error:
             if error.errno == errno.ELOOP:
-                raise RunDirectoryError(f"{path} is a symbolic link (to {os.readlink(name, dir_fd=folder)}); "
+                raise NotPlainFileError(f"{path} is a symbolic link (to {os.readlink(name, dir_fd=folder)}); "
                                         "files of the run directory are never read through links. Remove "
                                         "it") from None
             if error.errno == errno.EISDIR:
-                raise RunDirectoryError(f"{path} is a folder, not a file. Remove it") from None
+                raise NotPlainFileError(f"{path} is a folder, not a file. Remove it") from None
             raise
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
-            raise RunDirectoryError(f"{path} is not a regular file (a folder, FIFO or device). Remove it")
+            raise NotPlainFileError(f"{path} is not a regular file (a folder, FIFO or device). Remove it")
         with open(fd, encoding="utf-8") as handle:
             return handle.read()
+
+
+_JSON_TYPES = {dict: "an object", list: "a list"}
+
+
+def parse_json(text: str, path: Union[str, Path], expected: type = dict) -> Any:
+    """``text`` (the content of ``path``) as strict JSON whose top level is ``expected`` (dict or
+    list; ``object`` for any). A NotJsonError when it is not JSON text (cut short, say); a RunDirectoryError naming
+    ``path`` when it holds NaN or infinity (no run writes them), is nested too deeply for the parser
+    (a RecursionError otherwise) or its top level is of another type."""
+    def refuse(constant: str) -> float:
+        raise ValueError(f"{constant} is not a JSON number")
+    try:
+        value = json.loads(text, parse_constant=refuse)
+    except json.JSONDecodeError as error:
+        raise NotJsonError(f"{path} is not JSON ({error})") from None
+    except RecursionError:
+        raise RunDirectoryError(f"{path} is nested too deeply to be a file this program wrote") from None
+    except ValueError as error:
+        raise RunDirectoryError(f"{path} is not strict JSON: {error}") from None
+    if not isinstance(value, expected):
+        raise RunDirectoryError(f"{path} holds a JSON {type(value).__name__} where {_JSON_TYPES[expected]} "
+                                "belongs")
+    return value
+
+
+def read_json(path: Union[str, Path], root: Union[str, Path], expected: type = dict) -> Any:
+    """The content of the run file ``path`` (inside ``root``, read as ``read_text`` does) as strict
+    JSON of the top-level type ``expected``: the one reader of every JSON file of a run directory.
+
+    Raises FileNotFoundError when the file is absent; NotPlainFileError for a link, folder or FIFO
+    in its place; NotJsonError when its text is not JSON; RunDirectoryError, naming the file, when
+    it is not UTF-8 or fails ``parse_json`` otherwise."""
+    try:
+        text = read_text(path, root)
+    except UnicodeDecodeError as error:
+        raise RunDirectoryError(f"{path} is not UTF-8 text ({error})") from None
+    return parse_json(text, path, expected)
 
 
 def safe_directory(root: Union[str, Path], path: Union[str, Path]) -> Path:

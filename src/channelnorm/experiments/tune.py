@@ -13,7 +13,6 @@ be extended by a norm or a rate without training the rest again.
 """
 from __future__ import annotations
 
-import json
 import multiprocessing
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -25,14 +24,39 @@ from .data import Dataset, load_dataset, validation_split
 from .evaluate import evaluate_members
 from .lifeline import exit_with_parent
 from .rundir import write_json_atomic
-from .storage import write_atomic
-from .stats import is_finite_number, mean_ci, per_seed_problem
+from .stats import interval_problem, is_finite_number, mean_ci, per_seed_problem
+from .storage import RunDirectoryError, read_json, write_atomic
 from .train import Member, TrainPlan, train_members
 
 LR_GRID = (0.025, 0.05, 0.1, 0.2, 0.4)
 TUNE_SEEDS = (100, 101)      # other seeds than the comparison's, so its seeds stay untouched by the choice
 EDGE_STEPS = 2               # how far beyond the grid a rate chosen at its edge is followed
 SELECTION = "lowest mean validation error (running statistics) among learning rates where no seed diverged"
+
+
+def check_sizes(config: ExperimentConfig) -> None:
+    """A ConfigError when ``config.val_size`` held out of the training set leaves less than one SGD
+    batch to train on (checked before anything trains; ``train_size`` None, all of a folder's
+    images, is checked once the data set is read and its size known)."""
+    n = config.train_size
+    if n is not None and n - config.val_size < config.sgd_batch:
+        raise ConfigError(f"--val-size {config.val_size} held out of {n} training images leaves {n - config.val_size}"
+                          f" to train on, less than one SGD batch of {config.sgd_batch}; use a --val-size of at most "
+                          f"{n - config.sgd_batch} (or a larger --train-size)")
+
+
+def read_previous_tuning(out: Path) -> Optional[dict[str, Any]]:
+    """The earlier ``tuning.json`` in ``out`` (its cells may be reused) as stored, or None when there
+    is none; a ConfigError naming the file when it cannot be read as JSON (``reusable_cells`` checks
+    its content)."""
+    path = out / "tuning.json"
+    try:
+        return read_json(path, out, dict)
+    except FileNotFoundError:
+        return None
+    except RunDirectoryError as error:
+        raise ConfigError(f"{error}; it is not a tuning result this command wrote: remove it, or use another "
+                          "--out") from None
 
 
 def tune_norm(norm: str, config: ExperimentConfig, data: Dataset, lrs: Sequence[float],
@@ -107,7 +131,7 @@ def reusable_cells(previous: Optional[dict[str, Any]], config: ExperimentConfig,
     would train again identically: the same training settings (``training_identity``) and the same
     tuning seeds. A tuning of other settings gives nothing (``channelnorm tune`` refuses such an
     ``--out``); one not shaped as ``run_tuning`` writes it, or whose cells do not add up, is a ConfigError
-    naming ``where`` and the value (a hand-edited cell must never be reused or reach ``tuned_lrs.py``)."""
+    naming ``where`` and the value (a hand-edited cell must never be reused or reach ``tuned_lrs.json``)."""
     if previous is None or settings_mismatch(previous, config, seeds, where):
         return {}
     norms = previous.get("norms")
@@ -115,6 +139,10 @@ def reusable_cells(previous: Optional[dict[str, Any]], config: ExperimentConfig,
         raise ConfigError(f"{where}: norms must be a mapping of norm name to its tuning, got {norms!r}")
     for name, result in norms.items():
         _check_norm(name, result, list(seeds), where)
+    measured = {p["lr"] for r in norms.values() for p in r["per_lr"]}
+    if not measured <= set(previous["lr_grid"]):
+        raise ConfigError(f"{where}: lr_grid {previous['lr_grid']} misses measured learning rates "
+                          f"{sorted(measured - set(previous['lr_grid']))}")
     return {norm: list(r["per_lr"]) for norm, r in norms.items()}
 
 
@@ -139,13 +167,23 @@ def _check_header(previous: Any, where: str) -> ExperimentConfig:
     except (ConfigError, TypeError, ValueError) as error:
         raise ConfigError(f"{where}: its config cannot be read: {error}") from None
     seeds = previous.get("seeds")
-    if not (isinstance(seeds, list) and all(type(s) is int for s in seeds)):
-        raise ConfigError(f"{where}: seeds must be a list of integers, got {seeds!r}")
+    if not (isinstance(seeds, list) and seeds and all(type(s) is int and s >= 0 for s in seeds)
+            and len(set(seeds)) == len(seeds)):
+        raise ConfigError(f"{where}: seeds must be a list of distinct integers >= 0, got {seeds!r}")
+    if previous.get("sgd_batch") != there.sgd_batch or type(previous.get("sgd_batch")) is not int:
+        raise ConfigError(f"{where}: sgd_batch {previous.get('sgd_batch')!r} is not its config's SGD batch "
+                          f"{there.sgd_batch}")
+    grid = previous.get("lr_grid")
+    if not (isinstance(grid, list) and all(_is_rate(lr) for lr in grid) and grid == sorted(set(grid))):
+        raise ConfigError(f"{where}: lr_grid must be increasing learning rates (finite numbers > 0), got {grid!r}")
     environments = previous.get("environments", [])
     if not (isinstance(environments, list) and all(isinstance(e, dict) for e in environments)):
         raise ConfigError(f"{where}: environments must be a list of objects, got {environments!r}")
     if not isinstance(previous.get("environment", {}), dict):
         raise ConfigError(f"{where}: environment must be an object, got {previous.get('environment')!r}")
+    for environment in environments + [previous.get("environment") or {}]:
+        if not isinstance(environment.get("command", ""), str):
+            raise ConfigError(f"{where}: an environment's command must be a string, got {environment['command']!r}")
     return there
 
 
@@ -178,9 +216,20 @@ def _check_norm(name: Any, result: Any, seeds: list[int], where: str) -> None:
     if not _is_rate(chosen) or chosen != choose(cells):
         raise ConfigError(f"{where}: norm {name!r}: chosen_lr {chosen!r} is not the rate its cells choose "
                           f"({choose(cells)!r})")
+    seconds = result.get("train_seconds")
+    if not (is_finite_number(seconds) and seconds >= 0):
+        raise ConfigError(f"{where}: norm {name!r}: train_seconds must be a finite number >= 0, got {seconds!r}")
+    reused = result.get("reused_lrs", [])
+    if not (isinstance(reused, list) and all(lr in rates for lr in reused) and len(set(reused)) == len(reused)):
+        raise ConfigError(f"{where}: norm {name!r}: reused_lrs must list rates of its cells, each once, got "
+                          f"{reused!r}")
 
 
 def _check_cell(name: str, cell: Any, seeds: list[int], where: str) -> None:
+    """One (norm, learning rate) cell as ``tune_norm`` writes it: the tuning seeds, one validation
+    error in [0, 100] % per seed with their mean and 95 % interval, one final training loss (a
+    finite number >= 0, or null for a seed that diverged before its first log) per seed, and a
+    divergence count that covers the seeds without a loss."""
     if not isinstance(cell, dict):
         raise ConfigError(f"{where}: norm {name!r}: a cell of per_lr is not an object: {cell!r}")
     lr = cell.get("lr")
@@ -189,17 +238,21 @@ def _check_cell(name: str, cell: Any, seeds: list[int], where: str) -> None:
     what = f"{where}: norm {name!r}, lr {lr!r}:"
     if cell.get("seeds") != seeds:
         raise ConfigError(f"{what} seeds {cell.get('seeds')!r} are not the tuning seeds {seeds}")
-    problem = per_seed_problem(cell.get("val_errors"), cell.get("mean"), len(seeds), "val_errors")
+    problem = (per_seed_problem(cell.get("val_errors"), cell.get("mean"), len(seeds), "val_errors", 0.0, 100.0)
+               or interval_problem(cell.get("ci95"), cell["val_errors"]))
     if problem:
         raise ConfigError(f"{what} {problem}")
     losses = cell.get("final_train_loss")
-    # a diverged seed's loss may be inf or NaN (a float); an integer must still fit a float
     if not (isinstance(losses, list) and len(losses) == len(seeds)
-            and all(v is None or isinstance(v, float) or is_finite_number(v) for v in losses)):
-        raise ConfigError(f"{what} final_train_loss must hold one number (or null) per seed, got {losses!r}")
+            and all(v is None or (is_finite_number(v) and v >= 0) for v in losses)):
+        raise ConfigError(f"{what} final_train_loss must hold one finite number >= 0 (or null) per seed, got "
+                          f"{losses!r}")
     diverged = cell.get("diverged")
     if not (type(diverged) is int and 0 <= diverged <= len(seeds)):
         raise ConfigError(f"{what} diverged must be a count of seeds from 0 to {len(seeds)}, got {diverged!r}")
+    if sum(v is None for v in losses) > diverged:
+        raise ConfigError(f"{what} final_train_loss {losses} has a seed without a loss that did not diverge "
+                          f"(diverged {diverged})")
 
 
 def run_tuning(config: ExperimentConfig, lrs: Sequence[float] = LR_GRID, seeds: Sequence[int] = TUNE_SEEDS,
@@ -209,6 +262,7 @@ def run_tuning(config: ExperimentConfig, lrs: Sequence[float] = LR_GRID, seeds: 
 
     ``previous``: an earlier ``tuning.json`` (read from ``where``, named in errors) of the same
     settings; its cells are reused and its norms that this call does not tune are kept as they are."""
+    check_sizes(config)
     known = reusable_cells(previous, config, seeds, where)
     jobs = [(norm, config, tuple(lrs), tuple(seeds), tuple(known.get(norm, ()))) for norm in config.norms]
     workers = min(workers or config.workers, len(jobs))
@@ -260,20 +314,3 @@ def _cell(p: dict[str, Any]) -> str:
     loss = max((v for v in p["final_train_loss"] if v is not None), default=None)
     text = f"{p['mean']:.2f} %" + (f" (loss ≤ {loss:.3f})" if loss is not None else "")
     return text + (f", {p['diverged']} diverged" if p["diverged"] else "")
-
-
-def render_defaults(tuning: dict[str, Any]) -> str:
-    """The text of ``tuned_lrs.py`` for these tuning results."""
-    chosen = {norm: r["chosen_lr"] for norm, r in tuning["norms"].items()}
-    for norm, lr in chosen.items():
-        # json.dumps would write NaN / Infinity, which are not Python: the package would not import
-        if not _is_rate(lr):
-            raise ValueError(f"norm {norm!r}: chosen_lr {lr!r} is not a finite learning rate > 0")
-    path = Path(__file__).with_name("tuned_lrs.py")
-    text = path.read_text()
-    start = text.index("TUNED: dict[str, float] = ")
-    end = text.index("\n", start)
-    text = text[:start] + f"TUNED: dict[str, float] = {json.dumps(chosen)}" + text[end:]
-    start = text.index("TUNED_AT_BATCH = ")
-    end = text.index("\n", start)
-    return text[:start] + f"TUNED_AT_BATCH = {tuning['sgd_batch']}" + text[end:]
