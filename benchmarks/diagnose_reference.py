@@ -92,7 +92,7 @@ def reference(steps: int, images: int, log) -> None:
     log("|---|" + "---|" * len(BATCH_SIZES))
     for i, row in enumerate(reports[0].layers):
         log(f"| {row.name} | " + " | ".join(f"{r.layers[i].metrics['noise']:.3f}" for r in reports) + " |")
-    log("| **worst layer** | " + " | ".join(f"{max(l.metrics['noise'] for l in r.layers):.3f}" for r in reports)
+    log("| **worst layer** | " + " | ".join(f"{max(row.metrics['noise'] for row in r.layers):.3f}" for r in reports)
         + " |")
     log("| **output_change** | " + " | ".join(f"{r.metrics['output_change']:.3f}" for r in reports) + " |")
     log("| **prediction_change** | " + " | ".join(f"{r.metrics['prediction_change']:.3f}" for r in reports) + " |")

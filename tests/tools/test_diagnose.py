@@ -12,6 +12,7 @@ import copy
 import json
 import math
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -485,3 +486,14 @@ def test_plot_noise_writes_a_png(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     with pytest.raises(ImportError, match=r"pip install 'channelnorm\[experiments\]'"):
         cn.DiagnosisReport.plot_noise(reports, tmp_path / "again.png")
+
+
+def test_reference_benchmark_runs(load_script):
+    """benchmarks/diagnose_reference.py (the numbers behind the defaults, and the cost) at toy sizes."""
+    script = load_script(Path(__file__).resolve().parents[2] / "benchmarks" / "diagnose_reference.py")
+    lines = []
+    script.main(["--steps", "2", "--images", "32", "--cost-size", "32", "--cost-batches", "1", "--repeat", "1"],
+                log=lines.append)
+    text = "\n".join(lines)
+    assert "--steps 2" in text and "torch " + torch.__version__ in text
+    assert "| stem.1 |" in text and "| **output_change** |" in text and "cn.diagnose" in text
