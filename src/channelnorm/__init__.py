@@ -9,6 +9,7 @@ from .modules import (
 )
 from .registry import available_norms, create_norm, get_norm_layer, norm_traits, register_norm
 from .tools import convert
+from .tools.diagnose import DiagnosisReport, LayerDiagnosis, diagnose
 from .tools.momentum import decay_from_momentum, momentum_from_decay
 from .tools.precise import recompute_stats
 
@@ -25,4 +26,5 @@ __all__ = [
     "create_norm", "get_norm_layer", "register_norm", "available_norms", "norm_traits", "NormTraits",
     "is_norm", "module_traits", "NORM_TYPES",
     "functional", "convert", "recompute_stats", "momentum_from_decay", "decay_from_momentum",
+    "diagnose", "DiagnosisReport", "LayerDiagnosis",
 ]

@@ -130,6 +130,25 @@ def test_recompute_stats_respects_masks():
     torch.testing.assert_close(model.norm.running_var, valid.var(0, unbiased=True))
 
 
+def test_recompute_stats_takes_a_positional_residual_for_what_it_is():
+    """ChannelNormAct's second positional argument is the residual, not a statistics mask."""
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = cn.ChannelNormAct(3, dtype=F64)
+
+        def forward(self, x):
+            return self.norm(x, x * 2)
+
+    torch.manual_seed(6)
+    model = Block()
+    batches = [torch.randn(4, 3, 5, 5, dtype=F64) + 1 for _ in range(2)]
+    cn.recompute_stats(model, batches, progress=False)
+    mean, var = _population(torch.cat(batches))   # of the normalized input, not of the residual
+    torch.testing.assert_close(model.norm.running_mean, mean)
+    torch.testing.assert_close(model.norm.running_var, var)
+
+
 # ---------------------------------------------------------------- momentum converters
 
 

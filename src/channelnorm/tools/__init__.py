@@ -1,5 +1,6 @@
 """Model-level tools: ``convert`` (replace, synchronize, freeze, fold norms; ``fold`` holds the folding), ``precise``
-(``recompute_stats``) and ``momentum`` (converters to and from Keras' ``decay``)."""
-from . import convert, momentum, precise
+(``recompute_stats``), ``momentum`` (converters to and from Keras' ``decay``) and ``diagnose`` (what each norm
+layer does on the user's batches; its passes in ``diagnose_passes``, its report in ``diagnosis``)."""
+from . import convert, diagnose, diagnosis, momentum, precise
 
-__all__ = ["convert", "momentum", "precise"]
+__all__ = ["convert", "diagnose", "diagnosis", "momentum", "precise"]

@@ -9,6 +9,7 @@ misses the spread of the batch means.) InstanceNorm layers are left alone.
 """
 from __future__ import annotations
 
+import inspect
 import itertools
 import warnings
 from typing import Iterable, Optional
@@ -34,11 +35,15 @@ def _targets(model: nn.Module) -> list[tuple[nn.Module, int]]:
     return found
 
 
-class _Population:
-    """Per-channel count, mean and sum of squared deviations, merged batch by batch (Chan et al.)."""
+class Population:
+    """Per-channel count, mean and sum of squared deviations, merged batch by batch (Chan et al.).
 
-    def __init__(self, axis: int) -> None:
-        self.axis, self.n, self.mean, self.m2 = axis, 0, None, None
+    Shared with ``diagnose``, which gathers its population statistics the same way. ``owner`` names
+    the tool in the error a bad statistics mask raises.
+    """
+
+    def __init__(self, axis: int, owner: str = "recompute_stats") -> None:
+        self.axis, self.owner, self.n, self.mean, self.m2 = axis, owner, 0, None, None
 
     def add(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> None:
         axis = self.axis % x.ndim
@@ -47,7 +52,7 @@ class _Population:
         if mask is None:
             nb = x.numel() // x.shape[axis]
         else:
-            full = _checks.stats_mask("recompute_stats", x, axis, mask)
+            full = _checks.stats_mask(self.owner, x, axis, mask)
             nb = int(valid_count(full, x.shape, axis))
         if nb == 0:
             return
@@ -63,11 +68,20 @@ class _Population:
         self.n += nb
 
 
-def _hook(population: _Population):
+def input_and_mask(module: nn.Module, args: tuple, kwargs: dict) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The input and the statistics ``mask`` (None if its forward takes none) of a call to ``module``.
+
+    Bound to the forward's signature: a second positional argument is a mask only where the forward
+    names it so (ChannelNormAct's is the residual).
+    """
+    arguments = inspect.signature(module.forward).bind(*args, **kwargs).arguments
+    return next(iter(arguments.values())), arguments.get("mask")
+
+
+def population_pre_hook(population: Population):
+    """A forward pre-hook (``with_kwargs=True``) that adds each input of the layer to ``population``."""
     def pre_hook(module, args, kwargs):
-        x = args[0] if args else kwargs["input"]
-        mask = kwargs.get("mask", args[1] if len(args) > 1 else None)
-        population.add(x, mask)
+        population.add(*input_and_mask(module, args, kwargs))
     return pre_hook
 
 
@@ -126,8 +140,9 @@ def recompute_stats(model: nn.Module, batches: Iterable, num_batches: Optional[i
     # Every buffer is put back afterwards except the recomputed statistics: the forwards must not
     # move other state (num_batches_tracked, InstanceNorm's running stats, ...).
     saved = [(b, b.clone()) for b in model.buffers()]
-    populations = [_Population(axis) for _, axis in targets]
-    handles = [m.register_forward_pre_hook(_hook(p), with_kwargs=True) for (m, _), p in zip(targets, populations)]
+    populations = [Population(axis) for _, axis in targets]
+    handles = [m.register_forward_pre_hook(population_pre_hook(p), with_kwargs=True)
+               for (m, _), p in zip(targets, populations)]
     try:
         total = num_batches if num_batches is not None else (len(batches) if hasattr(batches, "__len__") else None)
         for m, _ in targets:
