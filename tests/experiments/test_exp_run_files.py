@@ -9,24 +9,24 @@ import pytest
 
 from channelnorm.experiments import cli, tune
 from channelnorm.experiments import sweep as sweep_module
-from channelnorm.experiments.analysis import analyse, precise_recovery, reproduction, Rows
+from channelnorm.experiments.analysis import analyse, precise_recovery, Rows
 from channelnorm.experiments.config import ConfigError, ExperimentConfig, quick_config
-from channelnorm.experiments.pipeline import _previous_sweeps
+from channelnorm.experiments.pipeline import _previous_sweeps, reproduction
 from channelnorm.experiments.results import build_rows, read_finished_run, rows_problem
 from channelnorm.experiments.rundir import (KIND_FILE, check_resume, finished_record, read_record, record_path,
                                             run_dir, run_kind)
 from channelnorm.experiments.stats import mean_ci, paired_by_seed
 from channelnorm.experiments.storage import NotJsonError, RunDirectoryError, read_json
-from channelnorm.experiments.sweep import Cell, plan
+from channelnorm.experiments.grid import Cell, plan
 from channelnorm.experiments.train import MemberLog
 
 # ---- fakes: these tests are about files, not numbers ----
 
 
-def fake_train_members(plan, train_x, train_y, curve=None, progress=None):
+def fake_train_members(plan, train_x, train_y, curve=None, progress=None, population_x=None):
     logs = [MemberLog(entries=[{"kind": "train", "step": plan.steps, "samples": plan.steps * plan.sgd_batch,
                                 "lr": 0.0, "loss": 0.01},
-                               {"kind": "curve", "step": plan.steps, "ema_error": 25.0}], final_train_loss=0.01)
+                               {"kind": "curve", "step": plan.steps, "error": 25.0}], final_train_loss=0.01)
             for _ in plan.members]
     return None, logs, 0.1
 
@@ -241,7 +241,7 @@ def test_rows_whose_seeds_differ_are_never_paired():
     rows = grid_rows()
     _row(rows, "decoupled", 2, "precise")["seeds"] = [0, 1, 5]
     with pytest.raises(ValueError, match="seeds differ"):
-        analyse(rows, 32)
+        analyse(rows, CONFIG)
 
 
 def test_a_rerun_with_the_same_numbers_in_another_seed_order_is_identical_seed_by_seed():
@@ -250,8 +250,8 @@ def test_a_rerun_with_the_same_numbers_in_another_seed_order_is_identical_seed_b
     for row in there:
         for key in ("seeds", "errors", "final_train_loss", "curve", "steps_to_target"):
             row[key] = row[key][::-1]
-    result = reproduction(here, there, 32)
-    assert result["rows_identical"] == len(here) and result["differ"] == []
+    result = reproduction(here, there, analyse(here, CONFIG), CONFIG)
+    assert result["rows_identical"] == len(here) and all(a["agrees"] for a in result["agreement"])
 
 
 def _set(path, value):

@@ -32,7 +32,7 @@ REAL_WRITE_ALL = storage._write_all
 def tiny(out, **changes):
     settings = dict(norms=("channel",), norm_batches=(2, 4), sgd_batch=4, coupled_norms=(), coupled_batches=(),
                     seeds=(0, 1), train_size=40, test_size=20, precise_size=8, curve_size=8, image_size=8, width=2,
-                    workers=1, out=str(out), epochs=1.0)
+                    workers=1, out=str(out), epochs=1.0, faithful_cell=None, lr_factors=(), frozen_tail=0.0)
     settings.update(changes)
     return quick_config(**settings)
 
@@ -41,12 +41,12 @@ def rid(norm_batch, seed, norm="channel", sgd_batch=4, protocol="decoupled"):
     return f"{protocol}-{norm}-nb{norm_batch}-sgd{sgd_batch}-seed{seed}"
 
 
-def fake_train_members(plan, train_x, train_y, curve=None, progress=None):
+def fake_train_members(plan, train_x, train_y, curve=None, progress=None, population_x=None):
     """The wide network's training replaced (these tests are about files, not numbers): one log per
     member with the fields train.train_members fills, no model."""
     logs = [MemberLog(entries=[{"kind": "train", "step": plan.steps, "samples": plan.steps * plan.sgd_batch,
                                 "lr": 0.0, "loss": 0.01},
-                               {"kind": "curve", "step": plan.steps, "ema_error": 25.0}], final_train_loss=0.01)
+                               {"kind": "curve", "step": plan.steps, "error": 25.0}], final_train_loss=0.01)
             for _ in plan.members]
     return None, logs, 0.1
 
@@ -82,7 +82,8 @@ def test_records_carry_the_fingerprint_of_the_settings_that_computed_them(tmp_pa
     settings = record["settings"]
     # what changes a run's numbers is in; the grid, worker count and output path are not
     assert settings["epochs"] == 1.0 and settings["train_size"] == 40 and settings["sgd_batch"] == 4
-    assert settings["run"] == {"norm": "channel", "protocol": "decoupled", "norm_batch": 4, "sgd_batch": 4, "seed": 1}
+    assert settings["run"] == {"norm": "channel", "protocol": "decoupled", "norm_batch": 4, "sgd_batch": 4, "seed": 1,
+                               "lr_scale": 1.0, "frozen_tail": False}
     assert settings["peak_lr"] == 0.3 == record["peak_lr"]
     assert not {"seeds", "norm_batches", "norms", "coupled_norms", "coupled_batches", "workers", "out",
                 "grid"} & set(settings)
@@ -140,7 +141,8 @@ def test_without_config_json_records_of_other_settings_are_refused_not_reused(tm
 def test_the_cli_reports_a_record_of_other_settings_naming_the_file(tmp_path, trained, capsys):
     out = tmp_path / "run"
     args = ["compare", "--quick", "--norms", "channel,group", "--norm-batches", "16", "--coupled-batches", "16",
-            "--seeds", "0", "--workers", "1", "--out", str(out), "--no-progress"]
+            "--seeds", "0", "--workers", "1", "--out", str(out), "--no-progress", "--faithful-cell", "none",
+            "--lr-factors", "none", "--frozen-tail", "0"]
     assert cli.main(args) == 0
     (out / "config.json").unlink()
     with pytest.raises(SystemExit) as stopped:

@@ -80,7 +80,8 @@ def _size(text: str) -> Optional[int]:
 
 
 OVERRIDES = ("norms", "norm_batches", "coupled_batches", "seeds", "epochs", "train_size", "test_size", "data",
-             "data_dir", "lrs", "width", "colour_variation", "contrast_variation", "lr_factors", "faithful_cell")
+             "data_dir", "lrs", "width", "colour_variation", "contrast_variation", "lr_factors", "faithful_cell",
+             "frozen_tail")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -133,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--lr-factors", type=_factors, default=unset,
                          help="channel norm's learning-rate grid around the tuned rate, at the smallest and the SGD "
                               "batch (default 0.5,2; 'none' to skip)")
+    compare.add_argument("--frozen-tail", type=float, default=unset, metavar="SHARE",
+                         help="the frozen-tail cell: channel norm at the smallest normalization batch whose last SHARE "
+                              "of the steps train with population statistics held fixed (default 0.125; 0 to skip)")
     compare.add_argument("--lr", type=_lr_map, dest="lrs", default=unset,
                          help="peak learning rates per norm at the SGD batch, e.g. channel=0.1,group=0.05 "
                               "(default: the committed tuning results)")

@@ -100,7 +100,9 @@ def reproduction(here_rows: list[dict[str, Any]], there_rows: list[dict[str, Any
                       for a, b in pairs if a["eval"] == "ema"],
             "max_mean_change": max((abs(a["mean"] - b["mean"]) for a, b in pairs), default=0.0),
             "rows_compared": len(pairs), "rows_missing": len(here_rows) - len(pairs),
-            "rows_identical": sum(a["errors"] == b["errors"] for a, b in pairs)}
+            # seed by seed, whatever order each file lists its seeds in
+            "rows_identical": sum(sorted(zip(a["seeds"], a["errors"])) == sorted(zip(b["seeds"], b["errors"]))
+                                  for a, b in pairs)}
 
 
 def resolve_sizes(config: ExperimentConfig, dataset) -> ExperimentConfig:
