@@ -155,6 +155,8 @@ def _norm_problem(norm: nn.Module) -> Optional[str]:
         return "fused norm + activation block (its activation and residual input cannot move into a layer)"
     if not (isinstance(norm, (_BatchNorm, FrozenChannelNorm)) or type(norm) in (ChannelNorm, SyncChannelNorm)):
         return f"{type(norm).__name__} is not a norm with running statistics that fold supports"
+    if isinstance(getattr(norm, "channel_axis", 1), tuple):
+        return f"its statistics are per combination of the axes {norm.channel_axis}, not per output feature"
     if not isinstance(norm, FrozenChannelNorm):
         if norm.training:
             return "in training mode (uses batch statistics)"
