@@ -237,6 +237,8 @@ class RunningStatsNorm(AffineNorm):
 
     # Running buffers this norm keeps (EvoNorm-B0 keeps only the variance).
     running_stats: ClassVar[tuple[str, ...]] = ("running_mean", "running_var")
+    # It cannot compute without its running statistics (track_running_stats=False is refused).
+    needs_running_stats: ClassVar[bool] = False
     _version = 2
     _repr_fields = ("num_channels", "eps", "momentum", "affine", "track_running_stats", "channel_axis", "backend")
 
