@@ -55,6 +55,20 @@ def channel_count(cls_name: str, num_channels, num_features) -> int:
     return _checks.positive_int("num_channels", num_channels)
 
 
+def channel_axis_setting(owner: type, value):
+    """``channel_axis`` as the module keeps it: an int, or for a class that accepts one a tuple of at least
+    two distinct ints (a one-element tuple is its int)."""
+    if not isinstance(value, (tuple, list)):
+        return _checks.channel_axis_arg(value)
+    if not owner.accepts_axis_tuple:
+        raise TypeError(f"{owner.__name__}: channel_axis must be an int, got {value!r}; a tuple of axes (Keras' axis "
+                        f"list) is taken by ChannelNorm only")
+    axes = tuple(_checks.channel_axis_arg(a) for a in value)
+    if not axes or len(set(axes)) != len(axes):
+        raise ValueError(f"{owner.__name__}: channel_axis as a tuple needs distinct axes, got {value!r}")
+    return axes[0] if len(axes) == 1 else axes
+
+
 class AffineNorm(nn.Module):
     """Base of every norm: channel count, eps, channel axis, backend and the per-channel affine.
 
@@ -67,6 +81,7 @@ class AffineNorm(nn.Module):
         affine: learn a per-channel scale ``weight`` (initialised to 1) and shift ``bias``
             (initialised to 0). Default: True.
         channel_axis: the input axis that holds the channels; negative counts from the end.
+            A subclass with ``accepts_axis_tuple`` (ChannelNorm) also takes a tuple of axes.
             Default: 1.
         backend: ``"auto"``, ``"reference"``, ``"native"`` or ``"triton"``. A backend that can never
             run this norm is a ``ValueError`` here, one that cannot run a given call a ``ValueError``
@@ -95,6 +110,8 @@ class AffineNorm(nn.Module):
     # Constructor arguments shown by extra_repr, in order; subclasses extend or trim this.
     _repr_fields: ClassVar[tuple[str, ...]] = ("num_channels", "eps", "affine", "channel_axis", "backend")
     _repr_positional: ClassVar[int] = 1  # leading fields shown without a name, as torch shows num_features
+    # channel_axis may be a tuple of axes (Keras 2's axis list; statistics per combination of their indices).
+    accepts_axis_tuple: ClassVar[bool] = False
 
     def __init__(self, num_channels: int, eps: float = 1e-5, affine: bool = True, channel_axis: int = 1,
                  backend: str = "auto", device=None, dtype=None, *, bias: bool = True) -> None:
@@ -102,7 +119,7 @@ class AffineNorm(nn.Module):
         self.num_channels = _checks.positive_int("num_channels", num_channels)
         self.eps = _checks.eps(eps)
         self.affine = bool(affine)
-        self.channel_axis = _checks.channel_axis_arg(channel_axis)
+        self.channel_axis = channel_axis_setting(type(self), channel_axis)
         _checks.backend_for(self.functional_op, backend)
         self.backend = backend
         _checks.parameter_dtype(type(self).__name__, dtype)
@@ -220,6 +237,8 @@ class RunningStatsNorm(AffineNorm):
 
     # Running buffers this norm keeps (EvoNorm-B0 keeps only the variance).
     running_stats: ClassVar[tuple[str, ...]] = ("running_mean", "running_var")
+    # It cannot compute without its running statistics (track_running_stats=False is refused).
+    needs_running_stats: ClassVar[bool] = False
     _version = 2
     _repr_fields = ("num_channels", "eps", "momentum", "affine", "track_running_stats", "channel_axis", "backend")
 

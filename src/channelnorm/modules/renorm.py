@@ -52,6 +52,7 @@ class BatchRenorm(ChannelNorm):
     """
 
     functional_op = "batch_renorm"
+    needs_running_stats = True
     _repr_fields = ChannelNorm._repr_fields + ("rmax", "dmax", "warmup_steps")
 
     def __init__(self, num_channels: Optional[int] = None, eps: float = 1e-5, momentum: Optional[float] = 0.1,

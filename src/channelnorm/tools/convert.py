@@ -32,11 +32,14 @@ from torch import nn
 
 from . import fold as _fold
 from ._model_checks import refuse_uninitialized_norms
+from .keras import from_keras_batchnorm, to_keras_batchnorm
 from .known import behaves_as, known_norm_classes
+from .stateless import drop_running_stats
 from ..modules import ChannelNorm, FrozenChannelNorm, SyncChannelNorm, module_traits
 from ..registry import accepted_kwargs, canonical_kind, create_norm
 
-__all__ = ["replace_norms", "to_sync", "from_sync", "freeze", "unfreeze", "fold", "FoldReport"]
+__all__ = ["replace_norms", "to_sync", "from_sync", "freeze", "unfreeze", "fold", "FoldReport", "drop_running_stats",
+           "from_keras_batchnorm", "to_keras_batchnorm"]
 
 _STAT_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 

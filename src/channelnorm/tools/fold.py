@@ -166,6 +166,8 @@ def _norm_problem(norm: nn.Module) -> Optional[str]:
         return f"{type(norm).__name__} is not a norm with running statistics that fold supports"
     if problem is not None:
         return f"{problem}, so it need not be the affine map of {cls.__name__} that fold would move into the layer"
+    if isinstance(getattr(norm, "channel_axis", 1), tuple):
+        return f"its statistics are per combination of the axes {norm.channel_axis}, not per output feature"
     return _statistics_problem(norm)
 
 

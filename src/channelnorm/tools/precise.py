@@ -19,6 +19,7 @@ from torch import nn
 
 from ..functional import _validation as _checks
 from ..modules import module_traits
+from ..modules.channel import flatten_channel_axes
 from ._model_checks import refuse_uninitialized_norms
 from ..ops.masked import valid_count
 from ..ops.moments import chan_merge, moments, reduce_dims
@@ -46,7 +47,9 @@ class Population:
         self.axis, self.owner, self.n, self.mean, self.m2 = axis, owner, 0, None, None
 
     def add(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> None:
-        axis = self.axis % x.ndim
+        if isinstance(self.axis, tuple):  # ChannelNorm over several axes: one merged channel axis, last
+            x = flatten_channel_axes(x, self.axis, "recompute_stats")[0]
+        axis = self.axis % x.ndim if isinstance(self.axis, int) else x.ndim - 1
         xf = x.detach().to(torch.float64)
         full = None
         if mask is None:
