@@ -154,13 +154,16 @@ def test_two_ranks_give_the_rows_of_one_process(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_out_refused_on_rank_0_fails_every_rank(tmp_path):
-    out = tmp_path / "busy"
-    with locked(out):       # another compare holds --out: rank 0 is refused before anything trains
-        ranks = _launch(tmp_path, lambda rank: [*FLAGS, "--out", str(out)])
+    # rank 1 is given a free folder: it fails only because rank 0 tells it (it never gets to the
+    # shared-folder check), with rank 0's words
+    busy, free = tmp_path / "busy", tmp_path / "free"
+    with locked(busy):       # another compare holds rank 0's --out: refused before anything trains
+        ranks = _launch(tmp_path, lambda rank: [*FLAGS, "--out", str(busy if rank == 0 else free)])
     assert [r["rc"] for r in ranks] == [2, 2], _describe(ranks)
     for r in ranks:
-        assert "in use by another channelnorm compare" in r["stderr"], _describe(ranks)
-    assert not (out / "config.json").exists()
+        assert f"{busy} is in use by another channelnorm compare" in r["stderr"], _describe(ranks)
+    assert not (busy / "config.json").exists() and not free.exists()
+    assert not any(r["writes"] for r in ranks)
 
 
 @pytest.mark.slow
