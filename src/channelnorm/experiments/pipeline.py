@@ -60,8 +60,14 @@ class PreparedRun:
 
 
 def prepare_run(config: ExperimentConfig, reproduction_dir: Optional[Path] = None) -> PreparedRun:
-    """Read the data, check a resume and the reproduction, and write ``config.json`` (the caller
-    holds ``config.out`` locked)."""
+    """Read the data, check a resume and the reproduction, and write ``config.json``.
+
+    Args:
+        config: the experiment; the caller holds ``config.out`` locked.
+        reproduction_dir: ``--reproduction``, read and checked now (before hours of training).
+
+    Returns:
+        A ``PreparedRun``; a ConfigError (or RunDirectoryError) naming what is refused."""
     out = Path(config.out)
     # read the data before anything is written: a bad --data-dir must not leave a config.json behind
     dataset = _load(config)
@@ -81,7 +87,14 @@ def prepare_run(config: ExperimentConfig, reproduction_dir: Optional[Path] = Non
 
 def start_sweep(prepared: PreparedRun, command: str) -> dict[str, Any]:
     """The environment as the sweep starts (the code that runs is the code of this moment), and
-    when and under what load it started."""
+    when and under what load it started.
+
+    Args:
+        prepared: what ``prepare_run`` returned.
+        command: the command line, kept in ``environment.json``.
+
+    Returns:
+        What ``finish_run`` takes as ``started``."""
     config = prepared.config
     environment = describe_environment(config.device, config.workers)
     environment["command"] = command
@@ -91,8 +104,17 @@ def start_sweep(prepared: PreparedRun, command: str) -> dict[str, Any]:
 
 def finish_run(prepared: PreparedRun, started: dict[str, Any], counts: dict[str, int],
                sweep_extra: Optional[dict[str, Any]] = None) -> dict[str, Path]:
-    """``environment.json`` (this sweep's timing and ``counts`` appended to its history, plus
-    ``sweep_extra``) and the outputs from the finished runs."""
+    """``environment.json`` (this sweep's timing and ``counts`` appended to its history) and the
+    outputs from the finished runs.
+
+    Args:
+        prepared: what ``prepare_run`` returned.
+        started: what ``start_sweep`` returned.
+        counts: cells ``executed`` and ``skipped`` by the sweep.
+        sweep_extra: more fields of this sweep's entry (under torchrun: the ranks).
+
+    Returns:
+        {output name: path}."""
     config, out = prepared.config, Path(prepared.config.out)
     environment = started["environment"]
     environment["sweep"] = {"started": started["started"], "finished": utc_now(),
