@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pickle
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,6 +18,7 @@ from .environment import CODE_PATH_FIELDS, describe_environment, load_average, u
 from .mechanism import measure
 from .outcome import analysed_row
 from .plot import plot_batch_panels, plot_curves
+from .ranks import detect_world, run_on_ranks
 from .report import render
 from .results import build_rows, build_variant_rows, collect, read_finished_run, write_results
 from .rundir import OUTPUTS, check_resume, claim_run_kind, read_environment, write_json_atomic
@@ -27,13 +29,45 @@ from .sweep import run_sweep
 def run_compare(config: ExperimentConfig, command: str = "channelnorm compare", progress: bool = True,
                 reproduction_dir: Optional[Path] = None) -> dict[str, Path]:
     """The whole experiment into ``config.out``, which it holds locked: a second invocation on the
-    same run directory meanwhile is refused (RunDirectoryError) instead of mixing its runs in."""
+    same run directory meanwhile is refused (RunDirectoryError) instead of mixing its runs in.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the ranks share the cells and rank 0 writes the
+    outputs (``ranks.py``); every other rank returns no paths."""
+    world = detect_world()
+    if world.distributed:
+        return run_on_ranks(world, config, command, progress, reproduction_dir)
     with locked(Path(config.out)):
         return _run_compare_locked(config, command, progress, reproduction_dir)
 
 
 def _run_compare_locked(config: ExperimentConfig, command: str, progress: bool,
                         reproduction_dir: Optional[Path]) -> dict[str, Path]:
+    prepared = prepare_run(config, reproduction_dir)
+    started = start_sweep(prepared, command)
+    counts = run_sweep(prepared.config, Path(prepared.config.out), progress=progress)
+    return finish_run(prepared, started, counts)
+
+
+@dataclass
+class PreparedRun:
+    """A run directory checked and holding ``config.json``: what the sweep and the outputs need."""
+    config: ExperimentConfig            # sizes resolved (``resolve_sizes``)
+    dataset: Any
+    resumed: bool
+    repro_rows: Optional[tuple[list, dict]]
+    reproduction_dir: Optional[Path]
+    history: list[dict]                 # earlier sweeps of this run directory (``environment.json``)
+
+
+def prepare_run(config: ExperimentConfig, reproduction_dir: Optional[Path] = None) -> PreparedRun:
+    """Read the data, check a resume and the reproduction, and write ``config.json``.
+
+    Args:
+        config: the experiment; the caller holds ``config.out`` locked.
+        reproduction_dir: ``--reproduction``, read and checked now (before hours of training).
+
+    Returns:
+        A ``PreparedRun``; a ConfigError (or RunDirectoryError) naming what is refused."""
     out = Path(config.out)
     claim_run_kind(out, "compare", record=False)     # a tune run's directory is never written into
     # read the data before anything is written: a bad --data-dir must not leave a config.json behind
@@ -51,17 +85,50 @@ def _run_compare_locked(config: ExperimentConfig, command: str, progress: bool,
         write_json_atomic(out / "config.json", config.to_dict(), root=out)
     except OSError as error:
         raise ConfigError(f"--out {str(out)!r} cannot be used as the run directory: {error}") from error
+    return PreparedRun(config, dataset, resumed, repro_rows, reproduction_dir, history)
+
+
+def start_sweep(prepared: PreparedRun, command: str) -> dict[str, Any]:
+    """The environment as the sweep starts (the code that runs is the code of this moment), and
+    when and under what load it started.
+
+    Args:
+        prepared: what ``prepare_run`` returned.
+        command: the command line, kept in ``environment.json``.
+
+    Returns:
+        What ``finish_run`` takes as ``started``."""
+    config = prepared.config
     environment = describe_environment(config.device, config.workers)
     environment["command"] = command
-    start_time, start_load, started = utc_now(), load_average(), time.perf_counter()
-    counts = run_sweep(config, out, progress=progress)
-    environment["sweep"] = {"started": start_time, "finished": utc_now(),
-                            "wall_seconds": round(time.perf_counter() - started, 1), "resumed": resumed,
-                            "load_start": start_load, "load_end": load_average(), "workers": config.workers,
-                            "cpu_capability": environment["cpu_capability"], "git": environment["git"], **counts}
-    environment["sweeps"] = history + [environment["sweep"]]
+    return {"environment": environment, "started": utc_now(), "load_start": load_average(),
+            "clock": time.perf_counter()}
+
+
+def finish_run(prepared: PreparedRun, started: dict[str, Any], counts: dict[str, int],
+               sweep_extra: Optional[dict[str, Any]] = None) -> dict[str, Path]:
+    """``environment.json`` (this sweep's timing and ``counts`` appended to its history) and the
+    outputs from the finished runs.
+
+    Args:
+        prepared: what ``prepare_run`` returned.
+        started: what ``start_sweep`` returned.
+        counts: cells ``executed`` and ``skipped`` by the sweep.
+        sweep_extra: more fields of this sweep's entry (under torchrun: the ranks).
+
+    Returns:
+        {output name: path}."""
+    config, out = prepared.config, Path(prepared.config.out)
+    environment = started["environment"]
+    environment["sweep"] = {"started": started["started"], "finished": utc_now(),
+                            "wall_seconds": round(time.perf_counter() - started["clock"], 1),
+                            "resumed": prepared.resumed, "load_start": started["load_start"],
+                            "load_end": load_average(), "workers": config.workers,
+                            "cpu_capability": environment["cpu_capability"], "git": environment["git"], **counts,
+                            **(sweep_extra or {})}
+    environment["sweeps"] = prepared.history + [environment["sweep"]]
     write_json_atomic(out / "environment.json", environment, root=out)
-    write_outputs(config, out, environment, dataset, repro_rows, reproduction_dir)
+    write_outputs(config, out, environment, prepared.dataset, prepared.repro_rows, prepared.reproduction_dir)
     return {name: out / name for name in OUTPUTS}
 
 

@@ -25,6 +25,7 @@ from .data import Dataset, load_dataset
 from .evaluate import curve_evaluator, evaluate_members
 from .lifeline import exit_with_parent
 from .grid import Cell, cell_seeds, plan
+from .ranks import bind_local_device
 from .rundir import finished_record, new_record, prepare_run_dir, write_record
 from .storage import RunDirectoryError, write_atomic
 from .train import Member, TrainPlan, train_members
@@ -85,6 +86,7 @@ _worker_state: dict[str, Any] = {}
 def _worker_init(config: ExperimentConfig, out: str, messages) -> None:
     exit_with_parent()         # first: a worker must not outlive a killed sweep
     torch.set_num_threads(1)   # two single-threaded cells beat one two-threaded cell at these sizes
+    bind_local_device(config.device)   # under torchrun: this rank's GPU, as its main process
     _worker_state.update(config=config, out=Path(out), data=load_dataset(config), messages=messages)
 
 
@@ -140,10 +142,11 @@ class _Bars:
             self.sweep.close()
 
 
-def run_sweep(config: ExperimentConfig, out: Path, progress: bool = True) -> dict[str, int]:
-    """Run every unfinished cell of ``config``'s grid into ``out``; returns counts of cells executed
-    and skipped (already finished)."""
-    cells = plan(config)
+def run_sweep(config: ExperimentConfig, out: Path, progress: bool = True,
+              cells: Optional[list[Cell]] = None) -> dict[str, int]:
+    """Run every unfinished cell of ``config``'s grid (or of ``cells``: one rank's share, see
+    ``ranks.py``) into ``out``; returns counts of cells executed and skipped (already finished)."""
+    cells = plan(config) if cells is None else cells
     pending = [c for c in cells if not cell_finished(out, c, config)]
     counts = {"executed": len(pending), "skipped": len(cells) - len(pending)}
     workers = min(config.workers, len(pending)) if pending else 0
