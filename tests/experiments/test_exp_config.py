@@ -9,24 +9,25 @@ from channelnorm.experiments import cli
 from channelnorm.experiments.config import ConfigError, ExperimentConfig, full_config, quick_config
 from channelnorm.experiments.rundir import check_resume, write_json_atomic
 from channelnorm.experiments.models import build_model
-from channelnorm.experiments.sweep import Cell, plan
+from channelnorm.experiments.grid import Cell, cell_seeds, plan
 
 
 def test_defaults_are_valid_frozen_and_round_trip():
     config = ExperimentConfig()
-    assert config.norms == ("channel", "group", "layer", "instance", "none")
+    assert config.norms == ("channel", "group", "layer", "layer2d", "instance", "none")
     assert config.sgd_batch == 32 and 32 in config.norm_batches and 2 in config.norm_batches
-    assert config.coupled_norms == ("channel", "group") and config.coupled_batches == (2, 32)
-    assert len(config.seeds) >= 3 and config.test_size >= 10_000
+    assert config.coupled_norms == () and config.coupled_batches == ()      # coupled cells: --full only
+    assert config.faithful_cell == (2, 16) and config.lr_factors == (0.5, 2.0) and config.frozen_tail > 0
+    assert len(config.seeds) >= 8 and config.test_size >= 10_000 and config.curve_points >= 30
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.epochs = 3
     assert ExperimentConfig.from_dict(config.to_dict()) == config
     with_lrs = config.with_(lrs=(("bn", 0.1), ("group", 0.05)))
     assert with_lrs.lrs == (("channel", 0.1), ("group", 0.05))
     assert ExperimentConfig.from_dict(with_lrs.to_dict()) == with_lrs
-    assert set(full_config().norms) == {"channel", "group", "layer", "instance", "none", "batch_renorm",
+    assert set(full_config().norms) == {"channel", "group", "layer", "layer2d", "instance", "none", "batch_renorm",
                                         "frn", "evonorm_s0", "evonorm_b0"}
-    assert full_config().norm_batches == (2, 4, 8, 16, 32)
+    assert full_config().norm_batches == (2, 4, 8, 16, 32) and full_config().coupled_batches == (2, 32)
 
 
 def test_aliases_resolve_to_canonical_kinds():
@@ -69,14 +70,20 @@ def test_every_registered_kind_builds_and_trains_in_the_network(kind):
 
 
 def test_the_grid_is_decoupled_for_channel_norm_and_shares_the_coupled_cell_at_the_sgd_batch():
-    config = ExperimentConfig()
+    config = ExperimentConfig(coupled_norms=("channel", "group"), coupled_batches=(2, 32))
     cells = plan(config)
-    assert {c for c in cells if c.norm == "channel" and c.protocol == "decoupled"} == {
-        Cell("channel", "decoupled", nb, 32) for nb in config.norm_batches}
-    for norm in ("group", "layer", "instance", "none"):          # batch-independent: trained once
+    main = [c for c in cells if not c.is_variant]
+    assert {c for c in main if c.norm == "channel" and c.protocol == "decoupled"} == {
+        Cell("channel", "decoupled", nb, 32) for nb in config.norm_batches} | {Cell("channel", "decoupled", 2, 16)}
+    for norm in ("group", "layer", "layer2d", "instance", "none"):          # batch-independent: trained once
         assert [c for c in cells if c.norm == norm and c.protocol == "decoupled"] == [Cell(norm, "decoupled", 32, 32)]
     assert {c for c in cells if c.protocol == "coupled"} == {Cell("channel", "coupled", 2, 2),
                                                              Cell("group", "coupled", 2, 2)}
+    # variant cells: the learning-rate grid at the smallest and the SGD batch, the frozen tail at the smallest
+    assert {c for c in cells if c.is_variant} == (
+        {Cell("channel", "decoupled", nb, 32, lr_scale=f) for nb in (2, 32) for f in (0.5, 2.0)}
+        | {Cell("channel", "decoupled", 2, 32, frozen_tail=True)})
+    assert all(len(cell_seeds(c, config)) == (4 if c.is_variant else 8) for c in cells)
     assert len(set(cells)) == len(cells)
     # every decoupled cell runs the same steps; coupled cells the same samples
     assert {config.steps(c.sgd_batch) * c.sgd_batch for c in cells} == {config.samples()}

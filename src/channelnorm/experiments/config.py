@@ -145,8 +145,6 @@ class ExperimentConfig:
             integer("faithful cell's SGD batch", sb, 2)
             if nb > sb:
                 raise ConfigError(f"faithful cell: normalization batch {nb} is larger than its SGD batch {sb}")
-            if self.train_size is not None and sb > self.train_size:
-                raise ConfigError(f"faithful cell's SGD batch {sb} is larger than train_size {self.train_size}")
         for factor in self.lr_factors:
             number("learning-rate factor", factor)
             if factor == 1.0:
@@ -168,6 +166,14 @@ class ExperimentConfig:
         for name in ("val_size", "precise_size", "curve_size"):
             integer(name, getattr(self, name), 2)
         largest = max(self.sgd_batch, *self.coupled_batches) if self.coupled_batches else self.sgd_batch
+        if self.faithful_cell is not None:
+            largest = max(largest, self.faithful_cell[1])
+        # per-batch evaluation and the curves read whole batches of every normalization batch trained
+        norm_batch = max(self.sgd_batch, *self.norm_batches, *self.coupled_batches)
+        evaluated = min(self.curve_size, self.test_size) if self.test_size is not None else self.curve_size
+        if norm_batch > evaluated:
+            raise ConfigError(f"normalization batch {norm_batch} is larger than the test images the curves and the "
+                              f"per-batch evaluation read (curve_size {self.curve_size}, test_size {self.test_size})")
         if self.train_size is not None and largest > self.train_size:
             raise ConfigError(f"batch {largest} is larger than train_size {self.train_size}")
         n = self.train_size if self.train_size is not None else 50_000
