@@ -13,7 +13,7 @@ from channelnorm.experiments.sweep import plan, run_sweep
 def tiny(tmp_path, **changes):
     settings = dict(norms=("channel",), norm_batches=(2, 4), sgd_batch=4, coupled_norms=(), coupled_batches=(),
                     seeds=(0, 1), train_size=40, test_size=20, precise_size=8, curve_size=8, image_size=8, width=2,
-                    workers=1, out=str(tmp_path), epochs=1.0)
+                    workers=1, out=str(tmp_path), epochs=1.0, faithful_cell=None, lr_factors=(), frozen_tail=0.0)
     settings.update(changes)
     return quick_config(**settings)
 
