@@ -25,6 +25,7 @@ def _check_tracked_call(op, input, channel_axis, weight, bias, running_mean, run
     axis = _checks.input_tensor(input, channel_axis, op, batch_axis_needed=batch_axis_needed)
     _checks.per_channel(op, input, axis, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
     _checks.paired_running_stats(op, running_mean, running_var)
+    _checks.running_buffers(op, running_mean, running_var, num_batches_tracked, updated=bool(use_batch_stats))
     _checks.momentum(momentum)
     eps = _checks.eps(eps)
     if not use_batch_stats and running_mean is None:
@@ -271,7 +272,7 @@ def group_norm_validated(input, axis, num_groups, weight, bias, eps, backend):
         _checks.not_batch_axis("group_norm", input, axis, axis)
     if input.numel() == 0:
         return _empty_output(input, weight, bias, axis)
-    impl = dispatch.resolve(backend, "group_norm", input, axis, (weight, bias))
+    impl = dispatch.resolve(backend, "group_norm", input, axis, (weight, bias), num_groups=num_groups)
     return impl.group_norm(input, num_groups, weight, bias, eps, axis)
 
 
@@ -421,6 +422,6 @@ def group_norm_act(
     if input.numel() == 0:
         return fused.activate(_empty_output(input, weight, bias, axis) + (0 if residual is None else residual),
                               activation)
-    impl = dispatch.resolve(backend, op, input, axis, (weight, bias))
+    impl = dispatch.resolve(backend, op, input, axis, (weight, bias), num_groups=num_groups)
     return impl.group_norm_act(input, num_groups, weight, bias, eps, axis, activation=activation, residual=residual)
 

@@ -84,6 +84,7 @@ def batch_renorm(input, running_mean, running_var, weight=None, bias=None, train
     if running_mean is None or running_var is None or num_batches_tracked is None:
         raise ValueError(f"{op}: training needs running_mean, running_var and num_batches_tracked "
                          f"(r and d are measured against the running statistics)")
+    _checks.running_buffers(op, running_mean, running_var, num_batches_tracked, updated=True)
     _checks.momentum(momentum)
     eps = _checks.eps(eps)
     _per_channel_values(op, input, axis)
@@ -142,6 +143,7 @@ def ghost_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     axis = _checks.input_tensor(input, channel_axis, op, batch_axis_needed=True)
     _checks.per_channel(op, input, axis, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
     _checks.paired_running_stats(op, running_mean, running_var)
+    _checks.running_buffers(op, running_mean, running_var, num_batches_tracked, updated=True)
     _checks.momentum(momentum)
     if running_mean is not None and momentum is None and num_batches_tracked is None:
         raise ValueError(f"{op}: momentum=None (cumulative average) needs num_batches_tracked")
@@ -280,6 +282,7 @@ def evonorm_b0(input, running_var, v, weight=None, bias=None, training=False, mo
     _checks.per_channel(op, input, axis, running_var=running_var, v=v, weight=weight, bias=bias)
     if v is None:
         raise ValueError(f"{op}: v (the per-channel instance-term scale) is required")
+    _checks.running_buffers(op, None, running_var, num_batches_tracked, updated=bool(training))
     _checks.momentum(momentum)
     eps = _checks.eps(eps)
     if not training and running_var is None:

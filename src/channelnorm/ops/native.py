@@ -48,23 +48,18 @@ def unsupported_reason(op: str, x: torch.Tensor, channel_axis: int,
 
 
 def inexact_reason(op: str, x: torch.Tensor, channel_axis: int,
-                   params: tuple[Optional[torch.Tensor], ...] = (), training: bool = True) -> Optional[str]:
+                   params: tuple[Optional[torch.Tensor], ...] = (), training: bool = True,
+                   num_groups: Optional[int] = None) -> Optional[str]:
     """Why torch's kernel would not compute what the reference does for this call, or None.
 
     ``"auto"`` avoids these calls; ``backend="native"`` still runs them (it asks for torch's result).
     Each rule is a torch CPU kernel defect shown by tests/ops/test_auto_vs_reference.py.
+    ``num_groups``: the group ops' number of groups (None for the others).
     """
     if x.is_cuda:
         return None
     if op in _GROUP_OPS:
-        if not (x.is_contiguous() if channel_axis == 1 else x.movedim(channel_axis, 1).is_contiguous()):
-            # Other layouts (channels_last) lose float32 precision at large means: mean 100 with unit
-            # variance gives errors of 4e-3 (1e-5 on the contiguous layout).
-            return "torch's CPU group_norm is imprecise on non-contiguous layouts (large means)"
-        if x.numel() == x.shape[channel_axis]:
-            # One sample without spatial extent: torch refuses it when every group is one channel.
-            return "torch's group_norm refuses a single sample of single-value groups"
-        return None
+        return _group_inexact_reason(x, channel_axis, params, num_groups)
     if x.dtype in _HALF:
         # Against a float64 oracle, torch's CPU half batch_norm (training) and instance_norm (training and
         # eval) are 10-100x less accurate than the reference once the mean is large next to the spread
@@ -73,24 +68,59 @@ def inexact_reason(op: str, x: torch.Tensor, channel_axis: int,
         if not training and op in _CHANNEL_OPS:
             return None
         return f"torch's CPU {x.dtype} batch_norm/instance_norm statistics are less accurate than the reference"
-    if (op == "instance_norm" and x.shape[0] == 1 and torch.is_grad_enabled()
-            and (x.requires_grad or any(p is not None and p.requires_grad for p in params))):
-        # The backward is wrong at batch 1 when the incoming gradient is channels_last-strided, and
-        # the gradient's strides are unknown when the forward runs.
-        return "torch's CPU instance_norm backward is wrong at batch 1 for channels_last-strided gradients"
+    # (instance_norm's backward, wrong for some gradient layouts at any batch size, is made exact by
+    # _kernel_safe_gradient: the gradient's strides are unknown when the forward runs.)
     return None
 
 
-def _canonical_gradient(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Give torch's batch_norm backward a gradient laid out as its own output ``y``.
+_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 
-    torch's CPU batch_norm backward computes wrong input gradients when the incoming gradient's
-    strides are ambiguous: a size-1 axis with a non-canonical stride makes it both contiguous and
-    channels_last (e.g. shape (3, 2, 1, 2) with strides (4, 1, 1, 2)). Such strides need a size-1
-    axis, so calls without one pay nothing. Under torch.compile the compiled backward runs instead
-    (and hooks that read strides cannot be traced), so nothing is registered there.
+
+def _group_inexact_reason(x: torch.Tensor, channel_axis: int, params, num_groups: Optional[int]) -> Optional[str]:
+    """``inexact_reason`` for torch's CPU group_norm (GroupNorm, LayerNorm and their fused forms)."""
+    xm = x if channel_axis == 1 else x.movedim(channel_axis, 1)
+    if not xm.is_contiguous():
+        # Other layouts (channels_last) lose float32 precision at large means: mean 100 with unit
+        # variance gives errors of 4e-3 (1e-5 on the contiguous layout).
+        return "torch's CPU group_norm is imprecise on non-contiguous layouts (large means)"
+    memory_format = _CHANNELS_LAST.get(xm.ndim)
+    if memory_format is not None and xm.is_contiguous(memory_format=memory_format):
+        # Both contiguous and channels_last (a size-1 channel or spatial axis, e.g. one channel moved from
+        # axis -1): torch may run its channels_last kernel, as imprecise (6.5e-3 against the reference's
+        # 5.9e-6 at mean 100); which one it runs depends on size-1 strides the dispatch should not guess.
+        return "torch's CPU group_norm may run its imprecise channels_last kernel on this ambiguous layout"
+    if x.numel() == x.shape[channel_axis]:
+        # One sample without spatial extent: torch refuses it when every group is one channel.
+        return "torch's group_norm refuses a single sample of single-value groups"
+    if num_groups is not None and x.numel() == x.shape[0] * num_groups:
+        # One value per group: the exact output is the bias, and the reference's (x - mean) is exactly 0;
+        # torch's x * scale + shift form with scale = 1/sqrt(eps) leaves 1.7e-3 at mean 100.
+        return "torch's group_norm is imprecise for one value per group"
+    for p in params:
+        if p is not None and p.dtype in _HALF:
+            # Half-precision weight/bias: torch's weight, bias and input gradients come out 2-7x (up to
+            # 30x) less accurate than the reference's against a float64 oracle.
+            return f"torch's CPU group_norm backward is less accurate with {p.dtype} parameters"
+    return None
+
+
+def _kernel_safe_gradient(y: torch.Tensor) -> torch.Tensor:
+    """Give the backward of torch's kernel that produced ``y`` a gradient laid out as ``y`` itself.
+
+    torch's CPU batch_norm backward (which instance_norm runs too) computes wrong gradients when the
+    incoming gradient is contiguous in one memory format and the input in another while their
+    ``suggest_memory_format`` agree: it then reads the gradient as if laid out like the input. That
+    takes a size-1 axis with a non-canonical stride (e.g. shape (3, 2, 1, 2) with strides
+    (4, 1, 1, 2), both contiguous and channels_last). batch_norm sees one only when the input has a
+    size-1 axis; instance_norm always does: it runs batch_norm on the input viewed as
+    (1, N * C, *spatial), so a gradient whose N and C axes are innermost (e.g. after
+    ``flatten(2).permute(2, 0, 1)``) reaches the kernel as channels_last with an arbitrary batch
+    stride. Copying a gradient into ``y``'s strides, which the kernel chose for its input's format,
+    makes both agree; a gradient already laid out so costs nothing. The strides are only known in
+    the backward, hence a hook. Under torch.compile the compiled backward runs instead (and hooks
+    that read strides cannot be traced), so nothing is registered there.
     """
-    if y.requires_grad and 1 in x.shape and not torch.compiler.is_compiling():
+    if y.requires_grad and not torch.compiler.is_compiling():
         shape, strides = y.shape, y.stride()
 
         def relayout(grad: torch.Tensor):
@@ -168,8 +198,8 @@ def channel_norm(x, running_mean, running_var, weight, bias, training, momentum,
                              momentum, eps, cudnn)
     else:
         y = torch.batch_norm(xm, weight, bias, running_mean, running_var, bool(training), 0.0, eps, cudnn)
-    if 1 in x.shape:  # only a size-1 axis makes strides ambiguous (see _canonical_gradient)
-        y = _canonical_gradient(y, x)
+    if 1 in x.shape:  # only a size-1 axis makes strides ambiguous (see _kernel_safe_gradient)
+        y = _kernel_safe_gradient(y)
     return match_layout(y if channel_axis == 1 else y.movedim(1, channel_axis), x)
 
 
@@ -183,6 +213,8 @@ def instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, m
     else:
         y = torch.instance_norm(xm, weight, bias, running_mean, running_var, bool(use_input_stats), 0.0, eps,
                                 cudnn)
+    # The kernel's batch_norm always sees a size-1 batch axis (see _kernel_safe_gradient).
+    y = _kernel_safe_gradient(y)
     return match_layout(y if channel_axis == 1 else y.movedim(1, channel_axis), x)
 
 
