@@ -76,7 +76,9 @@ def channel_norm(
         input: the input, floating point, C channels on ``channel_axis``.
         running_mean: per-channel running mean ``(C,)`` or None, updated in place in training.
         running_var: per-channel running (unbiased) variance ``(C,)`` or None, updated in place in
-            training. Give both or neither.
+            training. Give both or neither. Both floating point and not requiring grad (running
+            statistics are not differentiable; torch's ``F.batch_norm`` refuses them too), and, when
+            updated, one element of memory per channel (an expanded tensor is a ``ValueError``).
         weight: optional per-channel scale, shape ``(C,)``. Default: None (1).
         bias: optional per-channel shift, shape ``(C,)``. Default: None (0).
         training: normalize with the batch's statistics (and update the running ones) instead of the
@@ -90,7 +92,8 @@ def channel_norm(
         backend: ``"auto"`` (picks per call), ``"reference"``, ``"native"`` or ``"triton"``; a named
             backend that cannot run the call is a ``ValueError`` saying why. Default: ``"auto"``.
         num_batches_tracked: keyword-only; optional 0-dim long tensor counting the updates,
-            incremented in place with the running statistics. Default: None.
+            incremented in place with the running statistics (any one-element integer or floating
+            tensor; anything else is a ``TypeError`` before the statistics move). Default: None.
         mask: keyword-only; optional bool tensor, True for the elements that enter the statistics
             (padding excluded; every element is still normalized, but padding reaches no gradient,
             in training and eval: padded outputs pass none to the weight, bias, statistics or valid
@@ -174,8 +177,9 @@ def instance_norm(
     Args:
         input: the input, floating point, C channels on ``channel_axis``.
         running_mean: per-channel running mean ``(C,)`` or None. Default: None.
-        running_var: per-channel running (unbiased) variance ``(C,)`` or None; give both or neither.
-            Default: None.
+        running_var: per-channel running (unbiased) variance ``(C,)`` or None; give both or neither,
+            floating point, not requiring grad, and, when updated, not expanded (as
+            `channel_norm`). Default: None.
         weight: optional per-channel scale, shape ``(C,)``. Default: None (1).
         bias: optional per-channel shift, shape ``(C,)``. Default: None (0).
         use_input_stats: normalize with the input's statistics instead of the running ones, which
@@ -189,7 +193,8 @@ def instance_norm(
         backend: ``"auto"`` (picks per call), ``"reference"``, ``"native"`` or ``"triton"``; a named
             backend that cannot run the call is a ``ValueError`` saying why. Default: ``"auto"``.
         num_batches_tracked: keyword-only; optional 0-dim long tensor counting the updates,
-            incremented in place with the running statistics. Default: None.
+            incremented in place with the running statistics (any one-element integer or floating
+            tensor; anything else is a ``TypeError`` before the statistics move). Default: None.
 
     Shape:
         - Input: ``(N, C, *)``, rank 3 or more with input statistics (one value
@@ -333,7 +338,9 @@ def channel_norm_act(
         input: the input, floating point, C channels on ``channel_axis``.
         running_mean: per-channel running mean ``(C,)`` or None, updated in place in training.
         running_var: per-channel running (unbiased) variance ``(C,)`` or None, updated in place in
-            training. Give both or neither.
+            training. Give both or neither. Both floating point and not requiring grad (running
+            statistics are not differentiable; torch's ``F.batch_norm`` refuses them too), and, when
+            updated, one element of memory per channel (an expanded tensor is a ``ValueError``).
         weight: optional per-channel scale, shape ``(C,)``. Default: None (1).
         bias: optional per-channel shift, shape ``(C,)``. Default: None (0).
         training: normalize with the batch's statistics (and update the running ones) instead of the
@@ -351,7 +358,8 @@ def channel_norm_act(
         backend: ``"auto"`` (picks per call), ``"reference"``, ``"native"`` or ``"triton"``; a named
             backend that cannot run the call is a ``ValueError`` saying why. Default: ``"auto"``.
         num_batches_tracked: keyword-only; optional 0-dim long tensor counting the updates,
-            incremented in place with the running statistics. Default: None.
+            incremented in place with the running statistics (any one-element integer or floating
+            tensor; anything else is a ``TypeError`` before the statistics move). Default: None.
 
     Shape:
         - Input: ``(N, C, *)``, any rank from 2 up, with the C channels on ``channel_axis``.

@@ -47,7 +47,8 @@ def batch_renorm(input, running_mean, running_var, weight=None, bias=None, train
         running_mean (Tensor | None): per-channel running mean ``(C,)``, updated in place; required in
             training.
         running_var (Tensor | None): per-channel running (unbiased) variance ``(C,)``, updated in place;
-            required in training.
+            required in training. The buffers follow `channel_norm`'s rules (floating point, not
+            requiring grad, not expanded).
         weight (Tensor | None): optional per-channel scale γ, shape ``(C,)``. Default: None (1).
         bias (Tensor | None): optional per-channel shift β, shape ``(C,)``. Default: None (0).
         training (bool): renormalized batch statistics (True) or the running statistics (False). Default:
@@ -109,7 +110,8 @@ def ghost_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         running_mean (Tensor | None): per-channel running mean ``(C,)`` or None, updated in place in
             training.
         running_var (Tensor | None): per-channel running (unbiased) variance ``(C,)`` or None, updated in
-            place in training; give both or neither.
+            place in training; give both or neither. The buffers follow `channel_norm`'s rules (floating
+            point, not requiring grad, not expanded).
         weight (Tensor | None): optional per-channel scale γ, shape ``(C,)``. Default: None (1).
         bias (Tensor | None): optional per-channel shift β, shape ``(C,)``. Default: None (0).
         training (bool): statistics per virtual batch (True) or the running statistics (False). Default:
@@ -253,7 +255,8 @@ def evonorm_b0(input, running_var, v, weight=None, bias=None, training=False, mo
     Args:
         input (Tensor): the input, floating point, C channels on ``channel_axis``.
         running_var (Tensor | None): per-channel running (unbiased) variance ``(C,)`` or None, updated in
-            place in training; required when ``training=False``.
+            place in training; required when ``training=False``. Floating point, not requiring grad,
+            and not expanded when updated (as `channel_norm`'s buffers).
         v (Tensor): the per-channel scale of the instance term, shape ``(C,)``; required.
         weight (Tensor | None): optional per-channel scale γ, shape ``(C,)``. Default: None (1).
         bias (Tensor | None): optional per-channel shift β, shape ``(C,)``. Default: None (0).
