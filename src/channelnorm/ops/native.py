@@ -105,20 +105,16 @@ def _group_inexact_reason(x: torch.Tensor, channel_axis: int, params, num_groups
 
 
 def _kernel_safe_gradient(y: torch.Tensor) -> torch.Tensor:
-    """Give the backward of torch's kernel that produced ``y`` a gradient laid out as ``y`` itself.
+    """Give torch's batch_norm backward a gradient laid out as its own output ``y``.
 
-    torch's CPU batch_norm backward (which instance_norm runs too) computes wrong gradients when the
-    incoming gradient is contiguous in one memory format and the input in another while their
-    ``suggest_memory_format`` agree: it then reads the gradient as if laid out like the input. That
-    takes a size-1 axis with a non-canonical stride (e.g. shape (3, 2, 1, 2) with strides
-    (4, 1, 1, 2), both contiguous and channels_last). batch_norm sees one only when the input has a
-    size-1 axis; instance_norm always does: it runs batch_norm on the input viewed as
-    (1, N * C, *spatial), so a gradient whose N and C axes are innermost (e.g. after
-    ``flatten(2).permute(2, 0, 1)``) reaches the kernel as channels_last with an arbitrary batch
-    stride. Copying a gradient into ``y``'s strides, which the kernel chose for its input's format,
-    makes both agree; a gradient already laid out so costs nothing. The strides are only known in
-    the backward, hence a hook. Under torch.compile the compiled backward runs instead (and hooks
-    that read strides cannot be traced), so nothing is registered there.
+    torch's CPU batch_norm backward computes wrong gradients when the incoming gradient is contiguous
+    in one memory format and the input in another while their ``suggest_memory_format`` agree: it then
+    reads the gradient as if laid out like the input. That takes a size-1 axis with a non-canonical
+    stride (e.g. shape (3, 2, 1, 2) with strides (4, 1, 1, 2), both contiguous and channels_last), so
+    calls without one pay nothing. Copying such a gradient into ``y``'s strides, which the kernel chose
+    for its input's format, makes both agree. The strides are only known in the backward, hence a hook.
+    Under torch.compile the compiled backward runs instead (and hooks that read strides cannot be
+    traced), so nothing is registered there.
     """
     if y.requires_grad and not torch.compiler.is_compiling():
         shape, strides = y.shape, y.stride()
@@ -206,15 +202,23 @@ def channel_norm(x, running_mean, running_var, weight, bias, training, momentum,
 def instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps, channel_axis,
                   num_batches_tracked: Optional[torch.Tensor] = None) -> torch.Tensor:
     xm = x if channel_axis == 1 else x.movedim(channel_axis, 1)
+    # torch.instance_norm runs batch_norm on the input viewed as (1, N * C, *spatial): a size-1 batch axis,
+    # so a gradient whose N and C axes are innermost (InstanceNorm -> flatten(2).permute(2, 0, 1), as
+    # before nn.MultiheadAttention) reaches batch_norm's backward contiguous as channels_last with an
+    # arbitrary batch stride, which it reads wrongly (see _kernel_safe_gradient). With the spatial axes
+    # flattened into one, the kernel sees (1, N * C, L): a rank with no channels_last format, so every
+    # gradient layout is read right, without a hook (a view for contiguous input; torch.instance_norm
+    # copies other layouts to contiguous anyway).
+    xk = xm.flatten(2) if xm.ndim > 3 else xm
     cudnn = x.is_cuda and torch.backends.cudnn.enabled  # read only for CUDA input (see channel_norm)
     if use_input_stats and running_mean is not None:
-        y = _run_tracked(torch.instance_norm, xm, weight, bias, running_mean, running_var, num_batches_tracked,
+        y = _run_tracked(torch.instance_norm, xk, weight, bias, running_mean, running_var, num_batches_tracked,
                          momentum, eps, cudnn)
     else:
-        y = torch.instance_norm(xm, weight, bias, running_mean, running_var, bool(use_input_stats), 0.0, eps,
+        y = torch.instance_norm(xk, weight, bias, running_mean, running_var, bool(use_input_stats), 0.0, eps,
                                 cudnn)
-    # The kernel's batch_norm always sees a size-1 batch axis (see _kernel_safe_gradient).
-    y = _kernel_safe_gradient(y)
+    if xk is not xm:
+        y = y.view(xm.shape)
     return match_layout(y if channel_axis == 1 else y.movedim(1, channel_axis), x)
 
 
