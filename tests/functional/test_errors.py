@@ -116,3 +116,26 @@ def test_explicit_backend_that_cannot_run_is_an_error_not_a_fallback(monkeypatch
         cn.ChannelNorm(3, backend="triton")(torch.randn(2, 3, 4))
     with pytest.raises(ValueError, match=r"backend='native' cannot run instance_norm here: .*rank 2"):
         F.instance_norm(torch.randn(2, 3), torch.zeros(3), torch.ones(3), use_input_stats=False, backend="native")
+
+
+@pytest.mark.parametrize("kind", ["channel", "layer", "instance", "frn", "batch_renorm", "ghost", "evonorm_b0"])
+def test_an_eps_too_large_for_a_float_is_a_value_error_naming_it(kind):
+    # 10**400 is a valid Python int; float() of it overflows (it was an OverflowError traceback).
+    with pytest.raises(ValueError, match=r"eps must be a finite number > 0, got 1000000000.*too large for a float"):
+        cn.create_norm(kind, 8, eps=10 ** 400)
+    with pytest.raises(ValueError, match=r"eps must be a finite number > 0, got an integer of 16610 bits"):
+        cn.create_norm(kind, 8, eps=10 ** 5000)  # too long even to print: described by its size
+
+
+def test_huge_integers_in_other_number_arguments_are_value_errors():
+    x = torch.randn(2, 4, 3)
+    with pytest.raises(ValueError, match=r"eps must be a finite number > 0, got 10000"):
+        F.channel_norm(x, None, None, training=True, eps=10 ** 400)
+    with pytest.raises(ValueError, match=r"momentum must be a number in \[0, 1\] or None, got 10000"):
+        cn.ChannelNorm(4, momentum=10 ** 400)
+    with pytest.raises(ValueError, match=r"rmax must be a finite number >= 1, got 10000"):
+        F.batch_renorm(x, torch.zeros(4), torch.ones(4), training=True, num_batches_tracked=torch.tensor(0),
+                       rmax=10 ** 400)
+    with pytest.raises(ValueError, match=r"decay must be a number in \[0, 1\], got 10000"):
+        cn.momentum_from_decay(10 ** 400)
+    assert cn.ChannelNorm(4, eps=2).eps == 2.0  # an ordinary int is still taken

@@ -25,18 +25,37 @@ def positive_int(name: str, value) -> int:
 _EPS_MIN = torch.finfo(torch.float32).tiny
 
 
+def shown(value) -> str:
+    """``repr(value)`` for an error message; an integer too long to print (Python refuses more than 4300
+    digits) is described by its size instead."""
+    try:
+        return repr(value)
+    except ValueError:
+        return f"an integer of {value.bit_length()} bits"
+
+
+def real_as_float(name: str, value, requirement: str) -> float:
+    """``value`` as a float, for a real (non-bool) number; anything else, or an integer too large for a
+    float (``10**400``), is a ``ValueError`` naming ``name``, the value and the ``requirement``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be {requirement}, got {shown(value)}")
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{name} must be {requirement}, got {shown(value)} (too large for a float)") from None
+
+
 def eps(value) -> float:
     # eps > 0: with 0 a constant channel divides 0 by 0.
     # `type(...) is float` first: the numbers.Real ABC check costs ~0.5 us on every functional call.
-    if type(value) is not float and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
-        raise ValueError(f"eps must be a finite number > 0, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"eps must be a finite number > 0, got {value!r}")
-    if value < _EPS_MIN:
+    number = value if type(value) is float else real_as_float("eps", value, "a finite number > 0")
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"eps must be a finite number > 0, got {shown(value)}")
+    if number < _EPS_MIN:
         raise ValueError(f"eps={value!r} is below float32's smallest normal number {_EPS_MIN!r}: statistics are "
                          f"computed in float32 (or float64), where it is 0 or subnormal (flushed to 0), so a "
                          f"constant channel would divide 0 by 0")
-    return float(value)
+    return number
 
 
 def parameter_dtype(owner: str, dtype) -> None:
@@ -53,21 +72,25 @@ def backend_for(op: str, backend) -> None:
 
 
 def renorm_limits(rmax, dmax, warmup_steps) -> tuple[float, float, int]:
-    if isinstance(rmax, bool) or not isinstance(rmax, numbers.Real) or not math.isfinite(rmax) or rmax < 1:
+    rmax_f = real_as_float("rmax", rmax, "a finite number >= 1")
+    if not math.isfinite(rmax_f) or rmax_f < 1:
         raise ValueError(f"rmax must be a finite number >= 1, got {rmax!r}")
-    if isinstance(dmax, bool) or not isinstance(dmax, numbers.Real) or not math.isfinite(dmax) or dmax < 0:
+    dmax_f = real_as_float("dmax", dmax, "a finite number >= 0")
+    if not math.isfinite(dmax_f) or dmax_f < 0:
         raise ValueError(f"dmax must be a finite number >= 0, got {dmax!r}")
     if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, numbers.Integral) or warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
-    return float(rmax), float(dmax), int(warmup_steps)
+        raise ValueError(f"warmup_steps must be an integer >= 0, got {shown(warmup_steps)}")
+    return rmax_f, dmax_f, int(warmup_steps)
 
 
 def momentum(value, allow_none: bool = True) -> Optional[float]:
     if value is None and allow_none:
         return None
+    # The range test compares exactly, so an integer too large for a float (10**400) fails it, not float().
     if ((type(value) is not float and (isinstance(value, bool) or not isinstance(value, numbers.Real)))
             or not 0.0 <= value <= 1.0):
-        raise ValueError(f"momentum must be a number in [0, 1]{' or None' if allow_none else ''}, got {value!r}")
+        raise ValueError(f"momentum must be a number in [0, 1]{' or None' if allow_none else ''}, got "
+                         f"{shown(value)}")
     return float(value)
 
 
@@ -148,6 +171,43 @@ def more_than_one_value(op: str, x: torch.Tensor, n: int, what: str) -> None:
 def paired_running_stats(op: str, running_mean, running_var) -> None:
     if (running_mean is None) != (running_var is None):
         raise ValueError(f"{op}: running_mean and running_var must both be tensors or both be None")
+
+
+def running_buffers(op: str, running_mean, running_var, num_batches_tracked, updated: bool) -> None:
+    """Check the running statistics before anything is written to them (call after ``per_channel``).
+
+    Floating point (an integer buffer would be truncated, or silently never updated); not requiring
+    grad (running statistics are not differentiable: torch's ``F.batch_norm`` refuses them in training
+    and eval, and so does every backend here); when ``updated`` (the call writes them in place),
+    each channel its own memory (an expanded buffer would fold every channel into one value).
+    ``num_batches_tracked``: None or a one-element integer or floating tensor, incremented in place.
+    """
+    for name, t in (("running_mean", running_mean), ("running_var", running_var)):
+        if t is None:
+            continue
+        if not t.dtype.is_floating_point:
+            raise TypeError(f"{op}: {name} must be a floating tensor (float16, bfloat16, float32, float64), got "
+                            f"dtype {t.dtype}: an integer buffer cannot hold the running statistics")
+        if t.requires_grad:
+            raise ValueError(f"{op}: {name} requires grad, but running statistics are not differentiable (as in "
+                             f"torch.nn.functional.batch_norm); pass {name}.detach() or a buffer without "
+                             f"requires_grad")
+        if updated and t.shape[0] > 1 and t.stride(0) == 0:
+            raise ValueError(f"{op}: {name} is expanded (stride 0 over its {t.shape[0]} channels), so the in-place "
+                             f"update would write every channel's statistic into one value; pass {name}.clone()")
+    if num_batches_tracked is None:
+        return
+    if not isinstance(num_batches_tracked, torch.Tensor):
+        raise TypeError(f"{op}: num_batches_tracked must be a one-element tensor (as nn.BatchNorm's 0-dim "
+                        f"torch.long buffer) or None, got {type(num_batches_tracked).__name__} "
+                        f"{shown(num_batches_tracked)}: it is incremented in place")
+    dtype = num_batches_tracked.dtype
+    if (num_batches_tracked.numel() != 1 or dtype is torch.bool or dtype.is_complex
+            or num_batches_tracked.requires_grad):
+        raise TypeError(f"{op}: num_batches_tracked must be a one-element integer or floating tensor without "
+                        f"requires_grad (nn.BatchNorm's is a 0-dim torch.long), got shape "
+                        f"{tuple(num_batches_tracked.shape)} dtype {dtype} "
+                        f"requires_grad={num_batches_tracked.requires_grad}")
 
 
 def stats_mask(op: str, x: torch.Tensor, axis: int, mask) -> torch.Tensor:

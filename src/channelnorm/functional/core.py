@@ -26,6 +26,7 @@ def _check_tracked_call(op, input, channel_axis, weight, bias, running_mean, run
     axis = _checks.input_tensor(input, channel_axis, op, batch_axis_needed=batch_axis_needed)
     _checks.per_channel(op, input, axis, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
     _checks.paired_running_stats(op, running_mean, running_var)
+    _checks.running_buffers(op, running_mean, running_var, num_batches_tracked, updated=bool(use_batch_stats))
     _checks.momentum(momentum)
     eps = _checks.eps(eps)
     if not use_batch_stats and running_mean is None:
@@ -76,7 +77,9 @@ def channel_norm(
         input: the input, floating point, C channels on ``channel_axis``.
         running_mean: per-channel running mean ``(C,)`` or None, updated in place in training.
         running_var: per-channel running (unbiased) variance ``(C,)`` or None, updated in place in
-            training. Give both or neither.
+            training. Give both or neither. Both floating point and not requiring grad (running
+            statistics are not differentiable; torch's ``F.batch_norm`` refuses them too), and, when
+            updated, one element of memory per channel (an expanded tensor is a ``ValueError``).
         weight: optional per-channel scale, shape ``(C,)``. Default: None (1).
         bias: optional per-channel shift, shape ``(C,)``. Default: None (0).
         training: normalize with the batch's statistics (and update the running ones) instead of the
@@ -90,7 +93,8 @@ def channel_norm(
         backend: ``"auto"`` (picks per call), ``"reference"``, ``"native"`` or ``"triton"``; a named
             backend that cannot run the call is a ``ValueError`` saying why. Default: ``"auto"``.
         num_batches_tracked: keyword-only; optional 0-dim long tensor counting the updates,
-            incremented in place with the running statistics. Default: None.
+            incremented in place with the running statistics (any one-element integer or floating
+            tensor; anything else is a ``TypeError`` before the statistics move). Default: None.
         mask: keyword-only; optional bool tensor, True for the elements that enter the statistics
             (padding excluded; every element is still normalized, but padding reaches no gradient,
             in training and eval: padded outputs pass none to the weight, bias, statistics or valid
@@ -174,8 +178,9 @@ def instance_norm(
     Args:
         input: the input, floating point, C channels on ``channel_axis``.
         running_mean: per-channel running mean ``(C,)`` or None. Default: None.
-        running_var: per-channel running (unbiased) variance ``(C,)`` or None; give both or neither.
-            Default: None.
+        running_var: per-channel running (unbiased) variance ``(C,)`` or None; give both or neither,
+            floating point, not requiring grad, and, when updated, not expanded (as
+            `channel_norm`). Default: None.
         weight: optional per-channel scale, shape ``(C,)``. Default: None (1).
         bias: optional per-channel shift, shape ``(C,)``. Default: None (0).
         use_input_stats: normalize with the input's statistics instead of the running ones, which
@@ -189,7 +194,8 @@ def instance_norm(
         backend: ``"auto"`` (picks per call), ``"reference"``, ``"native"`` or ``"triton"``; a named
             backend that cannot run the call is a ``ValueError`` saying why. Default: ``"auto"``.
         num_batches_tracked: keyword-only; optional 0-dim long tensor counting the updates,
-            incremented in place with the running statistics. Default: None.
+            incremented in place with the running statistics (any one-element integer or floating
+            tensor; anything else is a ``TypeError`` before the statistics move). Default: None.
 
     Shape:
         - Input: ``(N, C, *)``, rank 3 or more with input statistics (one value
@@ -272,7 +278,7 @@ def group_norm_validated(input, axis, num_groups, weight, bias, eps, backend):
         _checks.not_batch_axis("group_norm", input, axis, axis)
     if input.numel() == 0:
         return _empty_output(input, weight, bias, axis)
-    impl = dispatch.resolve(backend, "group_norm", input, axis, (weight, bias))
+    impl = dispatch.resolve(backend, "group_norm", input, axis, (weight, bias), num_groups=num_groups)
     return impl.group_norm(input, num_groups, weight, bias, eps, axis)
 
 
@@ -381,7 +387,9 @@ def channel_norm_act(
         input: the input, floating point, C channels on ``channel_axis``.
         running_mean: per-channel running mean ``(C,)`` or None, updated in place in training.
         running_var: per-channel running (unbiased) variance ``(C,)`` or None, updated in place in
-            training. Give both or neither.
+            training. Give both or neither. Both floating point and not requiring grad (running
+            statistics are not differentiable; torch's ``F.batch_norm`` refuses them too), and, when
+            updated, one element of memory per channel (an expanded tensor is a ``ValueError``).
         weight: optional per-channel scale, shape ``(C,)``. Default: None (1).
         bias: optional per-channel shift, shape ``(C,)``. Default: None (0).
         training: normalize with the batch's statistics (and update the running ones) instead of the
@@ -399,7 +407,8 @@ def channel_norm_act(
         backend: ``"auto"`` (picks per call), ``"reference"``, ``"native"`` or ``"triton"``; a named
             backend that cannot run the call is a ``ValueError`` saying why. Default: ``"auto"``.
         num_batches_tracked: keyword-only; optional 0-dim long tensor counting the updates,
-            incremented in place with the running statistics. Default: None.
+            incremented in place with the running statistics (any one-element integer or floating
+            tensor; anything else is a ``TypeError`` before the statistics move). Default: None.
 
     Shape:
         - Input: ``(N, C, *)``, any rank from 2 up, with the C channels on ``channel_axis``.
@@ -470,6 +479,6 @@ def group_norm_act(
     if input.numel() == 0:
         return fused.activate(_empty_output(input, weight, bias, axis) + (0 if residual is None else residual),
                               activation)
-    impl = dispatch.resolve(backend, op, input, axis, (weight, bias))
+    impl = dispatch.resolve(backend, op, input, axis, (weight, bias), num_groups=num_groups)
     return impl.group_norm_act(input, num_groups, weight, bias, eps, axis, activation=activation, residual=residual)
 

@@ -47,7 +47,8 @@ def batch_renorm(input, running_mean, running_var, weight=None, bias=None, train
         running_mean (Tensor | None): per-channel running mean ``(C,)``, updated in place; required in
             training.
         running_var (Tensor | None): per-channel running (unbiased) variance ``(C,)``, updated in place;
-            required in training.
+            required in training. The buffers follow `channel_norm`'s rules (floating point, not
+            requiring grad, not expanded).
         weight (Tensor | None): optional per-channel scale γ, shape ``(C,)``. Default: None (1).
         bias (Tensor | None): optional per-channel shift β, shape ``(C,)``. Default: None (0).
         training (bool): renormalized batch statistics (True) or the running statistics (False). Default:
@@ -84,6 +85,7 @@ def batch_renorm(input, running_mean, running_var, weight=None, bias=None, train
     if running_mean is None or running_var is None or num_batches_tracked is None:
         raise ValueError(f"{op}: training needs running_mean, running_var and num_batches_tracked "
                          f"(r and d are measured against the running statistics)")
+    _checks.running_buffers(op, running_mean, running_var, num_batches_tracked, updated=True)
     _checks.momentum(momentum)
     eps = _checks.eps(eps)
     _per_channel_values(op, input, axis)
@@ -108,7 +110,8 @@ def ghost_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         running_mean (Tensor | None): per-channel running mean ``(C,)`` or None, updated in place in
             training.
         running_var (Tensor | None): per-channel running (unbiased) variance ``(C,)`` or None, updated in
-            place in training; give both or neither.
+            place in training; give both or neither. The buffers follow `channel_norm`'s rules (floating
+            point, not requiring grad, not expanded).
         weight (Tensor | None): optional per-channel scale γ, shape ``(C,)``. Default: None (1).
         bias (Tensor | None): optional per-channel shift β, shape ``(C,)``. Default: None (0).
         training (bool): statistics per virtual batch (True) or the running statistics (False). Default:
@@ -142,6 +145,7 @@ def ghost_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     axis = _checks.input_tensor(input, channel_axis, op, batch_axis_needed=True)
     _checks.per_channel(op, input, axis, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
     _checks.paired_running_stats(op, running_mean, running_var)
+    _checks.running_buffers(op, running_mean, running_var, num_batches_tracked, updated=True)
     _checks.momentum(momentum)
     if running_mean is not None and momentum is None and num_batches_tracked is None:
         raise ValueError(f"{op}: momentum=None (cumulative average) needs num_batches_tracked")
@@ -251,7 +255,8 @@ def evonorm_b0(input, running_var, v, weight=None, bias=None, training=False, mo
     Args:
         input (Tensor): the input, floating point, C channels on ``channel_axis``.
         running_var (Tensor | None): per-channel running (unbiased) variance ``(C,)`` or None, updated in
-            place in training; required when ``training=False``.
+            place in training; required when ``training=False``. Floating point, not requiring grad,
+            and not expanded when updated (as `channel_norm`'s buffers).
         v (Tensor): the per-channel scale of the instance term, shape ``(C,)``; required.
         weight (Tensor | None): optional per-channel scale γ, shape ``(C,)``. Default: None (1).
         bias (Tensor | None): optional per-channel shift β, shape ``(C,)``. Default: None (0).
@@ -280,6 +285,7 @@ def evonorm_b0(input, running_var, v, weight=None, bias=None, training=False, mo
     _checks.per_channel(op, input, axis, running_var=running_var, v=v, weight=weight, bias=bias)
     if v is None:
         raise ValueError(f"{op}: v (the per-channel instance-term scale) is required")
+    _checks.running_buffers(op, None, running_var, num_batches_tracked, updated=bool(training))
     _checks.momentum(momentum)
     eps = _checks.eps(eps)
     if not training and running_var is None:

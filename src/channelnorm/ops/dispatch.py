@@ -39,10 +39,12 @@ class Backend(Protocol):
         statistics), or None when it can."""
 
     def inexact_reason(self, op: str, x: torch.Tensor, channel_axis: int,
-                       params: tuple[Optional[torch.Tensor], ...], training: bool = True) -> Optional[str]:
+                       params: tuple[Optional[torch.Tensor], ...], training: bool = True,
+                       num_groups: Optional[int] = None) -> Optional[str]:
         """Why this backend, though it can run the call, would not compute what the reference does
         (``"auto"`` then picks another; naming the backend still runs it), or None. ``training``:
-        whether the call computes batch statistics (False: it normalizes with given statistics)."""
+        whether the call computes batch statistics (False: it normalizes with given statistics);
+        ``num_groups``: the number of groups of a group op (None for the other ops)."""
 
     def channel_norm(self, x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis,
                      num_batches_tracked=None) -> torch.Tensor: ...
@@ -200,9 +202,11 @@ def _named(backend: str, op: str, x: torch.Tensor, channel_axis: int, params) ->
 
 
 def resolve(backend: str, op: str, x: torch.Tensor, channel_axis: int,
-            params: tuple[Optional[torch.Tensor], ...] = (), training: bool = True) -> Backend:
+            params: tuple[Optional[torch.Tensor], ...] = (), training: bool = True,
+            num_groups: Optional[int] = None) -> Backend:
     """The backend that runs ``op`` on ``x`` (``params``: weight, bias, running statistics;
-    ``training``: whether the call computes batch statistics).
+    ``training``: whether the call computes batch statistics; ``num_groups``: a group op's number
+    of groups).
 
     ``backend`` must already be a known name (``check_backend_name``) and ``op`` one that every
     backend implements (the core norms and their fused forms), or ``layer_norm_2d`` after ``require``
@@ -213,9 +217,9 @@ def resolve(backend: str, op: str, x: torch.Tensor, channel_axis: int,
     if x.is_cuda and TRITON_ON_CUDA and call_class(op, x, channel_axis) in TRITON_ON_CUDA:
         impl, reason = _triton()
         if (reason is None and impl.unsupported_reason(op, x, channel_axis, params) is None
-                and impl.inexact_reason(op, x, channel_axis, params, training) is None):
+                and impl.inexact_reason(op, x, channel_axis, params, training, num_groups) is None):
             return impl
     if (NATIVE.unsupported_reason(op, x, channel_axis, params) is None
-            and NATIVE.inexact_reason(op, x, channel_axis, params, training) is None):
+            and NATIVE.inexact_reason(op, x, channel_axis, params, training, num_groups) is None):
         return NATIVE
     return REFERENCE

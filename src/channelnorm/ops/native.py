@@ -52,25 +52,20 @@ def unsupported_reason(op: str, x: torch.Tensor, channel_axis: int,
 
 
 def inexact_reason(op: str, x: torch.Tensor, channel_axis: int,
-                   params: tuple[Optional[torch.Tensor], ...] = (), training: bool = True) -> Optional[str]:
+                   params: tuple[Optional[torch.Tensor], ...] = (), training: bool = True,
+                   num_groups: Optional[int] = None) -> Optional[str]:
     """Why torch's kernel would not compute what the reference does for this call, or None.
 
     ``"auto"`` avoids these calls; ``backend="native"`` still runs them (it asks for torch's result).
     Each rule is a torch CPU kernel defect shown by tests/ops/test_auto_vs_reference.py.
+    ``num_groups``: the group ops' number of groups (None for the others).
     """
     if x.is_cuda or op == "layer_norm_2d":
         # torch's CPU layer_norm matches the reference's error against float64 in float32, bfloat16 and
         # float16, at means up to 1e4 and in either layout (tests/functional/test_layer_norm_2d.py).
         return None
     if op in _GROUP_OPS:
-        if not (x.is_contiguous() if channel_axis == 1 else x.movedim(channel_axis, 1).is_contiguous()):
-            # Other layouts (channels_last) lose float32 precision at large means: mean 100 with unit
-            # variance gives errors of 4e-3 (1e-5 on the contiguous layout).
-            return "torch's CPU group_norm is imprecise on non-contiguous layouts (large means)"
-        if x.numel() == x.shape[channel_axis]:
-            # One sample without spatial extent: torch refuses it when every group is one channel.
-            return "torch's group_norm refuses a single sample of single-value groups"
-        return None
+        return _group_inexact_reason(x, channel_axis, params, num_groups)
     if x.dtype in _HALF:
         # Against a float64 oracle, torch's CPU half batch_norm (training) and instance_norm (training and
         # eval) are 10-100x less accurate than the reference once the mean is large next to the spread
@@ -79,24 +74,57 @@ def inexact_reason(op: str, x: torch.Tensor, channel_axis: int,
         if not training and op in _CHANNEL_OPS:
             return None
         return f"torch's CPU {x.dtype} batch_norm/instance_norm statistics are less accurate than the reference"
-    if (op == "instance_norm" and x.shape[0] == 1 and torch.is_grad_enabled()
-            and (x.requires_grad or any(p is not None and p.requires_grad for p in params))):
-        # The backward is wrong at batch 1 when the incoming gradient is channels_last-strided, and
-        # the gradient's strides are unknown when the forward runs.
-        return "torch's CPU instance_norm backward is wrong at batch 1 for channels_last-strided gradients"
+    # (torch's instance_norm backward, wrong for some gradient layouts at any batch size, is made exact in
+    # instance_norm below rather than avoided here: the gradient's strides are unknown in the forward.)
     return None
 
 
-def _canonical_gradient(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def _group_inexact_reason(x: torch.Tensor, channel_axis: int, params, num_groups: Optional[int]) -> Optional[str]:
+    """``inexact_reason`` for torch's CPU group_norm (GroupNorm, LayerNorm and their fused forms).
+
+    Shape reads and one contiguity test: it runs on every auto group norm call.
+    """
+    if not (x.is_contiguous() if channel_axis == 1 else x.movedim(channel_axis, 1).is_contiguous()):
+        # Other layouts (channels_last) lose float32 precision at large means: mean 100 with unit
+        # variance gives errors of 4e-3 (1e-5 on the contiguous layout).
+        return "torch's CPU group_norm is imprecise on non-contiguous layouts (large means)"
+    shape = x.shape
+    channels = shape[channel_axis]
+    per_sample = x.numel() // shape[0]  # the input is not empty
+    if x.ndim in (4, 5) and (channels == 1 or per_sample == channels):
+        # A contiguous (N, C, *spatial) with one channel or one spatial position is channels_last too
+        # (e.g. one channel moved from axis -1), and torch may then run its channels_last kernel, as
+        # imprecise (2e-3 against the reference's 5e-6 at mean 100): which one runs depends on size-1
+        # strides that the dispatch should not guess.
+        return "torch's CPU group_norm may run its imprecise channels_last kernel on this ambiguous layout"
+    if shape[0] == 1 and per_sample == channels:
+        # One sample without spatial extent: torch refuses it when every group is one channel.
+        return "torch's group_norm refuses a single sample of single-value groups"
+    if per_sample == num_groups:
+        # One value per group: the exact output is the bias, and the reference's (x - mean) is exactly 0;
+        # torch's x * scale + shift form with scale = 1/sqrt(eps) leaves 2e-3 at mean 100.
+        return "torch's group_norm is imprecise for one value per group"
+    for p in params:
+        if p is not None and p.dtype in _HALF:
+            # Half-precision weight/bias: at mean 100 torch's weight gradient comes out 15-175x less
+            # accurate than the reference's against a float64 oracle (its input gradient 2-20x).
+            return f"torch's CPU group_norm backward is less accurate with {p.dtype} parameters"
+    return None
+
+
+def _kernel_safe_gradient(y: torch.Tensor) -> torch.Tensor:
     """Give torch's batch_norm backward a gradient laid out as its own output ``y``.
 
-    torch's CPU batch_norm backward computes wrong input gradients when the incoming gradient's
-    strides are ambiguous: a size-1 axis with a non-canonical stride makes it both contiguous and
-    channels_last (e.g. shape (3, 2, 1, 2) with strides (4, 1, 1, 2)). Such strides need a size-1
-    axis, so calls without one pay nothing. Under torch.compile the compiled backward runs instead
-    (and hooks that read strides cannot be traced), so nothing is registered there.
+    torch's CPU batch_norm backward computes wrong gradients when the incoming gradient is contiguous
+    in one memory format and the input in another while their ``suggest_memory_format`` agree: it then
+    reads the gradient as if laid out like the input. That takes a size-1 axis with a non-canonical
+    stride (e.g. shape (3, 2, 1, 2) with strides (4, 1, 1, 2), both contiguous and channels_last), so
+    calls without one pay nothing. Copying such a gradient into ``y``'s strides, which the kernel chose
+    for its input's format, makes both agree. The strides are only known in the backward, hence a hook.
+    Under torch.compile the compiled backward runs instead (and hooks that read strides cannot be
+    traced), so nothing is registered there.
     """
-    if y.requires_grad and 1 in x.shape and not torch.compiler.is_compiling():
+    if y.requires_grad and not torch.compiler.is_compiling():
         shape, strides = y.shape, y.stride()
 
         def relayout(grad: torch.Tensor):
@@ -182,21 +210,31 @@ def channel_norm(x, running_mean, running_var, weight, bias, training, momentum,
                              momentum, eps, cudnn)
     else:
         y = torch.batch_norm(xm, weight, bias, running_mean, running_var, bool(training), 0.0, eps, cudnn)
-    if 1 in x.shape:  # only a size-1 axis makes strides ambiguous (see _canonical_gradient)
-        y = _canonical_gradient(y, x)
+    if 1 in x.shape:  # only a size-1 axis makes strides ambiguous (see _kernel_safe_gradient)
+        y = _kernel_safe_gradient(y)
     return match_layout(y if channel_axis == 1 else y.movedim(1, channel_axis), x)
 
 
 def instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps, channel_axis,
                   num_batches_tracked: Optional[torch.Tensor] = None) -> torch.Tensor:
     xm = x if channel_axis == 1 else x.movedim(channel_axis, 1)
+    # torch.instance_norm runs batch_norm on the input viewed as (1, N * C, *spatial): a size-1 batch axis,
+    # so a gradient whose N and C axes are innermost (InstanceNorm -> flatten(2).permute(2, 0, 1), as
+    # before nn.MultiheadAttention) reaches batch_norm's backward contiguous as channels_last with an
+    # arbitrary batch stride, which it reads wrongly (see _kernel_safe_gradient). With the spatial axes
+    # flattened into one, the kernel sees (1, N * C, L): a rank with no channels_last format, so every
+    # gradient layout is read right, without a hook (a view for contiguous input; torch.instance_norm
+    # copies other layouts to contiguous anyway).
+    xk = xm.flatten(2) if xm.ndim > 3 else xm
     cudnn = x.is_cuda and torch.backends.cudnn.enabled  # read only for CUDA input (see channel_norm)
     if use_input_stats and running_mean is not None:
-        y = _run_tracked(torch.instance_norm, xm, weight, bias, running_mean, running_var, num_batches_tracked,
+        y = _run_tracked(torch.instance_norm, xk, weight, bias, running_mean, running_var, num_batches_tracked,
                          momentum, eps, cudnn)
     else:
-        y = torch.instance_norm(xm, weight, bias, running_mean, running_var, bool(use_input_stats), 0.0, eps,
+        y = torch.instance_norm(xk, weight, bias, running_mean, running_var, bool(use_input_stats), 0.0, eps,
                                 cudnn)
+    if xk is not xm:
+        y = y.view_as(xm)  # view_as: a third of the host cost of view(shape)
     return match_layout(y if channel_axis == 1 else y.movedim(1, channel_axis), x)
 
 

@@ -93,7 +93,7 @@ class ReferenceBackend(ComposedActivation):
     def unsupported_reason(self, op, x, channel_axis, params=()) -> Optional[str]:
         return None
 
-    def inexact_reason(self, op, x, channel_axis, params=(), training=True) -> Optional[str]:
+    def inexact_reason(self, op, x, channel_axis, params=(), training=True, num_groups=None) -> Optional[str]:
         return None
 
     def channel_norm(self, x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis,

@@ -12,8 +12,9 @@ __all__ = ["momentum_from_decay", "decay_from_momentum"]
 
 
 def _unit_interval(name: str, value, hint: str = "") -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
-            or not 0.0 <= value <= 1.0:
+    # The range test first: it compares exactly, where math.isfinite(10**400) raises OverflowError.
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0 \
+            or not math.isfinite(value):
         raise ValueError(f"{name} must be a number in [0, 1], got {value!r}{hint}")
     return float(value)
 

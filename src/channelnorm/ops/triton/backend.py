@@ -163,7 +163,7 @@ class TritonBackend:
     def unsupported_reason(self, op, x, channel_axis, params=()) -> Optional[str]:
         return unsupported_reason(op, x, *params)
 
-    def inexact_reason(self, op, x, channel_axis, params=(), training=True) -> Optional[str]:
+    def inexact_reason(self, op, x, channel_axis, params=(), training=True, num_groups=None) -> Optional[str]:
         return None  # tests/ops/triton/test_triton_*.py hold the kernels to the reference
 
     channel_norm = staticmethod(channel_norm)
