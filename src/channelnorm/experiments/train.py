@@ -9,6 +9,7 @@ loss turns non-finite is stopped (learning rate 0) and marked diverged; the othe
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -158,8 +159,9 @@ def conv_backend(channels_last: bool):
     """The context the training runs in: oneDNN off for channels_last convolutions on the CPU, whose
     backward of a strided 1x1 convolution corrupts the heap in torch 2.13 on AVX2 CPUs (seen here:
     "corrupted double-linked list", an abort inside ``loss.backward()``); torch's own kernels run
-    instead. NCHW (the experiment's default) keeps oneDNN."""
-    return torch.backends.mkldnn.flags(enabled=not channels_last)
+    instead. NCHW (the experiment's default) keeps oneDNN, and its flags untouched (setting them
+    prints a TF32 warning on CPU builds)."""
+    return torch.backends.mkldnn.flags(enabled=False) if channels_last else contextlib.nullcontext()
 
 
 def train_members(plan: TrainPlan, train_x: torch.Tensor, train_y: torch.Tensor,
