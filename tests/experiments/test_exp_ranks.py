@@ -27,7 +27,7 @@ from channelnorm.experiments import cli
 from channelnorm.experiments.config import ConfigError, quick_config
 from channelnorm.experiments.grid import cell_seeds, estimated_cost, plan
 from channelnorm.experiments.ranks import CHECK_NAME, World, balance, detect_world
-from channelnorm.experiments.rundir import OUTPUTS
+from channelnorm.experiments.rundir import KIND_FILE, OUTPUTS
 from channelnorm.experiments.storage import locked
 
 DEADLINE_S = 240.0
@@ -135,7 +135,7 @@ def test_two_ranks_give_the_rows_of_one_process(tmp_path, capsys):
     assert all(Path(p).is_relative_to(both / "runs") for p in ranks[1]["writes"]), ranks[1]["writes"]
     assert "results.json" not in ranks[1]["stdout"]
     top = {Path(p).name for p in ranks[0]["writes"] if Path(p).parent == both}
-    assert top == set(OUTPUTS) | {CHECK_NAME}
+    assert top == set(OUTPUTS) | {CHECK_NAME, KIND_FILE}
     assert not (both / CHECK_NAME).exists()
 
     sweep = json.loads((both / "environment.json").read_text())["sweep"]
