@@ -165,10 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(tune)
 
     across = commands.add_parser(
-        "verdicts", help="the verdicts of finished compare runs of one grid side by side",
-        description="Print, for two or more finished `channelnorm compare` runs of the same grid that may "
-                    "differ in their seeds and CPU code path, every verdict of each run and whether all agree "
-                    "(each run judged under the first run's analysis thresholds).")
+        "verdicts", help="the pre-registered claims on finished compare runs of one grid, pooled",
+        description="Pool two or more finished `channelnorm compare` runs of the same grid that may differ in "
+                    "their seeds and CPU code path: per-seed values merged cell by cell (a seed two runs share "
+                    "counted once), the claims tested once on the pool (Welch, Holm within each family), each "
+                    "run's own effect and whether its interval agrees with the first run's (every run judged "
+                    "under the first run's analysis thresholds).")
     across.add_argument("runs", nargs="+", type=Path, metavar="DIR", help="run directories (--out of compare)")
     across.add_argument("--out", type=Path, help="also write the table to this Markdown file")
     return parser
