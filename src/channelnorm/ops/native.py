@@ -225,7 +225,10 @@ def instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, m
     # flattened into one, the kernel sees (1, N * C, L): a rank with no channels_last format, so every
     # gradient layout is read right, without a hook (a view for contiguous input; torch.instance_norm
     # copies other layouts to contiguous anyway).
-    xk = xm.flatten(2) if xm.ndim > 3 else xm
+    # Only where a gradient can reach the kernel: without one (eval under no_grad, frozen inputs) there
+    # is nothing to misread and the flatten is pure host cost.
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    xk = xm.flatten(2) if xm.ndim > 3 and needs_grad else xm
     cudnn = x.is_cuda and torch.backends.cudnn.enabled  # read only for CUDA input (see channel_norm)
     if use_input_stats and running_mean is not None:
         y = _run_tracked(torch.instance_norm, xk, weight, bias, running_mean, running_var, num_batches_tracked,
