@@ -18,22 +18,9 @@ from channelnorm.experiments.rundir import (KIND_FILE, check_resume, finished_re
 from channelnorm.experiments.stats import mean_ci, paired_by_seed
 from channelnorm.experiments.storage import NotJsonError, RunDirectoryError, read_json
 from channelnorm.experiments.grid import Cell, plan
-from channelnorm.experiments.train import MemberLog
 
-# ---- fakes: these tests are about files, not numbers ----
-
-
-def fake_train_members(plan, train_x, train_y, curve=None, progress=None, population_x=None):
-    logs = [MemberLog(entries=[{"kind": "train", "step": plan.steps, "samples": plan.steps * plan.sgd_batch,
-                                "lr": 0.0, "loss": 0.01},
-                               {"kind": "curve", "step": plan.steps, "error": 25.0}], final_train_loss=0.01)
-            for _ in plan.members]
-    return None, logs, 0.1
-
-
-def fake_evaluate_members(model, plan, test_x, test_y, precise_x):
-    seeds = [m.seed for m in plan.members]
-    return {"ema": [25.0 + s for s in seeds], "precise": [24.0 + s for s in seeds], "batch": [50.0 for _ in seeds]}
+# ---- fakes: these tests are about files, not numbers (the run directory tests' fakes) ----
+from test_exp_rundir import fake_evaluate_members, fake_train_members  # noqa: E402
 
 
 @pytest.fixture
