@@ -31,7 +31,7 @@ from .outcome import analysed, converged, is_curve_point, steps_to_target
 from .stats import is_finite_number
 from .storage import (NotJsonError, RunDirectoryError, is_temporary_name, read_json, remove_file, safe_directory,
                       write_atomic, write_json)
-from .tuned_lrs import cell_lr
+from .tuned_lrs import run_lr
 
 RECORD_KEYS = ("run_id", "norm", "protocol", "norm_batch", "sgd_batch", "seed", "errors", "converged")
 
@@ -92,7 +92,7 @@ def run_settings(config: ExperimentConfig, spec: RunKey) -> dict[str, Any]:
     # the run's own fields under one key: the cell's SGD batch is not the config's (coupled cells)
     settings["run"] = dataclasses.asdict(spec)
     # the learning rate it trains with, which the committed tuning (``tuned_lrs``) decides too
-    settings["peak_lr"] = cell_lr(spec.norm, spec.sgd_batch, config) * spec.lr_scale
+    settings["peak_lr"] = run_lr(spec, config)
     settings["fingerprint_version"] = FINGERPRINT_VERSION
     return settings
 

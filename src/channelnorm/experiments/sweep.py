@@ -29,7 +29,7 @@ from .ranks import bind_local_device
 from .rundir import finished_record, new_record, prepare_run_dir, write_record
 from .storage import RunDirectoryError, write_atomic
 from .train import Member, TrainPlan, train_members
-from .tuned_lrs import cell_lr
+from .tuned_lrs import run_lr
 
 try:
     from tqdm.auto import tqdm
@@ -42,7 +42,7 @@ def cell_finished(out: Path, cell: Cell, config: ExperimentConfig) -> bool:
 
 
 def train_plan(cell: Cell, config: ExperimentConfig, in_channels: int) -> TrainPlan:
-    lr = cell_lr(cell.norm, cell.sgd_batch, config) * cell.lr_scale   # linear scaling rule, then the variant's factor
+    lr = run_lr(cell, config)   # linear scaling rule, then the variant's factor
     steps = config.steps(cell.sgd_batch)
     return TrainPlan(norm=cell.norm, norm_batch=cell.norm_batch, sgd_batch=cell.sgd_batch,
                      steps=steps, members=tuple(Member(s, lr) for s in cell_seeds(cell, config)),

@@ -134,6 +134,12 @@ def cell_lr(norm: str, sgd_batch: int, config: Any) -> float:
     return peak_lr(norm, config) * sgd_batch / config.sgd_batch
 
 
+def run_lr(cell: Any, config: Any) -> float:
+    """The peak learning rate a cell (or a run's key) trains with: ``cell_lr`` times the variant's
+    ``lr_scale``. The one place both the training and the run's fingerprint read it from."""
+    return cell_lr(cell.norm, cell.sgd_batch, config) * cell.lr_scale
+
+
 def is_tuned(norm: str, config: Any) -> bool:
     """True when ``norm``'s rate comes from ``config.lrs`` or the tuning of ``config``'s data set."""
     tuned = tuned_rates(config)
