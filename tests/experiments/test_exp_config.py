@@ -18,7 +18,7 @@ def test_defaults_are_valid_frozen_and_round_trip():
     assert config.sgd_batch == 32 and 32 in config.norm_batches and 2 in config.norm_batches
     assert config.coupled_norms == () and config.coupled_batches == ()      # coupled cells: --full only
     assert config.faithful_cell == (2, 16) and config.lr_factors == (0.5, 2.0) and config.frozen_tail > 0
-    assert len(config.seeds) >= 8 and config.test_size >= 10_000 and config.curve_points >= 30
+    assert len(config.seeds) >= 8 and config.test_size >= 5_000 and config.curve_points >= 30
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.epochs = 3
     assert ExperimentConfig.from_dict(config.to_dict()) == config

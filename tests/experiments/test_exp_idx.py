@@ -14,7 +14,9 @@ import torch
 
 from channelnorm.experiments import cli, fashion_mnist, idx
 from channelnorm.experiments.config import ConfigError, quick_config
-from channelnorm.experiments.data import load_dataset
+from channelnorm.experiments.data import Dataset, load_dataset
+from channelnorm.experiments.grid import Cell
+from channelnorm.experiments.sweep import train_plan
 from channelnorm.experiments.fashion_mnist import FILES
 
 INSTALLED = Path(fashion_mnist.DEFAULT_DIR)
@@ -274,3 +276,25 @@ def test_the_installed_fashion_mnist_reads_with_its_published_counts():
     assert torch.bincount(read.train_y).tolist() == [6000] * 10
     assert torch.bincount(read.test_y).tolist() == [1000] * 10
     assert 0.0 <= float(read.train_x.min()) and float(read.train_x.max()) <= 1.0
+
+
+def test_each_data_set_gets_the_thresholds_fixed_for_it_before_any_run():
+    parse = cli.build_parser().parse_args
+    fashion = cli.config_from_args(parse(["compare", "--data", "fashion-mnist"]), {"data"}, "runs/compare")
+    assert (fashion.converged_loss, fashion.target_error) == (0.25, 12.0)
+    synthetic = cli.config_from_args(parse(["compare"]), set(), "runs/compare")
+    assert (synthetic.converged_loss, synthetic.target_error) == (0.05, 5.0) and synthetic.grid == "default"
+    given = cli.config_from_args(parse(["compare", "--data", "fashion-mnist", "--target-error", "9"]),
+                                 {"data", "target_error"}, "runs/compare")
+    assert (given.converged_loss, given.target_error) == (0.25, 9.0)
+    quick = cli.config_from_args(parse(["compare", "--quick", "--data", "fashion-mnist"]), {"quick", "data"}, "x")
+    assert (quick.converged_loss, quick.target_error) == (2.0, 80.0)
+
+
+@pytest.mark.parametrize("size,stride", [(12, 1), (28, 2)])
+def test_a_cell_plan_halves_large_images_in_the_stem(size, stride):
+    images = torch.zeros(40, 1, size, size)
+    data = Dataset("grey", tuple("abcdefghij"), images, torch.zeros(40, dtype=torch.long), images,
+                   torch.zeros(40, dtype=torch.long))
+    plan = train_plan(Cell("channel", "decoupled", 4, 16), quick_config(), data)
+    assert (plan.stem_stride, plan.in_channels) == (stride, 1)

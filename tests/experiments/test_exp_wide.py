@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from channelnorm.experiments.models import build_model, stack, unstack
+from channelnorm.experiments.models import build_model, stack, stem_stride, unstack
 from channelnorm.experiments.train import Member, MemberSGD, TrainPlan, train_members
 
 KINDS = [("channel", {}), ("group", {}), ("layer", {}), ("layer2d", {}), ("instance", {}), ("none", {}),
@@ -107,9 +107,10 @@ def float64_default():
     torch.set_default_dtype(previous)
 
 
-@pytest.mark.parametrize("norm,norm_batch,channels_last", [("channel", 2, True), ("channel", 8, False),
-                                                           ("group", 8, False), ("instance", 8, True)])
-def test_grey_28x28_members_equal_separate_runs_in_float64(float64_default, norm, norm_batch, channels_last):
+@pytest.mark.parametrize("norm,norm_batch,channels_last,stride", [("channel", 2, True, 1), ("channel", 8, False, 1),
+                                                                  ("group", 8, False, 1), ("instance", 8, True, 1),
+                                                                  ("channel", 2, False, 2), ("group", 8, False, 2)])
+def test_grey_28x28_members_equal_separate_runs_in_float64(float64_default, norm, norm_batch, channels_last, stride):
     """The Fashion-MNIST input (one channel, 28x28): a 3-member cell against three single runs, in
     float64 (model, data and optimizer state), so grouped and plain convolutions may differ only by
     rounding (~1e-15 relative; float32 at this size lets a near-zero bias drift by a few %). Width
@@ -119,9 +120,10 @@ def test_grey_28x28_members_equal_separate_runs_in_float64(float64_default, norm
     x, y = torch.randn(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g)
     members = (Member(0, 0.05), Member(1, 0.1), Member(2, 0.2))
     common = dict(norm=norm, norm_batch=norm_batch, sgd_batch=8, steps=12, width=8, max_groups=2, log_points=12,
-                  channels_last=channels_last, in_channels=1)
+                  channels_last=channels_last, in_channels=1, stem_stride=stride)
     wide, wide_logs, _ = train_members(TrainPlan(members=members, **common), x, y)
     assert wide.stem[0].weight.shape == (3 * 8, 1, 3, 3) and wide.stem[0].weight.dtype == torch.float64
+    assert wide.stem[0].stride == (stride, stride)
     for k, member in enumerate(members):
         single, logs, _ = train_members(TrainPlan(members=(member,), **common), x, y)
         losses = [e["loss"] for e in logs[0].entries if e["kind"] == "train"]
@@ -130,3 +132,13 @@ def test_grey_28x28_members_equal_separate_runs_in_float64(float64_default, norm
         for (name, a), b in zip(single.state_dict().items(),
                                 (v if v.ndim == 0 else v.chunk(3)[k] for v in wide.state_dict().values())):
             torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11, msg=name)
+
+
+@pytest.mark.parametrize("size,stride,last", [(12, 1, 3), (16, 1, 4), (23, 1, 6), (24, 2, 3), (28, 2, 4), (32, 2, 4)])
+def test_the_stem_halves_images_of_24_pixels_and_more(size, stride, last):
+    """Large images (Fashion-MNIST 28, CIFAR-10 32) run the stages at half resolution; ``last`` is
+    the last stage's map worked out by hand (each stride-2 3x3 conv with padding 1 gives ceil(n/2))."""
+    assert stem_stride(size) == stride
+    model = build_model("channel", 4, 1, stem_stride=stem_stride(size), in_channels=1)
+    features = model.features(torch.randn(2, 1, size, size))
+    assert features.shape[-2:] == (last, last)

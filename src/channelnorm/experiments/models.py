@@ -25,6 +25,18 @@ NormFactory = Callable[[int], nn.Module]
 GROUP_KINDS_ARG = {"group": "num_groups", "evonorm_s0": "num_groups"}
 
 
+# images at least this many pixels on a side (Fashion-MNIST 28, CIFAR-10 32) are halved by the stem,
+# so the three stages run at 14/7/4 or 16/8/4 pixels, the scale of the 12- and 16-pixel synthetic
+# images, and a cell costs about a quarter of what full resolution would
+HALVED_FROM = 24
+
+
+def stem_stride(image_size: int) -> int:
+    """The stem convolution's stride for square images of ``image_size`` pixels: 2 from
+    ``HALVED_FROM`` pixels on, else 1."""
+    return 2 if image_size >= HALVED_FROM else 1
+
+
 def largest_divisor_at_most(n: int, limit: int) -> int:
     return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
 
@@ -130,6 +142,7 @@ class ResidualCNN(nn.Module):
         norm_is_activated: the norm includes its nonlinearity, so no ReLU follows it (the ReLU
             after each residual addition stays).
         models: K models side by side (see the module docstring).
+        stem_stride: stride of the stem convolution (``stem_stride(image_size)``: 2 halves large images).
 
     Shape:
         input (N, K*in_channels, H, W): model k reads channels ``[k*in_channels, (k+1)*in_channels)``;
@@ -137,11 +150,11 @@ class ResidualCNN(nn.Module):
     """
 
     def __init__(self, make_norm: NormFactory, width: int = 16, num_classes: int = 10, in_channels: int = 3,
-                 norm_is_activated: bool = False, models: int = 1) -> None:
+                 norm_is_activated: bool = False, models: int = 1, stem_stride: int = 1) -> None:
         super().__init__()
         k = self.models = models
         widths = (width, 2 * width, 4 * width)
-        self.stem = nn.Sequential(nn.Conv2d(k * in_channels, k * width, 3, 1, 1, bias=False, groups=k),
+        self.stem = nn.Sequential(nn.Conv2d(k * in_channels, k * width, 3, stem_stride, 1, bias=False, groups=k),
                                   make_norm(width), nn.Identity() if norm_is_activated else nn.ReLU())
         blocks, previous = [], width
         for stage, channels in enumerate(widths):
@@ -163,7 +176,7 @@ class ResidualCNN(nn.Module):
 
 
 def build_model(kind: str, width: int, models: int = 1, max_groups: int = 8, seeds: Sequence[int] = (),
-                in_channels: int = 3, **norm_kwargs: Any) -> ResidualCNN:
+                in_channels: int = 3, stem_stride: int = 1, **norm_kwargs: Any) -> ResidualCNN:
     """The network with norm ``kind`` for ``models`` models. With ``seeds`` (one per model), model k
     is initialized exactly as a single model built after ``torch.manual_seed(seeds[k])``, so the
     wide network starts where K separate runs start.
@@ -172,12 +185,13 @@ def build_model(kind: str, width: int, models: int = 1, max_groups: int = 8, see
         kind: a ``create_norm`` kind; width, models, max_groups: as ``ResidualCNN`` / ``wide_norm``.
         seeds: one initialization seed per model, or empty (the current RNG state).
         in_channels: channels of one model's input images (1 grey, 3 colour); the stem reads them.
+        stem_stride: the stem convolution's stride (see ``stem_stride``).
         norm_kwargs: passed on to every norm.
     """
     def factory(k: int) -> ResidualCNN:
         return ResidualCNN(lambda c: wide_norm(kind, c, k, max_groups, **norm_kwargs), width,
                            in_channels=in_channels, norm_is_activated=norm_traits(kind).includes_activation,
-                           models=k)
+                           models=k, stem_stride=stem_stride)
 
     if not seeds:
         return factory(models)

@@ -24,6 +24,7 @@ from .config import ExperimentConfig
 from .data import Dataset, load_dataset
 from .evaluate import curve_evaluator, evaluate_members
 from .lifeline import exit_with_parent
+from .models import stem_stride
 from .grid import Cell, cell_seeds, plan
 from .ranks import bind_local_device
 from .rundir import finished_record, new_record, prepare_run_dir, write_record
@@ -41,7 +42,7 @@ def cell_finished(out: Path, cell: Cell, config: ExperimentConfig) -> bool:
     return all(finished_record(out, cell.key(seed), config) is not None for seed in cell_seeds(cell, config))
 
 
-def train_plan(cell: Cell, config: ExperimentConfig, in_channels: int) -> TrainPlan:
+def train_plan(cell: Cell, config: ExperimentConfig, data: Dataset) -> TrainPlan:
     lr = run_lr(cell, config)   # linear scaling rule, then the variant's factor
     steps = config.steps(cell.sgd_batch)
     return TrainPlan(norm=cell.norm, norm_batch=cell.norm_batch, sgd_batch=cell.sgd_batch,
@@ -49,13 +50,14 @@ def train_plan(cell: Cell, config: ExperimentConfig, in_channels: int) -> TrainP
                      width=config.width, max_groups=config.max_groups, momentum=config.momentum,
                      weight_decay=config.weight_decay, warmup_fraction=config.warmup_fraction,
                      log_points=config.log_points, curve_points=config.curve_points,
-                     channels_last=config.channels_last, in_channels=in_channels,
+                     channels_last=config.channels_last, in_channels=data.in_channels,
+                     stem_stride=stem_stride(data.image_shape[-1]),
                      frozen_tail_step=steps - round(config.frozen_tail * steps) if cell.frozen_tail else None)
 
 
 def execute(cell: Cell, config: ExperimentConfig, data: Dataset, out: Path, progress=None) -> list[dict[str, Any]]:
     """Train and evaluate one cell; write each seed's metrics and, last and atomically, its record."""
-    tplan = train_plan(cell, config, data.in_channels)
+    tplan = train_plan(cell, config, data)
     k = len(tplan.members)
     for member in tplan.members:     # inside ``out`` without links, no stale metrics or temporary files
         prepare_run_dir(out, cell.run_id(member.seed))

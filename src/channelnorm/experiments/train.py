@@ -48,6 +48,7 @@ class TrainPlan:
     curve_points: int = 30
     channels_last: bool = False
     in_channels: int = 3          # of the images (the data set's), read by the network's stem
+    stem_stride: int = 1          # models.stem_stride of the image size: 2 halves large images
     frozen_tail_step: Optional[int] = None   # from this 0-based step on, norms use population statistics
 
 
@@ -69,7 +70,7 @@ def build_cell_model(plan: TrainPlan, seeds: Optional[Sequence[int]] = None, nor
         kwargs = {"rmax": 3.0, "dmax": 5.0, "warmup_steps": max(1, plan.steps // 2)}
     model = build_model(kind, plan.width, len(plan.members), plan.max_groups,
                         seeds=tuple(m.seed for m in plan.members) if seeds is None else seeds,
-                        in_channels=plan.in_channels, **kwargs)
+                        in_channels=plan.in_channels, stem_stride=plan.stem_stride, **kwargs)
     return model.to(memory_format=torch.channels_last) if plan.channels_last else model
 
 

@@ -23,6 +23,7 @@ from .config import ConfigError, ExperimentConfig, canonical_norm
 from .data import Dataset, load_dataset, validation_split
 from .evaluate import evaluate_members
 from .lifeline import exit_with_parent
+from .models import stem_stride
 from .rundir import write_json_atomic
 from .stats import interval_problem, is_finite_number, mean_ci, per_seed_problem
 from .storage import RunDirectoryError, read_json, write_atomic
@@ -67,7 +68,8 @@ def tune_norm(norm: str, config: ExperimentConfig, data: Dataset, lrs: Sequence[
                      steps=config.steps(config.sgd_batch), members=members, width=config.width,
                      max_groups=config.max_groups, momentum=config.momentum, weight_decay=config.weight_decay,
                      warmup_fraction=config.warmup_fraction, log_points=config.log_points,
-                     channels_last=config.channels_last, in_channels=data.in_channels)
+                     channels_last=config.channels_last, in_channels=data.in_channels,
+                     stem_stride=stem_stride(data.image_shape[-1]))
     model, logs, seconds = train_members(plan, data.train_x, data.train_y)
     precise_n = min(config.precise_size, len(data.train_y)) // plan.norm_batch * plan.norm_batch
     errors = evaluate_members(model, plan, data.test_x, data.test_y, data.train_x[:precise_n])["ema"]
