@@ -1,7 +1,8 @@
 """Functional API: validate, then dispatch to a backend. No math here.
 
 ``core``: the family (channel, group, layer, layer-2d, instance norm and their fused norm + activation forms);
-``robust``: the batch-robust variants; ``_validation``: the argument checks both share.
+``robust``: the batch-robust variants; ``sync``: synchronized channel norm. The argument checks they
+share are ``channelnorm._checks``, below both this package and ``ops``.
 """
 from .core import (
     channel_norm, channel_norm_act, group_norm, group_norm_act, instance_norm, layer_norm, layer_norm_2d,

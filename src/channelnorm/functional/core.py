@@ -5,13 +5,19 @@ from typing import Optional
 
 import torch
 
+from .. import _checks
 from ..ops import dispatch, fused, masked
 from ..ops.layout import elements_per_statistic
 from ..ops.reference import affine
-from . import _validation as _checks
 
 __all__ = ["channel_norm", "group_norm", "layer_norm", "layer_norm_2d", "instance_norm", "channel_norm_act",
            "group_norm_act"]
+
+
+def require_backend(op: str, backend) -> None:
+    """Refuse a backend name that can never run ``op`` (modules call this at construction, so that a
+    wrong name fails there and not at the first call); the rules are ``ops.dispatch.require``'s."""
+    dispatch.require(op, backend)
 
 
 def _empty_output(x: torch.Tensor, weight, bias, axis: int) -> torch.Tensor:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import torch
 
+from .. import _checks
 from ..ops import dispatch, robust
 from ..ops.layout import match_layout
 from ..ops.reference import affine
-from . import _validation as _checks
 from .core import channel_norm
 
 __all__ = ["batch_renorm", "ghost_norm", "filter_response_norm", "evonorm_s0", "evonorm_b0", "standardize_weight"]

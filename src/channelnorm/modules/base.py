@@ -23,7 +23,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-from ..functional import _validation as _checks
+from .. import _checks
+from ..functional.core import require_backend
 
 
 class NormTraits(NamedTuple):
@@ -120,7 +121,7 @@ class AffineNorm(nn.Module):
         self.eps = _checks.eps(eps)
         self.affine = bool(affine)
         self.channel_axis = channel_axis_setting(type(self), channel_axis)
-        _checks.backend_for(self.functional_op, backend)
+        require_backend(self.functional_op, backend)
         self.backend = backend
         _checks.parameter_dtype(type(self).__name__, dtype)
         factory = {"device": device, "dtype": dtype}

@@ -6,8 +6,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from .. import _checks
 from .. import functional as F
-from ..functional import _validation as _checks
 from ..functional.core import channel_norm_validated
 from .base import RunningStatsNorm
 

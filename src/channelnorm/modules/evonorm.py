@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..functional import _validation as _checks
+from .. import _checks
 from .. import functional as F
 from .base import AffineNorm, RunningStatsNorm, channel_count
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import nn
 
-from ..functional import _validation as _checks
+from .. import _checks
 from .. import functional as F
 from .channel import ChannelNorm
 from .group import GroupNorm

@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from ..functional import _validation as _checks
+from .. import _checks
 from .. import functional as F
 from .channel import ChannelNorm
 

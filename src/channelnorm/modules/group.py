@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from ..functional import _validation as _checks
+from .. import _checks
 from ..functional.core import group_norm_validated
 from .base import AffineNorm, channel_count
 

@@ -5,8 +5,9 @@ from typing import Optional
 
 import torch
 
+from .. import _checks
 from .. import functional as F
-from ..functional import _validation as _checks
+from ..functional.core import require_backend
 from .channel import ChannelNorm
 
 
@@ -62,7 +63,7 @@ class BatchRenorm(ChannelNorm):
         if not track_running_stats:
             raise ValueError("BatchRenorm needs track_running_stats=True: r and d compare the batch with the "
                              "running statistics")
-        _checks.backend_for(self.functional_op, backend)
+        require_backend(self.functional_op, backend)
         self.rmax, self.dmax, self.warmup_steps = _checks.renorm_limits(rmax, dmax, warmup_steps)
         super().__init__(num_channels, eps, momentum, affine, track_running_stats, channel_axis, backend, device,
                          dtype, bias=bias, num_features=num_features)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..functional import _validation as _checks
+from .. import _checks
 from .. import functional as F
 
 

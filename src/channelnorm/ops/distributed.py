@@ -35,8 +35,8 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-# Input checks run after the gather so every rank raises together; they are functional's checks.
-from ..functional import _validation as _checks
+# Input checks run after the gather so every rank raises together; they are the functional API's checks.
+from .. import _checks
 from .layout import channel_shape, match_layout, stats_dtype
 from .moments import chan_merge, moments, reduce_dims
 from .reference import affine

@@ -11,9 +11,6 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-ACTIVATIONS = ("none", "relu", "silu", "gelu")
-
-
 def activate(y: torch.Tensor, activation: str) -> torch.Tensor:
     if activation == "relu":
         return F.relu(y)

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..functional import _validation as _checks
+from .. import _checks
 from ..modules import module_traits
 from .diagnose_passes import Batches, Layer, ModelState, measurement_pass, statistics_pass
 from .diagnosis import DiagnosisReport, LayerDiagnosis

@@ -17,7 +17,7 @@ from typing import Iterable, Optional
 import torch
 from torch import nn
 
-from ..functional import _validation as _checks
+from .. import _checks
 from ..modules import module_traits
 from ..modules.channel import flatten_channel_axes
 from ._model_checks import refuse_uninitialized_norms

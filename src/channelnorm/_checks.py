@@ -1,4 +1,9 @@
-"""Validation of user input: every failure is a clear exception that names the offending values."""
+"""Validation of user input: every failure is a clear exception that names the offending values.
+
+The bottom of the package: it imports torch alone, so the functional API, the modules, the model
+tools and ``ops/distributed.py`` (which checks each rank's input after the gather, so that every
+rank raises together) all share these checks without importing each other.
+"""
 from __future__ import annotations
 
 import math
@@ -7,9 +12,8 @@ from typing import Optional
 
 import torch
 
-from ..ops import dispatch
-from ..ops.fused import ACTIVATIONS
-
+# The activations the fused norm + activation ops implement (ops/fused.py, the Triton kernels).
+ACTIVATIONS = ("none", "relu", "silu", "gelu")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _FLOAT_DTYPE_SET = frozenset(FLOAT_DTYPES)
 
@@ -64,11 +68,6 @@ def parameter_dtype(owner: str, dtype) -> None:
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
         raise TypeError(f"{owner}: dtype must be a floating dtype (float16, bfloat16, float32, float64) or None, "
                         f"got {dtype}")
-
-
-def backend_for(op: str, backend) -> None:
-    """A known backend name that can run ``op`` (refused at module construction, not at the first call)."""
-    dispatch.require(op, backend)
 
 
 def renorm_limits(rmax, dmax, warmup_steps) -> tuple[float, float, int]:
