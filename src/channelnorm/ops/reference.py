@@ -3,6 +3,11 @@
 Statistics are centered two-pass (mean, then the mean of squared deviations) in float32, or
 float64 for float64 input, never ``E[x²] − E[x]²``. Autograd differentiates through these ops, so
 ``gradcheck`` applies directly.
+
+Two primitives, ``normalize_batch`` (with the statistics of the input itself, over a ``Scope``) and
+``normalize_running`` (with given statistics), make every norm of the family: the norms below say
+when batch statistics are used, how the running statistics are updated, and keep the input's
+memory layout.
 """
 from __future__ import annotations
 
@@ -10,11 +15,10 @@ from typing import Optional
 
 import torch
 
-from . import family
 from .fused import ComposedActivation
-from .layout import channel_shape, match_layout, stats_dtype
-from .moments import moments
-from .scope import Scope
+from .layout import channel_shape, elements_per_statistic, match_layout, stats_dtype
+from .moments import moments, update_running_stats
+from .scope import Scope, channel_scope, group_scope, instance_scope
 
 
 def affine(y: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], channel_axis: int) -> torch.Tensor:
@@ -68,6 +72,41 @@ def normalize_running(
     return affine(y, weight, bias, channel_axis).to(x.dtype)
 
 
+def channel_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis,
+                 num_batches_tracked: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Per channel over every other axis: the batch's statistics in training (blended into the running
+    ones when given), else the running statistics."""
+    if not training:
+        return match_layout(normalize_running(x, running_mean, running_var, weight, bias, eps, channel_axis), x)
+    scope = channel_scope(x.shape[channel_axis])
+    y, mean, var = normalize_batch(x, scope, channel_axis, eps, weight, bias)
+    if running_mean is not None:
+        n = elements_per_statistic(x.shape, scope.num_groups, scope.per_sample)
+        update_running_stats(running_mean, running_var, num_batches_tracked, mean, var, n, momentum)
+    return match_layout(y, x)
+
+
+def instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps, channel_axis,
+                  num_batches_tracked: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Per sample and channel over the spatial axes, or with the running statistics when
+    ``use_input_stats`` is False."""
+    if not use_input_stats:
+        return match_layout(normalize_running(x, running_mean, running_var, weight, bias, eps, channel_axis), x)
+    scope = instance_scope(x.shape[channel_axis])
+    y, mean, var = normalize_batch(x, scope, channel_axis, eps, weight, bias)
+    if running_mean is not None:
+        # As torch.nn.InstanceNorm: blend the batch average of the per-instance statistics.
+        n = elements_per_statistic(x.shape, scope.num_groups, scope.per_sample)
+        update_running_stats(running_mean, running_var, num_batches_tracked, mean.mean(0), var.mean(0), n, momentum)
+    return match_layout(y, x)
+
+
+def group_norm(x, num_groups, weight, bias, eps, channel_axis) -> torch.Tensor:
+    """Per sample over groups of ``C // num_groups`` channels and the spatial axes."""
+    y, _, _ = normalize_batch(x, group_scope(num_groups), channel_axis, eps, weight, bias)
+    return match_layout(y, x)
+
+
 def layer_norm_2d(
     x: torch.Tensor,
     weight: Optional[torch.Tensor],
@@ -87,8 +126,6 @@ class ReferenceBackend(ComposedActivation):
     """The reference math as a ``dispatch.Backend``: it computes every call (the oracle of the others)."""
 
     name = "reference"
-    normalize_batch = staticmethod(normalize_batch)
-    normalize_running = staticmethod(normalize_running)
 
     def unsupported_reason(self, op, x, channel_axis, params=()) -> Optional[str]:
         return None
@@ -96,19 +133,9 @@ class ReferenceBackend(ComposedActivation):
     def inexact_reason(self, op, x, channel_axis, params=(), training=True, num_groups=None) -> Optional[str]:
         return None
 
-    def channel_norm(self, x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis,
-                     num_batches_tracked=None) -> torch.Tensor:
-        return family.channel_norm(self, x, running_mean, running_var, weight, bias, training, momentum, eps,
-                                   channel_axis, num_batches_tracked)
-
-    def instance_norm(self, x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps,
-                      channel_axis, num_batches_tracked=None) -> torch.Tensor:
-        return family.instance_norm(self, x, running_mean, running_var, weight, bias, use_input_stats, momentum,
-                                    eps, channel_axis, num_batches_tracked)
-
-    def group_norm(self, x, num_groups, weight, bias, eps, channel_axis) -> torch.Tensor:
-        return family.group_norm(self, x, num_groups, weight, bias, eps, channel_axis)
-
+    channel_norm = staticmethod(channel_norm)
+    instance_norm = staticmethod(instance_norm)
+    group_norm = staticmethod(group_norm)
     layer_norm_2d = staticmethod(layer_norm_2d)
 
 

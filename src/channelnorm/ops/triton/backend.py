@@ -136,7 +136,7 @@ def instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, m
     y = _run(x, weight, bias, None, running_mean, running_var, C, True, bool(use_input_stats), eps, channel_axis,
              "none", sink=sink)
     if update_stats:
-        # As torch.nn.InstanceNorm (and family.instance_norm): blend the batch average of the instance statistics.
+        # As torch.nn.InstanceNorm (and reference.instance_norm): blend the batch average of the instance statistics.
         pivot, mean_shift, var = sink[0].view(3, x.shape[0], C).unbind(0)
         n = elements_per_statistic(x.shape, C, per_sample=True)
         mean = (pivot + mean_shift).mean(0)
