@@ -4,7 +4,7 @@
 
 Rows: nograd (cat + 2 sums + 2 host reads inside two no_grad blocks), plain (the same without
 them), item (.item() instead of float()), dot (cat + one torch.dot + one host read: the form
-ops/moments.undo_if_not_finite uses), catsum (cat + cat().sum() + one host read), clones (2 clones
+ops/moments.snapshot and keep_if_finite use), catsum (cat + cat().sum() + one host read), clones (2 clones
 + 2 sums + 2 host reads), sum_only, float_only. Prints the load average.
 """
 import math

@@ -1,8 +1,8 @@
 """The CPU fast paths of the native backend keep the semantics of the slower forms they replace.
 
 * The running-statistics guard updates CPU buffers in place and undoes a batch whose statistics are
-  not finite (``moments.undo_if_not_finite``); the reference backend's tensor-op rule
-  (``moments.commit_if_finite``) is the oracle, batch after batch.
+  not finite (``moments.snapshot`` and ``moments.keep_if_finite``); the reference backend's tensor-op
+  rule (``moments.commit_if_finite``) is the oracle, batch after batch.
 * Channel axis 1 runs torch's kernel without moving the axis; the output and the input gradient
   keep the input's strides (channels_last included).
 * Modules check their settings at construction only; a backend name assigned later is still refused.
@@ -78,19 +78,26 @@ def test_finite_buffers_whose_test_overflows_still_commit():
     torch.testing.assert_close(norm.running_var.double(), x.double().var(0), rtol=1e-5, atol=0)
 
 
-def test_undo_if_not_finite_restores_both_buffers_and_returns_the_result():
-    mean, var, tracked = torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0]), torch.tensor(5)
-
-    def update():
-        mean.copy_(torch.tensor([7.0, float("nan")]))
-        var.mul_(10)
-        return "out"
-
-    assert moments.undo_if_not_finite(update, mean, var, tracked) == "out"
-    assert torch.equal(mean, torch.tensor([1.0, 2.0])) and torch.equal(var, torch.tensor([3.0, 4.0]))
-    assert int(tracked) == 5
-    assert moments.undo_if_not_finite(lambda: var.add_(1), mean, var, tracked) is var
-    assert torch.equal(var, torch.tensor([4.0, 5.0])) and int(tracked) == 6
+@pytest.mark.parametrize("mean_dtype,var_dtype", [(torch.float32, torch.float32), (torch.float16, torch.float32)])
+@pytest.mark.parametrize("spoiled", ["mean", "var", "neither"])
+def test_keep_if_finite_restores_both_buffers_from_the_snapshot_or_counts_the_batch(mean_dtype, var_dtype, spoiled):
+    # The CPU form of the rule (ops/native._run_tracked): snapshot, an in-place update, keep_if_finite.
+    # Either both buffers come back exactly as they were (one non-finite element in either is enough)
+    # and the batch is not counted, or the update stays and the batch is counted. Mixed dtypes take
+    # the probe's other branch (sum + sum instead of a dot product).
+    mean, var = torch.tensor([1.0, 2.0], dtype=mean_dtype), torch.tensor([3.0, 4.0], dtype=var_dtype)
+    tracked = torch.tensor(5)
+    before = mean.clone(), var.clone()
+    saved = moments.snapshot(mean, var)
+    mean.copy_(torch.tensor([7.0, float("nan") if spoiled == "mean" else 8.0]))
+    var.copy_(torch.tensor([float("inf") if spoiled == "var" else 9.0, 10.0]))
+    moments.keep_if_finite(saved, mean, var, tracked)
+    if spoiled == "neither":
+        assert torch.equal(mean, torch.tensor([7.0, 8.0], dtype=mean_dtype))
+        assert torch.equal(var, torch.tensor([9.0, 10.0], dtype=var_dtype)) and int(tracked) == 6
+    else:
+        assert torch.equal(mean, before[0]) and torch.equal(var, before[1]) and int(tracked) == 5
+        assert mean.dtype == mean_dtype and var.dtype == var_dtype
 
 
 @pytest.mark.parametrize("kind", ["channel", "group", "instance"])

@@ -9,9 +9,9 @@ Running update: ``running ← (1 - m)·running + m·batch`` with the unbiased va
 ``m = 1/num_batches_tracked`` when ``momentum`` is None, and a batch whose statistics are not
 finite never updates anything. The finiteness test is a tensor op (``torch.where``), so the update
 never synchronizes the device. On CPU, where a host read synchronizes nothing, torch's kernels
-update the buffers in place and ``undo_if_not_finite`` restores them from one copy when needed:
-this costs a few microseconds instead of the tens that the tensor-op test costs on small inputs
-(``snapshot`` before the kernel, ``keep_if_finite`` after it).
+update the buffers in place and ``keep_if_finite`` restores them from one copy (``snapshot``,
+taken before the kernel) when needed: this costs a few microseconds instead of the tens that the
+tensor-op test costs on small inputs.
 """
 from __future__ import annotations
 
@@ -145,23 +145,6 @@ def keep_if_finite(
         # batch statistics, so restoring the values cannot change a gradient.
         running_mean.data.copy_(saved[:running_mean.numel()])
         running_var.data.copy_(saved[running_mean.numel():])
-
-
-def undo_if_not_finite(
-    update,
-    running_mean: torch.Tensor,
-    running_var: torch.Tensor,
-    num_batches_tracked: Optional[torch.Tensor],
-):
-    """Call ``update()``, which updates both buffers in place, and restore them unless both came out finite.
-
-    Returns what ``update`` returns: ``snapshot``, ``update()``, ``keep_if_finite`` (callers on a hot
-    path write the three steps inline, which saves the closure and a call layer).
-    """
-    saved = snapshot(running_mean, running_var)
-    out = update()
-    keep_if_finite(saved, running_mean, running_var, num_batches_tracked)
-    return out
 
 
 def update_running_stats(

@@ -150,7 +150,7 @@ def _run_tracked(kernel, x, weight, bias, running_mean, running_var, num_batches
     """
     if running_mean.is_cpu and not torch.compiler.is_compiling():
         m = effective_momentum(momentum, num_batches_tracked)
-        # moments.undo_if_not_finite written inline: no closure and one call layer less per call.
+        # The CPU form of the rule: update in place, restore from the snapshot if not finite (ops/moments.py).
         saved = snapshot(running_mean, running_var)
         y = kernel(x, weight, bias, running_mean, running_var, True, m, eps, cudnn)
         keep_if_finite(saved, running_mean, running_var, num_batches_tracked)

@@ -11,7 +11,7 @@ import torch
 
 from .layout import channel_shape, match_layout, stats_dtype
 from .reference import affine
-from .moments import blend_if_finite, commit_if_finite, momentum_weight, moments, reduce_dims, update_running_stats
+from .moments import blend_if_finite, momentum_weight, moments, reduce_dims, update_running_stats
 
 
 # ---------------------------------------------------------------- Batch Renormalization

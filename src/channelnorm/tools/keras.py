@@ -26,7 +26,7 @@ layer), or a config dict and the weights.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import torch
@@ -46,9 +46,6 @@ _UNSUPPORTED = {
     "virtual_batch_size": (None, "ghost batches are cn.GhostNorm"),
     "adjustment": (None, "a custom adjustment function cannot be carried over"),
 }
-
-KerasWeights = Union[Sequence[Any], Mapping[str, Any]]
-
 
 def _config_of(layer: Any, config: Optional[Mapping[str, Any]]) -> dict:
     if config is None and hasattr(layer, "get_config"):
