@@ -428,6 +428,15 @@ def channel_norm_act(
     axis, eps = _check_tracked_call(op, input, channel_axis, weight, bias, running_mean, running_var, momentum, eps,
                                     backend, num_batches_tracked, "training", training, batch_axis_needed=False)
     activation = _checks.activation(op, activation)
+    return channel_norm_act_validated(input, axis, running_mean, running_var, weight, bias, training, momentum, eps,
+                                      activation, residual, backend, num_batches_tracked)
+
+
+def channel_norm_act_validated(input, axis, running_mean, running_var, weight, bias, training, momentum, eps,
+                               activation, residual, backend, num_batches_tracked):
+    """``channel_norm_act`` for a caller that validated its settings (``activation`` included) and the input
+    (see ``channel_norm_validated``); the residual, a per-call argument, is checked here."""
+    op = "channel_norm_act"
     _checks.residual(op, input, residual)
     if training:
         _check_channel_batch(op, input, axis)
@@ -481,6 +490,18 @@ def group_norm_act(
     op = "group_norm_act"
     axis, num_groups, eps = _check_group_call(op, input, num_groups, weight, bias, eps, channel_axis, backend)
     activation = _checks.activation(op, activation)
+    return group_norm_act_validated(input, axis, num_groups, weight, bias, eps, activation, residual, backend,
+                                    channel_axis)
+
+
+def group_norm_act_validated(input, axis, num_groups, weight, bias, eps, activation, residual, backend,
+                             channel_axis):
+    """``group_norm_act`` for a caller that validated its settings (``activation`` included) and the input
+    (see ``channel_norm_validated``); ``channel_axis`` is the axis as the caller was given it, named by the
+    error when it is the batch axis. The residual, a per-call argument, is checked here."""
+    op = "group_norm_act"
+    if axis == 0:
+        _checks.not_batch_axis(op, input, axis, channel_axis)
     _checks.residual(op, input, residual)
     if input.numel() == 0:
         return fused.activate(_empty_output(input, weight, bias, axis) + (0 if residual is None else residual),

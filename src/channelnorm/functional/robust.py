@@ -13,7 +13,7 @@ from .. import _checks
 from ..ops import dispatch, robust
 from ..ops.layout import match_layout
 from ..ops.reference import affine
-from .core import channel_norm
+from .core import channel_norm, channel_norm_validated
 
 __all__ = ["batch_renorm", "ghost_norm", "filter_response_norm", "evonorm_s0", "evonorm_b0", "standardize_weight"]
 
@@ -88,6 +88,20 @@ def batch_renorm(input, running_mean, running_var, weight=None, bias=None, train
     _checks.running_buffers(op, running_mean, running_var, num_batches_tracked, updated=True)
     _checks.momentum(momentum)
     eps = _checks.eps(eps)
+    return batch_renorm_validated(input, axis, running_mean, running_var, weight, bias, True, momentum, eps, backend,
+                                  num_batches_tracked, rmax, dmax, warmup_steps)
+
+
+def batch_renorm_validated(input, axis, running_mean, running_var, weight, bias, training, momentum, eps, backend,
+                           num_batches_tracked, rmax, dmax, warmup_steps):
+    """``batch_renorm`` for a caller that validated its settings (the bounds and the running statistics
+    included) and the input (see ``core.channel_norm_validated``). The backend is checked here: a name
+    assigned after construction may not run the training path."""
+    if not training:
+        return channel_norm_validated(input, axis, running_mean, running_var, weight, bias, False, momentum, eps,
+                                      backend, num_batches_tracked)
+    op = "batch_renorm"
+    reference_only(op, backend)
     _per_channel_values(op, input, axis)
     if input.numel() == 0:
         return _empty(input, weight, bias, axis)
@@ -149,6 +163,22 @@ def ghost_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     _checks.momentum(momentum)
     if running_mean is not None and momentum is None and num_batches_tracked is None:
         raise ValueError(f"{op}: momentum=None (cumulative average) needs num_batches_tracked")
+    eps = _checks.eps(eps)
+    return ghost_norm_validated(input, axis, running_mean, running_var, weight, bias, True, momentum, eps, backend,
+                                virtual_batch_size, num_batches_tracked, channel_axis)
+
+
+def ghost_norm_validated(input, axis, running_mean, running_var, weight, bias, training, momentum, eps, backend,
+                         virtual_batch_size, num_batches_tracked, channel_axis):
+    """``ghost_norm`` for a caller that validated its settings and the input (see
+    ``core.channel_norm_validated``); ``channel_axis`` is the axis as the caller was given it, named by the
+    error when training meets it on the batch axis."""
+    if not training:
+        return channel_norm_validated(input, axis, running_mean, running_var, weight, bias, False, momentum, eps,
+                                      backend, num_batches_tracked)
+    op = "ghost_norm"
+    if axis == 0:
+        _checks.not_batch_axis(op, input, axis, channel_axis)
     if input.numel() == 0:
         return _empty(input, weight, bias, axis)
     chunks = input.split(virtual_batch_size, dim=0)
@@ -158,7 +188,8 @@ def ghost_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         raise ValueError(f"{op}: expected more than 1 value per channel in every virtual batch when training; "
                          f"batch of {input.shape[0]} split into virtual batches of {virtual_batch_size} leaves a "
                          f"last one with {smallest} value per channel (input shape {tuple(input.shape)})")
-    outs = [channel_norm(c, None, None, weight, bias, True, 0.0, eps, axis, backend) for c in chunks]
+    # Each virtual batch is a slice of the validated input: a channel norm of its own, validated already.
+    outs = [channel_norm_validated(c, axis, None, None, weight, bias, True, 0.0, eps, backend, None) for c in chunks]
     if running_mean is not None:
         robust.ghost_running_update(running_mean, running_var, num_batches_tracked, chunks, axis, momentum)
     y = torch.cat(outs, 0)

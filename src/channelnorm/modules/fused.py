@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .. import _checks
-from .. import functional as F
+from ..functional.core import channel_norm_act_validated, group_norm_act_validated
 from .channel import ChannelNorm
 from .group import GroupNorm
 
@@ -168,12 +168,11 @@ class ChannelNormAct(ChannelNorm):
         Returns:
             The output, same shape, dtype and memory format as ``input``.
         """
-        self._check_input(input)
+        axis = self._check_input(input)
         running_mean, running_var, tracked = self._running_buffers()
-        y = F.channel_norm_act(input, running_mean, running_var, self.weight, self.bias,
-                               training=self._uses_batch_stats(), momentum=self.momentum, eps=self.eps,
-                               channel_axis=self.channel_axis, activation=self.activation, residual=residual,
-                               backend=self.backend, num_batches_tracked=tracked)
+        weight, bias = self._affine()
+        y = channel_norm_act_validated(input, axis, running_mean, running_var, weight, bias, self._uses_batch_stats(),
+                                       self.momentum, self.eps, self.activation, residual, self.backend, tracked)
         return y if self.act is None else self.act(y)
 
 
@@ -245,8 +244,8 @@ class GroupNormAct(GroupNorm):
         Returns:
             The output, same shape, dtype and memory format as ``input``.
         """
-        self._check_input(input)
-        y = F.group_norm_act(input, self.num_groups, self.weight, self.bias, eps=self.eps,
-                             channel_axis=self.channel_axis, activation=self.activation, residual=residual,
-                             backend=self.backend)
+        axis = self._check_input(input)
+        weight, bias = self._affine()
+        y = group_norm_act_validated(input, axis, self.num_groups, weight, bias, self.eps, self.activation, residual,
+                                     self.backend, self.channel_axis)
         return y if self.act is None else self.act(y)

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 from .. import _checks
-from .. import functional as F
+from ..functional.robust import ghost_norm_validated
 from .channel import ChannelNorm
 
 
@@ -74,11 +74,11 @@ class GhostNorm(ChannelNorm):
         Returns:
             The normalized input, same shape, dtype and memory format.
         """
-        self._check_input(input)
+        axis = self._check_input(input)
         if mask is not None:
             return self._forward_eval_with_mask(input, mask)
         running_mean, running_var, tracked = self._running_buffers()
-        return F.ghost_norm(input, running_mean, running_var, self.weight, self.bias,
-                            training=self._uses_batch_stats(), momentum=self.momentum, eps=self.eps,
-                            channel_axis=self.channel_axis, backend=self.backend,
-                            virtual_batch_size=self.virtual_batch_size, num_batches_tracked=tracked)
+        weight, bias = self._affine()
+        return ghost_norm_validated(input, axis, running_mean, running_var, weight, bias, self._uses_batch_stats(),
+                                    self.momentum, self.eps, self.backend, self.virtual_batch_size, tracked,
+                                    self.channel_axis)

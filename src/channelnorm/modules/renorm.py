@@ -6,8 +6,8 @@ from typing import Optional
 import torch
 
 from .. import _checks
-from .. import functional as F
 from ..functional.core import require_backend
+from ..functional.robust import batch_renorm_validated
 from .channel import ChannelNorm
 
 
@@ -79,11 +79,11 @@ class BatchRenorm(ChannelNorm):
         Returns:
             The normalized input, same shape, dtype and memory format.
         """
-        self._check_input(input)
+        axis = self._check_input(input)
         if mask is not None:
             return self._forward_eval_with_mask(input, mask)
-        return F.batch_renorm(input, self.running_mean, self.running_var, self.weight, self.bias,
-                              training=self.training, momentum=self.momentum, eps=self.eps,
-                              channel_axis=self.channel_axis, backend=self.backend,
-                              num_batches_tracked=self.num_batches_tracked, rmax=self.rmax, dmax=self.dmax,
-                              warmup_steps=self.warmup_steps)
+        running_mean, running_var, tracked = self._running_buffers()
+        weight, bias = self._affine()
+        return batch_renorm_validated(input, axis, running_mean, running_var, weight, bias, self.training,
+                                      self.momentum, self.eps, self.backend, tracked, self.rmax, self.dmax,
+                                      self.warmup_steps)

@@ -1,0 +1,61 @@
+"""A module checks its settings at construction and its input once per call: the functional form's
+``*_validated`` entry points skip what the module checked already, and the errors stay those of the
+functional form (its op name, the channel axis as the module was given it)."""
+import pytest
+import torch
+
+import channelnorm as cn
+from channelnorm import _checks
+
+MODULES = {
+    "ChannelNorm": lambda: cn.ChannelNorm(4),
+    "ChannelNormAct": lambda: cn.ChannelNormAct(4),
+    "GroupNorm": lambda: cn.GroupNorm(2, 4),
+    "GroupNormAct": lambda: cn.GroupNormAct(2, 4),
+    "LayerNorm2d": lambda: cn.LayerNorm2d(4),
+    "InstanceNorm": lambda: cn.InstanceNorm(4, track_running_stats=True),
+    "GhostNorm": lambda: cn.GhostNorm(4, virtual_batch_size=2),
+    "BatchRenorm": lambda: cn.BatchRenorm(4),
+}
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_a_module_checks_its_input_once_per_call(name, training, monkeypatch):
+    calls = []
+    check = _checks.input_tensor
+
+    def counted(*args, **kwargs):
+        calls.append(args[2])
+        return check(*args, **kwargs)
+
+    monkeypatch.setattr(_checks, "input_tensor", counted)
+    norm = MODULES[name]().train(training)
+    x = torch.randn(4, 4, 3, 3)
+    oracle = MODULES[name]().train(training)
+    oracle.backend = "reference"
+    torch.testing.assert_close(norm(x), oracle(x), rtol=1e-5, atol=1e-5)
+    assert calls[:1] == [name] and len(calls) == 2, calls  # one check per call: norm's, then oracle's
+
+
+@pytest.mark.parametrize("make, op", [(lambda: cn.GroupNormAct(2, 4, channel_axis=-3), "group_norm_act"),
+                                      (lambda: cn.GhostNorm(4, channel_axis=-3, virtual_batch_size=2), "ghost_norm")])
+def test_a_per_sample_module_names_its_channel_axis_as_given_when_it_is_the_batch_axis(make, op):
+    # channel_axis=-3 is axis 0 of a rank-3 input: the batch axis, which per-sample statistics need.
+    with pytest.raises(ValueError, match=rf"^{op}: statistics are per sample along axis 0, so channel_axis cannot be 0 "
+                                         rf"\(got channel_axis=-3 for shape \(4, 3, 5\)\)$"):
+        make().train()(torch.randn(4, 3, 5))
+
+
+@pytest.mark.parametrize("make, op, plain", [
+    (lambda: cn.ChannelNormAct(4), "channel_norm_act", lambda x: torch.nn.functional.batch_norm(x, None, None, training=True)),
+    (lambda: cn.GroupNormAct(2, 4), "group_norm_act", lambda x: torch.nn.functional.group_norm(x, 2)),
+])
+def test_a_fused_module_checks_the_residual_of_each_call(make, op, plain):
+    norm, x, residual = make(), torch.randn(3, 4, 5), torch.randn(3, 4, 5)
+    with pytest.raises(ValueError, match=rf"^{op}: residual shape \(3, 4\) must equal the input shape \(3, 4, 5\)$"):
+        norm(x, torch.randn(3, 4))
+    with pytest.raises(TypeError, match=rf"^{op}: residual must have the input's dtype and device"):
+        norm(x, residual.double())
+    # The oracle: torch's own norm (weight 1, bias 0, as a new module's), the residual added, then ReLU.
+    torch.testing.assert_close(norm(x, residual), torch.relu(plain(x) + residual), rtol=1e-5, atol=1e-5)
