@@ -290,12 +290,15 @@ class NoOpLaunches:
         self.log: list[str] = []
 
     def __enter__(self):
-        from channelnorm.ops.triton import _kernels
-        self._module, self._saved = _kernels, {}
-        for name, obj in vars(_kernels).items():
+        try:
+            from channelnorm.ops.triton import norm as kernels
+        except ImportError:   # before the host path moved into ops/triton/norm.py (measured "before" exports)
+            from channelnorm.ops.triton import _kernels as kernels
+        self._module, self._saved = kernels, {}
+        for name, obj in vars(kernels).items():
             if isinstance(obj, triton.runtime.jit.KernelInterface) and not name.startswith("_"):
                 self._saved[name] = obj
-                setattr(_kernels, name, _StubKernel(name, self.log))
+                setattr(kernels, name, _StubKernel(name, self.log))
         return self
 
     def __exit__(self, *exc):
@@ -354,13 +357,17 @@ def host_overhead(device: str, reps: int = 400) -> list[dict]:
         "group_fwd": lambda: backend.group_norm(xg, 32, w, b, 1e-5, 1),
         "group_fwd_bwd": lambda: backend.group_norm(xg, 32, w, b, 1e-5, 1).backward(dy),
     }
-    from channelnorm.ops.triton import backward, plan
+    from channelnorm.ops.triton import plan
+    try:
+        from channelnorm.ops.triton.norm import norm_backward
+    except ImportError:   # before the host path moved into ops/triton/norm.py (measured "before" exports)
+        from channelnorm.ops.triton.backward import norm_backward
     if hasattr(plan, "call_plan"):   # (absent before kernels v2, whose host path this also measures)
         cp = plan.call_plan(x, 1, C, False)
         stats = torch.zeros((3, C), device=device)
         # The backward's own host path (what NormFunction.backward runs), without autograd's engine.
-        cases["channel_backward_host"] = lambda: backward.norm_backward(dy, x, w, b, None, stats, C, False, True,
-                                                                        1e-5, 1, 0, False, cp)
+        cases["channel_backward_host"] = lambda: norm_backward(dy, x, w, b, None, stats, C, False, True, 1e-5, 1, 0,
+                                                               False, cp)
     rows = []
     with NoOpLaunches() as stub:
         for name, fn in cases.items():

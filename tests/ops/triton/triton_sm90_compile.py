@@ -36,7 +36,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from channelnorm.ops.triton import _kernels as K  # noqa: E402
+from channelnorm.ops.triton import norm as K  # noqa: E402
 from channelnorm.ops.triton import plan  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
@@ -66,7 +66,7 @@ def compile_variant(kernel, const, data_dtype="fp32", div16=(), param_dtype="fp3
             if name in div16:
                 attrs[(i,)] = [["tt.divisibility", 16]]
     if maxnreg is None and kernel in (K.stats_kernel, K.backward_partials_kernel):
-        maxnreg = plan.SPLIT_MAXNREG   # as forward.py / backward.py launch them
+        maxnreg = plan.SPLIT_MAXNREG   # as norm.py's host forward and backward launch them
     options = {"num_warps": num_warps, **({"maxnreg": maxnreg} if maxnreg else {})}
     return triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=constexprs, attrs=attrs), target=TARGET,
                           options=options)

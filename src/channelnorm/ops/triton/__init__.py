@@ -1,11 +1,13 @@
 """Triton backend (docs/design.md §4 and §6): fused normalization kernels for the family, NCHW and
 NHWC, fp32/bf16/fp16.
 
-Modules: ``_kernels`` (jit only, no validation), ``plan`` (canonical view, regime, tiles, splits,
-index width and the traffic model; plain integers, cached per call signature), ``forward`` and
-``backward`` (host launchers), ``function`` (the eager ``torch.autograd.Function``),
-``custom_ops`` (``torch.library`` ops + fake kernels + autograd, used under ``torch.compile``),
-``backend`` (what ``ops.dispatch`` calls: ``unsupported_reason`` and the family's entry points).
+Modules, in the order a call reaches them: ``backend`` (what ``ops.dispatch`` calls:
+``unsupported_reason``, the family's entry points, the layout), ``plan`` (canonical view, regime,
+tiles, splits, index width and the traffic model; plain integers, cached per call signature),
+``norm`` (top to bottom: the ``@triton.jit`` kernels, the host forward and backward that launch
+them, and the eager ``torch.autograd.Function``), ``custom_ops`` (the same host functions as
+``torch.library`` ops with fake kernels and autograd, used under ``torch.compile``; imported on
+first use).
 
 Design (memory-bound kernels; nothing here has been timed on a GPU yet):
 

@@ -15,7 +15,7 @@ import torch
 
 from ..layout import elements_per_statistic, match_layout
 from ..moments import effective_momentum
-from . import _kernels, plan
+from . import norm, plan
 
 _OPS = ("channel_norm", "instance_norm", "group_norm", "channel_norm_act", "group_norm_act")
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -25,7 +25,7 @@ def interpreter_on() -> bool:
     """True when Triton's CPU interpreter runs the kernels: TRITON_INTERPRET=1 was set when they were
     built (import time) and still is (unsetting it turns CPU support off again)."""
     from triton.runtime.interpreter import InterpretedFunction
-    built_interpreted = isinstance(_kernels.apply_kernel, InterpretedFunction)
+    built_interpreted = isinstance(norm.apply_kernel, InterpretedFunction)
     return built_interpreted and os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
@@ -56,8 +56,8 @@ def _run(x, weight, bias, residual, running_mean, running_var, num_groups, per_s
          channel_axis, activation, update=None, sink=None):
     """Lay out, run the kernels, give y back in x's layout; returns y.
 
-    Eager: the plain autograd Function (``function.norm``), with ``update`` (a
-    ``forward.RunningUpdate``) fused into the statistics pass and the fp32 statistics buffer
+    Eager: the plain autograd Function (``norm.eager_norm``), with ``update`` (a
+    ``norm.RunningUpdate``) fused into the statistics pass and the fp32 statistics buffer
     ``[3, rows*G]`` (pivot, mean - pivot, var) appended to ``sink``.
     Under torch.compile: the custom ops, and the running update as its own op.
     """
@@ -76,10 +76,9 @@ def _run(x, weight, bias, residual, running_mean, running_var, num_groups, per_s
         y = _run_custom_op(xk, weight, bias, res, running_mean, running_var, num_groups, per_sample,
                            use_batch_stats, float(eps), axis, act, update, sink)
     else:
-        from .function import norm
-        y = norm(xk, weight, bias, res, None if use_batch_stats else running_mean,
-                 None if use_batch_stats else running_var, num_groups, per_sample, use_batch_stats, float(eps), axis,
-                 act, update, sink, cp)
+        y = norm.eager_norm(xk, weight, bias, res, None if use_batch_stats else running_mean,
+                            None if use_batch_stats else running_var, num_groups, per_sample, use_batch_stats,
+                            float(eps), axis, act, update, sink, cp)
     return match_layout(y.movedim(1, channel_axis), x) if moved else y
 
 
@@ -98,8 +97,7 @@ def _run_custom_op(x, weight, bias, residual, running_mean, running_var, num_gro
 
 
 def _running_update(running_mean, running_var, num_batches_tracked, n: int, momentum):
-    from .forward import RunningUpdate
-    return RunningUpdate(running_mean, running_var, num_batches_tracked,
+    return norm.RunningUpdate(running_mean, running_var, num_batches_tracked,
                          effective_momentum(momentum, num_batches_tracked), n / (n - 1))
 
 

@@ -1,7 +1,7 @@
 """``torch.library`` custom ops around the host functions, with fake (meta) kernels and autograd.
 
 Used under ``torch.compile`` only (``backend`` checks ``torch.compiler.is_compiling()``); eager calls
-take the plain ``torch.autograd.Function`` in ``function.py``, which skips the dispatcher's fixed cost.
+take the plain ``torch.autograd.Function`` in ``norm.py``, which skips the dispatcher's fixed cost.
 ``torch.compile(fullgraph=True)`` sees two opaque ops, ``channelnorm::triton_norm_fwd`` and
 ``channelnorm::triton_norm_bwd``, whose output shapes come from the fake implementations; the
 backward op is wired in with ``register_autograd``. One op pair serves the whole family: the scope
@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 
 from ..layout import match_layout
-from . import _kernels, backward, forward
-from .function import dense as _dense
+from . import norm
+from .norm import dense as _dense
 
 
 def _on_device_of(t: Tensor):
@@ -38,9 +38,9 @@ def norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], residu
              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(y, pivot, mean_shift, var): output and the fp32 statistics used, mean = pivot + mean_shift."""
     with _on_device_of(x):
-        y, stats = forward.norm_forward(x, _dense(weight), _dense(bias), residual, _dense(running_mean),
-                                        _dense(running_var), num_groups, per_sample, use_batch_stats, eps,
-                                        channel_axis, activation)
+        y, stats = norm.norm_forward(x, _dense(weight), _dense(bias), residual, _dense(running_mean),
+                                     _dense(running_var), num_groups, per_sample, use_batch_stats, eps,
+                                     channel_axis, activation)
     shape = _stats_shape(x, num_groups, per_sample, use_batch_stats, channel_axis)
     # Three separate outputs (custom-op outputs may not alias each other).
     return y, stats[0].view(shape), stats[1].clone().view(shape), stats[2].clone().view(shape)
@@ -61,9 +61,9 @@ def norm_bwd(dy: Tensor, x: Tensor, weight: Optional[Tensor], bias: Optional[Ten
     """(dx, dweight, dbias, dresidual); dweight/dbias fp32 [C]; dresidual empty unless ``need_dres``."""
     with _on_device_of(x):
         stats = torch.stack((pivot.reshape(-1), mean_shift.reshape(-1), var.reshape(-1)))
-        dx, dweight, dbias, dres = backward.norm_backward(dy, x, _dense(weight), _dense(bias), residual, stats,
-                                                          num_groups, per_sample, use_batch_stats, eps, channel_axis,
-                                                          activation, need_dres)
+        dx, dweight, dbias, dres = norm.norm_backward(dy, x, _dense(weight), _dense(bias), residual, stats,
+                                                      num_groups, per_sample, use_batch_stats, eps, channel_axis,
+                                                      activation, need_dres)
     # dweight and dbias are two halves of one buffer: custom-op outputs may not alias each other.
     return dx, dweight.clone(), dbias.clone(), dres if dres is not None else x.new_empty(0)
 
@@ -114,7 +114,7 @@ def running_stats_update(running_mean: Tensor, running_var: Tensor, num_batches_
     # The kernel addresses the buffers as ptr + c: a strided buffer is updated through a dense copy.
     rm, rv = _dense(running_mean), _dense(running_var)
     with _on_device_of(running_mean):
-        _kernels.running_update_kernel[(1,)](
+        norm.running_update_kernel[(1,)](
             rm, rv, num_batches_tracked if num_batches_tracked is not None else rm,
             pivot, mean_shift, var, rm.numel(), momentum, unbias,
             HAS_NBT=num_batches_tracked is not None, BLOCK=block)

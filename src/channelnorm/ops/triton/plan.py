@@ -261,7 +261,7 @@ class Traffic(NamedTuple):
 
 
 class MergeUnits(NamedTuple):
-    """How the last program of each merge unit finds its partials (see ``_kernels.stats_kernel``)."""
+    """How the last program of each merge unit finds its partials (see ``norm.stats_kernel``)."""
     grouped: bool          # a statistic spans several channels: one unit per row, all channel blocks
     P_unit: int            # partial rows per statistic row
     progs_per_unit: int

@@ -1,6 +1,14 @@
-"""Triton kernels (jit only: no validation, no shapes decided here; see ``plan``/``forward``/``backward``).
+"""The Triton normalization, top to bottom: kernels, host forward and backward, and the eager autograd Function.
 
-Two families, one per regime of ``plan`` (docs in ``ops/triton/__init__.py``):
+One op serves the whole family: the scope is ``(num_groups, per_sample)`` (channel norm: C groups, not
+per sample; instance: C groups per sample; group/layer: G groups per sample), with an optional
+residual add and activation fused in. ``plan`` decides everything about a call (canonical strided
+view, regime, tiles, splits, index width) as plain integers; ``backend`` lays the input out and
+calls in here; ``custom_ops`` wraps the same host functions in ``torch.library`` ops for
+``torch.compile``. Design notes (regimes, numerics, layouts) are in ``ops/triton/__init__.py``.
+
+**Kernels** (``@triton.jit`` only: no validation, no shapes decided here). Two families, one per
+regime of ``plan``:
 
 * R1, one program owns whole statistics (``r1_forward_kernel``, ``r1_backward_kernel``): the
   input is seen as ``row*s_row + u*su + v*sv + k*sk``; a statistic is one ``(row, k)`` and is
@@ -17,9 +25,45 @@ Two families, one per regime of ``plan`` (docs in ``ops/triton/__init__.py``):
 No float atomics: the integer tickets only elect who merges; every sum is taken in a fixed order,
 so results are bitwise reproducible. Statistics are fp32 ``[rows, K]`` arrays (mean = pivot +
 mshift, biased var); invstd is recomputed from var where it is needed (one rsqrt per column).
+
+**Host forward** (``norm_forward``): picks the regime's kernels from the cached plan, allocates,
+launches; nothing is decided that the plan did not decide. Statistics are one fp32 buffer
+``[3, rows*G]`` (pivot, mean - pivot, biased var) whatever the input dtype: one allocation and one
+kernel argument. Launches per call: R1 one; R2/R3 two (statistics with the fused merge, finalize
+and running update; then the normalize pass in reverse order); eval one.
+
+**Host backward** (``norm_backward``). For a statistic s with n elements, g the gradient reaching
+the norm's output (through the fused activation), w the per-channel weight and xhat the
+normalized input::
+
+    dx = invstd * (w*g - mean_s(w*g) - xhat * mean_s(w*g*xhat)),
+    dweight = sum(g * xhat), dbias = sum(g)  (over everything but the channel),
+
+written as ``dx = invstd*w*g + beta*xhat + gamma`` with beta, gamma per statistic. Launches: R1 one
+(plus a fixed-order sum of the per-row dweight/dbias partials when there are several rows); R2/R3
+two (partial sums with the fused reduction and coefficients; then dx in reverse order), plus that
+sum for per-sample scopes.
+
+**Eager Function** (``NormFunction``, entered through ``eager_norm``): a plain
+``torch.autograd.Function`` around the host forward and backward. Eager calls skip
+``torch.library`` dispatch (tens of microseconds per call on the host); under ``torch.compile``
+the backend uses ``custom_ops`` instead, which tracing needs. Both call the same host functions, so
+they compute the same thing; the eager path also fuses the running-statistics update into the
+statistics pass (a custom op that declares no mutation cannot).
 """
+# No `from __future__ import annotations`: Triton reads the kernels' ``tl.constexpr`` annotations as objects.
+import contextlib
+from typing import NamedTuple, Optional
+
+import torch
 import triton
 import triton.language as tl
+from torch import Tensor
+
+from ..layout import match_layout
+from . import plan
+
+# ======================================== kernels
 
 # ACT codes (plan.ACTIVATION_CODES): 0 none, 1 relu, 2 silu, 3 gelu (exact, erf).
 
@@ -582,7 +626,7 @@ def backward_apply_kernel(x_ptr, dy_ptr, res_ptr, dx_ptr, stats_ptr, w_ptr, b_pt
                           BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, ACT: tl.constexpr,
                           HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, REVERSE: tl.constexpr,
                           INT64: tl.constexpr):
-    """dx = invstd*w * g + beta * xhat + gamma, beta and gamma per statistic (see backward.py)."""
+    """dx = invstd*w * g + beta * xhat + gamma, beta and gamma per statistic (see norm_backward)."""
     pivot_ptr, mshift_ptr, var_ptr = stats_ptr, stats_ptr + n_stats, stats_ptr + 2 * n_stats
     b, _, cols, cmask, mask, offs = _elementwise_tile(C, S, sb, ss, sc, n_sblk, n_cblk, n_prog, BLOCK_S, BLOCK_C,
                                                       REVERSE, INT64)
@@ -616,3 +660,245 @@ def running_update_kernel(rm_ptr, rv_ptr, nbt_ptr, pivot_ptr, mshift_ptr, var_pt
                           HAS_NBT: tl.constexpr, BLOCK: tl.constexpr):
     """The running-statistics update on its own (instance norm's batch-averaged statistics)."""
     _running_update(rm_ptr, rv_ptr, nbt_ptr, pivot_ptr, mshift_ptr, var_ptr, C, momentum, unbias, HAS_NBT, BLOCK)
+
+
+# ======================================== host forward
+
+class RunningUpdate(NamedTuple):
+    """The running-statistics update fused into the statistics pass (channel scope, training)."""
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+    num_batches_tracked: Optional[torch.Tensor]
+    momentum: float
+    unbias: float
+
+
+_COUNTERS: dict = {}
+
+
+def counters(device: torch.device, n: int) -> torch.Tensor:
+    """Zeroed int32 tickets for the last-program election. Every kernel puts back the zeros it used, so
+    one buffer per device and stream serves every call (kernels on one stream never overlap)."""
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (device, stream)
+    buf = _COUNTERS.get(key)
+    if buf is None or buf.numel() < n:
+        buf = torch.zeros(max(n, 1024), device=device, dtype=torch.int32)
+        _COUNTERS[key] = buf
+    return buf
+
+
+def norm_forward(x, weight, bias, residual, running_mean, running_var, num_groups: int, per_sample: bool,
+                 use_batch_stats: bool, eps: float, channel_axis: int, activation: int,
+                 update: Optional[RunningUpdate] = None, cp: Optional[plan.CallPlan] = None):
+    """Returns ``(y, stats)``: stats is fp32 ``[3, rows*G]`` = (pivot, mean - pivot, biased var) per
+    statistic ``r*G + g``, rows = N per sample, else 1 (G = C). Without batch statistics they are fp32 copies of
+    the running statistics (mean - pivot zero). ``update`` (channel scope, batch statistics) blends
+    them into the running buffers inside the statistics pass.
+    """
+    per_sample = per_sample and use_batch_stats
+    if cp is None:
+        cp = plan.call_plan(x, channel_axis, num_groups, per_sample)
+    y = torch.empty_like(x)
+    res = residual if residual is not None else x
+    w = weight if weight is not None else x
+    b = bias if bias is not None else x
+    n_stats = (cp.view.B if per_sample else 1) * cp.num_groups
+    stats = torch.empty((3, n_stats), device=x.device, dtype=torch.float32)
+    if not use_batch_stats:
+        _apply(x, y, res, stats, n_stats, w, b, running_mean, running_var, cp, eps, residual, weight, bias,
+               activation, from_running=True)
+    elif cp.regime_fwd == "R1":
+        _r1_forward(x, y, res, w, b, stats, n_stats, cp, eps, residual, weight, bias, activation, update)
+    else:
+        _split_statistics(x, stats, n_stats, cp, update)
+        _apply(x, y, res, stats, n_stats, w, b, x, x, cp, eps, residual, weight, bias, activation,
+               from_running=False)
+    return y, stats
+
+
+def _update_args(x, update: Optional[RunningUpdate]):
+    if update is None:
+        return x, x, x, 0.0, 1.0, False, False
+    nbt = update.num_batches_tracked
+    return (update.running_mean, update.running_var, nbt if nbt is not None else update.running_mean,
+            float(update.momentum), float(update.unbias), True, nbt is not None)
+
+
+def _r1_forward(x, y, res, w, b, stats, n_stats, cp, eps, residual, weight, bias, activation, update):
+    g = cp.r1
+    rm, rv, nbt, momentum, unbias, do_update, has_nbt = _update_args(x, update)
+    r1_forward_kernel[(g.programs,)](
+        x, y, res, w, b, stats, rm, rv, nbt, counters(x.device, 1),
+        g.U, g.su, g.V, g.sv, g.K, g.sk, g.s_row, g.cpk, g.cpv, g.n_kblk, g.programs, eps, momentum, unbias, n_stats,
+        BLOCK_U=g.block_u, BLOCK_V=g.block_v, BLOCK_K=g.block_k, ACT=activation, HAS_RES=residual is not None,
+        HAS_W=weight is not None, HAS_B=bias is not None, BATCH_STATS=True, UPDATE_RUNNING=do_update,
+        HAS_NBT=has_nbt, INT64=cp.int64, num_warps=g.num_warps)
+
+
+def _split_statistics(x, stats, n_stats, cp, update):
+    v, p, u = cp.stats_view, cp.stats_split, cp.stats_units
+    rows = p.partial_rows
+    part = torch.empty((3, rows * v.C), device=x.device, dtype=torch.float32)
+    rm, rv, nbt, momentum, unbias, do_update, has_nbt = _update_args(x, update)
+    stats_kernel[(p.n_cblk * rows,)](
+        x, part[0], part[1], part[2], stats, rm, rv, nbt, counters(x.device, u.n_units + 1),
+        v.B, v.C, v.S, v.sb, v.ss, v.sc, v.C // cp.stats_cpg, cp.stats_cpg, p.rows_per_prog, p.chunk_len,
+        p.n_chunks, p.n_cblk, u.P_unit, u.progs_per_unit, u.n_units, momentum, unbias, n_stats,
+        BLOCK_S=p.block_s, BLOCK_C=p.block_c, PER_SAMPLE=cp.per_sample, GROUPED=u.grouped, BLOCK_P=u.block_p,
+        BLOCK_G=u.block_g, BLOCK_J=u.block_j, UPDATE_RUNNING=do_update, HAS_NBT=has_nbt,
+        NUM_STAGES=plan.NUM_STAGES, INT64=cp.int64, num_warps=plan.SPLIT_NUM_WARPS, maxnreg=plan.SPLIT_MAXNREG)
+
+
+def _apply(x, y, res, stats, n_stats, w, b, rm, rv, cp, eps, residual, weight, bias, activation,
+           from_running: bool):
+    v, p = cp.view, cp.split
+    n_prog = p.n_cblk * v.B * p.n_sblk
+    per_sample = cp.per_sample and not from_running
+    apply_kernel[(n_prog,)](
+        x, y, res, stats, w, b, rm, rv,
+        v.C, v.S, v.sb, v.ss, v.sc, cp.num_groups if per_sample else 0, v.C // cp.num_groups if per_sample else 1,
+        p.n_sblk, p.n_cblk, n_prog, eps, n_stats,
+        BLOCK_S=p.block_s, BLOCK_C=p.block_c, ACT=activation, HAS_RES=residual is not None,
+        HAS_W=weight is not None, HAS_B=bias is not None, FROM_RUNNING=from_running, REVERSE=not from_running,
+        INT64=cp.int64)
+
+
+# ======================================== host backward
+
+def _sum_partials(buf: torch.Tensor, C: int):
+    """[rows, 2C] partials (dbias | dweight) summed over rows in a fixed order: (dweight, dbias) [C]."""
+    rows = buf.shape[0]
+    if rows == 1:
+        flat = buf.view(-1)
+    else:
+        flat = torch.empty(2 * C, device=buf.device, dtype=torch.float32)
+        block_k = min(128, 1 << max(0, (2 * C - 1).bit_length()))
+        block_r = max(1, min(2048 // block_k, 1 << max(0, (rows - 1).bit_length())))
+        sum_rows_kernel[(-(-2 * C // block_k),)](buf, flat, rows, 2 * C, BLOCK_R=block_r, BLOCK_K=block_k)
+    return flat[C:], flat[:C]
+
+
+def norm_backward(dy, x, weight, bias, residual, stats, num_groups: int, per_sample: bool,
+                  use_batch_stats: bool, eps: float, channel_axis: int, activation: int, need_dres: bool,
+                  cp: Optional[plan.CallPlan] = None):
+    """Returns ``(dx, dweight, dbias, dres)`` (fp32 dweight/dbias of shape [C]; dres None unless asked).
+
+    ``stats``: the forward's fp32 ``[3, n_stats]`` (pivot, mean - pivot, biased var)."""
+    per_sample = per_sample and use_batch_stats
+    if cp is None:
+        cp = plan.call_plan(x, channel_axis, num_groups, per_sample)
+    view = cp.view
+    C = view.C
+    dx = torch.empty_like(x)
+    dres = torch.empty_like(x) if need_dres else None
+    res = residual if residual is not None else x
+    w = weight if weight is not None else x
+    b = bias if bias is not None else x
+    flags = dict(ACT=activation, HAS_RES=residual is not None, HAS_W=weight is not None, HAS_B=bias is not None,
+                 INT64=cp.int64)
+    if use_batch_stats and cp.regime_bwd == "R1":
+        g = cp.r1
+        sums = torch.empty((g.partial_rows, 2 * C), device=x.device, dtype=torch.float32)
+        r1_backward_kernel[(g.programs,)](
+            x, dy, res, dres if dres is not None else x, dx, w, b, stats, sums[:, C:], sums,
+            g.U, g.su, g.V, g.sv, g.K, g.sk, g.s_row, g.cpk, g.cpv, g.n_kblk, 2 * C, g.prow_per_row,
+            g.prow_per_kblk, eps, stats.shape[1],
+            BLOCK_U=g.block_u, BLOCK_V=g.block_v, BLOCK_K=g.block_k, WRITE_DRES=need_dres, BATCH_STATS=True,
+            CH_MODE=g.ch_mode, num_warps=g.num_warps, **flags)
+        dweight, dbias = _sum_partials(sums, C)
+        return dx, dweight, dbias, dres
+    p, u = cp.bwd_split, cp.bwd_units
+    G = cp.num_groups
+    rows_out = view.B if per_sample else 1
+    part = torch.empty((2, p.partial_rows * C), device=x.device, dtype=torch.float32)
+    sums = torch.empty((rows_out, 2 * C), device=x.device, dtype=torch.float32)
+    coef = torch.empty((2, rows_out * G), device=x.device, dtype=torch.float32)
+    n = (C // G) * view.S if per_sample else view.B * view.S
+    backward_partials_kernel[(p.n_cblk * p.partial_rows,)](
+        x, dy, res, dres if dres is not None else x, stats, w, b, part[0], part[1], sums, sums[:, C:],
+        coef[0], coef[1], counters(x.device, u.n_units),
+        view.B, C, view.S, view.sb, view.ss, view.sc, G, C // G, p.rows_per_prog, p.chunk_len, p.n_chunks,
+        p.n_cblk, u.P_unit, u.progs_per_unit, 2 * C, eps, 1.0 / max(n, 1), stats.shape[1],
+        BLOCK_S=p.block_s, BLOCK_C=p.block_c, PER_SAMPLE=per_sample, GROUPED=u.grouped, BLOCK_P=u.block_p,
+        BLOCK_G=u.block_g, BLOCK_J=u.block_j, WRITE_DRES=need_dres, BATCH_STATS=use_batch_stats,
+        NUM_STAGES=plan.NUM_STAGES, num_warps=plan.SPLIT_NUM_WARPS, maxnreg=plan.SPLIT_MAXNREG, **flags)
+    n_prog = p.n_cblk * view.B * p.n_sblk
+    backward_apply_kernel[(n_prog,)](
+        x, dy, res, dx, stats, w, b, coef[0], coef[1],
+        C, view.S, view.sb, view.ss, view.sc, G if per_sample else 0, C // G, p.n_sblk, p.n_cblk, n_prog, eps,
+        stats.shape[1],
+        BLOCK_S=p.block_s, BLOCK_C=p.block_c, REVERSE=True, **flags)
+    dweight, dbias = _sum_partials(sums, C)
+    return dx, dweight, dbias, dres
+
+
+# ======================================== eager autograd Function
+
+def dense(t: Optional[Tensor]) -> Optional[Tensor]:
+    """A per-channel vector the kernels can read as ``ptr + c`` (weight[::2], an expanded ones(1): copied)."""
+    return t if t is None or t.is_contiguous() else t.contiguous()
+
+
+def on_device_of(t: Tensor):
+    """Triton launches on the current CUDA device: make it the tensor's when it is not already."""
+    if t.is_cuda and t.get_device() != torch.cuda.current_device():
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
+
+
+class NormFunction(torch.autograd.Function):
+    """y = norm(x) (+ residual, activation); non-tensor configuration in ``cfg``.
+
+    ``cfg`` = (num_groups, per_sample, use_batch_stats, eps, channel_axis, activation, plan). ``sink``,
+    when a list, receives the fp32 statistics buffer ``[3, rows*G]`` (pivot, mean - pivot, var).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, residual, running_mean, running_var, cfg, update, sink):
+        num_groups, per_sample, use_batch_stats, eps, channel_axis, activation, cp = cfg
+        with on_device_of(x):
+            y, stats = norm_forward(x, weight, bias, residual, running_mean, running_var, num_groups, per_sample,
+                                    use_batch_stats, eps, channel_axis, activation, update, cp)
+        ctx.save_for_backward(x, weight, bias, residual, stats)
+        ctx.cfg = cfg
+        if sink is not None:
+            sink.append(stats)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, bias, residual, stats = ctx.saved_tensors
+        num_groups, per_sample, use_batch_stats, eps, channel_axis, activation, cp = ctx.cfg
+        wants = ctx.needs_input_grad
+        need_dres = residual is not None and wants[3]
+        dy = match_layout(dy, x)  # the kernels address dy with x's strides
+        with on_device_of(x):
+            dx, dweight, dbias, dres = norm_backward(
+                dy, x, weight, bias, residual, stats, num_groups, per_sample, use_batch_stats, eps, channel_axis,
+                activation, need_dres, cp)
+        dweight = dweight.to(weight.dtype) if weight is not None and wants[1] else None
+        dbias = dbias.to(bias.dtype) if bias is not None and wants[2] else None
+        return dx if wants[0] else None, dweight, dbias, dres, None, None, None, None, None
+
+
+def eager_norm(x, weight, bias, residual, running_mean, running_var, num_groups: int, per_sample: bool,
+               use_batch_stats: bool, eps: float, channel_axis: int, activation: int,
+               update: Optional[RunningUpdate] = None, sink: Optional[list] = None,
+               cp: Optional[plan.CallPlan] = None) -> Tensor:
+    """Eager entry point: the cached plan (looked up unless given), then one autograd node."""
+    if cp is None:
+        cp = plan.call_plan(x, channel_axis, num_groups, per_sample and use_batch_stats)
+    weight, bias = dense(weight), dense(bias)
+    if not use_batch_stats:
+        running_mean, running_var = dense(running_mean), dense(running_var)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, residual)):
+        cfg = (num_groups, per_sample, use_batch_stats, eps, channel_axis, activation, cp)
+        return NormFunction.apply(x, weight, bias, residual, running_mean, running_var, cfg, update, sink)
+    # Nothing to differentiate (inference): no autograd node at all.
+    with on_device_of(x):
+        y, stats = norm_forward(x, weight, bias, residual, running_mean, running_var, num_groups, per_sample,
+                                use_batch_stats, eps, channel_axis, activation, update, cp)
+    if sink is not None:
+        sink.append(stats)
+    return y
