@@ -16,6 +16,9 @@ MODULES = {
     "InstanceNorm": lambda: cn.InstanceNorm(4, track_running_stats=True),
     "GhostNorm": lambda: cn.GhostNorm(4, virtual_batch_size=2),
     "BatchRenorm": lambda: cn.BatchRenorm(4),
+    "FilterResponseNorm": lambda: cn.FilterResponseNorm(4),
+    "EvoNormS0": lambda: cn.EvoNormS0(4, num_groups=2),
+    "EvoNormB0": lambda: cn.EvoNormB0(4),
 }
 
 
@@ -39,7 +42,10 @@ def test_a_module_checks_its_input_once_per_call(name, training, monkeypatch):
 
 
 @pytest.mark.parametrize("make, op", [(lambda: cn.GroupNormAct(2, 4, channel_axis=-3), "group_norm_act"),
-                                      (lambda: cn.GhostNorm(4, channel_axis=-3, virtual_batch_size=2), "ghost_norm")])
+                                      (lambda: cn.GhostNorm(4, channel_axis=-3, virtual_batch_size=2), "ghost_norm"),
+                                      (lambda: cn.FilterResponseNorm(4, channel_axis=-3), "filter_response_norm"),
+                                      (lambda: cn.EvoNormS0(4, num_groups=2, channel_axis=-3), "evonorm_s0"),
+                                      (lambda: cn.EvoNormB0(4, channel_axis=-3), "evonorm_b0")])
 def test_a_per_sample_module_names_its_channel_axis_as_given_when_it_is_the_batch_axis(make, op):
     # channel_axis=-3 is axis 0 of a rank-3 input: the batch axis, which per-sample statistics need.
     with pytest.raises(ValueError, match=rf"^{op}: statistics are per sample along axis 0, so channel_axis cannot be 0 "

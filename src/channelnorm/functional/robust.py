@@ -233,6 +233,17 @@ def filter_response_norm(input, weight=None, bias=None, tau=None, eps=1e-6, chan
             raise ValueError(f"{op}: a tensor eps must have one element, got shape {tuple(eps.shape)}")
     else:
         eps = _checks.eps(eps)
+    return filter_response_norm_validated(input, axis, weight, bias, tau, eps, backend, channel_axis)
+
+
+def filter_response_norm_validated(input, axis, weight, bias, tau, eps, backend, channel_axis):
+    """``filter_response_norm`` for a caller that validated its settings and the input (see
+    ``core.channel_norm_validated``); ``channel_axis`` is the axis as the caller was given it, named by the
+    error when it is the batch axis. The backend is checked here (a name assigned after construction)."""
+    op = "filter_response_norm"
+    reference_only(op, backend)
+    if axis == 0:
+        _checks.not_batch_axis(op, input, axis, channel_axis)
     return robust.filter_response_norm(input, weight, bias, tau, eps, axis)
 
 
@@ -272,6 +283,16 @@ def evonorm_s0(input, num_groups, v, weight=None, bias=None, eps=1e-5, channel_a
     num_groups = _checks.positive_int("num_groups", num_groups)
     _checks.groups_divide(num_groups, num_channels)
     eps = _checks.eps(eps)
+    return evonorm_s0_validated(input, axis, num_groups, v, weight, bias, eps, backend, channel_axis)
+
+
+def evonorm_s0_validated(input, axis, num_groups, v, weight, bias, eps, backend, channel_axis):
+    """``evonorm_s0`` for a caller that validated its settings and the input (see
+    ``filter_response_norm_validated``)."""
+    op = "evonorm_s0"
+    reference_only(op, backend)
+    if axis == 0:
+        _checks.not_batch_axis(op, input, axis, channel_axis)
     return robust.evonorm_s0(input, num_groups, v, weight, bias, eps, axis)
 
 
@@ -323,6 +344,18 @@ def evonorm_b0(input, running_var, v, weight=None, bias=None, training=False, mo
         raise ValueError(f"{op}: training=False needs running_var")
     if training and running_var is not None and momentum is None and num_batches_tracked is None:
         raise ValueError(f"{op}: momentum=None (cumulative average) needs num_batches_tracked")
+    return evonorm_b0_validated(input, axis, running_var, v, weight, bias, training, momentum, eps, backend,
+                                num_batches_tracked, channel_axis)
+
+
+def evonorm_b0_validated(input, axis, running_var, v, weight, bias, training, momentum, eps, backend,
+                         num_batches_tracked, channel_axis):
+    """``evonorm_b0`` for a caller that validated its settings and the input (see
+    ``filter_response_norm_validated``); the batch size is checked here."""
+    op = "evonorm_b0"
+    reference_only(op, backend)
+    if axis == 0:
+        _checks.not_batch_axis(op, input, axis, channel_axis)
     if training:
         _per_channel_values(op, input, axis)
     if input.numel() == 0:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from .. import _checks
-from .. import functional as F
+from ..functional.robust import evonorm_b0_validated, evonorm_s0_validated
 from .base import AffineNorm, RunningStatsNorm, channel_count
 
 
@@ -63,9 +63,10 @@ class EvoNormS0(AffineNorm):
             nn.init.ones_(self.v)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        self._check_input(input)
-        return F.evonorm_s0(input, self.num_groups, self.v, self.weight, self.bias, self.eps, self.channel_axis,
-                            self.backend)
+        axis = self._check_input(input)
+        weight, bias = self._affine()
+        return evonorm_s0_validated(input, axis, self.num_groups, self.v, weight, bias, self.eps, self.backend,
+                                    self.channel_axis)
 
 
 class EvoNormB0(RunningStatsNorm):
@@ -125,9 +126,9 @@ class EvoNormB0(RunningStatsNorm):
             nn.init.ones_(self.v)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        self._check_input(input)
+        axis = self._check_input(input)
         running_var = self.running_var if self.track_running_stats else None
         tracked = self.num_batches_tracked if self.track_running_stats else None
-        return F.evonorm_b0(input, running_var, self.v, self.weight, self.bias, training=self._uses_batch_stats(),
-                            momentum=self.momentum, eps=self.eps, channel_axis=self.channel_axis,
-                            backend=self.backend, num_batches_tracked=tracked)
+        weight, bias = self._affine()
+        return evonorm_b0_validated(input, axis, running_var, self.v, weight, bias, self._uses_batch_stats(),
+                                    self.momentum, self.eps, self.backend, tracked, self.channel_axis)

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .. import functional as F
+from ..functional.robust import filter_response_norm_validated
 from .base import AffineNorm, channel_count
 
 
@@ -71,6 +71,7 @@ class FilterResponseNorm(AffineNorm):
                 self.eps_param.fill_(self.eps)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        self._check_input(input)
+        axis = self._check_input(input)
         eps = self.eps_param if self.eps_param is not None else self.eps
-        return F.filter_response_norm(input, self.weight, self.bias, self.tau, eps, self.channel_axis, self.backend)
+        weight, bias = self._affine()
+        return filter_response_norm_validated(input, axis, weight, bias, self.tau, eps, self.backend, self.channel_axis)
