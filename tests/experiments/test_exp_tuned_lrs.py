@@ -41,6 +41,11 @@ def test_rates_scale_linearly_from_the_batch_they_were_tuned_at(defaults_file):
     assert tuned_lrs.peak_lr("instance", config) == pytest.approx(tuned_lrs.FALLBACK_LR * 32 / 16)
     assert tuned_lrs.is_tuned("channel", config) and tuned_lrs.is_tuned("layer", config)
     assert not tuned_lrs.is_tuned("instance", config)
+    # batch renorm trains at channel norm's rate (Ioffe), tuned or given, unless it is given itself
+    assert tuned_lrs.peak_lr("batch_renorm", config) == tuned_lrs.peak_lr("channel", config) == pytest.approx(0.4)
+    assert tuned_lrs.is_tuned("batch_renorm", config)
+    assert tuned_lrs.peak_lr("batch_renorm", config.with_(lrs=(("channel", 0.3),))) == 0.3
+    assert tuned_lrs.peak_lr("batch_renorm", config.with_(lrs=(("batch_renorm", 0.07),))) == 0.07
     cifar = config.with_(data_dir="/data/cifar")
     assert tuned_lrs.peak_lr("channel", cifar) == pytest.approx(0.8 * 32 / 64)        # its own data set's entry
     assert not tuned_lrs.is_tuned("group", cifar)
