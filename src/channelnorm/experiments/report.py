@@ -205,7 +205,7 @@ def batch_section(config: ExperimentConfig, rows: Rows, analysis: dict[str, Any]
     if f is not None:
         lines += ["", f"**Group-Norm-faithful cell** (normalization batch {f['norm_batch']} inside SGD batch "
                   f"{f['sgd_batch']}: {f['sgd_batch'] // f['norm_batch']} \"GPUs\" of {f['norm_batch']} images, as the paper's "
-                  "per-GPU batch 2 on 8 GPUs): against channel norm at batch {sb}: "
+                  f"per-GPU batch 2 on 8 GPUs): against channel norm at batch {sb}: "
                   f"{_effect(f['vs_reference'])}" + ("" if f["vs_same_norm_batch"] is None else
                                                    f"; against normalization batch {f['norm_batch']} inside SGD batch "
                                                    f"{sb}: {_effect(f['vs_same_norm_batch'])}") + ".",
