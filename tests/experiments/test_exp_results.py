@@ -372,7 +372,7 @@ def test_verdicts_refuse_runs_of_other_settings_or_unfinished_ones(tmp_path):
     from channelnorm.experiments.config import ConfigError
     _finished_run(tmp_path / "a", CONFIG)
     _finished_run(tmp_path / "longer", CONFIG.with_(epochs=16.0))
-    with pytest.raises(ConfigError, match=r"longer.*epochs: 16.0 there, 8.0 in the first"):
+    with pytest.raises(ConfigError, match=rf"longer.*epochs: 16.0 there, {CONFIG.epochs} in the first"):
         pooled_claims([tmp_path / "a", tmp_path / "longer"])
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match=rf"'{tmp_path}/empty' holds no finished compare run"):
