@@ -147,6 +147,21 @@ def _layout(x: torch.Tensor, kind: str) -> torch.Tensor:
         return x.movedim(1, -1).contiguous().movedim(-1, 1)
     return x
 
+def _bitwise_input_and_grad(dtype, layout):
+    """The (4, 5, 3, 2) input and incoming gradient the bit-for-bit comparisons with torch share."""
+    gen = torch.Generator().manual_seed(3)
+    x0 = _layout((torch.randn(4, 5, 3, 2, generator=gen) * 3 + 1).to(dtype), layout)
+    return x0, _layout(torch.randn(4, 5, 3, 2, generator=gen).to(dtype), layout)
+
+
+def _bitwise_leaves(x0, param_dtype):
+    """Fresh leaves for one kernel: a copy of ``x0`` in its layout, and the 5-channel weight and bias."""
+    x = x0.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+    w = (torch.rand(5, generator=torch.Generator().manual_seed(4)) + 0.5).to(param_dtype).requires_grad_()
+    b = torch.randn(5, generator=torch.Generator().manual_seed(5)).to(param_dtype).requires_grad_()
+    return x, w, b
+
+
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "moved"])
 @pytest.mark.parametrize("dtype,param_dtype", [(torch.float32, torch.float32), (torch.float64, torch.float64),
@@ -162,14 +177,10 @@ def test_cpu_training_kernel_is_torch_batch_norm_bit_for_bit(layout, dtype, para
         tracked.add_(1)
         return torch.batch_norm(x, weight, bias, rm, rv, True, momentum, eps, False)
 
-    gen = torch.Generator().manual_seed(3)
-    x0 = _layout((torch.randn(4, 5, 3, 2, generator=gen) * 3 + 1).to(dtype), layout)
-    grad = _layout(torch.randn(4, 5, 3, 2, generator=gen).to(dtype), layout)
+    x0, grad = _bitwise_input_and_grad(dtype, layout)
     results = []
     for kernel in (through_torch, _cpu_training_batch_norm):
-        x = x0.detach().clone(memory_format=torch.preserve_format).requires_grad_()
-        w = (torch.rand(5, generator=torch.Generator().manual_seed(4)) + 0.5).to(param_dtype).requires_grad_()
-        b = torch.randn(5, generator=torch.Generator().manual_seed(5)).to(param_dtype).requires_grad_()
+        x, w, b = _bitwise_leaves(x0, param_dtype)
         rm, rv = torch.full((5,), 0.5, dtype=param_dtype), torch.full((5,), 2.0, dtype=param_dtype)
         tracked = torch.tensor(3)
         weight, bias = (w, b) if affine else (None, None)
@@ -222,14 +233,10 @@ def test_cpu_instance_norm_is_torch_instance_norm_bit_for_bit(layout, dtype, par
     def native(x, weight, bias, eps):
         return instance_norm(x, None, None, weight, bias, True, 0.1, eps, 1)
 
-    gen = torch.Generator().manual_seed(3)
-    x0 = _layout((torch.randn(4, 5, 3, 2, generator=gen) * 3 + 1).to(dtype), layout)
-    grad = _layout(torch.randn(4, 5, 3, 2, generator=gen).to(dtype), layout)
+    x0, grad = _bitwise_input_and_grad(dtype, layout)
     results = []
     for kernel in (through_torch, native):
-        x = x0.detach().clone(memory_format=torch.preserve_format).requires_grad_()
-        w = (torch.rand(5, generator=torch.Generator().manual_seed(4)) + 0.5).to(param_dtype).requires_grad_()
-        b = torch.randn(5, generator=torch.Generator().manual_seed(5)).to(param_dtype).requires_grad_()
+        x, w, b = _bitwise_leaves(x0, param_dtype)
         weight, bias = (w, b) if affine else (None, None)
         y = kernel(x, weight, bias, 1e-5)
         y.backward(grad)
