@@ -1,5 +1,6 @@
 """End to end: ``channelnorm compare --quick`` writes every output file, and each one parses."""
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -63,6 +64,8 @@ def test_quick_compare_writes_every_output(tmp_path, capsys):
                     "## Exploratory: steps to a target error", "## Exploratory: coupled cells", "## Data and its biases",
                     "## Reproduction"):
         assert section in report
+    # no template placeholder left unformatted (an f-string prefix missing on one line of a section)
+    assert re.findall(r"\{[a-z_][a-z_0-9\[\]'\"]*\}", report) == []
 
     # a second invocation trains nothing and rewrites the same results; --reproduction compares verdicts
     # (with a copy of this run: the run directory itself is refused as its own reproduction)

@@ -10,11 +10,12 @@ import torch
 import channelnorm as cn
 from scipy import stats
 
-from channelnorm.experiments.analysis import analyse, verdicts
+from channelnorm.experiments.analysis import Rows, analyse, verdicts
 from channelnorm.experiments.claims import BETTER, NO_DIFFERENCE, SLOWER, WORSE
 from channelnorm.experiments.config import ExperimentConfig
 from channelnorm.experiments.grid import Cell
 from channelnorm.experiments.pipeline import reproduction
+from channelnorm.experiments.report import anchors_section
 from channelnorm.experiments.evaluate import evaluate_members, member_errors
 from channelnorm.experiments.models import unstack, build_model
 from channelnorm.experiments.results import build_rows, build_variant_rows, write_results
@@ -371,7 +372,7 @@ def test_verdicts_refuse_runs_of_other_settings_or_unfinished_ones(tmp_path):
     from channelnorm.experiments.config import ConfigError
     _finished_run(tmp_path / "a", CONFIG)
     _finished_run(tmp_path / "longer", CONFIG.with_(epochs=16.0))
-    with pytest.raises(ConfigError, match=r"longer.*epochs: 16.0 there, 8.0 in the first"):
+    with pytest.raises(ConfigError, match=rf"longer.*epochs: 16.0 there, {CONFIG.epochs} in the first"):
         pooled_claims([tmp_path / "a", tmp_path / "longer"])
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match=rf"'{tmp_path}/empty' holds no finished compare run"):
@@ -397,3 +398,16 @@ def test_verdicts_command_prints_and_writes_the_table(tmp_path, capsys):
         cli.main(["verdicts", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "b" / "results.json")])
     assert (tmp_path / "b" / "results.json").read_bytes() == before
     assert cli.main(["verdicts", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "b" / "v.md")]) == 0
+
+
+def test_a_fashion_mnist_report_places_accuracies_beside_the_published_ones():
+    rows = build_rows(found(), CONFIG)
+    fashion = CONFIG.with_(data="fashion-mnist", data_dir="/nowhere", train_size=30000, epochs=3.0)
+    section = "\n".join(anchors_section(fashion, Rows(rows), parameters=12345))
+    channel = [r for r in rows if (r["norm"], r["norm_batch"], r["sgd_batch"], r["eval"]) == ("channel", 32, 32, "ema")][0]
+    low, high = channel["ci95"]
+    # accuracy = 100 - error; the interval flips: [100 - high error, 100 - low error]
+    assert f"| channel (this run) | {100 - 2.1:.2f} [{100 - high:.2f}, {100 - low:.2f}] |" in section
+    assert "| none (this run) | 90.50" in section and "| ResNet-18 (published) | 94.9 |" in section
+    assert "12,345 parameters" in section and "3 epochs on 30,000 of the 60,000" in section
+    assert anchors_section(CONFIG, Rows(rows)) == []       # synthetic data: no published anchors

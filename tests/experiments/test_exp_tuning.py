@@ -43,10 +43,11 @@ def test_tuning_never_reads_the_test_set(monkeypatch):
     assert clean["norms"]["channel"]["chosen_lr"] == dirty["norms"]["channel"]["chosen_lr"]
 
 
-def test_committed_tuned_defaults_match_the_committed_tuning_results():
-    path = REPO / "docs" / "results" / "tuning" / "tuning.json"
+@pytest.mark.parametrize("folder", ["tuning", "fashion-mnist/tuning"])
+def test_committed_tuned_defaults_match_the_committed_tuning_results(folder):
+    path = REPO / "docs" / "results" / folder / "tuning.json"
     if not path.exists():
-        pytest.fail(f"{path} is missing: run `channelnorm tune --out docs/results/tuning --write-defaults`")
+        pytest.fail(f"{path} is missing: run `channelnorm tune --out docs/results/{folder} --write-defaults`")
     tuning = json.loads(path.read_text())
     key = tuned_lrs.dataset_key(ExperimentConfig.from_dict(tuning["config"]))
     committed = json.loads((REPO / "src" / "channelnorm" / "experiments" / "tuned_lrs.json").read_text())

@@ -213,8 +213,11 @@ def _check_gradient_layouts(norm, backend, dtype, shapes, tol, only=None, device
         params = [(torch.rand(C, dtype=torch.float64) + 0.5), torch.randn(C, dtype=torch.float64),
                   torch.randn(C, dtype=torch.float64), torch.rand(C, dtype=torch.float64) + 0.5]
         params = [p.to(dtype).double() for p in params]
-        for training in (True, False) if norm in TRACKED else (True,):
-            p = params if norm in TRACKED else params[:2] + [None, None]
+        # (training, with running statistics): the tracked norms also train without them (InstanceNorm's
+        # default), a code path of its own in the native backend.
+        modes = ((True, True), (False, True), (True, False)) if norm in TRACKED else ((True, False),)
+        for training, tracked in modes:
+            p = params if tracked else params[:2] + [None, None]
             g = torch.randn(shape, dtype=torch.float64).to(dtype).double()
             for in_name, x, axis in input_layouts(base):
                 for (grad_name, grad), (_, grad64) in zip(gradient_layouts(g.to(dtype=dtype, device=device)),
@@ -225,7 +228,8 @@ def _check_gradient_layouts(norm, backend, dtype, shapes, tol, only=None, device
                         grad, grad64 = grad.movedim(1, -1), grad64.movedim(1, -1)
                     got = _run(norm, backend, x, axis, p, training, grad, dtype, dtype)
                     want = _run(norm, "reference", x, axis, p, training, grad64)
-                    what = f"{norm} {backend} {shape} input {in_name} grad {grad_name} training={training}"
+                    what = (f"{norm} {backend} {shape} input {in_name} grad {grad_name} training={training} "
+                            f"tracked={tracked}")
                     for label, a, e in zip(("y", "dx", "dweight", "dbias", "running_mean", "running_var"), got,
                                            want):
                         scale = max(1.0, e.abs().max().item())

@@ -154,6 +154,21 @@ def _layout(x: torch.Tensor, kind: str) -> torch.Tensor:
         return x.movedim(1, -1).contiguous().movedim(-1, 1)
     return x
 
+def _bitwise_input_and_grad(dtype, layout):
+    """The (4, 5, 3, 2) input and incoming gradient the bit-for-bit comparisons with torch share."""
+    gen = torch.Generator().manual_seed(3)
+    x0 = _layout((torch.randn(4, 5, 3, 2, generator=gen) * 3 + 1).to(dtype), layout)
+    return x0, _layout(torch.randn(4, 5, 3, 2, generator=gen).to(dtype), layout)
+
+
+def _bitwise_leaves(x0, param_dtype):
+    """Fresh leaves for one kernel: a copy of ``x0`` in its layout, and the 5-channel weight and bias."""
+    x = x0.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+    w = (torch.rand(5, generator=torch.Generator().manual_seed(4)) + 0.5).to(param_dtype).requires_grad_()
+    b = torch.randn(5, generator=torch.Generator().manual_seed(5)).to(param_dtype).requires_grad_()
+    return x, w, b
+
+
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "moved"])
 @pytest.mark.parametrize("dtype,param_dtype", [(torch.float32, torch.float32), (torch.float64, torch.float64),
@@ -169,14 +184,10 @@ def test_cpu_training_kernel_is_torch_batch_norm_bit_for_bit(layout, dtype, para
         tracked.add_(1)
         return torch.batch_norm(x, weight, bias, rm, rv, True, momentum, eps, False)
 
-    gen = torch.Generator().manual_seed(3)
-    x0 = _layout((torch.randn(4, 5, 3, 2, generator=gen) * 3 + 1).to(dtype), layout)
-    grad = _layout(torch.randn(4, 5, 3, 2, generator=gen).to(dtype), layout)
+    x0, grad = _bitwise_input_and_grad(dtype, layout)
     results = []
     for kernel in (through_torch, _cpu_training_batch_norm):
-        x = x0.detach().clone(memory_format=torch.preserve_format).requires_grad_()
-        w = (torch.rand(5, generator=torch.Generator().manual_seed(4)) + 0.5).to(param_dtype).requires_grad_()
-        b = torch.randn(5, generator=torch.Generator().manual_seed(5)).to(param_dtype).requires_grad_()
+        x, w, b = _bitwise_leaves(x0, param_dtype)
         rm, rv = torch.full((5,), 0.5, dtype=param_dtype), torch.full((5,), 2.0, dtype=param_dtype)
         tracked = torch.tensor(3)
         weight, bias = (w, b) if affine else (None, None)
@@ -209,3 +220,103 @@ def test_a_module_tensor_replaced_by_one_of_another_size_is_refused_before_the_k
         norm(x)
     for name, buffer in norm.named_buffers():
         assert torch.equal(buffer, before[name]), name
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "moved"])
+@pytest.mark.parametrize("dtype,param_dtype", [(torch.float32, torch.float32), (torch.float64, torch.float64),
+                                               (torch.bfloat16, torch.float32), (torch.float16, torch.float16),
+                                               (torch.float16, torch.float32)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_cpu_instance_norm_is_torch_instance_norm_bit_for_bit(layout, dtype, param_dtype, affine):
+    # Without running statistics the native backend calls native_batch_norm on the (1, N * C, L) view
+    # itself instead of torch.instance_norm: where torch's kernel reads the gradient right (one laid out as
+    # the input), the output and every gradient must be exactly torch.instance_norm's (the output in the
+    # input's memory format, which torch's is not).
+    from channelnorm.ops.native import instance_norm
+
+    def through_torch(x, weight, bias, eps):
+        return torch.instance_norm(x, weight, bias, None, None, True, 0.0, eps, False)
+
+    def native(x, weight, bias, eps):
+        return instance_norm(x, None, None, weight, bias, True, 0.1, eps, 1)
+
+    x0, grad = _bitwise_input_and_grad(dtype, layout)
+    results = []
+    for kernel in (through_torch, native):
+        x, w, b = _bitwise_leaves(x0, param_dtype)
+        weight, bias = (w, b) if affine else (None, None)
+        y = kernel(x, weight, bias, 1e-5)
+        y.backward(grad)
+        results.append((y.detach(), x.grad, x.grad.stride(), w.grad, b.grad))
+    assert y.stride() == x0.stride()
+    for name, ours, theirs in zip(("y", "dx", "dx strides", "dw", "db"), results[1], results[0]):
+        if isinstance(theirs, torch.Tensor):
+            assert torch.equal(ours, theirs), name
+        else:
+            assert ours == theirs, name
+
+
+@pytest.mark.parametrize("backend", ["native", "auto"])
+@pytest.mark.parametrize("replaced", ["weight", "bias"])
+def test_an_instance_norm_parameter_replaced_by_one_of_another_size_is_refused(backend, replaced):
+    # As for ChannelNorm above: native_batch_norm indexes past a too-short weight or bias without checking,
+    # so the CPU instance-norm path must refuse one as nn.InstanceNorm2d does.
+    norm = cn.InstanceNorm(3, backend=backend)
+    reference = torch.nn.InstanceNorm2d(3, affine=True)
+    for module in (norm, reference):
+        getattr(module, replaced).data = torch.full((2,), 0.5)
+    x = torch.randn(4, 3, 5, 5, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(RuntimeError, match=f"{replaced} should contain 12 elements not 8"):
+        reference(x)
+    with pytest.raises(RuntimeError, match=f"{replaced} should contain 12 elements not 8"):
+        norm(x)
+
+
+def _spatial_major(t: torch.Tensor) -> torch.Tensor:
+    """``t``'s values laid out (spatial..., N, C) in memory: the gradient that InstanceNorm ->
+    flatten(2).permute(2, 0, 1) -> nn.MultiheadAttention hands the norm (issue 19)."""
+    order = list(range(2, t.ndim)) + [0, 1]
+    return t.permute(order).contiguous().permute([order.index(d) for d in range(t.ndim)])
+
+
+def _instance_gradients(norm, x, grad):
+    """(y, dx, dweight, dbias) of ``norm`` at ``x`` for the incoming gradient ``grad`` (used as laid out)."""
+    x = x.detach().clone().requires_grad_()
+    y = norm(x)
+    return (y, *torch.autograd.grad(y, (x, norm.weight, norm.bias), grad))
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compiled_instance_norm_is_one_graph_and_exact_for_a_spatial_major_gradient(backend):
+    # torch.compile(fullgraph=True) traces the CPU instance-norm path in one graph; in float64 its output
+    # and gradients match the reference backend for the gradient layout torch's kernel misread.
+    torch.manual_seed(0)
+    native = cn.InstanceNorm(4, dtype=torch.float64)
+    with torch.no_grad():
+        native.weight.uniform_(0.5, 1.5)
+        native.bias.normal_()
+    reference = cn.InstanceNorm(4, dtype=torch.float64, backend="reference")
+    reference.load_state_dict(native.state_dict())
+    compiled = torch.compile(native, fullgraph=True, backend=backend)
+    x = torch.randn(3, 4, 2, 5, dtype=torch.float64) * 2 + 1
+    grad = _spatial_major(torch.randn(3, 4, 2, 5, dtype=torch.float64))
+    for got, want in zip(_instance_gradients(compiled, x, grad), _instance_gradients(reference, x, grad)):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_per_sample_gradients_of_instance_norm_through_torch_func():
+    # torch.func.vmap(torch.func.grad(...)) over the CPU instance-norm path: each sample's weight and bias
+    # gradients are those of the reference backend (float64).
+    torch.manual_seed(0)
+    native = cn.InstanceNorm(4, dtype=torch.float64)
+    reference = cn.InstanceNorm(4, dtype=torch.float64, backend="reference")
+    params = {"weight": torch.rand(4, dtype=torch.float64) + 0.5, "bias": torch.randn(4, dtype=torch.float64)}
+    xs = torch.randn(5, 2, 4, 3, 3, dtype=torch.float64)
+
+    def per_sample(norm):
+        loss = lambda p, x: torch.func.functional_call(norm, p, (x,)).pow(3).sum()  # noqa: E731
+        return torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(params, xs)
+
+    got, want = per_sample(native), per_sample(reference)
+    for name in params:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-10, atol=1e-10)

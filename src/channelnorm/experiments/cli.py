@@ -1,8 +1,9 @@
-"""``channelnorm compare`` and ``channelnorm tune``: the command line of the experiment."""
+"""The experiment's command line (``channelnorm compare``, ``tune``, ``verdicts``): the parser, the
+configuration built from its flags, and the dispatch to each command's own module (cli_compare, cli_tune,
+cli_verdicts)."""
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import shlex
 import sys
@@ -213,12 +214,24 @@ def config_from_args(args: argparse.Namespace, given: set[str], default_out: str
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``) and run its command; each command's body is its own
+    module (cli_compare, cli_tune, cli_verdicts), imported only once the flags are valid (matplotlib,
+    the training code).
+
+    Args:
+        argv: the arguments after the program name, e.g. ``["compare", "--quick"]``.
+
+    Returns:
+        The exit status: 0, or 130 after an interruption (finished cells are kept). A bad flag exits
+        through argparse (status 2) with the subcommand's usage.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     parser = _command_parser(parser, args.command)  # errors from here on print the subcommand's usage
     if args.command == "verdicts":
-        return _verdicts(args, parser, "channelnorm " + shlex.join(argv))
+        from .cli_verdicts import verdicts_command
+        return verdicts_command(args, parser, "channelnorm " + shlex.join(argv))
     given = {name for name in OVERRIDES if hasattr(args, name)}
     try:
         config = config_from_args(args, given, "runs/compare" if args.command == "compare" else "runs/tune")
@@ -228,19 +241,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     command = "channelnorm " + shlex.join(argv)
     try:
         if args.command == "tune":
-            return _tune(args, config, command)
-        from .pipeline import run_compare   # heavy imports (matplotlib) only once the flags are valid
-        outputs = run_compare(config, command=command, progress=not args.no_progress,
-                              reproduction_dir=args.reproduction)
+            from .cli_tune import tune_command
+            return tune_command(args, config, command)
+        from .cli_compare import compare_command
+        return compare_command(args, config, command)
     except ConfigError as error:
         parser.error(str(error))
     except KeyboardInterrupt:
         print(f"\ninterrupted; finished cells are kept in {config.out}. Run the same command again to resume.",
               file=sys.stderr)
         return 130
-    for name, path in outputs.items():
-        print(f"{name}: {path}")
-    return 0
 
 
 def _command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
@@ -249,66 +259,6 @@ def _command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.A
         if isinstance(action, argparse._SubParsersAction):
             return action.choices.get(command, parser)
     return parser
-
-
-def _verdicts(args: argparse.Namespace, parser: argparse.ArgumentParser, command: str) -> int:
-    from .across import pooled_claims, render_pooled
-    from .rundir import OUTPUTS
-    if args.out is not None and args.out.name in OUTPUTS and any(
-            args.out.resolve().parent == Path(run).resolve() for run in args.runs):
-        parser.error(f"--out {str(args.out)!r} is one of the compared runs' own files; write the table elsewhere")
-    try:
-        text = (f"# {len(args.runs)} runs pooled: the pre-registered claims on every independent seed\n\n"
-                f"Command: `{command}`\n\n" + render_pooled(pooled_claims(args.runs)))
-        if args.out is not None:
-            args.out.write_text(text, encoding="utf-8")
-    except ConfigError as error:
-        parser.error(str(error))
-    except OSError as error:
-        parser.error(f"--out {str(args.out)!r} cannot be written: {error}")
-    print(text, end="")
-    return 0
-
-
-def _tune(args: argparse.Namespace, config: ExperimentConfig, command: str) -> int:
-    from .environment import describe_environment
-    from .rundir import claim_run_kind
-    from .storage import locked
-    from .tune import LR_GRID, TUNE_SEEDS, check_sizes, read_previous_tuning, run_tuning, settings_mismatch, write_tuning
-    from .tuned_lrs import write_defaults
-
-    if config.grid == "quick":
-        lr_grid = args.lr_grid or (0.05, 0.2)
-    else:
-        lr_grid = args.lr_grid or LR_GRID
-        config = config.with_(grid="tune")
-    if not all(math.isfinite(lr) and lr > 0 for lr in lr_grid):
-        raise ConfigError(f"--lrs: learning rates must be finite numbers > 0, got {list(lr_grid)}")
-    if len(set(lr_grid)) != len(lr_grid):
-        raise ConfigError(f"--lrs: a learning rate is given twice in {list(lr_grid)}")
-    from .pipeline import _load, resolve_sizes
-    config = resolve_sizes(config, _load(config))
-    check_sizes(config)
-    environment = describe_environment(config.device, config.workers)
-    environment["command"] = command
-    out = Path(config.out)
-    with locked(out):           # one invocation per --out at a time, as compare
-        claim_run_kind(out, "tune", record=False)    # a compare run's directory is never written into
-        where = str(out / "tuning.json")
-        previous = read_previous_tuning(out)
-        differ = settings_mismatch(previous, config, TUNE_SEEDS, where) if previous is not None else []
-        if differ:      # as compare: a run directory of other settings is never overwritten
-            raise ConfigError(f"--out {str(out)!r} holds a tuning of other settings ({', '.join(differ)}); "
-                              f"choose another --out, or remove {where} to replace it")
-        claim_run_kind(out, "tune")
-        tuning = run_tuning(config, lr_grid, previous=previous, where=where)
-        write_tuning(tuning, config, environment, out, previous)
-    print(f"tuning: {out / 'tuning.json'}")
-    for norm, result in tuning["norms"].items():
-        print(f"  {norm}: chosen LR {result['chosen_lr']:g}")
-    if args.write_defaults:
-        print(f"defaults: {write_defaults(tuning, config)}")
-    return 0
 
 
 def _check_device(device: str) -> None:

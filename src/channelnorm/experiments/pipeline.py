@@ -16,6 +16,7 @@ from .config import ConfigError, ExperimentConfig
 from .data import load_dataset
 from .environment import CODE_PATH_FIELDS, describe_environment, load_average, utc_now
 from .mechanism import measure
+from .models import build_model, stem_stride
 from .outcome import analysed_row
 from .plot import plot_batch_panels, plot_curves
 from .ranks import detect_world, run_on_ranks
@@ -149,8 +150,10 @@ def write_outputs(config: ExperimentConfig, out: Path, environment: dict[str, An
     title = f"{dataset.describe()} — grid: {config.grid}"
     plot_batch_panels(rows, config.sgd_batch, out / "error_vs_batch.png", title)
     plot_curves(rows, config.sgd_batch, out / "curves.png", config.target_error)
+    c, _, size = dataset.image_shape
+    network = build_model("channel", config.width, in_channels=c, stem_stride=stem_stride(size))
     write_atomic(out / "report.md", render(rows, analysis, mechanism, config, environment, dataset.describe(), repro,
-                                           variant_rows), root=out)
+                                           variant_rows, sum(p.numel() for p in network.parameters())), root=out)
 
 
 def reproduction(here_rows: list[dict[str, Any]], there_rows: list[dict[str, Any]], analysis: dict[str, Any],

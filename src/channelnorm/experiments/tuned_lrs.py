@@ -25,6 +25,9 @@ from .storage import RunDirectoryError, parse_json, write_atomic
 DEFAULTS_FILE = Path(__file__).with_name("tuned_lrs.json")
 FALLBACK_LR = 0.1          # for a norm (or data set) the committed tuning did not cover: flagged as untuned
 FALLBACK_AT_BATCH = 32     # the SGD batch FALLBACK_LR is meant for (scaled linearly like a tuned rate)
+# norms that train at another norm's tuned rate: Ioffe (2017) trained batch renormalization at batch
+# norm's rate (its bounds relax from plain batch norm over training), so it is not tuned on its own
+RATE_OF = {"batch_renorm": "channel"}
 
 
 @dataclass(frozen=True)
@@ -111,10 +114,14 @@ def peak_lr(norm: str, config: Any) -> float:
         config: an ``ExperimentConfig``.
 
     Returns:
-        ``config.lrs``'s rate when it names the norm; else the tuned rate of ``config``'s data set,
-        scaled linearly from the batch it was tuned at; else ``FALLBACK_LR``, scaled the same way.
+        ``config.lrs``'s rate when it names the norm; else the tuned rate of ``config``'s data set
+        (of the norm ``RATE_OF`` names, for those), scaled linearly from the batch it was tuned at;
+        else ``FALLBACK_LR``, scaled the same way.
     """
     given = dict(config.lrs)
+    if norm in given:
+        return given[norm]
+    norm = RATE_OF.get(norm, norm)
     if norm in given:
         return given[norm]
     tuned = tuned_rates(config)
@@ -143,6 +150,9 @@ def run_lr(cell: Any, config: Any) -> float:
 def is_tuned(norm: str, config: Any) -> bool:
     """True when ``norm``'s rate comes from ``config.lrs`` or the tuning of ``config``'s data set."""
     tuned = tuned_rates(config)
+    if norm in dict(config.lrs):
+        return True
+    norm = RATE_OF.get(norm, norm)
     return norm in dict(config.lrs) or (tuned is not None and norm in tuned.rates)
 
 

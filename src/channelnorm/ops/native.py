@@ -215,18 +215,40 @@ def channel_norm(x, running_mean, running_var, weight, bias, training, momentum,
     return match_layout(y if channel_axis == 1 else y.movedim(1, channel_axis), x)
 
 
+def _cpu_instance_norm(x, weight, bias, eps) -> torch.Tensor:
+    """Instance norm of ``x`` (channels on axis 1) with its own statistics and no running buffers, on CPU.
+
+    torch.instance_norm runs batch_norm on ``x`` viewed as (1, N * C, *spatial): a size-1 batch axis, so a
+    gradient whose N and C axes are innermost (InstanceNorm -> flatten(2).permute(2, 0, 1), as before
+    nn.MultiheadAttention) reaches batch_norm's backward contiguous as channels_last with an arbitrary
+    batch stride, which it reads wrongly (see _kernel_safe_gradient). This runs the same kernel on the view
+    (1, N * C, L), the spatial axes flattened: a rank with no channels_last format, so every gradient
+    layout is read right, with nothing to check or copy in the backward. Calling ``native_batch_norm``
+    (what torch.instance_norm reaches on CPU) on that view directly also skips torch.instance_norm's own
+    view of the input and batch_norm's two dispatch layers (as _cpu_training_batch_norm): the flattened
+    view costs no dispatcher call or autograd node more than torch.instance_norm runs itself. Double
+    backward is native_batch_norm's own.
+    """
+    n, c = x.shape[0], x.shape[1]
+    if (weight is not None and weight.numel() != c) or (bias is not None and bias.numel() != c):
+        # native_batch_norm reads past the end of a too-short tensor; torch.instance_norm refuses it by name.
+        return torch.instance_norm(x, weight, bias, None, None, True, 0.0, eps, False)
+    # reshape: a view of a contiguous input; torch.instance_norm copies other layouts to contiguous too.
+    y = torch.native_batch_norm(x.reshape(1, n * c, -1), None if weight is None else weight.repeat(n),
+                                None if bias is None else bias.repeat(n), None, None, True, 0.0, eps)[0]
+    return y.view_as(x)  # view_as: a third of the host cost of view(shape)
+
+
 def instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps, channel_axis,
                   num_batches_tracked: Optional[torch.Tensor] = None) -> torch.Tensor:
     xm = x if channel_axis == 1 else x.movedim(channel_axis, 1)
-    # torch.instance_norm runs batch_norm on the input viewed as (1, N * C, *spatial): a size-1 batch axis,
-    # so a gradient whose N and C axes are innermost (InstanceNorm -> flatten(2).permute(2, 0, 1), as
-    # before nn.MultiheadAttention) reaches batch_norm's backward contiguous as channels_last with an
-    # arbitrary batch stride, which it reads wrongly (see _kernel_safe_gradient). With the spatial axes
-    # flattened into one, the kernel sees (1, N * C, L): a rank with no channels_last format, so every
-    # gradient layout is read right, without a hook (a view for contiguous input; torch.instance_norm
-    # copies other layouts to contiguous anyway).
-    # Only where a gradient can reach the kernel: without one (eval under no_grad, frozen inputs) there
-    # is nothing to misread and the flatten is pure host cost.
+    if use_input_stats and running_mean is None and x.is_cpu:
+        # InstanceNorm's default (no running statistics); torch.compile and torch.func trace the same ops.
+        y = _cpu_instance_norm(xm, weight, bias, eps)
+        return match_layout(y if channel_axis == 1 else y.movedim(1, channel_axis), x)
+    # Otherwise torch.instance_norm, on the spatial axes flattened for the layout reason of
+    # _cpu_instance_norm, where a gradient can reach the kernel: without one (eval under no_grad, frozen
+    # inputs) there is nothing to misread and the flatten is pure host cost.
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
     xk = xm.flatten(2) if xm.ndim > 3 and needs_grad else xm
     cudnn = x.is_cuda and torch.backends.cudnn.enabled  # read only for CUDA input (see channel_norm)
