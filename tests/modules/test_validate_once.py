@@ -65,3 +65,19 @@ def test_a_fused_module_checks_the_residual_of_each_call(make, op, plain):
         norm(x, residual.double())
     # The oracle: torch's own norm (weight 1, bias 0, as a new module's), the residual added, then ReLU.
     torch.testing.assert_close(norm(x, residual), torch.relu(plain(x) + residual), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_a_weight_resized_after_construction_fails_naming_both_sizes(name, backend):
+    # Checked once per call means the module trusts its own parameters; a user who swaps one for a
+    # tensor of another size still gets an error that names 5 and 4 (torch's own words on the native
+    # path, as nn.BatchNorm2d gives; ours on the reference path), never a silent broadcast or a count of
+    # N * C elements (what torch.instance_norm would say).
+    norm = MODULES[name]().train()
+    norm.backend = backend
+    norm.weight = torch.nn.Parameter(torch.ones(5))
+    with pytest.raises((ValueError, RuntimeError)) as caught:
+        norm(torch.randn(2, 4, 3, 3))
+    message = str(caught.value)
+    assert "5" in message and "4" in message and "10" not in message and "8 " not in message, message

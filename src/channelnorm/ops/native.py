@@ -11,6 +11,7 @@ from typing import Optional
 
 import torch
 
+from .._checks import per_channel
 from .fused import ComposedActivation
 from .layout import match_layout
 from .moments import blend_if_finite, commit_if_finite, effective_momentum, keep_if_finite, momentum_weight, snapshot
@@ -231,8 +232,9 @@ def _cpu_instance_norm(x, weight, bias, eps) -> torch.Tensor:
     """
     n, c = x.shape[0], x.shape[1]
     if (weight is not None and weight.numel() != c) or (bias is not None and bias.numel() != c):
-        # native_batch_norm reads past the end of a too-short tensor; torch.instance_norm refuses it by name.
-        return torch.instance_norm(x, weight, bias, None, None, True, 0.0, eps, False)
+        # native_batch_norm would read past the end of a too-short tensor, and torch.instance_norm's own
+        # message counts N * C elements; name the sizes the user set.
+        per_channel("instance_norm", x, 1, weight=weight, bias=bias)
     # reshape: a view of a contiguous input; torch.instance_norm copies other layouts to contiguous too.
     y = torch.native_batch_norm(x.reshape(1, n * c, -1), None if weight is None else weight.repeat(n),
                                 None if bias is None else bias.repeat(n), None, None, True, 0.0, eps)[0]
@@ -249,6 +251,7 @@ def instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, m
     # Otherwise torch.instance_norm, on the spatial axes flattened for the layout reason of
     # _cpu_instance_norm, where a gradient can reach the kernel: without one (eval under no_grad, frozen
     # inputs) there is nothing to misread and the flatten is pure host cost.
+    per_channel("instance_norm", xm, 1, weight=weight, bias=bias)  # torch.instance_norm would count N * C
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
     xk = xm.flatten(2) if xm.ndim > 3 and needs_grad else xm
     cudnn = x.is_cuda and torch.backends.cudnn.enabled  # read only for CUDA input (see channel_norm)

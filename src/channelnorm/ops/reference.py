@@ -15,6 +15,7 @@ from typing import Optional
 
 import torch
 
+from .._checks import per_channel
 from .fused import ComposedActivation
 from .layout import channel_shape, elements_per_statistic, match_layout, stats_dtype
 from .moments import moments, update_running_stats
@@ -22,6 +23,7 @@ from .scope import Scope, channel_scope, group_scope, instance_scope
 
 
 def affine(y: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], channel_axis: int) -> torch.Tensor:
+    per_channel("norm", y, channel_axis, weight=weight, bias=bias)  # a weight resized after construction
     shape = channel_shape(y.ndim, channel_axis, y.shape[channel_axis])
     if weight is not None:
         y = y * weight.to(y.dtype).view(shape)
