@@ -260,7 +260,8 @@ def test_cpu_instance_norm_is_torch_instance_norm_bit_for_bit(layout, dtype, par
 @pytest.mark.parametrize("replaced", ["weight", "bias"])
 def test_an_instance_norm_parameter_replaced_by_one_of_another_size_is_refused(backend, replaced):
     # As for ChannelNorm above: native_batch_norm indexes past a too-short weight or bias without checking,
-    # so the CPU instance-norm path must refuse one as nn.InstanceNorm2d does.
+    # so the CPU instance-norm path must refuse one as nn.InstanceNorm2d does — in training and in eval,
+    # naming the sizes the user set (torch counts N * C elements: "12 elements not 8").
     norm = cn.InstanceNorm(3, backend=backend)
     reference = torch.nn.InstanceNorm2d(3, affine=True)
     for module in (norm, reference):
@@ -268,8 +269,11 @@ def test_an_instance_norm_parameter_replaced_by_one_of_another_size_is_refused(b
     x = torch.randn(4, 3, 5, 5, generator=torch.Generator().manual_seed(0))
     with pytest.raises(RuntimeError, match=f"{replaced} should contain 12 elements not 8"):
         reference(x)
-    with pytest.raises(RuntimeError, match=f"{replaced} should contain 12 elements not 8"):
-        norm(x)
+    for grad_mode in (True, False):
+        with torch.set_grad_enabled(grad_mode), pytest.raises(
+                ValueError, match=rf"^instance_norm: expected input with 2 channels on axis 1 \(the size of {replaced}\), "
+                                  rf"got 3 channels \(input shape \(4, 3, 5, 5\)\)$"):
+            norm(x)
 
 
 def _spatial_major(t: torch.Tensor) -> torch.Tensor:

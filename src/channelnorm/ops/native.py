@@ -244,23 +244,29 @@ def _cpu_instance_norm(x, weight, bias, eps) -> torch.Tensor:
 def instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps, channel_axis,
                   num_batches_tracked: Optional[torch.Tensor] = None) -> torch.Tensor:
     xm = x if channel_axis == 1 else x.movedim(channel_axis, 1)
-    if use_input_stats and running_mean is None and x.is_cpu:
-        # InstanceNorm's default (no running statistics); torch.compile and torch.func trace the same ops.
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    if needs_grad and use_input_stats and running_mean is None and x.is_cpu:
+        # InstanceNorm's default (no running statistics) in training; torch.compile and torch.func trace the
+        # same ops.
         y = _cpu_instance_norm(xm, weight, bias, eps)
         return match_layout(y if channel_axis == 1 else y.movedim(1, channel_axis), x)
     # Otherwise torch.instance_norm, on the spatial axes flattened for the layout reason of
-    # _cpu_instance_norm, where a gradient can reach the kernel: without one (eval under no_grad, frozen
-    # inputs) there is nothing to misread and the flatten is pure host cost.
-    per_channel("instance_norm", xm, 1, weight=weight, bias=bias)  # torch.instance_norm would count N * C
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    # _cpu_instance_norm, where a gradient can reach the kernel: without one (eval, no_grad, frozen inputs)
+    # there is nothing to misread, and torch.instance_norm's one call costs less host time than the ops of
+    # _cpu_instance_norm (measured: benchmarks/results/cpu_overhead_turn8.md).
     xk = xm.flatten(2) if xm.ndim > 3 and needs_grad else xm
     cudnn = x.is_cuda and torch.backends.cudnn.enabled  # read only for CUDA input (see channel_norm)
-    if use_input_stats and running_mean is not None:
-        y = _run_tracked(torch.instance_norm, xk, weight, bias, running_mean, running_var, num_batches_tracked,
-                         momentum, eps, cudnn)
-    else:
-        y = torch.instance_norm(xk, weight, bias, running_mean, running_var, bool(use_input_stats), 0.0, eps,
-                                cudnn)
+    try:
+        if use_input_stats and running_mean is not None:
+            y = _run_tracked(torch.instance_norm, xk, weight, bias, running_mean, running_var, num_batches_tracked,
+                             momentum, eps, cudnn)
+        else:
+            y = torch.instance_norm(xk, weight, bias, running_mean, running_var, bool(use_input_stats), 0.0, eps,
+                                    cudnn)
+    except RuntimeError:
+        # torch.instance_norm counts a resized weight's elements N * C times; name the sizes the user set.
+        per_channel("instance_norm", xm, 1, weight=weight, bias=bias)
+        raise
     if xk is not xm:
         y = y.view_as(xm)  # view_as: a third of the host cost of view(shape)
     return match_layout(y if channel_axis == 1 else y.movedim(1, channel_axis), x)
