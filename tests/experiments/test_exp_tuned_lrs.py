@@ -110,14 +110,19 @@ def _tuning(sgd_batch=32, **chosen):
 
 
 def test_write_defaults_rewrites_the_data_set_tuned_and_keeps_the_others(defaults_file):
+    # the synthetic entry was tuned at batch 16: a tuning at 32 replaces it whole (no rates of two batches)
     written = tuned_lrs.write_defaults(_tuning(32, channel=0.4, layer=0.1), quick_config())
     assert written == defaults_file
     assert json.loads(defaults_file.read_text()) == {
         "synthetic": {"tuned_at_batch": 32, "rates": {"channel": 0.4, "layer": 0.1}},
         "cifar10": DEFAULTS["cifar10"]}
+    # a later tuning at the same batch of other norms adds them; a norm tuned again takes its new rate
+    tuned_lrs.write_defaults(_tuning(32, frn=0.05, layer=0.2), quick_config())
+    assert json.loads(defaults_file.read_text())["synthetic"] == {
+        "tuned_at_batch": 32, "rates": {"channel": 0.4, "layer": 0.2, "frn": 0.05}}
     tuned_lrs.write_defaults(_tuning(128, group=0.3), quick_config(data_dir="/data/cifar"))
     assert json.loads(defaults_file.read_text())["cifar10"] == {"tuned_at_batch": 128, "rates": {"group": 0.3}}
-    assert json.loads(defaults_file.read_text())["synthetic"]["rates"] == {"channel": 0.4, "layer": 0.1}
+    assert json.loads(defaults_file.read_text())["synthetic"]["rates"] == {"channel": 0.4, "layer": 0.2, "frn": 0.05}
     assert not [p for p in defaults_file.parent.iterdir() if p.name.endswith(".tmp")]      # atomic: no leftovers
 
 

@@ -163,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
     tune.add_argument("--write-defaults", action="store_true",
                       help="also record the chosen rates as the package's defaults for this data set "
-                           "(tuned_lrs.json, for committing)")
+                           "(tuned_lrs.json, for committing); norms not tuned now keep their rates if "
+                           "tuned at the same SGD batch")
     _add_common(tune)
 
     across = commands.add_parser(

@@ -157,7 +157,11 @@ def is_tuned(norm: str, config: Any) -> bool:
 
 
 def with_tuning(defaults: Mapping[str, TunedRates], key: str, tuning: Mapping[str, Any]) -> dict[str, TunedRates]:
-    """``defaults`` with data set ``key``'s entry replaced by the rates ``tuning`` chose.
+    """``defaults`` with the rates ``tuning`` chose written into data set ``key``'s entry.
+
+    The norms tuned replace their rates; the entry's other norms keep theirs when they were tuned at
+    the same SGD batch (so the batch-robust norms can be tuned after the core ones), and are dropped
+    when the entry was tuned at another batch (rates of two batches do not mix in one entry).
 
     Args:
         defaults: every data set's rates (``read_defaults``).
@@ -175,7 +179,9 @@ def with_tuning(defaults: Mapping[str, TunedRates], key: str, tuning: Mapping[st
     batch = tuning.get("sgd_batch")
     if not (type(batch) is int and batch >= 1):
         raise ValueError(f"the tuning's sgd_batch must be an integer >= 1, got {batch!r}")
-    return {**defaults, key: TunedRates(batch, chosen)}
+    earlier = defaults.get(key)
+    kept = dict(earlier.rates) if earlier is not None and earlier.tuned_at_batch == batch else {}
+    return {**defaults, key: TunedRates(batch, {**kept, **chosen})}
 
 
 def render(defaults: Mapping[str, TunedRates]) -> str:
