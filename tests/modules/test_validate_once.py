@@ -81,3 +81,41 @@ def test_a_weight_resized_after_construction_fails_naming_both_sizes(name, backe
         norm(torch.randn(2, 4, 3, 3))
     message = str(caught.value)
     assert "5" in message and "4" in message and "10" not in message and "8 " not in message, message
+
+
+SETTINGS = {  # module -> (setting, a bad value, the error's words, a good value)
+    "ChannelNorm": [("eps", -1.0, "eps must be a finite number > 0, got -1.0", 1e-3),
+                    ("momentum", 2.0, r"momentum must be a number in \[0, 1\] or None, got 2.0", None),
+                    ("channel_axis", "x", "channel_axis must be an int, got str 'x'", -3)],
+    "ChannelNormAct": [("eps", float("nan"), "eps must be a finite number > 0, got nan", 1e-3),
+                       ("momentum", -0.5, r"momentum must be a number in \[0, 1\] or None, got -0.5", 0.5)],
+    "GroupNorm": [("num_groups", 3, r"num_channels \(4\) must be divisible by num_groups \(3\)", 4),
+                  ("eps", 0.0, "eps must be a finite number > 0, got 0.0", 1e-3)],
+    "GroupNormAct": [("num_groups", 0, "num_groups must be a positive integer, got 0", 1)],
+    "LayerNorm2d": [("eps", -1e-6, "eps must be a finite number > 0", 1e-3)],
+    "InstanceNorm": [("momentum", float("inf"), r"momentum must be a number in \[0, 1\]", 0.3)],
+    "GhostNorm": [("virtual_batch_size", 0, "virtual_batch_size must be a positive integer, got 0", 1)],
+    "BatchRenorm": [("rmax", 0.5, "rmax must be a finite number >= 1, got 0.5", 2.0),
+                    ("dmax", -1, "dmax must be a finite number >= 0, got -1", 0.5),
+                    ("warmup_steps", -2, "warmup_steps must be an integer >= 0, got -2", 0)],
+}
+
+
+@pytest.mark.parametrize("name, setting, bad, message, good",
+                         [(n, *case) for n, cases in SETTINGS.items() for case in cases])
+def test_a_setting_assigned_after_construction_is_checked_when_set_and_then_used(name, setting, bad, message, good):
+    # forward trusts its settings (checked once), so a later assignment is checked where it happens: the
+    # error names the value and the module keeps its old setting; a good value is what forward then uses.
+    norm = MODULES[name]().train()
+    before = getattr(norm, setting)
+    with pytest.raises((ValueError, TypeError), match=message):
+        setattr(norm, setting, bad)
+    assert getattr(norm, setting) == before
+    setattr(norm, setting, good)
+    oracle = MODULES[name]().train()
+    oracle.backend = "reference"
+    object.__setattr__(oracle, setting, good)      # the oracle takes the value without our check
+    x = torch.randn(4, 4, 3, 3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(norm(x), oracle(x), rtol=1e-5, atol=1e-5)
+    if norm.training and getattr(norm, "running_mean", None) is not None and setting != "momentum":
+        torch.testing.assert_close(norm.running_mean, oracle.running_mean)

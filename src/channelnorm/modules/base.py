@@ -70,6 +70,28 @@ def channel_axis_setting(owner: type, value):
     return axes[0] if len(axes) == 1 else axes
 
 
+def _checked_num_groups(module: nn.Module, value):
+    value = _checks.positive_int("num_groups", value)
+    channels = module.__dict__.get("num_channels")
+    if channels is not None:
+        _checks.groups_divide(value, channels)
+    return value
+
+
+# The settings a module's forward trusts without checking them per call: each is checked whenever it is
+# set, at construction or by a later assignment (``norm.eps = 0`` is a ValueError there, not a NaN later).
+SETTING_CHECKS = {
+    "eps": lambda module, value: _checks.eps(value),
+    "momentum": lambda module, value: _checks.momentum(value),
+    "channel_axis": lambda module, value: channel_axis_setting(type(module), value),
+    "num_groups": _checked_num_groups,
+    "virtual_batch_size": lambda module, value: _checks.positive_int("virtual_batch_size", value),
+    "rmax": lambda module, value: _checks.renorm_limits(value, 0.0, 0)[0],
+    "dmax": lambda module, value: _checks.renorm_limits(1.0, value, 0)[1],
+    "warmup_steps": lambda module, value: _checks.renorm_limits(1.0, 0.0, value)[2],
+}
+
+
 class AffineNorm(nn.Module):
     """Base of every norm: channel count, eps, channel axis, backend and the per-channel affine.
 
@@ -113,6 +135,13 @@ class AffineNorm(nn.Module):
     _repr_positional: ClassVar[int] = 1  # leading fields shown without a name, as torch shows num_features
     # channel_axis may be a tuple of axes (Keras 2's axis list; statistics per combination of their indices).
     accepts_axis_tuple: ClassVar[bool] = False
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Only assignments pay the check (one dict lookup for other names); forward reads plain attributes.
+        check = SETTING_CHECKS.get(name)
+        if check is not None:
+            value = check(self, value)
+        super().__setattr__(name, value)
 
     def __init__(self, num_channels: int, eps: float = 1e-5, affine: bool = True, channel_axis: int = 1,
                  backend: str = "auto", device=None, dtype=None, *, bias: bool = True) -> None:
