@@ -147,7 +147,7 @@ class AffineNorm(nn.Module):
                  backend: str = "auto", device=None, dtype=None, *, bias: bool = True) -> None:
         super().__init__()
         self.num_channels = _checks.positive_int("num_channels", num_channels)
-        self.eps = _checks.eps(eps)
+        self.eps = eps  # checked by __setattr__ (SETTING_CHECKS), as any later assignment
         self.affine = bool(affine)
         self.channel_axis = channel_axis_setting(type(self), channel_axis)
         require_backend(self.functional_op, backend)
@@ -278,7 +278,7 @@ class RunningStatsNorm(AffineNorm):
                  num_features: Optional[int] = None) -> None:
         num_channels = channel_count(type(self).__name__, num_channels, num_features)
         super().__init__(num_channels, eps, affine, channel_axis, backend, device, dtype, bias=bias)
-        self.momentum = _checks.momentum(momentum)
+        self.momentum = momentum  # checked by __setattr__
         self.track_running_stats = bool(track_running_stats)
         factory = {"device": device, "dtype": dtype}
         initial = {"running_mean": torch.zeros, "running_var": torch.ones}

@@ -52,7 +52,7 @@ class EvoNormS0(AffineNorm):
                      *,
                  bias: bool = True, num_features: Optional[int] = None) -> None:
         num_channels = channel_count(type(self).__name__, num_channels, num_features)
-        self.num_groups = _checks.positive_int("num_groups", num_groups)
+        self.num_groups = num_groups  # its value checked by AffineNorm.__setattr__; the divisor below
         _checks.groups_divide(self.num_groups, num_channels)
         super().__init__(num_channels, eps, affine, channel_axis, backend, device, dtype, bias=bias)
         self.v = nn.Parameter(torch.ones(self.num_channels, device=device, dtype=dtype))

@@ -5,7 +5,6 @@ from typing import Optional
 
 import torch
 
-from .. import _checks
 from ..functional.robust import ghost_norm_validated
 from .channel import ChannelNorm
 
@@ -59,7 +58,7 @@ class GhostNorm(ChannelNorm):
                  backend: str = "auto", device=None, dtype=None, *, virtual_batch_size: int = 32, bias: bool
                      = True,
                  num_features: Optional[int] = None) -> None:
-        self.virtual_batch_size = _checks.positive_int("virtual_batch_size", virtual_batch_size)
+        self.virtual_batch_size = virtual_batch_size  # checked by AffineNorm.__setattr__
         super().__init__(num_channels, eps, momentum, affine, track_running_stats, channel_axis, backend, device,
                          dtype, bias=bias, num_features=num_features)
 

@@ -5,7 +5,6 @@ from typing import Optional
 
 import torch
 
-from .. import _checks
 from ..functional.core import require_backend
 from ..functional.robust import batch_renorm_validated
 from .channel import ChannelNorm
@@ -64,7 +63,7 @@ class BatchRenorm(ChannelNorm):
             raise ValueError("BatchRenorm needs track_running_stats=True: r and d compare the batch with the "
                              "running statistics")
         require_backend(self.functional_op, backend)
-        self.rmax, self.dmax, self.warmup_steps = _checks.renorm_limits(rmax, dmax, warmup_steps)
+        self.rmax, self.dmax, self.warmup_steps = rmax, dmax, warmup_steps  # checked in order by AffineNorm.__setattr__
         super().__init__(num_channels, eps, momentum, affine, track_running_stats, channel_axis, backend, device,
                          dtype, bias=bias, num_features=num_features)
 
