@@ -154,6 +154,17 @@ def _layout(x: torch.Tensor, kind: str) -> torch.Tensor:
         return x.movedim(1, -1).contiguous().movedim(-1, 1)
     return x
 
+def _bitwise_cases(test):
+    """The layouts, input/parameter dtypes and affine settings both bit-for-bit comparisons with torch run."""
+    for decorator in (pytest.mark.parametrize("affine", [True, False]),
+                      pytest.mark.parametrize("dtype,param_dtype", [
+                          (torch.float32, torch.float32), (torch.float64, torch.float64), (torch.bfloat16, torch.float32),
+                          (torch.float16, torch.float16), (torch.float16, torch.float32)]),
+                      pytest.mark.parametrize("layout", ["contiguous", "channels_last", "moved"])):
+        test = decorator(test)
+    return test
+
+
 def _bitwise_input_and_grad(dtype, layout):
     """The (4, 5, 3, 2) input and incoming gradient the bit-for-bit comparisons with torch share."""
     gen = torch.Generator().manual_seed(3)
@@ -170,11 +181,7 @@ def _bitwise_leaves(x0, param_dtype):
 
 
 
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "moved"])
-@pytest.mark.parametrize("dtype,param_dtype", [(torch.float32, torch.float32), (torch.float64, torch.float64),
-                                               (torch.bfloat16, torch.float32), (torch.float16, torch.float16),
-                                               (torch.float16, torch.float32)])
-@pytest.mark.parametrize("affine", [True, False])
+@_bitwise_cases
 def test_cpu_training_kernel_is_torch_batch_norm_bit_for_bit(layout, dtype, param_dtype, affine):
     # The CPU training path calls native_batch_norm (what torch.batch_norm reaches on CPU) directly: the
     # output, both running buffers, the count and every gradient must be exactly torch.batch_norm's.
@@ -222,11 +229,7 @@ def test_a_module_tensor_replaced_by_one_of_another_size_is_refused_before_the_k
         assert torch.equal(buffer, before[name]), name
 
 
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "moved"])
-@pytest.mark.parametrize("dtype,param_dtype", [(torch.float32, torch.float32), (torch.float64, torch.float64),
-                                               (torch.bfloat16, torch.float32), (torch.float16, torch.float16),
-                                               (torch.float16, torch.float32)])
-@pytest.mark.parametrize("affine", [True, False])
+@_bitwise_cases
 def test_cpu_instance_norm_is_torch_instance_norm_bit_for_bit(layout, dtype, param_dtype, affine):
     # Without running statistics the native backend calls native_batch_norm on the (1, N * C, L) view
     # itself instead of torch.instance_norm: where torch's kernel reads the gradient right (one laid out as
